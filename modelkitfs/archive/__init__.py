@@ -1,0 +1,6 @@
+"""Archive indexes: where each file of a layer lives inside the layer's bytes."""
+
+from modelkitfs.archive.index import Entry, EntryKind, LayerIndex
+from modelkitfs.archive.layer import LayerArchive, open_layer
+
+__all__ = ["Entry", "EntryKind", "LayerArchive", "LayerIndex", "open_layer"]

@@ -1,0 +1,85 @@
+"""The index of one layer, and its life in the shared cache.
+
+An index lists every entry of a layer with the offset of its data inside the (uncompressed)
+layer, so a file read becomes a read of the blob at a known offset. It is built once per layer
+digest on the machine and saved beside the blob's blocks, so later mounts list at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelkitfs.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "tar-index.v1.json"
+
+
+class EntryKind(str, enum.Enum):
+    FILE = "file"
+    DIRECTORY = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One archive member. ``path`` is normalised: relative, ``/``-separated, no ``.``/``..``."""
+
+    path: str
+    kind: EntryKind
+    mode: int
+    size: int = 0
+    offset: int = 0
+    linkname: str = ""
+
+
+@dataclass
+class LayerIndex:
+    entries: list[Entry]
+
+    def to_json(self) -> bytes:
+        rows = [[e.path, e.kind.value, e.mode, e.size, e.offset, e.linkname] for e in self.entries]
+        return json.dumps({"version": 1, "entries": rows}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LayerIndex:
+        document = json.loads(data)
+        if document.get("version") != 1:
+            raise ValueError("unknown index version")
+        return cls([Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]])
+
+
+class IndexSource(Protocol):
+    """What an index is built from and saved beside (a blob, in practice)."""
+
+    digest: str
+    size: int
+
+    async def read_sparse(self, offset: int, length: int) -> bytes: ...
+    async def load_meta(self, name: str) -> bytes | None: ...
+    async def save_meta(self, name: str, data: bytes) -> None: ...
+
+
+async def load_or_build_index(
+    source: IndexSource, build: Callable[[IndexSource], Awaitable[LayerIndex]]
+) -> LayerIndex:
+    """The cached index of ``source``, or a new one built by ``build`` and then cached."""
+    cached = await source.load_meta(INDEX_NAME)
+    if cached is not None:
+        try:
+            return LayerIndex.from_json(cached)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring unreadable cached index of %s: %s", source.digest, exc)
+    try:
+        index = await build(source)
+    except ArchiveError as exc:
+        raise ArchiveError(f"layer {source.digest}: {exc}") from exc
+    await source.save_meta(INDEX_NAME, index.to_json())
+    return index

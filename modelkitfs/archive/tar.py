@@ -1,0 +1,203 @@
+"""Index a tar archive by walking its headers with range reads.
+
+Understands what kit's Go writer produces (USTAR with the prefix field, PAX ``x`` and ``g``
+records) and what other writers add (GNU ``L``/``K`` long names, ``./`` prefixes, trailing
+slashes on directories, base-256 numbers). Only headers are read: file data is skipped, so a
+256 MiB weight costs one 512-byte header. Reads come in windows that grow while headers keep
+arriving back to back (many small files: few requests) and shrink after a jump over a large file.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+
+from modelkitfs.archive.index import Entry, EntryKind, IndexSource, LayerIndex
+from modelkitfs.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+BLOCK = 512
+MIN_WINDOW = 64 * 1024
+MAX_WINDOW = 4 * 1024 * 1024
+MAX_EXTENSION_SIZE = 1024 * 1024  # PAX records and GNU long names; real ones are tiny
+
+_KINDS = {
+    b"0": EntryKind.FILE,
+    b"\0": EntryKind.FILE,
+    b"7": EntryKind.FILE,
+    b"5": EntryKind.DIRECTORY,
+    b"2": EntryKind.SYMLINK,
+    b"1": EntryKind.HARDLINK,
+}
+
+
+@dataclass
+class Header:
+    name: str
+    mode: int
+    size: int
+    typeflag: bytes
+    linkname: str
+
+
+def _number(field: bytes, what: str) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for values that do not fit in octal
+        value = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
+        return value
+    text = field.split(b"\0", 1)[0].strip(b" \0")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ArchiveError(f"corrupt tar header: bad {what} field {field!r}") from None
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def parse_header(block: bytes, offset: int) -> Header:
+    """Decode one 512-byte header, checking its checksum."""
+    stored = _number(block[148:156], "checksum")
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 8 * 0x20
+    if stored not in (unsigned, signed):
+        raise ArchiveError(f"corrupt tar header at offset {offset}: checksum mismatch")
+    name = _text(block[0:100])
+    if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX prefix field
+        name = _text(block[345:500]) + "/" + name
+    return Header(
+        name=name,
+        mode=_number(block[100:108], "mode") & 0o7777,
+        size=_number(block[124:136], "size"),
+        typeflag=block[156:157],
+        linkname=_text(block[157:257]),
+    )
+
+
+def parse_pax(data: bytes) -> dict[str, str]:
+    """Parse PAX extended header records: ``"<len> <key>=<value>\\n"`` repeated."""
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(data):
+        if data[position] == 0:
+            break
+        space = data.find(b" ", position)
+        if space < 0:
+            raise ArchiveError("corrupt PAX record: no length")
+        try:
+            length = int(data[position:space])
+        except ValueError:
+            raise ArchiveError("corrupt PAX record: bad length") from None
+        record = data[space + 1 : position + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise ArchiveError("corrupt PAX record")
+        key, _, value = record[:-1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return records
+
+
+def normalize_name(name: str) -> str | None:
+    """The archive name as a clean relative path; ``""`` for the root, None when unsafe
+    (absolute, or climbing out with ``..``)."""
+    if name.startswith("/") or "\0" in name:
+        return None
+    cleaned = posixpath.normpath(name) if name else "."
+    if cleaned == ".":
+        return ""
+    if cleaned == ".." or cleaned.startswith("../") or cleaned.startswith("/"):
+        return None
+    return cleaned
+
+
+class _WindowReader:
+    """Reads ranges of the source through a growing read-ahead window."""
+
+    def __init__(self, source: IndexSource) -> None:
+        self.source = source
+        self.window = MIN_WINDOW
+        self.start = 0
+        self.data = b""
+        self.requests = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        end = offset + length
+        if self.start <= offset and end <= self.start + len(self.data):
+            return self.data[offset - self.start : end - self.start]
+        buffered_end = self.start + len(self.data)
+        if self.data and offset <= buffered_end + self.window:
+            self.window = min(self.window * 2, MAX_WINDOW)  # headers keep coming: read further
+        else:
+            self.window = MIN_WINDOW
+        self.start = offset
+        self.data = await self.source.read_sparse(offset, max(length, self.window))
+        self.requests += 1
+        if len(self.data) < length:
+            raise ArchiveError(f"tar archive truncated at offset {offset + len(self.data)}")
+        return self.data[:length]
+
+
+async def build_tar_index(source: IndexSource) -> LayerIndex:
+    """Walk every header of the tar archive ``source`` and index its members."""
+    reader = _WindowReader(source)
+    entries: list[Entry] = []
+    global_pax: dict[str, str] = {}
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    long_link: str | None = None
+    offset = 0
+    while offset + BLOCK <= source.size:
+        block = await reader.read(offset, BLOCK)
+        if block == bytes(BLOCK):
+            break  # end-of-archive marker
+        header = parse_header(block, offset)
+        data_offset = offset + BLOCK
+        size = header.size
+        if header.typeflag in (b"x", b"g", b"L", b"K"):
+            if size > MAX_EXTENSION_SIZE:
+                raise ArchiveError(f"tar extension header at offset {offset} is implausibly large")
+            payload = await reader.read(data_offset, size) if size else b""
+            if header.typeflag == b"x":
+                pax = parse_pax(payload)
+            elif header.typeflag == b"g":
+                global_pax.update(parse_pax(payload))
+            elif header.typeflag == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            else:
+                long_link = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            offset = data_offset + _padded(size)
+            continue
+        records = {**global_pax, **pax}
+        name = records.get("path", long_name if long_name is not None else header.name)
+        linkname = records.get("linkpath", long_link if long_link is not None else header.linkname)
+        if "size" in records:
+            try:
+                size = int(records["size"])
+            except ValueError:
+                raise ArchiveError(f"corrupt PAX size for {name!r}") from None
+        pax, long_name, long_link = {}, None, None
+        kind = _KINDS.get(header.typeflag)
+        has_data = kind is EntryKind.FILE or header.typeflag not in _KINDS
+        if has_data and data_offset + size > source.size:
+            raise ArchiveError(f"tar archive truncated inside {name!r}")
+        path = normalize_name(name)
+        if kind is None:
+            log.warning("skipping %r: unsupported tar entry type %r", name, header.typeflag)
+        elif path is None:
+            log.warning("skipping %r: its path leaves the layer", name)
+        else:
+            entries.append(
+                Entry(path, kind, header.mode, size if kind is EntryKind.FILE else 0,
+                      data_offset, linkname)
+            )
+        offset = data_offset + (_padded(size) if has_data else 0)
+    log.debug("indexed %s: %d entries in %d requests", source.digest, len(entries), reader.requests)
+    return LayerIndex(entries)
+
+
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK

@@ -1,0 +1,192 @@
+"""Random access to layer blobs, one fixed-size block at a time.
+
+A read is served from, in order: a small in-memory LRU of recent blocks, the shared disk cache,
+and the registry. Blocks missing side by side are fetched with one range request. Within this
+process each block is downloaded once, however many readers want it at the same moment
+(single flight); the others wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cachetools
+import trio
+
+from modelkitfs.blobs.cache import DiskCache
+from modelkitfs.registry import Manifest, RegistryClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+MAX_BLOCKS_PER_REQUEST = 4
+MEMORY_CACHE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class CacheStats:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    downloaded_blocks: int = 0
+    write_failures: int = 0
+
+
+@dataclass
+class _Flight:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class BlobStore:
+    """Serves byte ranges of the blobs of one repository."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        cache: DiskCache,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        memory_bytes: int = MEMORY_CACHE_BYTES,
+    ) -> None:
+        self.client = client
+        self.repository = repository
+        self.cache = cache
+        self.block_size = block_size
+        self.stats = CacheStats()
+        self._memory: cachetools.LRUCache[tuple[str, int], bytes] = cachetools.LRUCache(
+            maxsize=memory_bytes, getsizeof=len
+        )
+        self._flights: dict[tuple[str, int], _Flight] = {}
+        self._cache_writable = True
+
+    async def manifest(self, identifier: str) -> Manifest:
+        """The repository's manifest for a tag or digest (never cached: tags move)."""
+        return await self.client.get_manifest(self.repository, identifier)
+
+    async def small_blob(self, digest: str, size: int) -> bytes:
+        """A whole small blob, such as a config, fetched and verified in one request."""
+        return await self.client.get_blob(self.repository, digest, size)
+
+    def blob(self, digest: str, size: int) -> Blob:
+        return Blob(self, digest, size)
+
+    async def read(self, digest: str, size: int, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the blob, clipped at its end."""
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
+        data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
+        start = offset - first * self.block_size
+        return data[start : start + end - offset]
+
+    def _block_len(self, size: int, index: int) -> int:
+        return min(self.block_size, size - index * self.block_size)
+
+    async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> bytes:
+        key = (digest, index)
+        while True:
+            if (data := self._memory.get(key)) is not None:
+                self.stats.memory_hits += 1
+                return data
+            if (flight := self._flights.get(key)) is not None:
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                continue
+            data = await trio.to_thread.run_sync(
+                self.cache.read_block, digest, self.block_size, index, self._block_len(size, index)
+            )
+            if data is not None:
+                self.stats.disk_hits += 1
+                self._memory[key] = data
+                return data
+            if key in self._flights or key in self._memory:
+                continue  # someone else started (or finished) it while we looked on disk
+            await self._download(digest, size, index, wanted_last)
+
+    async def _download(self, digest: str, size: int, first: int, wanted_last: int) -> None:
+        """Fetch block ``first`` and the absent blocks right after it that this read also needs."""
+        last = first
+        while (
+            last < wanted_last
+            and last - first + 1 < MAX_BLOCKS_PER_REQUEST
+            and (digest, last + 1) not in self._flights
+            and (digest, last + 1) not in self._memory
+        ):
+            last += 1
+        keys = [(digest, i) for i in range(first, last + 1)]
+        flights = {key: _Flight() for key in keys}
+        self._flights.update(flights)
+        try:
+            start = first * self.block_size
+            end = min((last + 1) * self.block_size, size)
+            data = await self.client.get_range(self.repository, digest, start, end)
+            for i, key in enumerate(keys):
+                block = data[i * self.block_size : (i + 1) * self.block_size]
+                self._memory[key] = block
+                self.stats.downloaded_blocks += 1
+                await self._store(digest, first + i, block)
+        except BaseException as exc:
+            for flight in flights.values():
+                flight.error = exc
+            raise
+        finally:
+            for key, flight in flights.items():
+                self._flights.pop(key, None)
+                flight.done.set()
+
+    async def _store(self, digest: str, index: int, block: bytes) -> None:
+        if not self._cache_writable:
+            return
+        try:
+            await trio.to_thread.run_sync(
+                self.cache.write_block, digest, self.block_size, index, block
+            )
+        except OSError as exc:
+            # A full or read-only disk costs speed, never a failed read.
+            self.stats.write_failures += 1
+            self._cache_writable = False
+            log.warning("cache %s is not writable (%s): serving reads uncached", self.cache.root, exc)
+
+    async def load_meta(self, digest: str, name: str) -> bytes | None:
+        return await trio.to_thread.run_sync(self.cache.read_meta, digest, name)
+
+    async def save_meta(self, digest: str, name: str, data: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(self.cache.write_meta, digest, name, data)
+        except OSError as exc:
+            log.warning("could not save %s for %s in the cache: %s", name, digest, exc)
+
+
+class Blob:
+    """One blob of known digest and size: what the archive layer reads from."""
+
+    def __init__(self, store: BlobStore, digest: str, size: int) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.store.read(self.digest, self.size, offset, length)
+
+    async def read_sparse(self, offset: int, length: int) -> bytes:
+        """For small scattered reads such as tar headers. A blob of one block goes through the
+        cache (one request serves it all); in a larger blob a whole block per header would cost
+        far more than the bytes needed, so the read goes straight to the registry."""
+        if self.size <= self.store.block_size:
+            return await self.read(offset, length)
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        return await self.store.client.get_range(self.store.repository, self.digest, offset, end)
+
+    async def load_meta(self, name: str) -> bytes | None:
+        return await self.store.load_meta(self.digest, name)
+
+    async def save_meta(self, name: str, data: bytes) -> None:
+        await self.store.save_meta(self.digest, name, data)
+

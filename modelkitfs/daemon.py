@@ -1,0 +1,117 @@
+"""The mount daemon: wires registry, cache, archives, tree and FUSE together and serves.
+
+:func:`main` with one JSON argument is what :func:`modelkitfs.mount.mount` starts in the
+background. It reports on standard output, once, either ``ready`` or ``error<TAB>message``, then
+logs to the log file only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.errors import ModelKitFSError, MountError
+from modelkitfs.fuse import KitOperations, serve
+from modelkitfs.fuse.session import mount_options
+from modelkitfs.kit import open_modelkit
+from modelkitfs.reference import parse_reference
+from modelkitfs.registry import RegistryClient
+
+log = logging.getLogger("modelkitfs")
+
+
+@dataclass
+class MountOptions:
+    plain_http: bool = False
+    cache_dir: str | None = None
+    log_level: str = "INFO"
+    allow_other: bool = False
+
+
+async def serve_modelkit(
+    reference: str, mountpoint: str, options: MountOptions, on_ready: Callable[[], None]
+) -> None:
+    """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
+    ref = parse_reference(reference)
+    cache = DiskCache(options.cache_dir or "")
+    client = RegistryClient(ref.registry, plain_http=options.plain_http)
+    try:
+        store = BlobStore(client, ref.repository, cache)
+        kit = await open_modelkit(store, ref.identifier, str(ref))
+
+        def stats() -> dict[str, Any]:
+            return {
+                "reference": str(ref),
+                "manifest": kit.manifest_digest,
+                "kit_bytes": kit.tree.total_size,
+                "fetched_bytes": client.stats.blob_bytes,
+                "requests": client.stats.requests,
+                "cache": asdict(store.stats),
+            }
+
+        operations = KitOperations(kit.tree, stats)
+        try:
+            await serve(operations, mountpoint,
+                        mount_options(f"modelkitfs:{ref}", options.allow_other), on_ready)
+        except RuntimeError as exc:
+            raise MountError(
+                f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
+                "and that fuse3 is installed (apt-get install fuse3)"
+            ) from None
+        log.info("unmounted %s; fetched %d blob bytes", mountpoint, client.stats.blob_bytes)
+    finally:
+        await client.aclose()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s modelkitfs[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main() -> int:
+    """Entry of the background daemon (see the module docstring for the protocol)."""
+    arguments = json.loads(sys.argv[1])
+    options = MountOptions(**arguments["options"])
+    configure_logging(options.log_level)
+    report = os.fdopen(os.dup(1), "w")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # stray prints go to the log, never into the report pipe
+
+    def ready() -> None:
+        log.info("mounted %s at %s", arguments["reference"], arguments["mountpoint"])
+        report.write("ready\n")
+        report.close()
+
+    try:
+        trio.run(serve_modelkit, arguments["reference"], arguments["mountpoint"], options, ready)
+    except ModelKitFSError as exc:
+        log.error("%s", exc)
+        if not report.closed:
+            report.write(f"error\t{exc}\n")
+        return 1
+    except Exception as exc:
+        log.exception("daemon failed")
+        if not report.closed:
+            report.write(f"error\tunexpected failure: {exc!r} (see the log for details)\n")
+        return 1
+    return 0
+
+
+def log_path(cache_dir: str) -> Path:
+    return Path(cache_dir) / "logs" / "modelkitfs.log"
+

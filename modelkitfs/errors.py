@@ -1,0 +1,43 @@
+"""Errors a user can act on.
+
+Every failure that reaches a user is one of these: its message is a single line that names what
+went wrong and what to do about it. Anything else escaping to the CLI is a bug.
+"""
+
+from __future__ import annotations
+
+
+class ModelKitFSError(Exception):
+    """Base class: ``str(error)`` is the one-line message shown to the user."""
+
+
+class InvalidReference(ModelKitFSError):
+    """The reference string cannot be parsed."""
+
+
+class RegistryError(ModelKitFSError):
+    """The registry could not be reached or answered something unusable."""
+
+
+class NotFound(RegistryError):
+    """The repository, tag, manifest or blob does not exist."""
+
+
+class AuthenticationError(RegistryError):
+    """The registry refused our credentials or token."""
+
+
+class DigestMismatch(RegistryError):
+    """Content did not hash to the digest that names it."""
+
+
+class NotAModelKit(ModelKitFSError):
+    """The artifact is valid OCI but not a ModelKit."""
+
+
+class ArchiveError(ModelKitFSError):
+    """A layer's archive is malformed or unsafe."""
+
+
+class MountError(ModelKitFSError):
+    """The mountpoint is unusable or the kernel refused the mount."""

@@ -1,0 +1,6 @@
+"""FUSE: the kit's merged tree served to the kernel as a read-only filesystem."""
+
+from modelkitfs.fuse.operations import KitOperations
+from modelkitfs.fuse.session import serve
+
+__all__ = ["KitOperations", "serve"]

@@ -1,0 +1,149 @@
+"""pyfuse3 request handlers over a :class:`~modelkitfs.kit.tree.KitTree`.
+
+Content under a digest never changes, so entries and attributes are cached by the kernel for a
+very long time and pages are kept across opens: a re-read never reaches this process.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+
+from modelkitfs.errors import ModelKitFSError
+from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
+
+log = logging.getLogger(__name__)
+
+FOREVER = float(2**31)
+BLOCK_SIZE = 4096
+STATS_XATTR = b"user.modelkitfs.stats"
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+assert ROOT_INODE == pyfuse3.ROOT_INODE
+
+
+class KitOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, tree: KitTree, stats: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self.tree = tree
+        self.stats = stats
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.time_ns = time.time_ns()
+        self._listings: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_fh = 1
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.inode
+        attrs.generation = 0
+        attrs.entry_timeout = FOREVER
+        attrs.attr_timeout = FOREVER
+        attrs.st_mode = node.mode
+        attrs.st_nlink = 2 if node.is_dir else 1
+        attrs.st_uid, attrs.st_gid = self.uid, self.gid
+        attrs.st_size = node.size
+        attrs.st_blksize = 128 * 1024
+        attrs.st_blocks = (node.size + 511) // 512
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = self.time_ns
+        return attrs
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.node(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _guard(self, what: str, coroutine: Any) -> Any:
+        """Await a tree operation; turn failures into EIO with the reason in the log."""
+        try:
+            return await coroutine
+        except ModelKitFSError as exc:
+            log.error("%s failed: %s", what, exc)
+        except Exception:
+            log.exception("%s failed unexpectedly", what)
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._attributes(self._node(parent_inode))
+        if name == b"..":
+            return self._attributes(self.tree.parent(self._node(parent_inode)))
+        decoded = os.fsdecode(name)
+        node = await self._guard(f"lookup of {decoded!r}", self.tree.lookup(parent_inode, decoded))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(node)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(self._node(inode))
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        directory = await self._guard("listing", self.tree.listing(inode))
+        if directory is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not directory.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._listings[fh] = sorted((os.fsencode(n), i) for n, i in directory.children.items())
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        listing = self._listings.get(fh, [])
+        for position in range(start_id, len(listing)):
+            name, inode = listing[position]
+            if not pyfuse3.readdir_reply(token, name, self._attributes(self._node(inode)), position + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._listings.pop(fh, None)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._node(fh)
+        return await self._guard(f"read of {node.path!r}", self.tree.read(node, off, size))
+
+    async def release(self, fh: int) -> None:
+        pass
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return not mode & os.W_OK
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_blocks = (self.tree.total_size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = self.tree.node_count
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [STATS_XATTR] if inode == ROOT_INODE else []
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if inode == ROOT_INODE and name == STATS_XATTR:
+            return json.dumps(self.stats(), sort_keys=True).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def forget(self, inode_list: Any) -> None:
+        pass  # nodes live as long as the mount: nothing to free
+

@@ -1,0 +1,91 @@
+"""Run a FUSE session: mount, tune the kernel's side, serve until unmounted or told to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD_KB = 4096
+MAX_BACKGROUND = 64
+WORKER_TASKS = (8, 128)
+
+
+def mount_options(fsname: str, allow_other: bool) -> set[str]:
+    options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=modelkitfs"}
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+def tune_connection(mountpoint: str) -> None:
+    """Ask the kernel for big readahead and more requests in flight; skipped where not allowed.
+
+    The default 128 KiB readahead caps sequential reads at a few hundred MB/s and turns mmap
+    page faults into many small requests."""
+    device = _mount_device(mountpoint)
+    if device is None:
+        return
+    major, minor = device
+    settings = {
+        Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"): READ_AHEAD_KB,
+        Path(f"/sys/fs/fuse/connections/{minor}/max_background"): MAX_BACKGROUND,
+    }
+    for path, value in settings.items():
+        try:
+            path.write_text(str(value))
+        except OSError as exc:
+            log.debug("cannot set %s: %s", path, exc)
+
+
+def _mount_device(mountpoint: str) -> tuple[int, int] | None:
+    """The mount's device numbers, read from mountinfo: a stat() of the mountpoint from the
+    daemon itself would wait on the very request loop that has not started yet."""
+    escaped = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == escaped:
+                found = fields[2]  # the last match is the topmost mount
+    if found is None:
+        return None
+    major, _, minor = found.partition(":")
+    return int(major), int(minor)
+
+
+async def serve(
+    operations: pyfuse3.Operations,
+    mountpoint: str,
+    options: Iterable[str],
+    on_ready: Callable[[], None],
+) -> None:
+    """Mount ``operations`` at ``mountpoint`` and serve requests until the filesystem is
+    unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind."""
+    pyfuse3.init(operations, mountpoint, list(options))
+    try:
+        tune_connection(mountpoint)
+        on_ready()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal)
+            await pyfuse3.main(*WORKER_TASKS)
+            nursery.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            pyfuse3.close(unmount=True)
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

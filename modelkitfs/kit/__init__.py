@@ -1,0 +1,6 @@
+"""The kit's merged tree: manifest and config in, what ``kit unpack`` would write out."""
+
+from modelkitfs.kit.modelkit import ModelKit, open_modelkit
+from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
+
+__all__ = ["ROOT_INODE", "KitTree", "ModelKit", "Node", "open_modelkit"]

@@ -1,0 +1,196 @@
+"""The merged tree of a ModelKit: what ``kit unpack`` would write, built lazily.
+
+Each layer contributes the entries of its index; layers are applied in the order kit extracts
+them, so where two layers carry the same path the result matches an unpacked folder. A layer is
+indexed only when a directory it may contribute to is first looked at: a layer whose Kitfile
+path is ``P`` can only carry ancestors of ``P``, ``P`` itself and what lies under ``P``.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
+from modelkitfs.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+IMPLICIT_DIR_MODE = 0o755
+KITFILE_MODE = 0o644
+
+
+@dataclass
+class TreeLayer:
+    """A layer in extraction order, with the cleaned path of its Kitfile entry ("" for ".")."""
+
+    archive: LayerArchive
+    path: str
+    media_type: str
+
+
+@dataclass
+class Node:
+    inode: int
+    path: str
+    mode: int  # full st_mode, type bits included
+    size: int = 0
+    children: dict[str, int] = field(default_factory=dict)
+    layer: TreeLayer | None = None
+    offset: int = 0
+    content: bytes | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+def related(layer_path: str, directory: str) -> bool:
+    """Whether a layer whose entry path is ``layer_path`` may hold children of ``directory``."""
+    if not layer_path or not directory or layer_path == directory:
+        return True
+    return layer_path.startswith(directory + "/") or directory.startswith(layer_path + "/")
+
+
+class KitTree:
+    def __init__(self, layers: Sequence[TreeLayer], kitfile: bytes | None) -> None:
+        self.layers = list(layers)
+        self.kitfile = kitfile
+        self._indexes: dict[int, LayerIndex] = {}
+        self._indexing: dict[int, trio.Event] = {}
+        self._failures: dict[int, ArchiveError] = {}
+        self._inodes: dict[str, int] = {"": ROOT_INODE}
+        self._nodes: dict[int, Node] = {}
+        self._rebuild()
+
+    @property
+    def total_size(self) -> int:
+        return sum(layer.archive.size for layer in self.layers) + len(self.kitfile or b"")
+
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    def node(self, inode: int) -> Node | None:
+        return self._nodes.get(inode)
+
+    def parent(self, node: Node) -> Node:
+        return self._nodes[self._inodes[node.path.rpartition("/")[0]]]
+
+    async def lookup(self, parent: int, name: str) -> Node | None:
+        directory = await self.listing(parent)
+        inode = directory.children.get(name) if directory else None
+        return self._nodes.get(inode) if inode else None
+
+    async def listing(self, inode: int) -> Node | None:
+        """The directory ``inode`` with every child it has, indexing layers as needed."""
+        node = self._nodes.get(inode)
+        if node is None or not node.is_dir:
+            return node
+        await self._index_layers_for(node.path)
+        return self._nodes.get(inode)
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        if node.content is not None:
+            return node.content[offset : offset + size]
+        if node.layer is None or offset >= node.size:
+            return b""
+        size = min(size, node.size - offset)
+        return await node.layer.archive.read(node.offset + offset, size)
+
+    async def _index_layers_for(self, directory: str) -> None:
+        wanted = [
+            i for i, layer in enumerate(self.layers)
+            if i not in self._indexes and related(layer.path, directory)
+        ]
+        if not wanted:
+            return
+        async with trio.open_nursery() as nursery:
+            for i in wanted:
+                nursery.start_soon(self._index_layer, i)
+        for i in wanted:
+            if i in self._failures:
+                raise self._failures[i]
+
+    async def _index_layer(self, i: int) -> None:
+        if (event := self._indexing.get(i)) is not None:
+            await event.wait()
+            return
+        self._indexing[i] = event = trio.Event()
+        try:
+            self._indexes[i] = await self.layers[i].archive.index()
+            self._failures.pop(i, None)
+            self._rebuild()
+        except ArchiveError as exc:
+            log.error("%s", exc)
+            self._failures[i] = exc
+        finally:
+            del self._indexing[i]
+            event.set()
+
+    def _rebuild(self) -> None:
+        """Merge the indexed layers, in extraction order, into the node table. Inodes stay
+        stable across rebuilds because they are keyed by path."""
+        nodes: dict[str, Node] = {"": Node(ROOT_INODE, "", stat.S_IFDIR | IMPLICIT_DIR_MODE)}
+        if self.kitfile is not None:
+            nodes["Kitfile"] = Node(self._inode("Kitfile"), "Kitfile", stat.S_IFREG | KITFILE_MODE,
+                                    len(self.kitfile), content=self.kitfile)
+        for i, layer in enumerate(self.layers):
+            if (index := self._indexes.get(i)) is not None:
+                for entry in index.entries:
+                    self._apply(nodes, layer, entry)
+        for path, node in nodes.items():
+            node.children.clear()
+            if path:
+                parent = path.rpartition("/")[0]
+                nodes[parent].children[path.rpartition("/")[2]] = node.inode
+        self._nodes = {node.inode: node for node in nodes.values()}
+
+    def _apply(self, nodes: dict[str, Node], layer: TreeLayer, entry: Entry) -> None:
+        if not entry.path:
+            return  # the root itself: its mode stays the mount's
+        if not self._make_parents(nodes, entry.path):
+            log.warning("%s: skipping %r: a file stands where its directory should be",
+                        layer.archive.digest, entry.path)
+            return
+        existing = nodes.get(entry.path)
+        if entry.kind is EntryKind.DIRECTORY:
+            if existing is not None and existing.is_dir:
+                return  # an existing directory keeps its mode, as os.MkdirAll leaves it
+            nodes[entry.path] = Node(self._inode(entry.path), entry.path,
+                                     stat.S_IFDIR | entry.mode, layer=layer)
+        elif entry.kind is EntryKind.FILE:
+            if existing is not None and existing.is_dir:
+                log.warning("%s: file %r shadows a directory; keeping the directory",
+                            layer.archive.digest, entry.path)
+                return
+            nodes[entry.path] = Node(self._inode(entry.path), entry.path,
+                                     stat.S_IFREG | entry.mode, entry.size,
+                                     offset=entry.offset, layer=layer)
+        else:
+            log.info("%s: skipping %s %r (kit writes neither)", layer.archive.digest,
+                     entry.kind.value, entry.path)
+
+    def _make_parents(self, nodes: dict[str, Node], path: str) -> bool:
+        parent = path.rpartition("/")[0]
+        missing: list[str] = []
+        while parent and parent not in nodes:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        if parent and not nodes[parent].is_dir:
+            return False
+        for directory in reversed(missing):
+            nodes[directory] = Node(self._inode(directory), directory,
+                                    stat.S_IFDIR | IMPLICIT_DIR_MODE)
+        return True
+
+    def _inode(self, path: str) -> int:
+        inode = self._inodes.get(path)
+        if inode is None:
+            inode = self._inodes[path] = len(self._inodes) + 1
+        return inode

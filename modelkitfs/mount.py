@@ -1,0 +1,147 @@
+"""Mount and unmount ModelKits: the Python API (the CLI is a thin shell over it).
+
+>>> from modelkitfs import mount, unmount
+>>> mount("registry.example/team/llm:v1", "/mnt/llm")   # returns once the folder is mounted
+>>> unmount("/mnt/llm")
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import trio
+
+from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.daemon import MountOptions, configure_logging, log_path, serve_modelkit
+from modelkitfs.errors import MountError
+from modelkitfs.reference import parse_reference
+
+READY_TIMEOUT = 180.0
+DAEMON_ENTRY = "import sys; from modelkitfs.daemon import main; sys.exit(main())"
+
+
+def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
+    """The absolute mountpoint, or :class:`MountError` saying why it cannot be used."""
+    path = os.path.abspath(mountpoint)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist: create it with 'mkdir -p {path}'") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{path} is a dead mount (its daemon has stopped): clean it up with "
+                f"'modelkitfs umount {path}'"
+            ) from None
+        raise MountError(f"cannot use mountpoint {path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory: choose an empty directory")
+    if os.path.ismount(path):
+        raise MountError(
+            f"{path} is already a mount point: unmount it first with 'modelkitfs umount {path}'"
+        )
+    if any(os.scandir(path)):
+        raise MountError(
+            f"mountpoint {path} is not empty: mount on an empty directory (a mount would hide "
+            "its contents)"
+        )
+    return path
+
+
+def _prepare(reference: str, mountpoint: str | os.PathLike[str],
+             options: MountOptions | None) -> tuple[str, MountOptions]:
+    parse_reference(reference)
+    path = check_mountpoint(mountpoint)
+    options = MountOptions(**asdict(options or MountOptions()))
+    options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
+    try:
+        Path(options.cache_dir, "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MountError(
+            f"cannot create cache directory {options.cache_dir} ({exc.strerror}): choose a "
+            "writable one with --cache-dir or $MODELKITFS_CACHE_DIR"
+        ) from None
+    if shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)")
+    return path, options
+
+
+def mount(
+    reference: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> None:
+    """Mount ``reference`` at ``mountpoint`` with a daemon in the background; return once the
+    folder is mounted, or raise a :class:`~modelkitfs.errors.ModelKitFSError` with nothing
+    left mounted."""
+    path, options = _prepare(reference, mountpoint, options)
+    arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
+    with open(log_path(options.cache_dir or ""), "ab") as log_file:
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", DAEMON_ENTRY, arguments],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+            start_new_session=True,
+        )
+    assert daemon.stdout is not None
+    try:
+        line = _read_line(daemon, READY_TIMEOUT)
+    finally:
+        daemon.stdout.close()
+    if line == "ready":
+        return
+    if daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+    message = line.partition("\t")[2] if line.startswith("error\t") else (
+        f"the mount daemon stopped without mounting {path}; see {log_path(options.cache_dir or '')}"
+    )
+    raise MountError(message)
+
+
+def _read_line(daemon: subprocess.Popen[bytes], timeout: float) -> str:
+    assert daemon.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(daemon.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    return daemon.stdout.readline().decode(errors="replace").strip()
+
+
+def mount_foreground(
+    reference: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> None:
+    """Mount and serve in this process, logging to stderr, until unmounted or interrupted."""
+    path, options = _prepare(reference, mountpoint, options)
+    configure_logging(options.log_level)
+    trio.run(serve_modelkit, reference, path, options, lambda: None)
+
+
+def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
+    """Unmount a modelkitfs folder, including a dead one whose daemon was killed."""
+    path = os.path.abspath(mountpoint)
+    command = ["fusermount3", "-u", *(["-z"] if lazy else []), path]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)") from None
+    if result.returncode == 0:
+        return
+    detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown error"
+    if not os.path.ismount(path) and "not connected" not in detail:
+        raise MountError(f"{path} is not mounted")
+    if "busy" in detail.lower():
+        raise MountError(
+            f"{path} is busy (a process has a file open or its working directory there): close "
+            f"it, or detach now and clean up later with 'modelkitfs umount --lazy {path}'"
+        )
+    raise MountError(f"cannot unmount {path}: {detail}")

@@ -1,0 +1,74 @@
+"""Parse ModelKit references the way ``kit`` does.
+
+``registry/repository[:tag][@sha256:hex]``. The first path component names a registry only when
+it contains a ``.`` or a ``:``; otherwise the registry is ``localhost``,
+which kit keeps in local storage only. No tag and no digest means ``latest``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from modelkitfs.errors import InvalidReference
+
+DEFAULT_REGISTRY = "localhost"
+DEFAULT_TAG = "latest"
+
+_REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def identifier(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``text`` or raise :class:`InvalidReference` saying what is wrong with it."""
+    original = text
+    hint = "expected REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], e.g. registry.example:5000/team/model:v1"
+    if not text or text != text.strip():
+        raise InvalidReference(f"invalid reference {original!r}: {hint}")
+    digest = None
+    if "@" in text:
+        text, digest = text.split("@", 1)
+        if not _DIGEST.fullmatch(digest):
+            raise InvalidReference(f"invalid digest {digest!r} in reference {original!r}: {hint}")
+    tag = None
+    last_slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > last_slash:
+        text, tag = text[:colon], text[colon + 1 :]
+        if not _TAG.fullmatch(tag):
+            raise InvalidReference(f"invalid tag {tag!r} in reference {original!r}: {hint}")
+    first, _, rest = text.partition("/")
+    if rest and ("." in first or ":" in first):
+        registry, repository = first, rest
+    else:
+        registry, repository = DEFAULT_REGISTRY, text
+    if not repository or not all(_REPO_COMPONENT.fullmatch(p) for p in repository.split("/")):
+        raise InvalidReference(
+            f"invalid repository {repository!r} in reference {original!r}: use lowercase letters, "
+            f"digits and . _ - separated by /; {hint}"
+        )
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
