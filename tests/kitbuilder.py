@@ -86,7 +86,7 @@ def _header(name: str, mode: int, size: int, typeflag: bytes, prefix: str = "") 
     return bytes(block)
 
 
-def _pax_record(key: str, value: str) -> bytes:
+def pax_record(key: str, value: str) -> bytes:
     body = f" {key}={value}\n".encode()
     length = len(body) + 1
     while len(str(length)) + len(body) != length:
@@ -108,7 +108,7 @@ def go_tar(members: list[tuple[str, Path]]) -> bytes:
         typeflag = b"5" if is_dir else b"0"
         split = _split_ustar(name) if name.isascii() else None
         if split is None:
-            records = _pax_record("path", name)
+            records = pax_record("path", name)
             base = os.path.basename(name)
             pax_name = os.path.join(os.path.dirname(name), "PaxHeaders.0", base)
             pax_name = pax_name.encode("ascii", "replace").decode()[:100]

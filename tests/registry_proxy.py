@@ -1,75 +1,130 @@
 """A proxy of ours in front of the real registry: counts what clients download.
 
 Every test that asserts "bytes fetched" reads the counters here, measured at the server side of
-the connection, so nothing the daemon reports about itself is trusted.
+the connection, so nothing the daemon reports about itself is trusted. It runs in a process of
+its own: a test blocked in a read that holds the GIL (safetensors does) must not stall it.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
+
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+CONTROL = "/_proxy/"
 
 
-class CountingProxy:
+class ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.lock = threading.Lock()
-        self.blob_bytes = 0
-        self.blob_requests = 0
-        self.manifest_requests = 0
-        proxy = self
+        self.counters = dict.fromkeys(("blob_bytes", "blob_requests", "manifest_requests"), 0)
+        super().__init__(("127.0.0.1", 0), Handler)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy._forward(self, "GET")
-
-            def do_HEAD(self) -> None:
-                proxy._forward(self, "HEAD")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def reset(self) -> None:
+    def count(self, key: str, n: int) -> None:
         with self.lock:
-            self.blob_bytes = self.blob_requests = self.manifest_requests = 0
+            self.counters[key] += n
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
-    def _forward(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        host, port = self.upstream.rsplit(":", 1)
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith(CONTROL):
+            self._control()
+        else:
+            self._forward("GET")
+
+    def do_HEAD(self) -> None:
+        self._forward("HEAD")
+
+    def _control(self) -> None:
+        if self.path == CONTROL + "reset":
+            with self.server.lock:
+                self.server.counters = dict.fromkeys(self.server.counters, 0)
+        with self.server.lock:
+            body = json.dumps(self.server.counters).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self, method: str) -> None:
+        host, port = self.server.upstream.rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS}
-        connection.request(method, handler.path, headers=headers)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        connection.request(method, self.path, headers=headers)
         response = connection.getresponse()
-        is_blob = "/blobs/" in handler.path and method == "GET"
-        with self.lock:
-            self.blob_requests += is_blob
-            self.manifest_requests += "/manifests/" in handler.path
-        handler.send_response(response.status)
+        is_blob = "/blobs/" in self.path and method == "GET"
+        self.server.count("blob_requests", is_blob)
+        self.server.count("manifest_requests", "/manifests/" in self.path)
+        self.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in HOP_HEADERS:
-                handler.send_header(key, value)
-        handler.end_headers()
+                self.send_header(key, value)
+        self.end_headers()
         try:
             while chunk := response.read(1 << 20):
-                handler.wfile.write(chunk)
+                self.wfile.write(chunk)
                 if is_blob:
-                    with self.lock:
-                        self.blob_bytes += len(chunk)
+                    self.server.count("blob_bytes", len(chunk))
         except (BrokenPipeError, ConnectionResetError):
-            handler.close_connection = True
+            self.close_connection = True
         finally:
             connection.close()
+
+
+class CountingProxy:
+    """Starts the proxy process and reads its counters."""
+
+    def __init__(self, upstream: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.registry_proxy", upstream],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.address = self.process.stdout.readline().strip()
+        self._http = httpx.Client(base_url=f"http://{self.address}", timeout=10)
+
+    def _counters(self, action: str = "stats") -> dict[str, int]:
+        return self._http.get(CONTROL + action).json()
+
+    def reset(self) -> None:
+        self._counters("reset")
+
+    @property
+    def blob_bytes(self) -> int:
+        return self._counters()["blob_bytes"]
+
+    @property
+    def blob_requests(self) -> int:
+        return self._counters()["blob_requests"]
+
+    @property
+    def manifest_requests(self) -> int:
+        return self._counters()["manifest_requests"]
+
+    def close(self) -> None:
+        self._http.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def main() -> None:
+    server = ProxyServer(sys.argv[1])
+    print(f"127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

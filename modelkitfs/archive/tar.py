@@ -93,7 +93,7 @@ def parse_pax(data: bytes) -> dict[str, str]:
         except ValueError:
             raise ArchiveError("corrupt PAX record: bad length") from None
         record = data[space + 1 : position + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+        if not 0 < length <= len(data) - position or not record.endswith(b"\n") or b"=" not in record:
             raise ArchiveError("corrupt PAX record")
         key, _, value = record[:-1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")

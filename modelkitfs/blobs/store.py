@@ -16,12 +16,15 @@ import trio
 
 from modelkitfs.blobs.cache import DiskCache
 from modelkitfs.registry import Manifest, RegistryClient
+from modelkitfs.registry.client import sha256_digest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
-MAX_BLOCKS_PER_REQUEST = 4
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+MAX_BLOCKS_PER_REQUEST = 16
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
+SMALL_BLOB = 1024 * 1024
+WHOLE_BLOB = "blob"
 
 
 @dataclass
@@ -66,8 +69,14 @@ class BlobStore:
         return await self.client.get_manifest(self.repository, identifier)
 
     async def small_blob(self, digest: str, size: int) -> bytes:
-        """A whole small blob, such as a config, fetched and verified in one request."""
-        return await self.client.get_blob(self.repository, digest, size)
+        """A whole small blob, such as a config: from the cache when a mount has fetched it
+        before (checked against its digest again), else fetched, verified and cached."""
+        cached = await self.load_meta(digest, WHOLE_BLOB)
+        if cached is not None and len(cached) == size and sha256_digest(cached) == digest:
+            return cached
+        data = await self.client.get_blob(self.repository, digest, size)
+        await self.save_meta(digest, WHOLE_BLOB, data)
+        return data
 
     def blob(self, digest: str, size: int) -> Blob:
         return Blob(self, digest, size)
@@ -174,10 +183,10 @@ class Blob:
         return await self.store.read(self.digest, self.size, offset, length)
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
-        """For small scattered reads such as tar headers. A blob of one block goes through the
-        cache (one request serves it all); in a larger blob a whole block per header would cost
-        far more than the bytes needed, so the read goes straight to the registry."""
-        if self.size <= self.store.block_size:
+        """For small scattered reads such as tar headers. A small blob goes through the cache
+        (one request serves it all); in a larger one a whole block per header would cost far
+        more than the bytes needed, so the read goes straight to the registry."""
+        if self.size <= SMALL_BLOB:
             return await self.read(offset, length)
         end = min(offset + length, self.size)
         if offset >= end:

@@ -1,0 +1,153 @@
+"""The tar index against kit's Go writer, other writers, and hostile archives."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from modelkitfs.archive import EntryKind, LayerIndex
+from modelkitfs.archive.tar import build_tar_index, normalize_name, parse_pax
+from modelkitfs.errors import ArchiveError
+from tests.kitbuilder import go_tar, other_tar, pax_record
+
+
+class BytesSource:
+    """An in-memory layer that counts the range reads the index builder makes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = "sha256:" + "0" * 64
+        self.size = len(data)
+        self.reads: list[tuple[int, int]] = []
+
+    async def read_sparse(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        return self.data[offset : offset + length]
+
+
+def index_of(data: bytes) -> tuple[LayerIndex, BytesSource]:
+    source = BytesSource(data)
+    return trio.run(build_tar_index, source), source
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> list[tuple[str, Path]]:
+    long_dir = "d" * 90 + "/" + "e" * 90
+    files = {
+        "model/weights.bin": b"w" * 5000,
+        f"{long_dir}/{'f' * 99}": b"long",
+        "données/résumé.txt": "été".encode(),
+        "x/" + "g" * 120: b"too long to split",
+    }
+    members = []
+    for name, data in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for path in sorted(tmp_path.rglob("*")):
+        members.append((path.relative_to(tmp_path).as_posix(), path))
+    return members
+
+
+@pytest.mark.parametrize("style", ["go", "gnu", "pax"])
+def test_every_member_at_its_offset(tree: list[tuple[str, Path]], style: str) -> None:
+    data = go_tar(tree) if style == "go" else other_tar(tree, style)
+    index, _ = index_of(data)
+    by_path = {e.path: e for e in index.entries}
+    assert set(by_path) == {name for name, _ in tree}
+    for name, source in tree:
+        entry = by_path[name]
+        if source.is_dir():
+            assert entry.kind is EntryKind.DIRECTORY
+        else:
+            assert entry.kind is EntryKind.FILE
+            assert data[entry.offset : entry.offset + entry.size] == source.read_bytes()
+        assert entry.mode == source.stat().st_mode & 0o7777
+
+
+def test_round_trips_through_json(tree: list[tuple[str, Path]]) -> None:
+    index, _ = index_of(go_tar(tree))
+    assert LayerIndex.from_json(index.to_json()) == index
+
+
+def test_many_small_files_cost_few_reads(tmp_path: Path) -> None:
+    members = []
+    for i in range(2000):
+        path = tmp_path / f"f{i:05}"
+        path.write_bytes(b"x" * 100)
+        members.append((path.name, path))
+    data = go_tar(members)
+    index, source = index_of(data)
+    assert len(index.entries) == 2000
+    assert len(source.reads) <= 8, source.reads
+
+
+def test_big_file_costs_one_header_read(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(bytes(8 * 1024 * 1024))
+    small = tmp_path / "small"
+    small.write_bytes(b"s")
+    _, source = index_of(go_tar([("big", big), ("small", small)]))
+    assert sum(length for _, length in source.reads) < 512 * 1024
+
+
+def test_pax_global_header_applies_to_later_members() -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "global"}) as archive:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    index, _ = index_of(out.getvalue())
+    assert [e.path for e in index.entries] == ["a.txt"]
+
+
+def test_corrupt_header_is_an_archive_error(tree: list[tuple[str, Path]]) -> None:
+    data = bytearray(go_tar(tree))
+    data[100] ^= 0x01  # a mode digit: the checksum no longer matches
+    with pytest.raises(ArchiveError, match="checksum"):
+        index_of(bytes(data))
+
+
+def test_truncated_archive_is_an_archive_error(tree: list[tuple[str, Path]]) -> None:
+    data = go_tar(tree)
+    with pytest.raises(ArchiveError, match="truncated"):
+        index_of(data[: 512 * 3 + 100])
+
+
+def test_escaping_and_link_members_never_enter_the_index(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name in ("../evil", "/etc/passwd", "ok/../../evil2", "good"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        archive.addfile(link)
+    index, _ = index_of(out.getvalue())
+    assert {(e.path, e.kind) for e in index.entries} == {
+        ("good", EntryKind.FILE), ("link", EntryKind.SYMLINK)
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("./a/b/", "a/b"), ("a//b", "a/b"), (".", ""), ("./", ""), ("../x", None), ("/abs", None),
+     ("a/../../x", None), ("a/./b", "a/b")],
+)
+def test_normalize_name(name: str, expected: str | None) -> None:
+    assert normalize_name(name) == expected
+
+
+def test_parse_pax_records() -> None:
+    records = pax_record("path", "d/été") + pax_record("size", "9999999999")
+    assert parse_pax(records) == {
+        "path": "d/été", "size": "9999999999"
+    }
+    with pytest.raises(ArchiveError):
+        parse_pax(b"99 path=x\n")

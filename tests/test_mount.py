@@ -1,0 +1,204 @@
+"""End to end: real registry, real FUSE mounts, bytes counted at the server."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from tests.conftest import Mounts
+from tests.kitbuilder import build_modelkit, expected_tree
+
+MiB = 1024 * 1024
+
+NESTED_KITFILE = {
+    "manifestVersion": "1.0.0",
+    "package": {"name": "nested", "version": "1.0.0", "authors": ["Ada"]},
+    "model": {"name": "llm", "path": "main-dir", "parts": [{"name": "adapter", "path": "./parts/adapter.bin"}]},
+    "code": [{"path": "."}],
+    "datasets": [{"name": "train", "path": "main-dir/subdir"}, {"name": "fr", "path": "données/"}],
+    "docs": [{"path": "./docs/guide.md"}],
+    "prompts": [{"name": "system", "path": "prompts/system.txt"}],
+}
+NESTED_KITFILE_YAML = """\
+manifestVersion: 1.0.0
+package:
+  name: nested
+  version: 1.0.0
+  authors: [Ada]
+model:
+  name: llm
+  path: main-dir
+  parts:
+    - name: adapter
+      path: ./parts/adapter.bin
+code:
+  - path: .
+datasets:
+  - name: train
+    path: main-dir/subdir
+  - name: fr
+    path: données/
+docs:
+  - path: ./docs/guide.md
+prompts:
+  - name: system
+    path: prompts/system.txt
+"""
+
+
+def write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+@pytest.fixture(scope="session")
+def nested_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kit's nested layout with every path spelling, modes, long and non-ASCII names."""
+    root = tmp_path_factory.mktemp("nested")
+    rng = np.random.default_rng(1)
+    write(root / "Kitfile", b"ignored by kit\n")
+    write(root / ".kitignore", b"")
+    write(root / "README.md", b"# nested\n")
+    write(root / "main-dir/weights.bin", rng.bytes(3 * MiB + 17))
+    write(root / "main-dir/config.json", b'{"a": 1}', 0o600)
+    write(root / "main-dir/subdir/train.csv", b"x,y\n1,2\n")
+    write(root / "main-dir/subdir/deep/er/still/file.txt", b"deep")
+    write(root / "parts/adapter.bin", rng.bytes(70_000))
+    write(root / "parts/other.bin", b"code layer carries me")
+    write(root / "src/run.py", b"print('hi')\n", 0o755)
+    write(root / "src/Kitfile", b"nested Kitfiles are kept")
+    write(root / "données/résumé.txt", "été\n".encode())
+    write(root / "docs/guide.md", b"guide")
+    write(root / "prompts/system.txt", b"You are helpful.")
+    write(root / ("l" * 120) / ("n" * 150 + ".txt"), b"long")
+    write(root / "empty.txt", b"")
+    (root / "main-dir/subdir").chmod(0o750)
+    (root / "emptydir").mkdir()
+    return root
+
+
+def assert_same_tree(mountpoint: Path, source: Path, expected: set[str]) -> None:
+    """The mount holds exactly ``expected`` plus the Kitfile, each equal to the source."""
+    found = set()
+    for directory, dirs, files in os.walk(mountpoint):
+        for name in dirs + files:
+            found.add((Path(directory) / name).relative_to(mountpoint).as_posix())
+    assert found == expected | {"Kitfile"}
+    for name in expected:
+        mounted, original = os.stat(mountpoint / name), os.stat(source / name)
+        assert stat.S_IFMT(mounted.st_mode) == stat.S_IFMT(original.st_mode), name
+        assert stat.S_IMODE(mounted.st_mode) == stat.S_IMODE(original.st_mode), name
+        if stat.S_ISREG(original.st_mode):
+            assert mounted.st_size == original.st_size, name
+            assert (mountpoint / name).read_bytes() == (source / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("style", ["go", "gnu", "pax"])
+def test_tree_is_what_kit_unpack_writes(nested_source: Path, publish, mounts: Mounts,
+                                        style: str) -> None:
+    artifact = build_modelkit(nested_source, NESTED_KITFILE, style=style)
+    mountpoint = mounts.mount(publish(artifact, f"nested/{style}"))
+    expected = expected_tree(nested_source, NESTED_KITFILE)
+    assert "main-dir/subdir/deep/er/still/file.txt" in expected and "src/Kitfile" in expected
+    assert_same_tree(mountpoint, nested_source, expected)
+    assert (mountpoint / "Kitfile").read_text() == NESTED_KITFILE_YAML
+    assert stat.S_IMODE(os.stat(mountpoint / "Kitfile").st_mode) == 0o644
+
+
+def test_single_file_and_deep_paths(tmp_path: Path, publish, mounts: Mounts) -> None:
+    source = tmp_path / "src"
+    write(source / "a/b/c/d/model.gguf", b"gguf" * 1000)
+    write(source / "a/b/sibling.txt", b"not in any layer")
+    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "single"},
+               "model": {"name": "m", "path": "a/b/c/d/model.gguf"}}
+    mountpoint = mounts.mount(publish(build_modelkit(source, kitfile), "single/file"))
+    assert_same_tree(mountpoint, source, {"a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/model.gguf"})
+
+
+def test_mounting_fetches_only_manifest_and_config(nested_source: Path, publish, proxy,
+                                                   mounts: Mounts) -> None:
+    artifact = build_modelkit(nested_source, NESTED_KITFILE)
+    ref = publish(artifact, "nested/lazy")
+    proxy.reset()
+    mountpoint = mounts.mount(ref)
+    assert proxy.blob_bytes == len(artifact.config)
+    assert proxy.manifest_requests == 1
+    proxy.reset()
+    # Listing main-dir reads the headers of the layers that may hold it, not the 3 MiB weight.
+    assert "weights.bin" in os.listdir(mountpoint / "main-dir")
+    assert proxy.blob_bytes < 256 * 1024
+    proxy.reset()
+    assert (mountpoint / "main-dir/config.json").read_bytes() == b'{"a": 1}'
+    assert proxy.blob_bytes <= 1 * MiB  # the one block that holds it
+
+
+def test_read_only(nested_source: Path, publish, mounts: Mounts) -> None:
+    mountpoint = mounts.mount(publish(build_modelkit(nested_source, NESTED_KITFILE), "nested/ro"))
+    with pytest.raises(OSError) as caught:
+        (mountpoint / "README.md").write_text("changed")
+    assert caught.value.errno == 30  # EROFS
+    with pytest.raises(OSError):
+        (mountpoint / "new.txt").write_text("x")
+    vfs = os.statvfs(mountpoint)
+    assert vfs.f_blocks * vfs.f_frsize >= sum(
+        p.stat().st_size for p in nested_source.rglob("*") if p.is_file()
+    ) - len(b"ignored by kit\n")
+
+
+@pytest.fixture(scope="session")
+def big_kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[Path, str]:
+    source = tmp_path_factory.mktemp("big")
+    write(source / "model/weights.bin", np.random.default_rng(2).bytes(256 * MiB))
+    write(source / "README.md", b"big\n")
+    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "big"},
+               "model": {"name": "big", "path": "model"}, "docs": [{"path": "README.md"}]}
+    return source, publish(build_modelkit(source, kitfile), "big/model")
+
+
+def test_partial_read_of_a_big_file_fetches_little(big_kit, proxy, mounts: Mounts) -> None:
+    source, ref = big_kit
+    mountpoint = mounts.mount(ref)
+    proxy.reset()
+    with open(mountpoint / "model/weights.bin", "rb") as f:
+        data = os.pread(f.fileno(), MiB, 128 * MiB + 12345)
+    with open(source / "model/weights.bin", "rb") as f:
+        assert data == os.pread(f.fileno(), MiB, 128 * MiB + 12345)
+    assert 1 * MiB <= proxy.blob_bytes < 16 * MiB
+
+
+def test_second_mount_on_the_same_cache_downloads_nothing(big_kit, proxy, mounts: Mounts) -> None:
+    source, ref = big_kit
+    first = mounts.mount(ref)
+    original = (source / "model/weights.bin").read_bytes()
+    assert (first / "model/weights.bin").read_bytes() == original
+    proxy.reset()
+    second = mounts.mount(ref)
+    assert (second / "model/weights.bin").read_bytes() == original
+    assert (second / "README.md").read_bytes() == b"big\n"
+    assert proxy.blob_bytes == 0
+    assert proxy.blob_requests == 0
+
+
+def test_safetensors_reads_one_tensor_with_about_its_bytes(tmp_path: Path, publish, proxy,
+                                                           mounts: Mounts) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(3)
+    tensors = {f"layer{i}": rng.standard_normal((1024, 4096), dtype=np.float32) for i in range(6)}
+    save_file(tensors, source / "model.safetensors")
+    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "st"},
+               "model": {"name": "st", "path": "model.safetensors"}}
+    mountpoint = mounts.mount(publish(build_modelkit(source, kitfile), "st/model"))
+    proxy.reset()
+    with safe_open(mountpoint / "model.safetensors", framework="numpy") as f:
+        tensor = f.get_tensor("layer3")
+    np.testing.assert_array_equal(tensor, tensors["layer3"])
+    size = tensors["layer3"].nbytes  # 16 MiB of a 96 MiB file
+    assert size <= proxy.blob_bytes <= 1.1 * size + 8 * MiB
