@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import ssl
 from dataclasses import dataclass, field
 
 import httpx
@@ -264,7 +265,7 @@ class RegistryClient:
 
     def _unreachable(self, exc: Exception) -> str:
         text = f"cannot reach registry {self.registry}: {_describe(exc)}"
-        if not self.plain_http and "SSL" in str(exc).upper():
+        if not self.plain_http and any(isinstance(e, ssl.SSLError) for e in _chain(exc)):
             return text + "; if it serves plain HTTP, pass --plain-http"
         return text + "; check the address and that the registry is running"
 
@@ -287,6 +288,18 @@ async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes
     return b"".join(parts)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
+    """The most telling message along the exception's causes."""
+    for error in _chain(exc):
+        if text := str(error).strip():
+            return text.splitlines()[0]
+    return type(exc).__name__
