@@ -29,31 +29,58 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = commands.add_parser(
-        "mount", help="mount a ModelKit", epilog=EXAMPLES,
+        "mount",
+        help="mount a ModelKit",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Mount REFERENCE (registry/repository[:tag][@sha256:digest]) at MOUNTPOINT. "
         "Returns once the folder is mounted; the daemon keeps running in the background.",
     )
     m.add_argument("reference", metavar="REFERENCE")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
-    m.add_argument("--plain-http", action="store_true",
-                   help="talk plain HTTP to the registry (like kit's --plain-http)")
-    m.add_argument("--cache-dir", metavar="DIR",
-                   help="shared block cache (default $MODELKITFS_CACHE_DIR, else "
-                   "$XDG_CACHE_HOME/modelkitfs, else ~/.cache/modelkitfs)")
-    m.add_argument("--foreground", "-f", action="store_true",
-                   help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM")
-    m.add_argument("--allow-other", action="store_true",
-                   help="let other users read the mount (needs user_allow_other in /etc/fuse.conf "
-                   "unless root)")
-    m.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default: info")
+    m.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="talk plain HTTP to the registry (like kit's --plain-http)",
+    )
+    m.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="shared block cache (default $MODELKITFS_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/modelkitfs, else ~/.cache/modelkitfs)",
+    )
+    m.add_argument(
+        "--foreground",
+        "-f",
+        action="store_true",
+        help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM",
+    )
+    m.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf "
+        "unless root)",
+    )
+    m.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info",
+    )
 
-    u = commands.add_parser("umount", aliases=["unmount"], help="unmount a mounted ModelKit",
-                            description="Unmount MOUNTPOINT, also when its daemon has died.")
+    u = commands.add_parser(
+        "umount",
+        aliases=["unmount"],
+        help="unmount a mounted ModelKit",
+        description="Unmount MOUNTPOINT, also when its daemon has died.",
+    )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
-    u.add_argument("--lazy", "-z", action="store_true",
-                   help="detach now even if busy; clean up when the last user leaves")
+    u.add_argument(
+        "--lazy",
+        "-z",
+        action="store_true",
+        help="detach now even if busy; clean up when the last user leaves",
+    )
     return parser
 
 
@@ -61,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "mount":
-            options = MountOptions(plain_http=args.plain_http, cache_dir=args.cache_dir,
-                                   log_level=args.log_level, allow_other=args.allow_other)
+            options = MountOptions(
+                plain_http=args.plain_http,
+                cache_dir=args.cache_dir,
+                log_level=args.log_level,
+                allow_other=args.allow_other,
+            )
             if args.foreground:
                 mount_foreground(args.reference, args.mountpoint, options)
             else:

@@ -60,8 +60,12 @@ async def serve_modelkit(
 
         operations = KitOperations(kit.tree, stats)
         try:
-            await serve(operations, mountpoint,
-                        mount_options(f"modelkitfs:{ref}", options.allow_other), on_ready)
+            await serve(
+                operations,
+                mountpoint,
+                mount_options(f"modelkitfs:{ref}", options.allow_other),
+                on_ready,
+            )
         except RuntimeError as exc:
             raise MountError(
                 f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
@@ -114,4 +118,3 @@ def main() -> int:
 
 def log_path(cache_dir: str) -> Path:
     return Path(cache_dir) / "logs" / "modelkitfs.log"
-

@@ -34,7 +34,9 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
     try:
         os.stat(path)
     except FileNotFoundError:
-        raise MountError(f"mountpoint {path} does not exist: create it with 'mkdir -p {path}'") from None
+        raise MountError(
+            f"mountpoint {path} does not exist: create it with 'mkdir -p {path}'"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             raise MountError(
@@ -56,8 +58,9 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
     return path
 
 
-def _prepare(reference: str, mountpoint: str | os.PathLike[str],
-             options: MountOptions | None) -> tuple[str, MountOptions]:
+def _prepare(
+    reference: str, mountpoint: str | os.PathLike[str], options: MountOptions | None
+) -> tuple[str, MountOptions]:
     parse_reference(reference)
     path = check_mountpoint(mountpoint)
     options = MountOptions(**asdict(options or MountOptions()))
@@ -87,7 +90,9 @@ def mount(
     with open(log_path(options.cache_dir or ""), "ab") as log_file:
         daemon = subprocess.Popen(
             [sys.executable, "-c", DAEMON_ENTRY, arguments],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
             start_new_session=True,
         )
     assert daemon.stdout is not None
@@ -100,8 +105,13 @@ def mount(
     if daemon.poll() is None:
         daemon.kill()
         daemon.wait()
-    message = line.partition("\t")[2] if line.startswith("error\t") else (
-        f"the mount daemon stopped without mounting {path}; see {log_path(options.cache_dir or '')}"
+    message = (
+        line.partition("\t")[2]
+        if line.startswith("error\t")
+        else (
+            f"the mount daemon stopped without mounting {path}; "
+            f"see {log_path(options.cache_dir or '')}"
+        )
     )
     raise MountError(message)
 

@@ -44,7 +44,10 @@ class Reference:
 def parse_reference(text: str) -> Reference:
     """Parse ``text`` or raise :class:`InvalidReference` saying what is wrong with it."""
     original = text
-    hint = "expected REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], e.g. registry.example:5000/team/model:v1"
+    hint = (
+        "expected REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], "
+        "e.g. registry.example:5000/team/model:v1"
+    )
     if not text or text != text.strip():
         raise InvalidReference(f"invalid reference {original!r}: {hint}")
     digest = None

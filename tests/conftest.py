@@ -3,62 +3,24 @@ of it, test ModelKits built in kit's exact format, and real FUSE mounts."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modelkitfs import MountOptions, mount
 from tests.kitbuilder import Artifact, push
 from tests.registry_proxy import CountingProxy
-
-REGISTRY_BINARY = shutil.which("docker-registry") or shutil.which("registry")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.registry_server import running_registry
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Distribution registry on a free loopback port; yields ``host:port``."""
-    if REGISTRY_BINARY is None:
-        pytest.fail("docker-registry is not installed: run scripts/test, which installs it")
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(json.dumps({
-        "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")},
-                    "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }))
-    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 200:
-                break
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail(f"registry did not start: {(root / 'log').read_text()}")
-        time.sleep(0.1)
-    yield address
-    process.terminate()
-    process.wait(10)
+    with running_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +51,19 @@ class Mounts:
         self.cache_dir = base / "cache"
         self.mounted: list[Path] = []
 
-    def mount(self, repo_tag: str, *, cache_dir: Path | None = None, name: str | None = None,
-              registry: str | None = None) -> Path:
+    def mount(
+        self,
+        repo_tag: str,
+        *,
+        cache_dir: Path | None = None,
+        name: str | None = None,
+        registry: str | None = None,
+    ) -> Path:
         mountpoint = self.base / (name or f"mnt{len(self.mounted)}")
         mountpoint.mkdir()
-        options = MountOptions(plain_http=True, cache_dir=str(cache_dir or self.cache_dir),
-                               log_level="debug")
+        options = MountOptions(
+            plain_http=True, cache_dir=str(cache_dir or self.cache_dir), log_level="debug"
+        )
         mount(f"{registry or self.proxy.address}/{repo_tag}", mountpoint, options)
         self.mounted.append(mountpoint)
         return mountpoint

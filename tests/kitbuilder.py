@@ -50,6 +50,7 @@ class Artifact:
 
 # --- Go archive/tar, as kit uses it -------------------------------------------------------------
 
+
 def _octal(value: int, width: int) -> bytes:
     digits = format(value, "o").encode()
     return digits.rjust(width - 1, b"0") + b"\0"
@@ -145,6 +146,7 @@ def other_tar(members: list[tuple[str, Path]], style: str) -> bytes:
 
 # --- kit pack -----------------------------------------------------------------------------------
 
+
 def _clean(path: str) -> str:
     cleaned = os.path.normpath(path)
     return "" if cleaned == "." else cleaned
@@ -193,8 +195,9 @@ def kit_entries(kitfile: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     return out
 
 
-def build_modelkit(context: Path, kitfile: dict[str, Any], *, style: str = "go",
-                   annotations: bool = True) -> Artifact:
+def build_modelkit(
+    context: Path, kitfile: dict[str, Any], *, style: str = "go", annotations: bool = True
+) -> Artifact:
     """Pack ``context`` as kit would, with ``kitfile`` (a dict in Kitfile shape)."""
     config = json.loads(json.dumps(kitfile))
     entries = kit_entries(config)
@@ -227,8 +230,11 @@ def build_modelkit(context: Path, kitfile: dict[str, Any], *, style: str = "go",
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": sha256(artifact.config),
-                   "size": len(artifact.config)},
+        "config": {
+            "mediaType": CONFIG_TYPE,
+            "digest": sha256(artifact.config),
+            "size": len(artifact.config),
+        },
         "layers": layers,
         "annotations": {"ml.kitops.modelkit.cli-version": "1.10.0"},
     }
@@ -259,10 +265,14 @@ def push(registry: str, repository: str, tag: str, artifact: Artifact) -> str:
             started.raise_for_status()
             location = started.headers["Location"]
             location += ("&" if "?" in location else "?") + f"digest={digest}"
-            done = client.put(location, content=data,
-                              headers={"Content-Type": "application/octet-stream"})
+            done = client.put(
+                location, content=data, headers={"Content-Type": "application/octet-stream"}
+            )
             done.raise_for_status()
-        response = client.put(f"/v2/{repository}/manifests/{tag}", content=artifact.manifest,
-                              headers={"Content-Type": artifact.media_type})
+        response = client.put(
+            f"/v2/{repository}/manifests/{tag}",
+            content=artifact.manifest,
+            headers={"Content-Type": artifact.media_type},
+        )
         response.raise_for_status()
     return artifact.digest

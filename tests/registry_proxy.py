@@ -90,8 +90,11 @@ class CountingProxy:
     """Starts the proxy process and reads its counters."""
 
     def __init__(self, upstream: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.registry_proxy", upstream],
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.registry_proxy", upstream],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         self.address = self.process.stdout.readline().strip()
         self._http = httpx.Client(base_url=f"http://{self.address}", timeout=10)

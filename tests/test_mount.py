@@ -19,7 +19,11 @@ MiB = 1024 * 1024
 NESTED_KITFILE = {
     "manifestVersion": "1.0.0",
     "package": {"name": "nested", "version": "1.0.0", "authors": ["Ada"]},
-    "model": {"name": "llm", "path": "main-dir", "parts": [{"name": "adapter", "path": "./parts/adapter.bin"}]},
+    "model": {
+        "name": "llm",
+        "path": "main-dir",
+        "parts": [{"name": "adapter", "path": "./parts/adapter.bin"}],
+    },
     "code": [{"path": "."}],
     "datasets": [{"name": "train", "path": "main-dir/subdir"}, {"name": "fr", "path": "données/"}],
     "docs": [{"path": "./docs/guide.md"}],
@@ -101,8 +105,9 @@ def assert_same_tree(mountpoint: Path, source: Path, expected: set[str]) -> None
 
 
 @pytest.mark.parametrize("style", ["go", "gnu", "pax"])
-def test_tree_is_what_kit_unpack_writes(nested_source: Path, publish, mounts: Mounts,
-                                        style: str) -> None:
+def test_tree_is_what_kit_unpack_writes(
+    nested_source: Path, publish, mounts: Mounts, style: str
+) -> None:
     artifact = build_modelkit(nested_source, NESTED_KITFILE, style=style)
     mountpoint = mounts.mount(publish(artifact, f"nested/{style}"))
     expected = expected_tree(nested_source, NESTED_KITFILE)
@@ -116,14 +121,18 @@ def test_single_file_and_deep_paths(tmp_path: Path, publish, mounts: Mounts) -> 
     source = tmp_path / "src"
     write(source / "a/b/c/d/model.gguf", b"gguf" * 1000)
     write(source / "a/b/sibling.txt", b"not in any layer")
-    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "single"},
-               "model": {"name": "m", "path": "a/b/c/d/model.gguf"}}
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "package": {"name": "single"},
+        "model": {"name": "m", "path": "a/b/c/d/model.gguf"},
+    }
     mountpoint = mounts.mount(publish(build_modelkit(source, kitfile), "single/file"))
     assert_same_tree(mountpoint, source, {"a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/model.gguf"})
 
 
-def test_mounting_fetches_only_manifest_and_config(nested_source: Path, publish, proxy,
-                                                   mounts: Mounts) -> None:
+def test_mounting_fetches_only_manifest_and_config(
+    nested_source: Path, publish, proxy, mounts: Mounts
+) -> None:
     artifact = build_modelkit(nested_source, NESTED_KITFILE)
     ref = publish(artifact, "nested/lazy")
     proxy.reset()
@@ -157,8 +166,12 @@ def big_kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[Path, st
     source = tmp_path_factory.mktemp("big")
     write(source / "model/weights.bin", np.random.default_rng(2).bytes(256 * MiB))
     write(source / "README.md", b"big\n")
-    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "big"},
-               "model": {"name": "big", "path": "model"}, "docs": [{"path": "README.md"}]}
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "package": {"name": "big"},
+        "model": {"name": "big", "path": "model"},
+        "docs": [{"path": "README.md"}],
+    }
     return source, publish(build_modelkit(source, kitfile), "big/model")
 
 
@@ -186,15 +199,19 @@ def test_second_mount_on_the_same_cache_downloads_nothing(big_kit, proxy, mounts
     assert proxy.blob_requests == 0
 
 
-def test_safetensors_reads_one_tensor_with_about_its_bytes(tmp_path: Path, publish, proxy,
-                                                           mounts: Mounts) -> None:
+def test_safetensors_reads_one_tensor_with_about_its_bytes(
+    tmp_path: Path, publish, proxy, mounts: Mounts
+) -> None:
     source = tmp_path / "src"
     source.mkdir()
     rng = np.random.default_rng(3)
     tensors = {f"layer{i}": rng.standard_normal((1024, 4096), dtype=np.float32) for i in range(6)}
     save_file(tensors, source / "model.safetensors")
-    kitfile = {"manifestVersion": "1.0.0", "package": {"name": "st"},
-               "model": {"name": "st", "path": "model.safetensors"}}
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "package": {"name": "st"},
+        "model": {"name": "st", "path": "model.safetensors"},
+    }
     mountpoint = mounts.mount(publish(build_modelkit(source, kitfile), "st/model"))
     proxy.reset()
     with safe_open(mountpoint / "model.safetensors", framework="numpy") as f:

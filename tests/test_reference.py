@@ -15,10 +15,16 @@ from modelkitfs.reference import parse_reference
         ("r.io/a/b:t@sha256:" + "b" * 64, "r.io", "a/b", "t", "sha256:" + "b" * 64),
     ],
 )
-def test_parses_like_kit(text: str, registry: str, repository: str, tag: str | None,
-                         digest: str | None) -> None:
+def test_parses_like_kit(
+    text: str, registry: str, repository: str, tag: str | None, digest: str | None
+) -> None:
     ref = parse_reference(text)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
     assert ref.identifier == (digest or tag)
 
 

@@ -53,7 +53,9 @@ class LayerIndex:
         document = json.loads(data)
         if document.get("version") != 1:
             raise ValueError("unknown index version")
-        return cls([Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]])
+        return cls(
+            [Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]]
+        )
 
 
 class IndexSource(Protocol):

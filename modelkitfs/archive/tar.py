@@ -93,7 +93,11 @@ def parse_pax(data: bytes) -> dict[str, str]:
         except ValueError:
             raise ArchiveError("corrupt PAX record: bad length") from None
         record = data[space + 1 : position + length]
-        if not 0 < length <= len(data) - position or not record.endswith(b"\n") or b"=" not in record:
+        if (
+            not 0 < length <= len(data) - position
+            or not record.endswith(b"\n")
+            or b"=" not in record
+        ):
             raise ArchiveError("corrupt PAX record")
         key, _, value = record[:-1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
@@ -191,8 +195,14 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
             log.warning("skipping %r: its path leaves the layer", name)
         else:
             entries.append(
-                Entry(path, kind, header.mode, size if kind is EntryKind.FILE else 0,
-                      data_offset, linkname)
+                Entry(
+                    path,
+                    kind,
+                    header.mode,
+                    size if kind is EntryKind.FILE else 0,
+                    data_offset,
+                    linkname,
+                )
             )
         offset = data_offset + (_padded(size) if has_data else 0)
     log.debug("indexed %s: %d entries in %d requests", source.digest, len(entries), reader.requests)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 
 def default_cache_dir() -> Path:
-    """``$MODELKITFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkitfs``, else ``~/.cache/modelkitfs``."""
+    """``$MODELKITFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkitfs``, else
+    ``~/.cache/modelkitfs``."""
     if explicit := os.environ.get("MODELKITFS_CACHE_DIR"):
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -43,13 +44,17 @@ class DiskCache:
 
     def block_path(self, digest: str, block_size: int, index: int) -> Path:
         algorithm, hexpart = _split(digest)
-        return self.root / "blocks" / algorithm / hexpart[:2] / hexpart / str(block_size) / str(index)
+        return (
+            self.root / "blocks" / algorithm / hexpart[:2] / hexpart / str(block_size) / str(index)
+        )
 
     def meta_path(self, digest: str, name: str) -> Path:
         algorithm, hexpart = _split(digest)
         return self.root / "meta" / algorithm / hexpart[:2] / hexpart / name
 
-    def read_block(self, digest: str, block_size: int, index: int, expected_size: int) -> bytes | None:
+    def read_block(
+        self, digest: str, block_size: int, index: int, expected_size: int
+    ) -> bytes | None:
         """The block's bytes, or None when absent or not the size it must be."""
         data = _read(self.block_path(digest, block_size, index))
         if data is None or len(data) != expected_size:

@@ -159,7 +159,9 @@ class BlobStore:
             # A full or read-only disk costs speed, never a failed read.
             self.stats.write_failures += 1
             self._cache_writable = False
-            log.warning("cache %s is not writable (%s): serving reads uncached", self.cache.root, exc)
+            log.warning(
+                "cache %s is not writable (%s): serving reads uncached", self.cache.root, exc
+            )
 
     async def load_meta(self, digest: str, name: str) -> bytes | None:
         return await trio.to_thread.run_sync(self.cache.read_meta, digest, name)
@@ -198,4 +200,3 @@ class Blob:
 
     async def save_meta(self, name: str, data: bytes) -> None:
         await self.store.save_meta(self.digest, name, data)
-

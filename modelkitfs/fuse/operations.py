@@ -73,7 +73,9 @@ class KitOperations(pyfuse3.Operations):
             log.exception("%s failed unexpectedly", what)
         raise pyfuse3.FUSEError(errno.EIO)
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         if name == b".":
             return self._attributes(self._node(parent_inode))
         if name == b"..":
@@ -102,7 +104,9 @@ class KitOperations(pyfuse3.Operations):
         listing = self._listings.get(fh, [])
         for position in range(start_id, len(listing)):
             name, inode = listing[position]
-            if not pyfuse3.readdir_reply(token, name, self._attributes(self._node(inode)), position + 1):
+            if not pyfuse3.readdir_reply(
+                token, name, self._attributes(self._node(inode)), position + 1
+            ):
                 break
 
     async def releasedir(self, fh: int) -> None:
@@ -146,4 +150,3 @@ class KitOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Any) -> None:
         pass  # nodes live as long as the mount: nothing to free
-

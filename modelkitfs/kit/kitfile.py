@@ -15,18 +15,43 @@ import yaml
 _ENTRY_TAIL = ("description", "license")
 # Field order of kit's Go structs (pkg/artifact/kitfile.go); "!" marks a field kept when empty.
 _PACKAGE = ("name", "version", "description", "license", "authors")
-_MODEL = ("name", "path", "license", "framework", "format", "version", "description", "parts",
-          "parameters")
+_MODEL = (
+    "name",
+    "path",
+    "license",
+    "framework",
+    "format",
+    "version",
+    "description",
+    "parts",
+    "parameters",
+)
 _PART = ("name", "path", "license", "type")
 _CODE = ("path", "description", "license")
 _DATASET = ("name", "path", "remotePath", "remoteHash", "description", "license", "parameters")
 _DOCS = ("!path", "description")
 _PROMPT = ("name", "path", "description")
 _MCP = ("name", "path", "description")
-_KITFILE = ("!manifestVersion", "package", "model", "code", "datasets", "docs", "prompts",
-            "mcpServers")
-_NESTED = {"package": _PACKAGE, "model": _MODEL, "parts": _PART, "code": _CODE,
-           "datasets": _DATASET, "docs": _DOCS, "prompts": _PROMPT, "mcpServers": _MCP}
+_KITFILE = (
+    "!manifestVersion",
+    "package",
+    "model",
+    "code",
+    "datasets",
+    "docs",
+    "prompts",
+    "mcpServers",
+)
+_NESTED = {
+    "package": _PACKAGE,
+    "model": _MODEL,
+    "parts": _PART,
+    "code": _CODE,
+    "datasets": _DATASET,
+    "docs": _DOCS,
+    "prompts": _PROMPT,
+    "mcpServers": _MCP,
+}
 
 
 class _Flow(list[Any]):
@@ -34,7 +59,9 @@ class _Flow(list[Any]):
 
 
 def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {} or value is False or value == 0
+    return (
+        value is None or value == "" or value == [] or value == {} or value is False or value == 0
+    )
 
 
 def _shape(value: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -102,6 +129,13 @@ _GoYAMLDumper.add_representer(
 def render_kitfile(config: dict[str, Any]) -> bytes:
     """The Kitfile bytes ``kit unpack`` writes for this config."""
     document = _shape(config, _KITFILE)
-    text = yaml.dump(document, Dumper=_GoYAMLDumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True, width=2**31 - 1, indent=2)
+    text = yaml.dump(
+        document,
+        Dumper=_GoYAMLDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=2**31 - 1,
+        indent=2,
+    )
     return text.encode()

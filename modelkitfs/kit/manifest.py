@@ -67,7 +67,9 @@ def parse_layer_type(descriptor: Descriptor) -> Layer:
     """Split ``application/vnd.kitops.modelkit.<base>.v1.<format>[+<compression>]``."""
     media_type = descriptor.media_type
     if not media_type.startswith(LAYER_PREFIX):
-        raise NotAModelKit(f"layer {descriptor.digest} has media type {media_type!r}, not a ModelKit layer")
+        raise NotAModelKit(
+            f"layer {descriptor.digest} has media type {media_type!r}, not a ModelKit layer"
+        )
     rest = media_type[len(LAYER_PREFIX) :]
     base, _, encoding = rest.partition(".v1.")
     fmt, _, compression = encoding.partition("+")
@@ -99,11 +101,14 @@ def parse_manifest(raw: bytes, media_type: str, reference: str) -> ModelKitManif
     config = Descriptor.parse(document.get("config"), f"{reference} config")
     artifact_type = document.get("artifactType")
     if artifact_type != MODELKIT_ARTIFACT_TYPE and config.media_type != MODELKIT_CONFIG:
-        what = "a container image" if config.media_type in IMAGE_CONFIGS else (
-            f"an artifact of type {artifact_type or config.media_type!r}"
+        what = (
+            "a container image"
+            if config.media_type in IMAGE_CONFIGS
+            else (f"an artifact of type {artifact_type or config.media_type!r}")
         )
         raise NotAModelKit(
-            f"{reference} is {what}, not a ModelKit: check the reference, or pack one with 'kit pack'"
+            f"{reference} is {what}, not a ModelKit: check the reference, or pack one "
+            "with 'kit pack'"
         )
     layers = [
         parse_layer_type(Descriptor.parse(item, f"{reference} layer"))

@@ -37,18 +37,28 @@ async def open_modelkit(store: BlobStore, identifier: str, reference: str) -> Mo
     fetched = await store.manifest(identifier)
     manifest = parse_manifest(fetched.raw, fetched.media_type, reference)
     if manifest.config.size > MAX_CONFIG_SIZE:
-        raise NotAModelKit(f"{reference}: config of {manifest.config.size} bytes is implausibly large")
+        raise NotAModelKit(
+            f"{reference}: config of {manifest.config.size} bytes is implausibly large"
+        )
     raw_config = await store.small_blob(manifest.config.digest, manifest.config.size)
     try:
         config = json.loads(raw_config)
         if not isinstance(config, dict):
             raise ValueError("not an object")
     except ValueError as exc:
-        raise NotAModelKit(f"{reference}: the ModelKit config is not a JSON object ({exc})") from None
+        raise NotAModelKit(
+            f"{reference}: the ModelKit config is not a JSON object ({exc})"
+        ) from None
     layers = [
-        TreeLayer(open_layer(store.blob(layer.descriptor.digest, layer.descriptor.size),
-                             layer.format, layer.compression),
-                  _layer_path(layer, entry), layer.descriptor.media_type)
+        TreeLayer(
+            open_layer(
+                store.blob(layer.descriptor.digest, layer.descriptor.size),
+                layer.format,
+                layer.compression,
+            ),
+            _layer_path(layer, entry),
+            layer.descriptor.media_type,
+        )
         for layer, entry in map_layers(manifest.layers, config, reference)
     ]
     tree = KitTree(layers, render_kitfile(config))

@@ -105,7 +105,8 @@ class KitTree:
 
     async def _index_layers_for(self, directory: str) -> None:
         wanted = [
-            i for i, layer in enumerate(self.layers)
+            i
+            for i, layer in enumerate(self.layers)
             if i not in self._indexes and related(layer.path, directory)
         ]
         if not wanted:
@@ -138,8 +139,13 @@ class KitTree:
         stable across rebuilds because they are keyed by path."""
         nodes: dict[str, Node] = {"": Node(ROOT_INODE, "", stat.S_IFDIR | IMPLICIT_DIR_MODE)}
         if self.kitfile is not None:
-            nodes["Kitfile"] = Node(self._inode("Kitfile"), "Kitfile", stat.S_IFREG | KITFILE_MODE,
-                                    len(self.kitfile), content=self.kitfile)
+            nodes["Kitfile"] = Node(
+                self._inode("Kitfile"),
+                "Kitfile",
+                stat.S_IFREG | KITFILE_MODE,
+                len(self.kitfile),
+                content=self.kitfile,
+            )
         for i, layer in enumerate(self.layers):
             if (index := self._indexes.get(i)) is not None:
                 for entry in index.entries:
@@ -155,26 +161,42 @@ class KitTree:
         if not entry.path:
             return  # the root itself: its mode stays the mount's
         if not self._make_parents(nodes, entry.path):
-            log.warning("%s: skipping %r: a file stands where its directory should be",
-                        layer.archive.digest, entry.path)
+            log.warning(
+                "%s: skipping %r: a file stands where its directory should be",
+                layer.archive.digest,
+                entry.path,
+            )
             return
         existing = nodes.get(entry.path)
         if entry.kind is EntryKind.DIRECTORY:
             if existing is not None and existing.is_dir:
                 return  # an existing directory keeps its mode, as os.MkdirAll leaves it
-            nodes[entry.path] = Node(self._inode(entry.path), entry.path,
-                                     stat.S_IFDIR | entry.mode, layer=layer)
+            nodes[entry.path] = Node(
+                self._inode(entry.path), entry.path, stat.S_IFDIR | entry.mode, layer=layer
+            )
         elif entry.kind is EntryKind.FILE:
             if existing is not None and existing.is_dir:
-                log.warning("%s: file %r shadows a directory; keeping the directory",
-                            layer.archive.digest, entry.path)
+                log.warning(
+                    "%s: file %r shadows a directory; keeping the directory",
+                    layer.archive.digest,
+                    entry.path,
+                )
                 return
-            nodes[entry.path] = Node(self._inode(entry.path), entry.path,
-                                     stat.S_IFREG | entry.mode, entry.size,
-                                     offset=entry.offset, layer=layer)
+            nodes[entry.path] = Node(
+                self._inode(entry.path),
+                entry.path,
+                stat.S_IFREG | entry.mode,
+                entry.size,
+                offset=entry.offset,
+                layer=layer,
+            )
         else:
-            log.info("%s: skipping %s %r (kit writes neither)", layer.archive.digest,
-                     entry.kind.value, entry.path)
+            log.info(
+                "%s: skipping %s %r (kit writes neither)",
+                layer.archive.digest,
+                entry.kind.value,
+                entry.path,
+            )
 
     def _make_parents(self, nodes: dict[str, Node], path: str) -> bool:
         parent = path.rpartition("/")[0]
@@ -185,8 +207,9 @@ class KitTree:
         if parent and not nodes[parent].is_dir:
             return False
         for directory in reversed(missing):
-            nodes[directory] = Node(self._inode(directory), directory,
-                                    stat.S_IFDIR | IMPLICIT_DIR_MODE)
+            nodes[directory] = Node(
+                self._inode(directory), directory, stat.S_IFDIR | IMPLICIT_DIR_MODE
+            )
         return True
 
     def _inode(self, path: str) -> int:

@@ -87,7 +87,9 @@ class RegistryClient:
         self._limiter = trio.CapacityLimiter(max_in_flight)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_in_flight * 2, max_keepalive_connections=max_in_flight * 2),
+            limits=httpx.Limits(
+                max_connections=max_in_flight * 2, max_keepalive_connections=max_in_flight * 2
+            ),
             follow_redirects=False,
             headers={"User-Agent": "modelkitfs"},
         )
@@ -98,8 +100,10 @@ class RegistryClient:
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
         """Fetch a manifest or index by tag or digest and verify it."""
         url = f"{self.base_url}/v2/{repository}/manifests/{identifier}"
-        what = f"{self.registry}/{repository}:{identifier}" if ":" not in identifier else (
-            f"{self.registry}/{repository}@{identifier}"
+        what = (
+            f"{self.registry}/{repository}:{identifier}"
+            if ":" not in identifier
+            else (f"{self.registry}/{repository}@{identifier}")
         )
         response = await self._request("GET", url, repository, {"Accept": MANIFEST_ACCEPT}, what)
         raw = response.content
@@ -122,7 +126,9 @@ class RegistryClient:
     async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
         """Fetch a small blob (a config) whole and verify it."""
         what = f"blob {digest} of {self.registry}/{repository}"
-        response = await self._request("GET", self._blob_url(repository, digest), repository, {}, what)
+        response = await self._request(
+            "GET", self._blob_url(repository, digest), repository, {}, what
+        )
         data = response.content
         if size is not None and len(data) != size:
             raise DigestMismatch(f"{what} has {len(data)} bytes, its descriptor says {size}")
@@ -144,8 +150,14 @@ class RegistryClient:
                         f"reading {what} failed after {RETRIES} attempts: {_describe(exc)}"
                     ) from exc
                 delay = min(0.2 * 2**attempt, 2.0) * (0.5 + random.random())
-                log.warning("range %d-%d of %s failed (%s); retrying in %.1fs",
-                            start, end, digest, _describe(exc), delay)
+                log.warning(
+                    "range %d-%d of %s failed (%s); retrying in %.1fs",
+                    start,
+                    end,
+                    digest,
+                    _describe(exc),
+                    delay,
+                )
                 await trio.sleep(delay)
                 continue
             self.stats.ranges += 1

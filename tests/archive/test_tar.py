@@ -97,8 +97,9 @@ def test_big_file_costs_one_header_read(tmp_path: Path) -> None:
 
 def test_pax_global_header_applies_to_later_members() -> None:
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
-                      pax_headers={"comment": "global"}) as archive:
+    with tarfile.open(
+        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}
+    ) as archive:
         info = tarfile.TarInfo("a.txt")
         info.size = 3
         archive.addfile(info, io.BytesIO(b"abc"))
@@ -131,14 +132,23 @@ def test_escaping_and_link_members_never_enter_the_index(tmp_path: Path) -> None
         archive.addfile(link)
     index, _ = index_of(out.getvalue())
     assert {(e.path, e.kind) for e in index.entries} == {
-        ("good", EntryKind.FILE), ("link", EntryKind.SYMLINK)
+        ("good", EntryKind.FILE),
+        ("link", EntryKind.SYMLINK),
     }
 
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("./a/b/", "a/b"), ("a//b", "a/b"), (".", ""), ("./", ""), ("../x", None), ("/abs", None),
-     ("a/../../x", None), ("a/./b", "a/b")],
+    [
+        ("./a/b/", "a/b"),
+        ("a//b", "a/b"),
+        (".", ""),
+        ("./", ""),
+        ("../x", None),
+        ("/abs", None),
+        ("a/../../x", None),
+        ("a/./b", "a/b"),
+    ],
 )
 def test_normalize_name(name: str, expected: str | None) -> None:
     assert normalize_name(name) == expected
@@ -146,8 +156,6 @@ def test_normalize_name(name: str, expected: str | None) -> None:
 
 def test_parse_pax_records() -> None:
     records = pax_record("path", "d/été") + pax_record("size", "9999999999")
-    assert parse_pax(records) == {
-        "path": "d/été", "size": "9999999999"
-    }
+    assert parse_pax(records) == {"path": "d/été", "size": "9999999999"}
     with pytest.raises(ArchiveError):
         parse_pax(b"99 path=x\n")

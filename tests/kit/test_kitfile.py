@@ -4,13 +4,22 @@ from modelkitfs.kit.kitfile import render_kitfile
 # digest/diffId, unknown keys dropped, flow-style authors, yaml.v3 quoting, 2-space indent.
 CONFIG = {
     "manifestVersion": "1.0.0",
-    "datasets": [{"name": "training", "path": "data/train.csv", "digest": "sha256:1",
-                  "diffId": "sha256:1"}],
+    "datasets": [
+        {"name": "training", "path": "data/train.csv", "digest": "sha256:1", "diffId": "sha256:1"}
+    ],
     "code": [{"path": "src", "digest": "sha256:2"}],
-    "package": {"name": "my-model", "version": "1.0", "authors": ["Alice", "Bob"],
-                "unknown": "dropped"},
-    "model": {"name": "my-model", "path": "model.gguf", "parameters": {"b": 1.0, "a": "true"},
-              "parts": [{"name": "adapter", "path": "adapter.bin"}]},
+    "package": {
+        "name": "my-model",
+        "version": "1.0",
+        "authors": ["Alice", "Bob"],
+        "unknown": "dropped",
+    },
+    "model": {
+        "name": "my-model",
+        "path": "model.gguf",
+        "parameters": {"b": 1.0, "a": "true"},
+        "parts": [{"name": "adapter", "path": "adapter.bin"}],
+    },
     "docs": [{"path": "README.md", "description": "two\nlines"}],
 }
 EXPECTED = """\
@@ -46,4 +55,6 @@ def test_renders_what_kit_unpack_writes() -> None:
 
 
 def test_empty_package_is_omitted() -> None:
-    assert render_kitfile({"manifestVersion": "1.0.0", "package": {}}) == b"manifestVersion: 1.0.0\n"
+    assert (
+        render_kitfile({"manifestVersion": "1.0.0", "package": {}}) == b"manifestVersion: 1.0.0\n"
+    )
