@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,22 @@ def test_safetensors_reads_one_tensor_with_about_its_bytes(
     np.testing.assert_array_equal(tensor, tensors["layer3"])
     size = tensors["layer3"].nbytes  # 16 MiB of a 96 MiB file
     assert size <= proxy.blob_bytes <= 1.1 * size + 8 * MiB
+
+
+def test_concurrent_readers_share_one_download(big_kit, proxy, mounts: Mounts) -> None:
+    source, ref = big_kit
+    mountpoint = mounts.mount(ref)
+    (mountpoint / "model").exists()  # index first, so only data is counted below
+    proxy.reset()
+    offset, length = 100 * MiB, 8 * MiB
+
+    def read(_: int) -> bytes:
+        with open(mountpoint / "model/weights.bin", "rb", buffering=0) as f:
+            return os.pread(f.fileno(), length, offset)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, range(8)))
+    with open(source / "model/weights.bin", "rb") as f:
+        expected = os.pread(f.fileno(), length, offset)
+    assert all(r == expected for r in results)
+    assert length <= proxy.blob_bytes <= length + 4 * MiB
