@@ -13,9 +13,10 @@ import trio
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = 4096
+READ_AHEAD_KB = 1024
 MAX_BACKGROUND = 64
 WORKER_TASKS = (8, 128)
+TUNE_ATTEMPTS = 20
 
 
 def mount_options(fsname: str, allow_other: bool) -> set[str]:
@@ -25,11 +26,12 @@ def mount_options(fsname: str, allow_other: bool) -> set[str]:
     return options
 
 
-def tune_connection(mountpoint: str) -> None:
+async def tune_connection(mountpoint: str) -> None:
     """Ask the kernel for big readahead and more requests in flight; skipped where not allowed.
 
     The default 128 KiB readahead caps sequential reads at a few hundred MB/s and turns mmap
-    page faults into many small requests."""
+    page faults into many small requests. The kernel sets the mount's readahead from the FUSE
+    INIT reply, so this runs once the session is serving, and checks that the value held."""
     device = _mount_device(mountpoint)
     if device is None:
         return
@@ -38,11 +40,18 @@ def tune_connection(mountpoint: str) -> None:
         Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"): READ_AHEAD_KB,
         Path(f"/sys/fs/fuse/connections/{minor}/max_background"): MAX_BACKGROUND,
     }
-    for path, value in settings.items():
-        try:
-            path.write_text(str(value))
-        except OSError as exc:
-            log.debug("cannot set %s: %s", path, exc)
+    for _ in range(TUNE_ATTEMPTS):
+        await trio.sleep(0.05)
+        pending = False
+        for path, value in settings.items():
+            try:
+                if path.read_text().strip() != str(value):
+                    path.write_text(str(value))
+                    pending = True
+            except OSError as exc:
+                log.debug("cannot set %s: %s", path, exc)
+        if not pending:
+            return
 
 
 def _mount_device(mountpoint: str) -> tuple[int, int] | None:
@@ -71,10 +80,10 @@ async def serve(
     unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind."""
     pyfuse3.init(operations, mountpoint, list(options))
     try:
-        tune_connection(mountpoint)
         on_ready()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal)
+            nursery.start_soon(tune_connection, mountpoint)
             await pyfuse3.main(*WORKER_TASKS)
             nursery.cancel_scope.cancel()
     finally:
