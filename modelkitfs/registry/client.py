@@ -11,7 +11,7 @@ import hashlib
 import logging
 import random
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import trio
@@ -48,7 +48,6 @@ class FetchStats:
     requests: int = 0
     blob_bytes: int = 0
     ranges: int = 0
-    by_digest: dict[str, int] = field(default_factory=dict)
 
 
 def sha256_digest(data: bytes) -> str:
@@ -133,7 +132,7 @@ class RegistryClient:
         if size is not None and len(data) != size:
             raise DigestMismatch(f"{what} has {len(data)} bytes, its descriptor says {size}")
         verify(data, digest, what)
-        self._count(digest, len(data))
+        self.stats.blob_bytes += len(data)
         return data
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
@@ -149,7 +148,7 @@ class RegistryClient:
                     raise RegistryError(
                         f"reading {what} failed after {RETRIES} attempts: {_describe(exc)}"
                     ) from exc
-                delay = min(0.2 * 2**attempt, 2.0) * (0.5 + random.random())
+                delay = _backoff(attempt)
                 log.warning(
                     "range %d-%d of %s failed (%s); retrying in %.1fs",
                     start,
@@ -161,7 +160,7 @@ class RegistryClient:
                 await trio.sleep(delay)
                 continue
             self.stats.ranges += 1
-            self._count(digest, len(data))
+            self.stats.blob_bytes += len(data)
             return data
         raise AssertionError("unreachable")
 
@@ -187,10 +186,6 @@ class RegistryClient:
     def _blob_url(self, repository: str, digest: str) -> str:
         return f"{self.base_url}/v2/{repository}/blobs/{digest}"
 
-    def _count(self, digest: str, n: int) -> None:
-        self.stats.blob_bytes += n
-        self.stats.by_digest[digest] = self.stats.by_digest.get(digest, 0) + n
-
     async def _request(
         self, method: str, url: str, repository: str, headers: dict[str, str], what: str
     ) -> httpx.Response:
@@ -201,10 +196,10 @@ class RegistryClient:
             except httpx.TransportError as exc:
                 if attempt == RETRIES - 1 or isinstance(exc, httpx.ConnectError):
                     raise RegistryError(self._unreachable(exc)) from exc
-                await trio.sleep(0.2 * 2**attempt)
+                await trio.sleep(_backoff(attempt))
                 continue
             if response.status_code in RETRYABLE_STATUS and attempt < RETRIES - 1:
-                await trio.sleep(0.2 * 2**attempt)
+                await trio.sleep(_backoff(attempt))
                 continue
             if response.status_code != 200:
                 self._raise_for(response, what)
@@ -298,6 +293,11 @@ async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes
         if position >= end:
             break
     return b"".join(parts)
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter, capped at a few seconds."""
+    return min(0.2 * 2**attempt, 2.0) * (0.5 + random.random())
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
