@@ -14,6 +14,8 @@ EXAMPLES = """\
 examples:
   modelkitfs mount registry.example:5000/team/llm:v1 /mnt/llm
   modelkitfs mount --plain-http 127.0.0.1:5000/demo/kit /mnt/kit --foreground
+  modelkitfs mount -f model -f datasets:validation registry.example:5000/team/llm:v1 /mnt/llm
+  modelkitfs mount -l quantization=q4_0 registry.example:5000/team/llm:all /mnt/llm
   modelkitfs umount /mnt/llm
 """
 
@@ -50,8 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_CACHE_HOME/modelkitfs, else ~/.cache/modelkitfs)",
     )
     m.add_argument(
-        "--foreground",
+        "--filter",
         "-f",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="show only part of the kit, as 'kit unpack --filter' unpacks it: "
+        "TYPES[:IDS] with types kitfile, model, datasets, code, prompts, docs, mcpservers and "
+        "ids matching an entry's name or path as written in the Kitfile "
+        "(e.g. -f model,datasets, -f datasets:validation, -f docs:./README.md); repeatable, "
+        "an entry shows when any filter matches; filtered-out layers are never fetched",
+    )
+    m.add_argument(
+        "--label",
+        "-l",
+        dest="labels",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pick the ModelKit of a ModelKit index whose labels match (repeatable)",
+    )
+    m.add_argument(
+        "--foreground",
         action="store_true",
         help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM",
     )
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir=args.cache_dir,
                 log_level=args.log_level,
                 allow_other=args.allow_other,
+                filters=args.filters,
+                labels=args.labels,
             )
             if args.foreground:
                 mount_foreground(args.reference, args.mountpoint, options)

@@ -12,18 +12,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
-from modelkitfs.kit import open_modelkit
-from modelkitfs.reference import parse_reference
+from modelkitfs.kit import open_modelkit, parse_filters, parse_labels
+from modelkitfs.reference import Reference, parse_reference
 from modelkitfs.registry import RegistryClient
 
 log = logging.getLogger("modelkitfs")
@@ -35,6 +36,13 @@ class MountOptions:
     cache_dir: str | None = None
     log_level: str = "INFO"
     allow_other: bool = False
+    filters: list[str] = field(default_factory=list)  # kit unpack --filter, e.g. "model,docs"
+    labels: list[str] = field(default_factory=list)  # key=value, picks from a ModelKit index
+
+    def check(self) -> None:
+        """Raise the error a malformed filter or label would cause, before any mounting."""
+        parse_filters(self.filters)
+        parse_labels(self.labels)
 
 
 async def serve_modelkit(
@@ -43,19 +51,38 @@ async def serve_modelkit(
     """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
     ref = parse_reference(reference)
     cache = DiskCache(options.cache_dir or "")
-    client = RegistryClient(ref.registry, plain_http=options.plain_http)
+    clients: dict[str, RegistryClient] = {}
+    stores: dict[tuple[str, str], BlobStore] = {}
+
+    def store_for(target: Reference) -> BlobStore:
+        if target.registry not in clients:
+            clients[target.registry] = RegistryClient(
+                target.registry, plain_http=options.plain_http
+            )
+        key = (target.registry, target.repository)
+        if key not in stores:
+            stores[key] = BlobStore(clients[target.registry], target.repository, cache)
+        return stores[key]
+
     try:
-        store = BlobStore(client, ref.repository, cache)
-        kit = await open_modelkit(store, ref.identifier, str(ref))
+        kit = await open_modelkit(
+            store_for,
+            ref,
+            filters=parse_filters(options.filters),
+            labels=parse_labels(options.labels),
+        )
 
         def stats() -> dict[str, Any]:
             return {
                 "reference": str(ref),
                 "manifest": kit.manifest_digest,
                 "kit_bytes": kit.tree.total_size,
-                "fetched_bytes": client.stats.blob_bytes,
-                "requests": client.stats.requests,
-                "cache": asdict(store.stats),
+                "fetched_bytes": sum(c.stats.blob_bytes for c in clients.values()),
+                "requests": sum(c.stats.requests for c in clients.values()),
+                "cache": {
+                    key: sum(getattr(s.stats, key) for s in stores.values())
+                    for key in asdict(CacheStats())
+                },
             }
 
         operations = KitOperations(kit.tree, stats)
@@ -71,9 +98,10 @@ async def serve_modelkit(
                 f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
                 "and that fuse3 is installed (apt-get install fuse3)"
             ) from None
-        log.info("unmounted %s; fetched %d blob bytes", mountpoint, client.stats.blob_bytes)
+        log.info("unmounted %s; fetched %d blob bytes", mountpoint, stats()["fetched_bytes"])
     finally:
-        await client.aclose()
+        for client in clients.values():
+            await client.aclose()
 
 
 def configure_logging(level: str) -> None:

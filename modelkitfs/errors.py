@@ -41,3 +41,12 @@ class ArchiveError(ModelKitFSError):
 
 class MountError(ModelKitFSError):
     """The mountpoint is unusable or the kernel refused the mount."""
+
+
+class InvalidFilter(ModelKitFSError):
+    """A ``--filter`` or ``--label`` argument is malformed."""
+
+
+class SelectionError(ModelKitFSError):
+    """What to mount is ambiguous or missing: index labels matching no entry or several, or
+    ``model.path`` references that cycle or chain too deep."""

@@ -62,8 +62,9 @@ def _prepare(
     reference: str, mountpoint: str | os.PathLike[str], options: MountOptions | None
 ) -> tuple[str, MountOptions]:
     parse_reference(reference)
-    path = check_mountpoint(mountpoint)
     options = MountOptions(**asdict(options or MountOptions()))
+    options.check()
+    path = check_mountpoint(mountpoint)
     options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
     try:
         Path(options.cache_dir, "logs").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Archive indexes: where each file of a layer lives inside the layer's bytes."""
+"""Archive indexes: where each file of a layer lives inside the layer's (uncompressed) bytes."""
 
 from modelkitfs.archive.index import Entry, EntryKind, LayerIndex
-from modelkitfs.archive.layer import LayerArchive, open_layer
+from modelkitfs.archive.layer import LayerArchive, RawFile, open_layer
 
-__all__ = ["Entry", "EntryKind", "LayerArchive", "LayerIndex", "open_layer"]
+__all__ = ["Entry", "EntryKind", "LayerArchive", "LayerIndex", "RawFile", "open_layer"]

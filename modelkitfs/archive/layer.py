@@ -1,22 +1,68 @@
 """A layer as an archive: its index, and reads of its members' bytes.
 
-The kit layer sees only this: how a layer is encoded (plain tar now; compressed and raw layers
-later) stays behind :class:`LayerArchive`.
+A layer is a byte stream (the blob as it is, or gunzipped, or un-zstd'ed) holding either a tar
+archive or, for raw layers, the bytes of exactly one file. The kit layer sees only
+:class:`LayerArchive`; how a layer is encoded stays here.
 """
 
 from __future__ import annotations
 
-from modelkitfs.archive.index import LayerIndex, load_or_build_index
-from modelkitfs.archive.tar import build_tar_index
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelkitfs.archive.gzip import GzipStream
+from modelkitfs.archive.index import Entry, EntryKind, LayerIndex, load_or_build_index
+from modelkitfs.archive.tar import build_tar_index, normalize_name
+from modelkitfs.archive.zstd import ZstdStream
 from modelkitfs.blobs import Blob
 from modelkitfs.errors import ArchiveError
 
+RAW_FILE_MODE = 0o644
 
-class LayerArchive:
-    """An uncompressed tar layer: members are read straight from the blob at their offset."""
+
+class LayerStream(Protocol):
+    """The uncompressed bytes of a layer. ``size`` is known once :meth:`prepare` returns."""
+
+    digest: str
+    size: int
+
+    async def prepare(self) -> None: ...
+    async def read(self, offset: int, length: int) -> bytes: ...
+    async def read_sparse(self, offset: int, length: int) -> bytes: ...
+    async def load_meta(self, name: str) -> bytes | None: ...
+    async def save_meta(self, name: str, data: bytes) -> None: ...
+
+
+class PlainStream:
+    """An uncompressed layer: its bytes are the blob's."""
 
     def __init__(self, blob: Blob) -> None:
         self.blob = blob
+        self.digest = blob.digest
+        self.size = blob.size
+        self.read = blob.read
+        self.read_sparse = blob.read_sparse
+        self.load_meta = blob.load_meta
+        self.save_meta = blob.save_meta
+
+    async def prepare(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """What a raw layer's annotations say of its one file: path, mode and (if given) size."""
+
+    path: str
+    mode: int = RAW_FILE_MODE
+    size: int | None = None
+
+
+class LayerArchive:
+    def __init__(self, blob: Blob, stream: LayerStream, raw: RawFile | None = None) -> None:
+        self.blob = blob
+        self.stream = stream
+        self.raw = raw
 
     @property
     def digest(self) -> str:
@@ -24,21 +70,50 @@ class LayerArchive:
 
     @property
     def size(self) -> int:
+        """Bytes in the registry (compressed, for a compressed layer)."""
         return self.blob.size
 
     async def index(self) -> LayerIndex:
-        return await load_or_build_index(self.blob, build_tar_index)
+        if self.raw is not None:
+            return await self._raw_index(self.raw)
+        return await load_or_build_index(self.stream, _build_tar_index)
 
     async def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the uncompressed layer at ``offset``."""
-        return await self.blob.read(offset, length)
+        return await self.stream.read(offset, length)
+
+    async def _raw_index(self, raw: RawFile) -> LayerIndex:
+        path = normalize_name(raw.path)
+        if not path:
+            raise ArchiveError(
+                f"raw layer {self.digest} names an unsafe or empty file path {raw.path!r}"
+            )
+        size = raw.size
+        if size is None or isinstance(self.stream, PlainStream):
+            await self.stream.prepare()
+            size = self.stream.size
+        return LayerIndex([Entry(path, EntryKind.FILE, raw.mode, size, 0)])
 
 
-def open_layer(blob: Blob, format: str, compression: str) -> LayerArchive:
-    if format != "tar" or compression:
-        encoding = format + (f"+{compression}" if compression else "")
+async def _build_tar_index(stream: LayerStream) -> LayerIndex:
+    await stream.prepare()
+    return await build_tar_index(stream)
+
+
+def open_layer(
+    blob: Blob, compression: str, *, diff_id: str | None = None, raw: RawFile | None = None
+) -> LayerArchive:
+    """The archive in ``blob``: a tar archive, or the one file ``raw`` describes."""
+    stream: LayerStream
+    if not compression:
+        stream = PlainStream(blob)
+    elif compression == "gzip":
+        stream = GzipStream(blob)
+    elif compression == "zstd":
+        stream = ZstdStream(blob, diff_id)
+    else:
         raise ArchiveError(
-            f"layer {blob.digest} is {encoding}; only uncompressed tar layers can be mounted by "
-            "this version: repack the kit with 'kit pack' (no --compression) or upgrade modelkitfs"
+            f"layer {blob.digest} is compressed with {compression!r}, which kit does not write; "
+            "modelkitfs reads uncompressed, gzip and zstd layers"
         )
-    return LayerArchive(blob)
+    return LayerArchive(blob, stream, raw)

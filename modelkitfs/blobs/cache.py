@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,10 +30,15 @@ def default_cache_dir() -> Path:
     return base / "modelkitfs"
 
 
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9]{32,}")
+
+
 def _split(digest: str) -> tuple[str, str]:
-    algorithm, _, hexpart = digest.partition(":")
-    if not hexpart or not hexpart.isalnum() or not algorithm.isalnum():
+    """``algorithm:hex``; the algorithm may carry OCI's separators (``sha256+zstd``), which
+    this cache uses to name bytes derived from a blob."""
+    if not _DIGEST.fullmatch(digest):
         raise ValueError(f"malformed digest {digest!r}")
+    algorithm, _, hexpart = digest.partition(":")
     return algorithm, hexpart
 
 
@@ -63,6 +70,10 @@ class DiskCache:
 
     def write_block(self, digest: str, block_size: int, index: int, data: bytes) -> None:
         _write_atomic(self.block_path(digest, block_size, index), data)
+
+    def remove_blocks(self, digest: str) -> None:
+        """Forget every cached block of ``digest`` (bytes found to be wrong)."""
+        shutil.rmtree(self.block_path(digest, 1, 0).parent.parent, ignore_errors=True)
 
     def read_meta(self, digest: str, name: str) -> bytes | None:
         return _read(self.meta_path(digest, name))

@@ -8,7 +8,9 @@ process each block is downloaded once, however many readers want it at the same 
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import cachetools
@@ -24,7 +26,9 @@ DEFAULT_BLOCK_SIZE = 1024 * 1024
 MAX_BLOCKS_PER_REQUEST = 16
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 SMALL_BLOB = 1024 * 1024
+STREAM_CHUNK = 8 * 1024 * 1024
 WHOLE_BLOB = "blob"
+DERIVED_RECORD = "derived.v1.json"
 
 
 @dataclass
@@ -195,8 +199,81 @@ class Blob:
             return b""
         return await self.store.client.get_range(self.store.repository, self.digest, offset, end)
 
+    async def stream(self, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[bytes]:
+        """The whole blob in order, for a consumer that keeps what it derives rather than the
+        blob itself: chunks come straight from the registry and are not cached."""
+        for start in range(0, self.size, chunk_size):
+            end = min(start + chunk_size, self.size)
+            yield await self.store.client.get_range(self.store.repository, self.digest, start, end)
+
+    def derived(self, key: str) -> DerivedBlob:
+        """Storage in the shared cache for bytes computed from this blob, under ``key``."""
+        return DerivedBlob(self.store, key)
+
     async def load_meta(self, name: str) -> bytes | None:
         return await self.store.load_meta(self.digest, name)
 
     async def save_meta(self, name: str, data: bytes) -> None:
         await self.store.save_meta(self.digest, name, data)
+
+
+class DerivedBlob:
+    """Bytes this machine computes from a blob, such as a decompressed layer, cached in blocks
+    under their own digest so that every mount on the machine reuses them. The producer writes
+    blocks in order and calls :meth:`finish` once it has verified the whole; until then other
+    processes do not trust them."""
+
+    def __init__(self, store: BlobStore, key: str) -> None:
+        self.store = store
+        self.key = key
+
+    @property
+    def block_size(self) -> int:
+        return self.store.block_size
+
+    async def finished_size(self) -> int | None:
+        """The size recorded by :meth:`finish`, or None when the bytes are not complete."""
+        record = await self.store.load_meta(self.key, DERIVED_RECORD)
+        try:
+            document = json.loads(record) if record is not None else None
+            if document and document["block_size"] == self.block_size:
+                return int(document["size"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable %s of %s", DERIVED_RECORD, self.key)
+        return None
+
+    async def write_block(self, index: int, data: bytes) -> None:
+        self.store._memory[(self.key, index)] = data
+        await self.store._store(self.key, index, data)
+
+    async def read(self, offset: int, length: int, end: int) -> bytes | None:
+        """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when
+        a block is missing (evicted from the disk cache, say)."""
+        stop = min(offset + length, end)
+        if offset >= stop:
+            return b""
+        size = self.block_size
+        blocks = []
+        for i in range(offset // size, (stop - 1) // size + 1):
+            key = (self.key, i)
+            block = self.store._memory.get(key)
+            if block is None:
+                expected = min(size, end - i * size)
+                block = await trio.to_thread.run_sync(
+                    self.store.cache.read_block, self.key, size, i, expected
+                )
+                if block is None:
+                    return None
+                self.store._memory[key] = block
+            blocks.append(block)
+        start = offset - offset // size * size
+        return b"".join(blocks)[start : start + stop - offset]
+
+    async def finish(self, size: int) -> None:
+        record = json.dumps({"size": size, "block_size": self.block_size}).encode()
+        await self.store.save_meta(self.key, DERIVED_RECORD, record)
+
+    async def discard(self) -> None:
+        for key in [k for k in self.store._memory if k[0] == self.key]:
+            self.store._memory.pop(key, None)
+        await trio.to_thread.run_sync(self.store.cache.remove_blocks, self.key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,15 +12,35 @@ from modelkitfs.errors import NotAModelKit
 MODELKIT_ARTIFACT_TYPE = "application/vnd.kitops.modelkit.manifest.v1+json"
 MODELKIT_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
 MODELKIT_INDEX_TYPE = "application/vnd.kitops.modelkit.index.v1+json"
-LAYER_PREFIX = "application/vnd.kitops.modelkit."
+MODELPACK_ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 SUBTYPE_ANNOTATION = "ml.kitops.modelkit.layer-subtype"
 FILEPATH_ANNOTATION = "org.cncf.model.filepath"
+FILE_METADATA_ANNOTATION = "org.cncf.model.file.metadata+json"
+KITFILE_ANNOTATION = "ml.kitops.modelkit.kitfile"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 IMAGE_CONFIGS = {
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
 }
+
+# application/vnd.kitops.modelkit.<base>.v1.<tar|raw>[+<gzip|zstd>]
+_KIT_LAYER = re.compile(r"application/vnd\.kitops\.modelkit\.(\w+)\.v1\.(\w+)(?:\+(\w+))?")
+# application/vnd.cncf.model.<base>.v1.<tar|raw>[+<gzip|zstd>]
+_MODELPACK_LAYER = re.compile(
+    r"application/vnd\.cncf\.model\.(\w+(?:\.\w+)?)\.v1\.(\w+)(?:\+(\w+))?"
+)
+_KIT_BASES = {"model", "modelpart", "dataset", "code", "docs", "mcpb"}
+# ModelPack's layer kinds as the Kitfile entries kit derives from them.
+_MODELPACK_BASES = {
+    "weight": "model",
+    "weight.config": "modelpart",
+    "dataset": "dataset",
+    "code": "code",
+    "doc": "docs",
+}
+_COMPRESSIONS = {None: "", "gzip": "gzip", "zstd": "zstd"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +68,13 @@ class Layer:
     """A ModelKit layer: which kind of Kitfile entry it holds, and how it is encoded."""
 
     descriptor: Descriptor
-    base: str  # model, modelpart, dataset, code, docs, prompt
+    base: str  # model, modelpart, dataset, code, docs, prompt, mcpb
     format: str  # tar or raw
     compression: str  # "" (none), gzip, zstd
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
 
     @property
     def filepath(self) -> str | None:
@@ -58,30 +83,52 @@ class Layer:
 
 @dataclass(frozen=True)
 class ModelKitManifest:
+    """A ModelKit's manifest; ``modelpack`` when it follows the CNCF ModelPack spec."""
+
     config: Descriptor
     layers: list[Layer]
     annotations: dict[str, str]
+    modelpack: bool = False
 
 
-def parse_layer_type(descriptor: Descriptor) -> Layer:
-    """Split ``application/vnd.kitops.modelkit.<base>.v1.<format>[+<compression>]``."""
+@dataclass(frozen=True)
+class IndexEntry:
+    digest: str
+    labels: dict[str, str]
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class ModelKitIndex:
+    """A ModelKit index (``kit index``): ModelKits of one repository told apart by labels."""
+
+    entries: list[IndexEntry]
+
+
+def parse_layer_type(descriptor: Descriptor, modelpack: bool) -> Layer:
+    """Split a kit or ModelPack layer media type into base type, format and compression."""
     media_type = descriptor.media_type
-    if not media_type.startswith(LAYER_PREFIX):
+    match = (_MODELPACK_LAYER if modelpack else _KIT_LAYER).fullmatch(media_type)
+    bases = _MODELPACK_BASES if modelpack else {b: b for b in _KIT_BASES}
+    if (
+        match is None
+        or match[1] not in bases
+        or match[2] not in ("tar", "raw")
+        or match[3] not in _COMPRESSIONS
+        or (modelpack and match[2] == "raw" and match[3])
+    ):
         raise NotAModelKit(
-            f"layer {descriptor.digest} has media type {media_type!r}, not a ModelKit layer"
+            f"layer {descriptor.digest} has media type {media_type!r}, which is not a "
+            f"{'ModelPack' if modelpack else 'ModelKit'} layer type"
         )
-    rest = media_type[len(LAYER_PREFIX) :]
-    base, _, encoding = rest.partition(".v1.")
-    fmt, _, compression = encoding.partition("+")
-    if base not in {"model", "modelpart", "dataset", "code", "docs"} or fmt not in {"tar", "raw"}:
-        raise NotAModelKit(f"layer {descriptor.digest} has unknown media type {media_type!r}")
+    base = bases[match[1]]
     if base == "code" and descriptor.annotations.get(SUBTYPE_ANNOTATION) == "prompt":
         base = "prompt"
-    return Layer(descriptor, base, fmt, compression)
+    return Layer(descriptor, base, match[2], _COMPRESSIONS[match[3]])
 
 
-def parse_manifest(raw: bytes, media_type: str, reference: str) -> ModelKitManifest:
-    """Parse ``raw`` as a ModelKit manifest, or say clearly what else it is."""
+def parse_manifest(raw: bytes, media_type: str, reference: str) -> ModelKitManifest | ModelKitIndex:
+    """Parse ``raw`` as a ModelKit manifest or index, or say clearly what else it is."""
     try:
         document = json.loads(raw)
     except ValueError:
@@ -91,16 +138,17 @@ def parse_manifest(raw: bytes, media_type: str, reference: str) -> ModelKitManif
     kind = document.get("mediaType") or media_type
     if kind in (OCI_INDEX, DOCKER_LIST) or "manifests" in document:
         if document.get("artifactType") == MODELKIT_INDEX_TYPE:
-            raise NotAModelKit(
-                f"{reference} is a ModelKit index; mounting one entry of an index by its labels "
-                "is not supported yet: mount the entry's digest (REPO@sha256:...) instead"
-            )
+            return _parse_index(document, reference)
         raise NotAModelKit(
             f"{reference} is a multi-platform image index, not a ModelKit: check the reference"
         )
     config = Descriptor.parse(document.get("config"), f"{reference} config")
     artifact_type = document.get("artifactType")
-    if artifact_type != MODELKIT_ARTIFACT_TYPE and config.media_type != MODELKIT_CONFIG:
+    if artifact_type == MODELKIT_ARTIFACT_TYPE or config.media_type == MODELKIT_CONFIG:
+        modelpack = False
+    elif artifact_type == MODELPACK_ARTIFACT_TYPE or config.media_type == MODELPACK_CONFIG:
+        modelpack = True
+    else:
         what = (
             "a container image"
             if config.media_type in IMAGE_CONFIGS
@@ -111,7 +159,23 @@ def parse_manifest(raw: bytes, media_type: str, reference: str) -> ModelKitManif
             "with 'kit pack'"
         )
     layers = [
-        parse_layer_type(Descriptor.parse(item, f"{reference} layer"))
+        parse_layer_type(Descriptor.parse(item, f"{reference} layer"), modelpack)
         for item in document.get("layers") or []
     ]
-    return ModelKitManifest(config, layers, dict(document.get("annotations") or {}))
+    return ModelKitManifest(config, layers, dict(document.get("annotations") or {}), modelpack)
+
+
+def _parse_index(document: dict[str, Any], reference: str) -> ModelKitIndex:
+    entries = []
+    for item in document.get("manifests") or []:
+        descriptor = Descriptor.parse(item, f"{reference} index entry")
+        metadata = item.get("modelMetadata") or {}
+        if not isinstance(metadata, dict):
+            raise NotAModelKit(f"{reference}: an index entry has malformed modelMetadata")
+        labels = {
+            str(key): value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            for key, value in metadata.items()
+        }
+        tag = descriptor.annotations.get("ml.kitops.modelkit.original-tag")
+        entries.append(IndexEntry(descriptor.digest, labels, tag))
+    return ModelKitIndex(entries)

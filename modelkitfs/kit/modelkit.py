@@ -1,26 +1,48 @@
 """Open a ModelKit: manifest and config in, the merged tree out.
 
-Only the manifest and the config are fetched here; layers are indexed when first looked at.
+Only manifests and configs are fetched here (of the ModelKit, of the index entry picked by label,
+of ModelKits that ``model.path`` names); layers are indexed when first looked at.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelkitfs.archive import open_layer
+from modelkitfs.archive import RawFile, open_layer
+from modelkitfs.archive.layer import RAW_FILE_MODE
 from modelkitfs.blobs import BlobStore
-from modelkitfs.errors import NotAModelKit
+from modelkitfs.errors import NotAModelKit, SelectionError
+from modelkitfs.kit.filters import Filter, for_referenced_model, selects_kitfile
+from modelkitfs.kit.index import select_entry
 from modelkitfs.kit.kitfile import render_kitfile
-from modelkitfs.kit.manifest import Layer, ModelKitManifest, parse_manifest
+from modelkitfs.kit.manifest import (
+    FILE_METADATA_ANNOTATION,
+    KITFILE_ANNOTATION,
+    ModelKitIndex,
+    ModelKitManifest,
+    parse_manifest,
+)
+from modelkitfs.kit.plan import (
+    PlannedLayer,
+    is_modelkit_reference,
+    kitfile_for_modelpack,
+    plan_layers,
+)
 from modelkitfs.kit.tree import KitTree, TreeLayer
+from modelkitfs.reference import Reference, parse_reference
+
+log = logging.getLogger(__name__)
 
 MAX_CONFIG_SIZE = 4 * 1024 * 1024
+MAX_MODEL_REFERENCES = 10
 
-# The order kit (v0.5 and later) extracts layers in; legacy kits extract in manifest order.
-_EXTRACTION_ORDER = ("model", "modelpart", "dataset", "code", "docs", "prompt")
+StoreFor = Callable[[Reference], BlobStore]
+"""The blob store of a reference's registry and repository (model.path may name another)."""
 
 
 @dataclass
@@ -28,83 +50,152 @@ class ModelKit:
     reference: str
     manifest_digest: str
     manifest: ModelKitManifest
-    config: dict[str, Any]
+    kitfile: dict[str, Any]
     tree: KitTree
 
 
-async def open_modelkit(store: BlobStore, identifier: str, reference: str) -> ModelKit:
-    """Fetch and check the manifest and config of ``reference`` and build its lazy tree."""
-    fetched = await store.manifest(identifier)
-    manifest = parse_manifest(fetched.raw, fetched.media_type, reference)
+@dataclass
+class _Resolved:
+    reference: Reference
+    store: BlobStore
+    digest: str
+    manifest: ModelKitManifest
+    kitfile: dict[str, Any]
+    has_kitfile: bool  # False when derived from a ModelPack's layers: kit writes no Kitfile
+
+
+async def open_modelkit(
+    store_for: StoreFor,
+    reference: Reference,
+    *,
+    filters: Sequence[Filter] = (),
+    labels: Mapping[str, str] | None = None,
+) -> ModelKit:
+    """Resolve ``reference`` (picking an index entry by ``labels``) and build its lazy tree,
+    holding what ``kit unpack --filter ...`` would write."""
+    kit = await _resolve(store_for, reference, labels or {})
+    layers = await _tree_layers(store_for, kit, filters, [])
+    kitfile = render_kitfile(kit.kitfile) if kit.has_kitfile and selects_kitfile(filters) else None
+    return ModelKit(str(reference), kit.digest, kit.manifest, kit.kitfile, KitTree(layers, kitfile))
+
+
+async def _resolve(store_for: StoreFor, ref: Reference, labels: Mapping[str, str]) -> _Resolved:
+    store = store_for(ref)
+    fetched = await store.manifest(ref.identifier)
+    parsed = parse_manifest(fetched.raw, fetched.media_type, str(ref))
+    if isinstance(parsed, ModelKitIndex):
+        entry = select_entry(parsed, dict(labels), str(ref))
+        fetched = await store.manifest(entry.digest)
+        parsed = parse_manifest(fetched.raw, fetched.media_type, f"{ref}@{entry.digest}")
+        if isinstance(parsed, ModelKitIndex):
+            raise NotAModelKit(f"{ref}: index entry {entry.digest} is an index itself")
+    elif labels:
+        raise SelectionError(
+            f"--label picks a ModelKit out of a ModelKit index, but {ref} is a ModelKit: "
+            "mount it without --label"
+        )
+    kitfile, has_kitfile = await _kitfile(store, parsed, str(ref))
+    return _Resolved(ref, store, fetched.digest, parsed, kitfile, has_kitfile)
+
+
+async def _kitfile(
+    store: BlobStore, manifest: ModelKitManifest, reference: str
+) -> tuple[dict[str, Any], bool]:
+    """The Kitfile: the config of a kit-format ModelKit; the annotation of a ModelPack, else
+    derived from its layers."""
+    if manifest.modelpack:
+        annotation = manifest.annotations.get(KITFILE_ANNOTATION)
+        if annotation:
+            return _json_object(annotation.encode(), f"{reference}: the Kitfile annotation"), True
+        log.warning("%s carries no Kitfile: deriving one from its layers", reference)
+        config = await _config(store, manifest, reference)
+        modelfs = config.get("modelfs") if isinstance(config.get("modelfs"), dict) else {}
+        diff_ids = [str(d) for d in modelfs.get("diffIds") or []]
+        return kitfile_for_modelpack(manifest, diff_ids), False
+    return await _config(store, manifest, reference), True
+
+
+async def _config(store: BlobStore, manifest: ModelKitManifest, reference: str) -> dict[str, Any]:
     if manifest.config.size > MAX_CONFIG_SIZE:
         raise NotAModelKit(
             f"{reference}: config of {manifest.config.size} bytes is implausibly large"
         )
-    raw_config = await store.small_blob(manifest.config.digest, manifest.config.size)
+    raw = await store.small_blob(manifest.config.digest, manifest.config.size)
+    return _json_object(raw, f"{reference}: the config")
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        config = json.loads(raw_config)
-        if not isinstance(config, dict):
+        document = json.loads(raw)
+        if not isinstance(document, dict):
             raise ValueError("not an object")
     except ValueError as exc:
+        raise NotAModelKit(f"{what} is not a JSON object ({exc})") from None
+    return document
+
+
+async def _tree_layers(
+    store_for: StoreFor, kit: _Resolved, filters: Sequence[Filter], chain: list[str]
+) -> list[TreeLayer]:
+    """The layers of ``kit`` in unpack order, preceded by the model of the ModelKit its
+    ``model.path`` names, if it names one (as kit unpacks it: model and parts only)."""
+    layers: list[TreeLayer] = []
+    model = kit.kitfile.get("model")
+    path = model.get("path") if isinstance(model, dict) else None
+    if isinstance(path, str) and is_modelkit_reference(path):
+        wanted = for_referenced_model(filters)
+        if wanted is not None:
+            ref = parse_reference(path)
+            if str(ref) in chain:
+                cycle = [*chain[chain.index(str(ref)) :], str(ref)]
+                raise SelectionError(f"found cycle in modelkit references: [{'=>'.join(cycle)}]")
+            chain = [*chain, str(ref)]
+            if len(chain) > MAX_MODEL_REFERENCES:
+                raise SelectionError(
+                    f"reached maximum number of model references: [{'=>'.join(chain)}]"
+                )
+            referenced = await _resolve(store_for, ref, {})
+            layers += await _tree_layers(store_for, referenced, wanted, chain)
+    for planned in plan_layers(kit.manifest, kit.kitfile, filters):
+        layers.append(_tree_layer(kit.store, planned))
+    return layers
+
+
+def _tree_layer(store: BlobStore, planned: PlannedLayer) -> TreeLayer:
+    layer, entry = planned.layer, planned.entry
+    raw = _raw_file(planned) if layer.format == "raw" else None
+    archive = open_layer(
+        store.blob(layer.digest, layer.descriptor.size),
+        layer.compression,
+        diff_id=entry.diff_id,
+        raw=raw,
+    )
+    cleaned = posixpath.normpath(raw.path if raw else layer.filepath or entry.path or ".")
+    return TreeLayer(
+        archive,
+        "" if cleaned in (".", "/") else cleaned.lstrip("/"),
+        layer.descriptor.media_type,
+        planned.prefix,
+    )
+
+
+def _raw_file(planned: PlannedLayer) -> RawFile:
+    """A raw layer's one file: path from ``org.cncf.model.filepath``, mode and size from the
+    file metadata annotation (0644 and unknown without one)."""
+    layer = planned.layer
+    path = layer.filepath or planned.entry.path
+    metadata = layer.descriptor.annotations.get(FILE_METADATA_ANNOTATION)
+    if not metadata:
+        return RawFile(path)
+    document = _json_object(
+        metadata.encode(), f"the {FILE_METADATA_ANNOTATION} annotation of layer {layer.digest}"
+    )
+    try:
+        mode = int(document.get("mode", RAW_FILE_MODE)) & 0o777
+        size = int(document["size"]) if "size" in document else None
+    except (TypeError, ValueError):
         raise NotAModelKit(
-            f"{reference}: the ModelKit config is not a JSON object ({exc})"
+            f"the {FILE_METADATA_ANNOTATION} annotation of layer {layer.digest} has a "
+            "malformed mode or size"
         ) from None
-    layers = [
-        TreeLayer(
-            open_layer(
-                store.blob(layer.descriptor.digest, layer.descriptor.size),
-                layer.format,
-                layer.compression,
-            ),
-            _layer_path(layer, entry),
-            layer.descriptor.media_type,
-        )
-        for layer, entry in map_layers(manifest.layers, config, reference)
-    ]
-    tree = KitTree(layers, render_kitfile(config))
-    return ModelKit(reference, fetched.digest, manifest, config, tree)
-
-
-def kitfile_entries(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The Kitfile's entries that have layers, per layer base type, in Kitfile order."""
-    model = config.get("model") if isinstance(config.get("model"), dict) else None
-    sections: dict[str, list[Any]] = {
-        "model": [model] if model and model.get("path") else [],
-        "modelpart": list(model.get("parts") or []) if model else [],
-        "code": list(config.get("code") or []),
-        "dataset": [d for d in config.get("datasets") or [] if not d.get("remotePath")],
-        "docs": list(config.get("docs") or []),
-        "prompt": list(config.get("prompts") or []),
-    }
-    return {base: [e for e in entries if isinstance(e, dict)] for base, entries in sections.items()}
-
-
-def map_layers(
-    layers: list[Layer], config: dict[str, Any], reference: str
-) -> list[tuple[Layer, dict[str, Any] | None]]:
-    """Pair each layer with its Kitfile entry: by the entry's digest when the config records
-    digests (kit v0.5 and later), else by position among layers of the same type. Returned in
-    the order kit extracts them."""
-    entries = kitfile_entries(config)
-    seen: dict[str, int] = {}
-    paired: list[tuple[Layer, dict[str, Any] | None]] = []
-    for layer in layers:
-        candidates = entries.get(layer.base, [])
-        position = seen.get(layer.base, 0)
-        seen[layer.base] = position + 1
-        entry = candidates[position] if position < len(candidates) else None
-        if entry is not None and entry.get("digest") not in (None, layer.descriptor.digest):
-            matches = [e for e in candidates if e.get("digest") == layer.descriptor.digest]
-            entry = matches[0] if matches else None
-        paired.append((layer, entry))
-    if any(entry is None or "digest" not in entry for _, entry in paired):
-        return paired
-    order = {base: n for n, base in enumerate(_EXTRACTION_ORDER)}
-    return sorted(paired, key=lambda pair: order.get(pair[0].base, len(order)))
-
-
-def _layer_path(layer: Layer, entry: dict[str, Any] | None) -> str:
-    """The cleaned Kitfile path of the layer's entry; "" (everything) when unknown."""
-    path = layer.filepath or (entry or {}).get("path") or "."
-    cleaned = posixpath.normpath(path)
-    return "" if cleaned in (".", "/") else cleaned.lstrip("/")
+    return RawFile(path, mode, size)

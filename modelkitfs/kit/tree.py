@@ -8,7 +8,9 @@ path is ``P`` can only carry ancestors of ``P``, ``P`` itself and what lies unde
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +29,13 @@ KITFILE_MODE = 0o644
 
 @dataclass
 class TreeLayer:
-    """A layer in extraction order, with the cleaned path of its Kitfile entry ("" for ".")."""
+    """A layer in extraction order, with the cleaned path of its Kitfile entry ("" for ".")
+    and the directory its members are relative to ("" but for legacy kits)."""
 
     archive: LayerArchive
     path: str
     media_type: str
+    prefix: str = ""
 
 
 @dataclass
@@ -158,6 +162,9 @@ class KitTree:
         self._nodes = {node.inode: node for node in nodes.values()}
 
     def _apply(self, nodes: dict[str, Node], layer: TreeLayer, entry: Entry) -> None:
+        if layer.prefix:
+            path = posixpath.join(layer.prefix, entry.path) if entry.path else layer.prefix
+            entry = dataclasses.replace(entry, path=path)
         if not entry.path:
             return  # the root itself: its mode stays the mount's
         if not self._make_parents(nodes, entry.path):

@@ -1,0 +1,159 @@
+"""Random access into a gzip layer through a checkpoint index.
+
+gzip cannot be entered in the middle: decompression needs the 32 KiB of output before the point.
+So the first time a layer is touched, one streaming pass records checkpoints (compressed offset,
+bit offset and window) every few MiB of output; rapidgzip does the inflating and the index
+(zran style, in C++, with the GIL released). The index is saved in the shared cache under the
+layer digest, so no later mount on the machine pays that pass again. After that a read starts at
+the checkpoint before it and fetches only the compressed span that covers it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import rapidgzip
+import trio
+
+from modelkitfs.blobs import Blob
+from modelkitfs.errors import ArchiveError, ModelKitFSError
+
+log = logging.getLogger(__name__)
+
+GZIP_INDEX = "gzip-index.v1"
+PASS_CHUNK = 4 * 1024 * 1024
+PARALLELIZATION = max(1, min(4, os.cpu_count() or 1))
+
+
+class _BlobFile(io.RawIOBase):
+    """A read-only file over a blob for rapidgzip, which calls it from worker threads: each
+    read hops back into the trio loop that owns the blob store."""
+
+    def __init__(self, blob: Blob, token: trio.lowlevel.TrioToken) -> None:
+        self.blob = blob
+        self.token = token
+        self.position = 0
+        self.failure: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.blob.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = trio.from_thread.run(
+                self.blob.read, self.position, len(view), trio_token=self.token
+            )
+        except BaseException as exc:
+            self.failure = exc  # rapidgzip reports its own error; keep ours to re-raise
+            raise
+        view[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+class GzipStream:
+    """The uncompressed bytes of a gzip blob, readable at any offset once :meth:`prepare` has
+    loaded or built the checkpoint index."""
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self.size = 0
+        self._handle: Any = None
+        self._file: _BlobFile | None = None
+        self._lock = trio.Lock()
+
+    @property
+    def digest(self) -> str:
+        return self.blob.digest
+
+    async def prepare(self) -> None:
+        async with self._lock:
+            if self._handle is not None:
+                return
+            saved = await self.blob.load_meta(GZIP_INDEX)
+            if saved is not None:
+                try:
+                    await self._open(saved)
+                    return
+                except ArchiveError as exc:
+                    log.warning("rebuilding the gzip index of %s: %s", self.digest, exc)
+            log.info("building the gzip index of %s (one pass over the layer)", self.digest)
+            exported = await self._open(None)
+            await self.blob.save_meta(GZIP_INDEX, exported)
+
+    async def _open(self, saved: bytes | None) -> bytes:
+        """Open a rapidgzip handle with the ``saved`` index, or build one by reading the whole
+        layer once; returns the index as saved."""
+        self._file = _BlobFile(self.blob, trio.lowlevel.current_trio_token())
+        handle = await self._call(rapidgzip.open, self._file, PARALLELIZATION)
+
+        def load() -> bytes:
+            if saved is not None:
+                handle.import_index(io.BytesIO(saved))
+            else:
+                while handle.read(PASS_CHUNK):
+                    pass
+            out = io.BytesIO()
+            if saved is None:
+                handle.export_index(out)
+            return out.getvalue()
+
+        exported = await self._call(load)
+        self.size = await self._call(handle.size)
+        self._handle = handle
+        return exported
+
+    async def read(self, offset: int, length: int) -> bytes:
+        await self.prepare()
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+
+        def pread() -> bytes:
+            self._handle.seek(offset)
+            return self._handle.read(length)
+
+        async with self._lock:
+            data = await self._call(pread)
+        if len(data) != length:
+            raise ArchiveError(f"gzip layer {self.digest} ended early at offset {offset}")
+        return data
+
+    read_sparse = read
+
+    async def load_meta(self, name: str) -> bytes | None:
+        return await self.blob.load_meta(name)
+
+    async def save_meta(self, name: str, data: bytes) -> None:
+        await self.blob.save_meta(name, data)
+
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking rapidgzip call in a worker thread; our own errors from inside its
+        reads (a registry failure) come out as themselves, anything else as a corrupt layer."""
+        assert self._file is not None
+        self._file.failure = None
+        try:
+            return await trio.to_thread.run_sync(function, *args)
+        except Exception as exc:
+            if isinstance(self._file.failure, ModelKitFSError):
+                raise self._file.failure from None
+            raise ArchiveError(
+                f"layer {self.digest} is not a valid gzip stream ({exc}): the artifact is "
+                "corrupt; push it again"
+            ) from None
