@@ -9,6 +9,7 @@ other writers do instead (GNU long names, ``./`` prefixes, trailing slashes).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import zstandard
 
 BLOCK = 512
 CONFIG_TYPE = "application/vnd.kitops.modelkit.config.v1+json"
@@ -67,11 +69,13 @@ def _split_ustar(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _header(name: str, mode: int, size: int, typeflag: bytes, prefix: str = "") -> bytes:
+def _header(
+    name: str, mode: int, size: int, typeflag: bytes, prefix: str = "", uid: int = 1000
+) -> bytes:
     block = bytearray(BLOCK)
     block[0:100] = name.encode()[:100].ljust(100, b"\0")
     block[100:108] = _octal(mode, 8)
-    block[108:116] = _octal(1000, 8)
+    block[108:116] = _octal(uid, 8)
     block[116:124] = _octal(0, 8)
     block[124:136] = _octal(size, 12)
     block[136:148] = _octal(0, 12)
@@ -99,7 +103,7 @@ def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
 
-def go_tar(members: list[tuple[str, Path]]) -> bytes:
+def go_tar(members: list[tuple[str, Path]], uid: int = 1000) -> bytes:
     out = io.BytesIO()
     for name, source in members:
         info = source.stat()
@@ -113,12 +117,16 @@ def go_tar(members: list[tuple[str, Path]]) -> bytes:
             base = os.path.basename(name)
             pax_name = os.path.join(os.path.dirname(name), "PaxHeaders.0", base)
             pax_name = pax_name.encode("ascii", "replace").decode()[:100]
-            out.write(_header(pax_name, 0, len(records), b"x"))
+            out.write(_header(pax_name, 0, len(records), b"x", uid=uid))
             out.write(records + _padding(len(records)))
-            out.write(_header(name.encode("ascii", "replace").decode()[:100], mode, size, typeflag))
+            out.write(
+                _header(
+                    name.encode("ascii", "replace").decode()[:100], mode, size, typeflag, uid=uid
+                )
+            )
         else:
             prefix, short = split
-            out.write(_header(short, mode, size, typeflag, prefix))
+            out.write(_header(short, mode, size, typeflag, prefix, uid))
         if not is_dir:
             data = source.read_bytes()
             out.write(data + _padding(len(data)))
@@ -195,51 +203,182 @@ def kit_entries(kitfile: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     return out
 
 
+MODELPACK_ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG_TYPE = "application/vnd.cncf.model.config.v1+json"
+INDEX_ARTIFACT_TYPE = "application/vnd.kitops.modelkit.index.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+_MODELPACK_BASES = {
+    "model": "weight",
+    "modelpart": "weight.config",
+    "dataset": "dataset",
+    "code": "code",
+    "docs": "doc",
+}
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    """What kit's writers produce: gzip as several deflate members (pgzip writes blocks
+    concurrently) and zstd as one frame without a content size, as a streaming encoder does."""
+    if compression == "gzip":
+        step = 1024 * 1024
+        return b"".join(
+            gzip.compress(data[i : i + step], 6, mtime=0) for i in range(0, max(len(data), 1), step)
+        )
+    if compression == "zstd":
+        out = io.BytesIO()
+        with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
+            writer.write(data)
+        return out.getvalue()
+    return data
+
+
+def legacy_members(context: Path, layer_path: str, all_paths: list[str]) -> list[tuple[str, Path]]:
+    """A kit before v0.5: the entry's own tree, named relative to the parent of its path, with
+    no ancestor directories."""
+    parent = os.path.dirname(layer_path)
+    return [
+        (os.path.relpath(name, parent) if parent else name, source)
+        for name, source in layer_members(context, layer_path, all_paths)
+        if _within(name, layer_path)
+    ]
+
+
 def build_modelkit(
-    context: Path, kitfile: dict[str, Any], *, style: str = "go", annotations: bool = True
+    context: Path,
+    kitfile: dict[str, Any],
+    *,
+    style: str = "go",
+    annotations: bool = True,
+    compression: str = "",
+    layer_format: str = "tar",
+    artifact: str = "kit",
 ) -> Artifact:
-    """Pack ``context`` as kit would, with ``kitfile`` (a dict in Kitfile shape)."""
+    """Pack ``context`` as kit would, with ``kitfile`` (a dict in Kitfile shape).
+
+    ``artifact`` is ``kit`` (v1.10 and later), ``kit-v1.7`` (no mediaType or artifactType in the
+    manifest), ``legacy`` (before v0.5: no digests, members relative to the parent of the path),
+    ``modelpack`` (``kit pack --use-model-pack``: the Kitfile as an annotation) or
+    ``modelpack-bare`` (another ModelPack tool: no Kitfile at all).
+    """
     config = json.loads(json.dumps(kitfile))
     entries = kit_entries(config)
     paths = [_clean(e["path"]) for _, _, e in entries]
-    artifact = Artifact(b"", b"")
+    modelpack = artifact.startswith("modelpack")
+    result = Artifact(b"", b"")
     layers = []
+    diff_ids = []
     for (base, section, entry), path in zip(entries, paths, strict=True):
-        members = layer_members(context, path, paths)
-        blob = go_tar(members) if style == "go" else other_tar(members, style)
+        if layer_format == "raw":
+            uncompressed = (context / path).read_bytes()
+        else:
+            if artifact == "legacy":
+                uncompressed = go_tar(legacy_members(context, path, paths), uid=0)
+            else:
+                members = layer_members(context, path, paths)
+                uncompressed = go_tar(members) if style == "go" else other_tar(members, style)
+        blob = compress(uncompressed, compression)
         digest = sha256(blob)
-        artifact.blobs[digest] = blob
-        entry["digest"] = digest
-        entry["diffId"] = digest
-        descriptor: dict[str, Any] = {
-            "mediaType": f"application/vnd.kitops.modelkit.{base}.v1.tar",
-            "digest": digest,
-            "size": len(blob),
-        }
+        result.blobs[digest] = blob
+        diff_ids.append(sha256(uncompressed))
+        if artifact != "legacy":
+            entry["digest"] = digest
+            entry["diffId"] = sha256(uncompressed)
+        encoding = layer_format + (f"+{compression}" if compression else "")
+        if modelpack:
+            media_type = f"application/vnd.cncf.model.{_MODELPACK_BASES[base]}.v1.{encoding}"
+        else:
+            media_type = f"application/vnd.kitops.modelkit.{base}.v1.{encoding}"
+        descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(blob)}
         layer_annotations = {}
-        if annotations:
+        if annotations and artifact != "legacy":
             layer_annotations["org.cncf.model.filepath"] = path or "."
+        if layer_format == "raw":
+            info = (context / path).stat()
+            layer_annotations["org.cncf.model.file.metadata+json"] = json.dumps(
+                {
+                    "name": os.path.basename(path),
+                    "mode": info.st_mode & 0o777,
+                    "uid": 0,
+                    "gid": 0,
+                    "size": info.st_size,
+                    "mtime": "1970-01-01T00:00:00Z",
+                    "typeflag": 48,
+                }
+            )
         if section == "prompts":
             layer_annotations["ml.kitops.modelkit.layer-subtype"] = "prompt"
         if layer_annotations:
             descriptor["annotations"] = layer_annotations
         layers.append(descriptor)
-    artifact.config = json.dumps(config, separators=(",", ":")).encode()
-    artifact.blobs[sha256(artifact.config)] = artifact.config
-    manifest = {
+    manifest_annotations = {"ml.kitops.modelkit.cli-version": "1.10.0"}
+    if modelpack:
+        result.config = json.dumps(
+            {
+                "descriptor": {"name": (config.get("package") or {}).get("name", "")},
+                "modelfs": {"type": "layers", "diffIds": diff_ids},
+                "config": {},
+            }
+        ).encode()
+        config_type, artifact_type = MODELPACK_CONFIG_TYPE, MODELPACK_ARTIFACT_TYPE
+        if artifact == "modelpack":
+            manifest_annotations["ml.kitops.modelkit.kitfile"] = json.dumps(config)
+    else:
+        result.config = json.dumps(config, separators=(",", ":")).encode()
+        config_type, artifact_type = CONFIG_TYPE, ARTIFACT_TYPE
+    result.blobs[sha256(result.config)] = result.config
+    manifest: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
+        "artifactType": artifact_type,
         "config": {
-            "mediaType": CONFIG_TYPE,
-            "digest": sha256(artifact.config),
-            "size": len(artifact.config),
+            "mediaType": config_type,
+            "digest": sha256(result.config),
+            "size": len(result.config),
         },
         "layers": layers,
-        "annotations": {"ml.kitops.modelkit.cli-version": "1.10.0"},
+        "annotations": manifest_annotations,
     }
-    artifact.manifest = json.dumps(manifest, separators=(",", ":")).encode()
-    return artifact
+    if artifact in ("kit-v1.7", "legacy"):
+        del manifest["mediaType"], manifest["artifactType"]
+        manifest["annotations"] = {"ml.kitops.modelkit.cli-version": "0.4.0"}
+    result.manifest = json.dumps(manifest, separators=(",", ":")).encode()
+    return result
+
+
+def build_index(entries: list[tuple[Artifact, dict[str, Any], str | None]]) -> Artifact:
+    """A ModelKit index (``kit index``) over ``(modelkit, labels, tag)`` entries of one
+    repository; push the ModelKits first."""
+    manifests = []
+    for kit, labels, tag in entries:
+        descriptor: dict[str, Any] = {
+            "mediaType": OCI_MANIFEST,
+            "digest": kit.digest,
+            "size": len(kit.manifest),
+            "artifactType": json.loads(kit.manifest).get("artifactType", ARTIFACT_TYPE),
+            "modelMetadata": labels,
+        }
+        if tag:
+            descriptor["annotations"] = {"ml.kitops.modelkit.original-tag": tag}
+        manifests.append(descriptor)
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": INDEX_ARTIFACT_TYPE,
+        "manifests": manifests,
+    }
+    raw = json.dumps(document, separators=(",", ":")).encode()
+    return Artifact(raw, b"", {}, OCI_INDEX)
+
+
+def selected_tree(context: Path, kitfile: dict[str, Any], selected: list[str]) -> set[str]:
+    """Paths the layers of the entries at ``selected`` paths (as written) bring."""
+    entries = kit_entries(kitfile)
+    paths = [_clean(e["path"]) for _, _, e in entries]
+    found = set()
+    for (_, _, entry), path in zip(entries, paths, strict=True):
+        if entry["path"] in selected:
+            found |= {name for name, _ in layer_members(context, path, paths)}
+    return found
 
 
 def expected_tree(context: Path, kitfile: dict[str, Any]) -> set[str]:

@@ -12,24 +12,11 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from tests.conftest import Mounts
+from tests.conftest import NESTED_KITFILE, Mounts, assert_same_tree, write
 from tests.kitbuilder import build_modelkit, expected_tree
 
 MiB = 1024 * 1024
 
-NESTED_KITFILE = {
-    "manifestVersion": "1.0.0",
-    "package": {"name": "nested", "version": "1.0.0", "authors": ["Ada"]},
-    "model": {
-        "name": "llm",
-        "path": "main-dir",
-        "parts": [{"name": "adapter", "path": "./parts/adapter.bin"}],
-    },
-    "code": [{"path": "."}],
-    "datasets": [{"name": "train", "path": "main-dir/subdir"}, {"name": "fr", "path": "données/"}],
-    "docs": [{"path": "./docs/guide.md"}],
-    "prompts": [{"name": "system", "path": "prompts/system.txt"}],
-}
 NESTED_KITFILE_YAML = """\
 manifestVersion: 1.0.0
 package:
@@ -55,54 +42,6 @@ prompts:
   - name: system
     path: prompts/system.txt
 """
-
-
-def write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
-
-
-@pytest.fixture(scope="session")
-def nested_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """kit's nested layout with every path spelling, modes, long and non-ASCII names."""
-    root = tmp_path_factory.mktemp("nested")
-    rng = np.random.default_rng(1)
-    write(root / "Kitfile", b"ignored by kit\n")
-    write(root / ".kitignore", b"")
-    write(root / "README.md", b"# nested\n")
-    write(root / "main-dir/weights.bin", rng.bytes(3 * MiB + 17))
-    write(root / "main-dir/config.json", b'{"a": 1}', 0o600)
-    write(root / "main-dir/subdir/train.csv", b"x,y\n1,2\n")
-    write(root / "main-dir/subdir/deep/er/still/file.txt", b"deep")
-    write(root / "parts/adapter.bin", rng.bytes(70_000))
-    write(root / "parts/other.bin", b"code layer carries me")
-    write(root / "src/run.py", b"print('hi')\n", 0o755)
-    write(root / "src/Kitfile", b"nested Kitfiles are kept")
-    write(root / "données/résumé.txt", "été\n".encode())
-    write(root / "docs/guide.md", b"guide")
-    write(root / "prompts/system.txt", b"You are helpful.")
-    write(root / ("l" * 120) / ("n" * 150 + ".txt"), b"long")
-    write(root / "empty.txt", b"")
-    (root / "main-dir/subdir").chmod(0o750)
-    (root / "emptydir").mkdir()
-    return root
-
-
-def assert_same_tree(mountpoint: Path, source: Path, expected: set[str]) -> None:
-    """The mount holds exactly ``expected`` plus the Kitfile, each equal to the source."""
-    found = set()
-    for directory, dirs, files in os.walk(mountpoint):
-        for name in dirs + files:
-            found.add((Path(directory) / name).relative_to(mountpoint).as_posix())
-    assert found == expected | {"Kitfile"}
-    for name in expected:
-        mounted, original = os.stat(mountpoint / name), os.stat(source / name)
-        assert stat.S_IFMT(mounted.st_mode) == stat.S_IFMT(original.st_mode), name
-        assert stat.S_IMODE(mounted.st_mode) == stat.S_IMODE(original.st_mode), name
-        if stat.S_ISREG(original.st_mode):
-            assert mounted.st_size == original.st_size, name
-            assert (mountpoint / name).read_bytes() == (source / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("style", ["go", "gnu", "pax"])

@@ -122,7 +122,11 @@ def parse_layer_type(descriptor: Descriptor, modelpack: bool) -> Layer:
             f"{'ModelPack' if modelpack else 'ModelKit'} layer type"
         )
     base = bases[match[1]]
-    if base == "code" and descriptor.annotations.get(SUBTYPE_ANNOTATION) == "prompt":
+    if (
+        not modelpack
+        and base == "code"
+        and descriptor.annotations.get(SUBTYPE_ANNOTATION) == "prompt"
+    ):
         base = "prompt"
     return Layer(descriptor, base, match[2], _COMPRESSIONS[match[3]])
 
