@@ -18,6 +18,7 @@ import httpx
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 CONTROL = "/_proxy/"
+BASE_COUNTERS = ("blob_bytes", "blob_requests", "manifest_requests")
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -26,12 +27,12 @@ class ProxyServer(ThreadingHTTPServer):
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.lock = threading.Lock()
-        self.counters = dict.fromkeys(("blob_bytes", "blob_requests", "manifest_requests"), 0)
+        self.counters = dict.fromkeys(BASE_COUNTERS, 0)
         super().__init__(("127.0.0.1", 0), Handler)
 
     def count(self, key: str, n: int) -> None:
         with self.lock:
-            self.counters[key] += n
+            self.counters[key] = self.counters.get(key, 0) + n
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
     def _control(self) -> None:
         if self.path == CONTROL + "reset":
             with self.server.lock:
-                self.server.counters = dict.fromkeys(self.server.counters, 0)
+                self.server.counters = dict.fromkeys(BASE_COUNTERS, 0)
         with self.server.lock:
             body = json.dumps(self.server.counters).encode()
         self.send_response(200)
@@ -80,6 +81,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
                 if is_blob:
                     self.server.count("blob_bytes", len(chunk))
+                    self.server.count("blob:" + self.path.rsplit("/", 1)[1], len(chunk))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
@@ -112,6 +114,11 @@ class CountingProxy:
     @property
     def blob_requests(self) -> int:
         return self._counters()["blob_requests"]
+
+    @property
+    def blobs_fetched(self) -> set[str]:
+        """Digests of the blobs any bytes were fetched of since the last reset."""
+        return {k[5:] for k, v in self._counters().items() if k.startswith("blob:") and v}
 
     @property
     def manifest_requests(self) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import NESTED_KITFILE, MiB, Mounts, assert_same_tree, write
-from tests.kitbuilder import build_index, build_modelkit, expected_tree, sha256
+from tests.kitbuilder import build_index, build_modelkit, expected_tree, selected_tree, sha256
 
 # Raw layers hold exactly one regular file: a kit whose entries are all files.
 RAW_KITFILE = {
@@ -309,3 +309,42 @@ def test_cli_rejects_bad_filters_and_labels(tmp_path: Path) -> None:
         )
         assert result.returncode == 1, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("filters", "selected", "kitfile"),
+    [
+        (["model"], ["main-dir", "./parts/adapter.bin"], False),
+        (
+            ["model,datasets"],
+            ["main-dir", "./parts/adapter.bin", "main-dir/subdir", "données/"],
+            False,
+        ),
+        (["datasets:train"], ["main-dir/subdir"], False),
+        (["docs:./docs/guide.md", "kitfile"], ["./docs/guide.md"], True),
+        (["docs:docs/guide.md"], [], False),
+        (["model", "datasets:fr"], ["main-dir", "./parts/adapter.bin", "données/"], False),
+    ],
+)
+def test_filters_show_and_fetch_only_what_they_select(
+    nested_source: Path,
+    publish,
+    proxy,
+    mounts: Mounts,
+    filters: list[str],
+    selected: list[str],
+    kitfile: bool,
+) -> None:
+    kit = build_modelkit(nested_source, NESTED_KITFILE)
+    reference = publish(kit, "filters/nested")
+    proxy.reset()
+    mountpoint = mounts.mount(reference, filters=filters)
+    expected = selected_tree(nested_source, NESTED_KITFILE, selected)
+    assert_same_tree(mountpoint, nested_source, expected, kitfile=kitfile)
+    config = json.loads(kit.config)
+    wanted = {
+        e["digest"]
+        for e in [config["model"], *config["model"]["parts"], *config["datasets"], *config["docs"]]
+        if e["path"] in selected
+    }
+    assert proxy.blobs_fetched - {sha256(kit.config)} == wanted
