@@ -98,6 +98,8 @@ async def serve_modelkit(
                 f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
                 "and that fuse3 is installed (apt-get install fuse3)"
             ) from None
+        finally:
+            await kit.tree.aclose()
         log.info("unmounted %s; fetched %d blob bytes", mountpoint, stats()["fetched_bytes"])
     finally:
         for client in clients.values():

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import cachetools
 import rapidgzip
 import trio
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 GZIP_INDEX = "gzip-index.v1"
 PASS_CHUNK = 4 * 1024 * 1024
+DECODED_CHUNK = 1024 * 1024
+DECODED_CHUNKS_KEPT = 8
 PARALLELIZATION = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -77,6 +80,7 @@ class GzipStream:
         self._handle: Any = None
         self._file: _BlobFile | None = None
         self._lock = trio.Lock()
+        self._chunks: cachetools.LRUCache[int, bytes] = cachetools.LRUCache(DECODED_CHUNKS_KEPT)
 
     @property
     def digest(self) -> str:
@@ -121,21 +125,44 @@ class GzipStream:
 
     async def read(self, offset: int, length: int) -> bytes:
         await self.prepare()
-        length = max(0, min(length, self.size - offset))
-        if length == 0:
+        end = min(offset + length, self.size)
+        if offset >= end:
             return b""
+        first, last = offset // DECODED_CHUNK, (end - 1) // DECODED_CHUNK
+        chunks = [await self._chunk(i) for i in range(first, last + 1)]
+        data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+        start = offset - first * DECODED_CHUNK
+        return data[start : start + end - offset]
+
+    async def _chunk(self, index: int) -> bytes:
+        """One aligned chunk of output: the kernel reads 128 KiB at a time, and each trip into
+        rapidgzip costs a thread hop and a seek, so output is decoded and kept a MiB at a time."""
+        if (chunk := self._chunks.get(index)) is not None:
+            return chunk
+        offset = index * DECODED_CHUNK
+        length = min(DECODED_CHUNK, self.size - offset)
 
         def pread() -> bytes:
             self._handle.seek(offset)
             return self._handle.read(length)
 
         async with self._lock:
-            data = await self._call(pread)
-        if len(data) != length:
-            raise ArchiveError(f"gzip layer {self.digest} ended early at offset {offset}")
-        return data
+            if (chunk := self._chunks.get(index)) is None:
+                chunk = await self._call(pread)
+                if len(chunk) != length:
+                    raise ArchiveError(f"gzip layer {self.digest} ended early at offset {offset}")
+                self._chunks[index] = chunk
+        return chunk
 
     read_sparse = read
+
+    async def aclose(self) -> None:
+        """Stop rapidgzip's threads; one still running when Python exits aborts the process.
+        Off the event loop: a thread finishing a read may still need the loop to serve it."""
+        async with self._lock:
+            if self._handle is not None:
+                await trio.to_thread.run_sync(self._handle.close)
+                self._handle = None
 
     async def load_meta(self, name: str) -> bytes | None:
         return await self.blob.load_meta(name)

@@ -82,6 +82,10 @@ class LayerArchive:
         """``length`` bytes of the uncompressed layer at ``offset``."""
         return await self.stream.read(offset, length)
 
+    async def aclose(self) -> None:
+        if isinstance(self.stream, GzipStream):
+            await self.stream.aclose()
+
     async def _raw_index(self, raw: RawFile) -> LayerIndex:
         path = normalize_name(raw.path)
         if not path:

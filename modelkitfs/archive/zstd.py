@@ -80,8 +80,9 @@ class ZstdStream:
             if not self._looked_in_cache:
                 self._looked_in_cache = True
                 self._finished = await self.decoded.finished_size()
-                if self._finished is None:
-                    self._start()
+            corrupt = isinstance(self._failure, (ArchiveError, DigestMismatch))
+            if self._finished is None and not self._running and not corrupt:
+                self._start()  # the first time, or again after a pass that failed midway
         while True:
             if self._finished is not None:
                 return self._finished

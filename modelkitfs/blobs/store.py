@@ -102,24 +102,42 @@ class BlobStore:
     async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> bytes:
         key = (digest, index)
         while True:
-            if (data := self._memory.get(key)) is not None:
-                self.stats.memory_hits += 1
-                return data
             if (flight := self._flights.get(key)) is not None:
                 await flight.done.wait()
                 if flight.error is not None:
                     raise flight.error
                 continue
-            data = await trio.to_thread.run_sync(
-                self.cache.read_block, digest, self.block_size, index, self._block_len(size, index)
-            )
+            data = await self.cached_block(digest, index, self._block_len(size, index))
             if data is not None:
-                self.stats.disk_hits += 1
-                self._memory[key] = data
                 return data
             if key in self._flights or key in self._memory:
                 continue  # someone else started (or finished) it while we looked on disk
             await self._download(digest, size, index, wanted_last)
+
+    async def cached_block(self, digest: str, index: int, expected_size: int) -> bytes | None:
+        """Block ``index`` of ``digest`` from memory or the disk cache, or None."""
+        key = (digest, index)
+        if (data := self._memory.get(key)) is not None:
+            self.stats.memory_hits += 1
+            return data
+        data = await trio.to_thread.run_sync(
+            self.cache.read_block, digest, self.block_size, index, expected_size
+        )
+        if data is not None:
+            self.stats.disk_hits += 1
+            self._memory[key] = data
+        return data
+
+    async def put_block(self, digest: str, index: int, data: bytes) -> None:
+        """Keep a block in memory and, if it can, on disk."""
+        self._memory[(digest, index)] = data
+        await self._store(digest, index, data)
+
+    async def forget(self, digest: str) -> None:
+        """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
+        for key in [k for k in self._memory if k[0] == digest]:
+            self._memory.pop(key, None)
+        await trio.to_thread.run_sync(self.cache.remove_blocks, digest)
 
     async def _download(self, digest: str, size: int, first: int, wanted_last: int) -> None:
         """Fetch block ``first`` and the absent blocks right after it that this read also needs."""
@@ -138,11 +156,11 @@ class BlobStore:
             start = first * self.block_size
             end = min((last + 1) * self.block_size, size)
             data = await self.client.get_range(self.repository, digest, start, end)
-            for i, key in enumerate(keys):
-                block = data[i * self.block_size : (i + 1) * self.block_size]
-                self._memory[key] = block
+            for i in range(len(keys)):
                 self.stats.downloaded_blocks += 1
-                await self._store(digest, first + i, block)
+                await self.put_block(
+                    digest, first + i, data[i * self.block_size : (i + 1) * self.block_size]
+                )
         except BaseException as exc:
             for flight in flights.values():
                 flight.error = exc
@@ -243,8 +261,7 @@ class DerivedBlob:
         return None
 
     async def write_block(self, index: int, data: bytes) -> None:
-        self.store._memory[(self.key, index)] = data
-        await self.store._store(self.key, index, data)
+        await self.store.put_block(self.key, index, data)
 
     async def read(self, offset: int, length: int, end: int) -> bytes | None:
         """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when
@@ -255,16 +272,9 @@ class DerivedBlob:
         size = self.block_size
         blocks = []
         for i in range(offset // size, (stop - 1) // size + 1):
-            key = (self.key, i)
-            block = self.store._memory.get(key)
+            block = await self.store.cached_block(self.key, i, min(size, end - i * size))
             if block is None:
-                expected = min(size, end - i * size)
-                block = await trio.to_thread.run_sync(
-                    self.store.cache.read_block, self.key, size, i, expected
-                )
-                if block is None:
-                    return None
-                self.store._memory[key] = block
+                return None
             blocks.append(block)
         start = offset - offset // size * size
         return b"".join(blocks)[start : start + stop - offset]
@@ -274,6 +284,4 @@ class DerivedBlob:
         await self.store.save_meta(self.key, DERIVED_RECORD, record)
 
     async def discard(self) -> None:
-        for key in [k for k in self.store._memory if k[0] == self.key]:
-            self.store._memory.pop(key, None)
-        await trio.to_thread.run_sync(self.store.cache.remove_blocks, self.key)
+        await self.store.forget(self.key)

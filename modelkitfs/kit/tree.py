@@ -99,6 +99,10 @@ class KitTree:
         await self._index_layers_for(node.path)
         return self._nodes.get(inode)
 
+    async def aclose(self) -> None:
+        for layer in self.layers:
+            await layer.archive.aclose()
+
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         if node.content is not None:
             return node.content[offset : offset + size]
