@@ -3,6 +3,7 @@ each compression, layer format and artifact format; legacy kits; indexes; refere
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -344,3 +345,40 @@ def test_filters_show_and_fetch_only_what_they_select(
         if e["path"] in selected
     }
     assert proxy.blobs_fetched - {sha256(kit.config)} == wanted
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_corrupt_compressed_layer_is_an_io_error_with_a_reason(
+    tmp_path: Path, publish, mounts: Mounts, compression: str
+) -> None:
+    source = tmp_path / "src"
+    rng = np.random.default_rng(6)
+    write(source / "model/weights.bin", rng.bytes(3 * MiB))
+    write(source / "README.md", b"readable")
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "model": {"path": "model"},
+        "docs": [{"path": "README.md"}],
+    }
+    kit = build_modelkit(source, kitfile, compression=compression)
+    manifest = json.loads(kit.manifest)
+    model = manifest["layers"][0]
+    blob = bytearray(kit.blobs.pop(model["digest"]))
+    blob[len(blob) // 2 : len(blob) // 2 + 4096] = rng.bytes(4096)
+    model["digest"] = sha256(bytes(blob))
+    kit.blobs[model["digest"]] = bytes(blob)
+    config = json.loads(kit.config)
+    config["model"]["digest"] = model["digest"]
+    del kit.blobs[sha256(kit.config)]
+    kit.config = json.dumps(config).encode()
+    kit.blobs[sha256(kit.config)] = kit.config
+    manifest["config"].update(digest=sha256(kit.config), size=len(kit.config))
+    kit.manifest = json.dumps(manifest).encode()
+
+    mountpoint = mounts.mount(publish(kit, f"corrupt/{compression}"))
+    for _ in range(2):  # fails again, quickly, rather than hanging or serving garbage
+        with pytest.raises(OSError) as caught:
+            (mountpoint / "model/weights.bin").read_bytes()
+        assert caught.value.errno == errno.EIO
+    log = (mounts.cache_dir / "logs/modelkitfs.log").read_text()
+    assert f"layer {model['digest']}" in log and "corrupt" in log and "Traceback" not in log

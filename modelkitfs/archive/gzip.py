@@ -118,8 +118,12 @@ class GzipStream:
                 handle.export_index(out)
             return out.getvalue()
 
-        exported = await self._call(load)
-        self.size = await self._call(handle.size)
+        try:
+            exported = await self._call(load)
+            self.size = await self._call(handle.size)
+        except BaseException:
+            await trio.to_thread.run_sync(handle.close)
+            raise
         self._handle = handle
         return exported
 

@@ -82,6 +82,8 @@ async def load_or_build_index(
     try:
         index = await build(source)
     except ArchiveError as exc:
+        if str(exc).startswith("layer "):
+            raise
         raise ArchiveError(f"layer {source.digest}: {exc}") from exc
     await source.save_meta(INDEX_NAME, index.to_json())
     return index

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import trio
 
 from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
-from modelkitfs.errors import ArchiveError
+from modelkitfs.errors import ModelKitFSError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class KitTree:
         self.kitfile = kitfile
         self._indexes: dict[int, LayerIndex] = {}
         self._indexing: dict[int, trio.Event] = {}
-        self._failures: dict[int, ArchiveError] = {}
+        self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
         self._nodes: dict[int, Node] = {}
         self._rebuild()
@@ -135,7 +135,7 @@ class KitTree:
             self._indexes[i] = await self.layers[i].archive.index()
             self._failures.pop(i, None)
             self._rebuild()
-        except ArchiveError as exc:
+        except ModelKitFSError as exc:
             log.error("%s", exc)
             self._failures[i] = exc
         finally:
