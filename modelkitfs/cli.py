@@ -40,10 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("reference", metavar="REFERENCE")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
-    m.add_argument(
-        "--plain-http",
-        action="store_true",
-        help="talk plain HTTP to the registry (like kit's --plain-http)",
+    net = m.add_argument_group("network (as kit's flags)")
+    net.add_argument("--plain-http", action="store_true", help="talk plain HTTP to the registry")
+    net.add_argument(
+        "--tls-verify",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="verify the registry's TLS certificate (default true; --tls-verify=false to skip)",
+    )
+    net.add_argument("--tls-cert", metavar="CA.pem", help="also trust the CA(s) in this file")
+    net.add_argument(
+        "--cert", metavar="CERT.pem", help="client certificate (default $KITOPS_CLIENT_CERT)"
+    )
+    net.add_argument("--key", metavar="KEY.pem", help="its key (default $KITOPS_CLIENT_KEY)")
+    net.add_argument(
+        "--proxy", metavar="URL", help="HTTP(S) proxy (default $HTTPS_PROXY, honouring $NO_PROXY)"
+    )
+    net.add_argument(
+        "--mirror",
+        dest="mirrors",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="try this registry mirror or pull-through cache first (repeatable; also "
+        "'mirrors' in the configuration file); falls back to the registry",
     )
     m.add_argument(
         "--cache-dir",
@@ -107,12 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "mount":
             options = MountOptions(
                 plain_http=args.plain_http,
+                tls_verify=args.tls_verify,
+                tls_cert=args.tls_cert,
+                cert=args.cert,
+                key=args.key,
+                proxy=args.proxy,
+                mirrors=args.mirrors,
                 cache_dir=args.cache_dir,
                 log_level=args.log_level,
                 allow_other=args.allow_other,

@@ -20,12 +20,14 @@ import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.store import CacheStats
+from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
 from modelkitfs.kit import open_modelkit, parse_filters, parse_labels
 from modelkitfs.reference import Reference, parse_reference
 from modelkitfs.registry import RegistryClient
+from modelkitfs.registry.transport import NetworkOptions, ssl_context
 
 log = logging.getLogger("modelkitfs")
 
@@ -33,6 +35,12 @@ log = logging.getLogger("modelkitfs")
 @dataclass
 class MountOptions:
     plain_http: bool = False
+    tls_verify: bool = True
+    tls_cert: str | None = None  # extra CA bundle
+    cert: str | None = None  # client certificate
+    key: str | None = None
+    proxy: str | None = None
+    mirrors: list[str] = field(default_factory=list)  # tried before the registry, in order
     cache_dir: str | None = None
     log_level: str = "INFO"
     allow_other: bool = False
@@ -40,9 +48,23 @@ class MountOptions:
     labels: list[str] = field(default_factory=list)  # key=value, picks from a ModelKit index
 
     def check(self) -> None:
-        """Raise the error a malformed filter or label would cause, before any mounting."""
+        """Raise the error a malformed option would cause, before any mounting."""
         parse_filters(self.filters)
         parse_labels(self.labels)
+        ssl_context(self.network())
+
+    def network(self, registry: str | None = None) -> NetworkOptions:
+        """How to reach ``registry``: these options plus the mirrors configured for it."""
+        mirrors = [*self.mirrors, *(configured_mirrors(registry) if registry else [])]
+        return NetworkOptions(
+            plain_http=self.plain_http,
+            tls_verify=self.tls_verify,
+            tls_cert=self.tls_cert,
+            client_cert=self.cert,
+            client_key=self.key,
+            proxy=self.proxy,
+            mirrors=tuple(dict.fromkeys(mirrors)),
+        ).with_environment()
 
 
 async def serve_modelkit(
@@ -57,7 +79,7 @@ async def serve_modelkit(
     def store_for(target: Reference) -> BlobStore:
         if target.registry not in clients:
             clients[target.registry] = RegistryClient(
-                target.registry, plain_http=options.plain_http
+                target.registry, options.network(target.registry)
             )
         key = (target.registry, target.repository)
         if key not in stores:

@@ -1,22 +1,28 @@
-"""Registry authentication: the Distribution bearer-token flow.
+"""Registry authentication: HTTP Basic and the Distribution bearer-token flow.
 
-A registry answers 401 with ``WWW-Authenticate: Bearer realm=..., service=..., scope=...``; we
-ask the realm for a token (anonymously for now) and retry. Tokens are cached per scope until
-shortly before they expire, so a long mount asks again only when it must.
+A registry answers 401 with ``WWW-Authenticate``: ``Basic realm=...`` wants the credentials on
+every request; ``Bearer realm=...,service=...,scope=...`` wants a token from the realm, asked for
+with the credentials (or anonymously when there are none, or with an identity token as an OAuth2
+refresh token). Tokens are cached per scope until shortly before they expire; a 401 in the middle
+of a mount (a token revoked or expired early) drops the token and asks for a new one.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
 from modelkitfs.errors import AuthenticationError, RegistryError
+from modelkitfs.registry.credentials import Credential
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 DEFAULT_TOKEN_LIFETIME = 60.0
+CLIENT_ID = "modelkitfs"
 
 
 @dataclass
@@ -31,54 +37,115 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_PARAM.findall(rest))
 
 
-class TokenAuth:
-    """Holds bearer tokens for one registry, keyed by scope."""
+def login_hint(host: str) -> str:
+    return f"log in with 'kit login {host}', or set MODELKITFS_USERNAME and MODELKITFS_PASSWORD"
 
-    def __init__(self, registry: str) -> None:
-        self.registry = registry
+
+class Authenticator:
+    """The auth state for one registry host: its scheme once known, and tokens by scope."""
+
+    def __init__(self, host: str, lookup: Callable[[str], Credential | None]) -> None:
+        self.host = host
+        self._lookup = lookup
+        self._credential: Credential | None = None
+        self._looked_up = False
+        self._basic = False
         self._tokens: dict[str, _Token] = {}
 
+    @property
+    def credential(self) -> Credential | None:
+        if not self._looked_up:
+            self._credential = self._lookup(self.host)
+            self._looked_up = True
+        return self._credential
+
     def header_for(self, scope: str) -> dict[str, str]:
+        if self._basic and self.credential is not None:
+            return {"Authorization": _basic(self.credential)}
         token = self._tokens.get(scope)
         if token and token.expires > time.monotonic():
             return {"Authorization": f"Bearer {token.value}"}
         return {}
 
-    def forget(self, scope: str) -> None:
-        self._tokens.pop(scope, None)
+    def refused(self, what: str) -> AuthenticationError:
+        """The error for a 401 that fresh authentication did not cure."""
+        if self.credential is None:
+            return AuthenticationError(
+                f"registry {self.host} requires login for {what}: {login_hint(self.host)}"
+            )
+        return AuthenticationError(
+            f"registry {self.host} refused the credentials of {self.credential.username!r} "
+            f"(from {self.credential.source}) for {what}: check them, or log in again with "
+            f"'kit login {self.host}'"
+        )
 
     async def authenticate(self, client: httpx.AsyncClient, challenge: str, scope: str) -> None:
-        """Answer a 401 ``challenge`` by fetching a token for ``scope``."""
+        """Answer a 401 ``challenge`` so that the next request for ``scope`` carries auth."""
+        self._tokens.pop(scope, None)
         scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if self.credential is None:
+                raise AuthenticationError(
+                    f"registry {self.host} requires login: {login_hint(self.host)}"
+                )
+            self._basic = True
+            return
         if scheme != "bearer" or "realm" not in params:
             raise AuthenticationError(
-                f"registry {self.registry} requires login ({scheme or 'unknown'} auth); "
-                "pull access without credentials was refused: check the reference, or log in "
-                "with 'kit login'"
+                f"registry {self.host} asks for {scheme or 'unknown'} authentication, which "
+                "modelkitfs does not speak (Basic and Bearer tokens only)"
             )
+        self._tokens[scope] = await self._fetch_token(client, params, scope)
+
+    async def _fetch_token(
+        self, client: httpx.AsyncClient, params: dict[str, str], scope: str
+    ) -> _Token:
+        realm = params["realm"]
+        credential = self.credential
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
         try:
-            response = await client.get(params["realm"], params=query)
+            if credential is not None and credential.identity_token:
+                form = {
+                    **query,
+                    "grant_type": "refresh_token",
+                    "refresh_token": credential.secret,
+                    "client_id": CLIENT_ID,
+                }
+                response = await client.post(realm, data=form)
+            elif credential is not None:
+                response = await client.get(
+                    realm, params=query, auth=(credential.username, credential.secret)
+                )
+            else:
+                response = await client.get(realm, params=query)
         except httpx.HTTPError as exc:
             raise RegistryError(
-                f"cannot reach token service {params['realm']} of {self.registry}: {exc}"
+                f"cannot reach the token service {realm} of registry {self.host}: {exc}"
             ) from exc
         if response.status_code in (401, 403):
-            raise AuthenticationError(
-                f"registry {self.registry} refused anonymous access to {scope}: the repository "
-                "may be private or may not exist; check the reference, or log in with 'kit login'"
-            )
+            if credential is None:
+                raise AuthenticationError(
+                    f"registry {self.host} refused anonymous access to {query['scope']}: the "
+                    f"repository may be private or may not exist; {login_hint(self.host)}"
+                )
+            raise self.refused(query["scope"])
         if response.status_code != 200:
             raise RegistryError(
-                f"token service of {self.registry} answered HTTP {response.status_code}"
+                f"the token service of registry {self.host} answered HTTP {response.status_code}"
             )
         try:
             body = response.json()
             value = body.get("token") or body["access_token"]
             lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"token service of {self.registry} sent no usable token") from exc
+            raise RegistryError(f"the token service of {self.host} sent no usable token") from exc
         # Renew a little early so a request never carries a token that expires in flight.
-        self._tokens[scope] = _Token(value, time.monotonic() + max(lifetime - 10.0, 1.0))
+        margin = min(10.0, lifetime / 4)
+        return _Token(value, time.monotonic() + max(lifetime - margin, 1.0))
+
+
+def _basic(credential: Credential) -> str:
+    pair = f"{credential.username}:{credential.secret}".encode()
+    return "Basic " + base64.b64encode(pair).decode()

@@ -10,14 +10,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 import trio
 
 from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
-from modelkitfs.registry.auth import TokenAuth
+from modelkitfs.registry.auth import Authenticator, login_hint
+from modelkitfs.registry.credentials import Credential, find_credential
+from modelkitfs.registry.transport import (
+    NetworkOptions,
+    describe,
+    describe_failure,
+    endpoint_url,
+    make_http_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,9 @@ MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LI
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 RETRIES = 4
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MIRROR_RETRY_AFTER = 60.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,108 +79,132 @@ def verify(data: bytes, digest: str, what: str) -> None:
 
 
 class RegistryClient:
-    """Talks to ``registry`` over HTTPS (or plain HTTP when asked), ``max_in_flight`` at once."""
+    """Talks to ``registry`` (through its mirrors first, if any), ``max_in_flight`` requests
+    at once."""
 
     def __init__(
         self,
         registry: str,
+        options: NetworkOptions | None = None,
         *,
-        plain_http: bool = False,
+        credentials: Callable[[str], Credential | None] = find_credential,
         max_in_flight: int = 8,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
     ) -> None:
         self.registry = registry
-        self.base_url = f"{'http' if plain_http else 'https'}://{registry}"
-        self.plain_http = plain_http
+        self.options = (options or NetworkOptions()).with_environment()
+        self.plain_http = self.options.plain_http
+        self.base_url = endpoint_url(registry, self.plain_http)
+        self.mirrors = [
+            endpoint_url(m, self.plain_http) for m in self.options.mirrors if m != registry
+        ]
         self.stats = FetchStats()
-        self._auth = TokenAuth(registry)
+        self._credentials = credentials
+        self._auth: dict[str, Authenticator] = {}
+        self._redirects: dict[str, str] = {}  # blob digest -> where the registry sent us
+        self._mirror_down_until: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(max_in_flight)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_in_flight * 2, max_keepalive_connections=max_in_flight * 2
-            ),
-            follow_redirects=False,
-            headers={"User-Agent": "modelkitfs"},
-        )
+        self._http = make_http_client(self.options, max_in_flight * 2)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
         """Fetch a manifest or index by tag or digest and verify it."""
-        url = f"{self.base_url}/v2/{repository}/manifests/{identifier}"
-        what = (
-            f"{self.registry}/{repository}:{identifier}"
-            if ":" not in identifier
-            else (f"{self.registry}/{repository}@{identifier}")
-        )
-        response = await self._request("GET", url, repository, {"Accept": MANIFEST_ACCEPT}, what)
-        raw = response.content
-        if len(raw) > MAX_MANIFEST_SIZE:
-            raise RegistryError(f"manifest of {what} is larger than {MAX_MANIFEST_SIZE} bytes")
-        if identifier.startswith("sha256:"):
-            digest = identifier
-            verify(raw, digest, f"manifest {what}")
-        else:
-            digest = sha256_digest(raw)
-            claimed = response.headers.get("Docker-Content-Digest")
-            if claimed and claimed.startswith("sha256:") and claimed != digest:
-                raise DigestMismatch(
-                    f"manifest of {what} does not match the digest the registry announced "
-                    f"({claimed}): try again or report it to the registry owner"
-                )
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return Manifest(digest=digest, media_type=media_type, raw=raw)
+        sep = "@" if ":" in identifier else ":"
+        what = f"{self.registry}/{repository}{sep}{identifier}"
+
+        async def fetch(base: str) -> Manifest:
+            url = self._url(base, f"/v2/{repository}/manifests/{identifier}")
+            response = await self._request(
+                "GET", url, repository, {"Accept": MANIFEST_ACCEPT}, what
+            )
+            return _check_manifest(response, identifier, what)
+
+        return await self._via_mirrors(fetch, what)
 
     async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
         """Fetch a small blob (a config) whole and verify it."""
         what = f"blob {digest} of {self.registry}/{repository}"
-        response = await self._request(
-            "GET", self._blob_url(repository, digest), repository, {}, what
-        )
-        data = response.content
-        if size is not None and len(data) != size:
-            raise DigestMismatch(f"{what} has {len(data)} bytes, its descriptor says {size}")
-        verify(data, digest, what)
+
+        async def fetch(base: str) -> bytes:
+            url = self._url(base, f"/v2/{repository}/blobs/{digest}")
+            data = (await self._request("GET", url, repository, {}, what)).content
+            if size is not None and len(data) != size:
+                raise DigestMismatch(f"{what} has {len(data)} bytes, its descriptor says {size}")
+            verify(data, digest, what)
+            return data
+
+        data = await self._via_mirrors(fetch, what)
         self.stats.blob_bytes += len(data)
         return data
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of a blob; a server that ignores Range is handled."""
         what = f"blob {digest} of {self.registry}/{repository}"
+
+        async def fetch(base: str) -> bytes:
+            retries = RETRIES if base == self.base_url else 1  # a failing mirror: next, at once
+            return await self._range_with_retries(
+                base, repository, digest, start, end, what, retries
+            )
+
+        data = await self._via_mirrors(fetch, what)
+        self.stats.ranges += 1
+        self.stats.blob_bytes += len(data)
+        return data
+
+    async def _range_with_retries(
+        self, base: str, repository: str, digest: str, start: int, end: int, what: str, retries: int
+    ) -> bytes:
         headers = {"Range": f"bytes={start}-{end - 1}"}
-        url = self._blob_url(repository, digest)
-        for attempt in range(RETRIES):
+        for attempt in range(retries):
+            if (location := self._redirects.get(digest)) is not None:
+                # Object storage URLs (signed, CDN) stay valid a while: reuse until one fails.
+                try:
+                    return await self._read_range(location, None, headers, what, start, end)
+                except RegistryError as exc:
+                    log.debug("cached redirect for %s failed (%s); resolving again", digest, exc)
+                    self._redirects.pop(digest, None)
+            url = self._url(base, f"/v2/{repository}/blobs/{digest}")
             try:
-                data = await self._read_range(url, repository, headers, what, start, end)
+                return await self._read_range(url, repository, headers, what, start, end, digest)
             except (httpx.TransportError, _Retryable) as exc:
-                if attempt == RETRIES - 1:
-                    raise RegistryError(
-                        f"reading {what} failed after {RETRIES} attempts: {_describe(exc)}"
-                    ) from exc
+                if attempt == retries - 1:
+                    if isinstance(exc, httpx.ConnectError):
+                        message = describe_failure(_host(url), exc, self.plain_http)
+                    else:
+                        message = f"reading {what} failed after {retries} attempts: {describe(exc)}"
+                    raise RegistryError(message) from exc
                 delay = _backoff(attempt)
                 log.warning(
                     "range %d-%d of %s failed (%s); retrying in %.1fs",
                     start,
                     end,
                     digest,
-                    _describe(exc),
+                    describe(exc),
                     delay,
                 )
                 await trio.sleep(delay)
-                continue
-            self.stats.ranges += 1
-            self.stats.blob_bytes += len(data)
-            return data
         raise AssertionError("unreachable")
 
     async def _read_range(
-        self, url: str, repository: str, headers: dict[str, str], what: str, start: int, end: int
+        self,
+        url: str,
+        repository: str | None,
+        headers: dict[str, str],
+        what: str,
+        start: int,
+        end: int,
+        digest: str | None = None,
     ) -> bytes:
+        """One range request; ``repository`` None for a URL outside the registry (no auth)."""
         async with self._limiter:
-            response = await self._send("GET", url, repository, headers, stream=True)
+            if repository is None:
+                self.stats.requests += 1
+                request = self._http.build_request("GET", url, headers=headers)
+                response = await self._http.send(request, stream=True)
+            else:
+                response = await self._send("GET", url, repository, headers, stream=True)
             try:
                 if response.status_code == 206:
                     data = await response.aread()
@@ -179,12 +215,30 @@ class RegistryClient:
                     self._raise_for(response, what)
             finally:
                 await response.aclose()
+        if digest is not None and _host(str(response.url)) != _host(url):
+            self._redirects[digest] = str(response.url)
         if len(data) != end - start:
             raise _Retryable(f"short read: got {len(data)} of {end - start} bytes")
         return data
 
-    def _blob_url(self, repository: str, digest: str) -> str:
-        return f"{self.base_url}/v2/{repository}/blobs/{digest}"
+    async def _via_mirrors(self, fetch: Callable[[str], Awaitable[T]], what: str) -> T:
+        """``fetch`` from each mirror in turn, then from the registry itself. A mirror that
+        cannot be reached is left alone for a while; one that lacks the content is not."""
+        for mirror in self.mirrors:
+            if self._mirror_down_until.get(mirror, 0.0) > trio.current_time():
+                continue
+            try:
+                return await fetch(mirror)
+            except (RegistryError, httpx.TransportError) as exc:
+                log.info("mirror %s: %s; trying the next source", mirror, describe(exc))
+                if isinstance(exc, httpx.TransportError) or "cannot reach" in str(exc):
+                    self._mirror_down_until[mirror] = trio.current_time() + MIRROR_RETRY_AFTER
+        return await fetch(self.base_url)
+
+    def _url(self, base: str, path: str) -> str:
+        if base == self.base_url:
+            return base + path
+        return f"{base}{path}?ns={self.registry}"  # containerd's mirror convention
 
     async def _request(
         self, method: str, url: str, repository: str, headers: dict[str, str], what: str
@@ -195,7 +249,7 @@ class RegistryClient:
                     response = await self._send(method, url, repository, headers, stream=False)
             except httpx.TransportError as exc:
                 if attempt == RETRIES - 1 or isinstance(exc, httpx.ConnectError):
-                    raise RegistryError(self._unreachable(exc)) from exc
+                    raise RegistryError(describe_failure(_host(url), exc, self.plain_http)) from exc
                 await trio.sleep(_backoff(attempt))
                 continue
             if response.status_code in RETRYABLE_STATUS and attempt < RETRIES - 1:
@@ -206,14 +260,21 @@ class RegistryClient:
             return response
         raise AssertionError("unreachable")
 
+    def _authenticator(self, url: str) -> Authenticator:
+        host = _host(url)
+        if host not in self._auth:
+            self._auth[host] = Authenticator(host, self._credentials)
+        return self._auth[host]
+
     async def _send(
         self, method: str, url: str, repository: str, headers: dict[str, str], *, stream: bool
     ) -> httpx.Response:
-        """Send with auth: answer one 401 challenge, then send again."""
+        """Send with auth: answer a 401 challenge once, then send again."""
         scope = f"repository:{repository}:pull"
-        for _ in range(2):
+        auth = self._authenticator(url)
+        for attempt in range(2):
             request = self._http.build_request(
-                method, url, headers={**headers, **self._auth.header_for(scope)}
+                method, url, headers={**headers, **auth.header_for(scope)}
             )
             self.stats.requests += 1
             response = await self._http.send(request, stream=True)
@@ -227,10 +288,10 @@ class RegistryClient:
                         await response.aclose()
                 return response
             await response.aclose()
-            challenge = response.headers.get("WWW-Authenticate", "")
-            self._auth.forget(scope)
-            await self._auth.authenticate(self._http, challenge, scope)
-        return response
+            if attempt == 1:
+                raise auth.refused(scope)
+            await auth.authenticate(self._http, response.headers.get("WWW-Authenticate", ""), scope)
+        raise AssertionError("unreachable")
 
     async def _follow(self, response: httpx.Response, headers: dict[str, str]) -> httpx.Response:
         """Follow blob redirects (object storage, CDNs) without our Authorization header."""
@@ -261,7 +322,7 @@ class RegistryClient:
             )
         if status in (401, 403):
             raise AuthenticationError(
-                f"access to {what} denied (HTTP {status}): log in with 'kit login {self.registry}'"
+                f"access to {what} denied (HTTP {status}): {login_hint(self.registry)}"
             )
         if status in RETRYABLE_STATUS:
             raise _Retryable(
@@ -269,12 +330,6 @@ class RegistryClient:
                 "overloaded or failing; try again later"
             )
         raise RegistryError(f"registry {self.registry} answered HTTP {status} for {what}")
-
-    def _unreachable(self, exc: Exception) -> str:
-        text = f"cannot reach registry {self.registry}: {_describe(exc)}"
-        if not self.plain_http and any(isinstance(e, ssl.SSLError) for e in _chain(exc)):
-            return text + "; if it serves plain HTTP, pass --plain-http"
-        return text + "; check the address and that the registry is running"
 
 
 class _Retryable(RegistryError):
@@ -295,23 +350,29 @@ async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes
     return b"".join(parts)
 
 
+def _check_manifest(response: httpx.Response, identifier: str, what: str) -> Manifest:
+    raw = response.content
+    if len(raw) > MAX_MANIFEST_SIZE:
+        raise RegistryError(f"manifest of {what} is larger than {MAX_MANIFEST_SIZE} bytes")
+    if identifier.startswith("sha256:"):
+        digest = identifier
+        verify(raw, digest, f"manifest {what}")
+    else:
+        digest = sha256_digest(raw)
+        claimed = response.headers.get("Docker-Content-Digest")
+        if claimed and claimed.startswith("sha256:") and claimed != digest:
+            raise DigestMismatch(
+                f"manifest of {what} does not match the digest the registry announced "
+                f"({claimed}): try again or report it to the registry owner"
+            )
+    media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    return Manifest(digest=digest, media_type=media_type, raw=raw)
+
+
+def _host(url: str) -> str:
+    return httpx.URL(url).netloc.decode("ascii")
+
+
 def _backoff(attempt: int) -> float:
     """Exponential backoff with jitter, capped at a few seconds."""
     return min(0.2 * 2**attempt, 2.0) * (0.5 + random.random())
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _describe(exc: BaseException) -> str:
-    """The most telling message along the exception's causes."""
-    for error in _chain(exc):
-        if text := str(error).strip():
-            return text.splitlines()[0]
-    return type(exc).__name__

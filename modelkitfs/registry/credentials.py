@@ -1,0 +1,147 @@
+"""Registry credentials, found where kit finds them.
+
+In order: ``$MODELKITFS_USERNAME``/``$MODELKITFS_PASSWORD`` (for CI), kit's own
+``<kit home>/credentials.json`` (what ``kit login`` writes), then Docker's config
+(``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``). Both files use Docker's format:
+``auths.<host>.auth`` (base64 ``user:password``) or ``identitytoken``, ``credHelpers.<host>`` and
+``credsStore`` naming a ``docker-credential-<name>`` program that is asked with ``get``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+HELPER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Credential:
+    username: str
+    secret: str
+    source: str  # where it came from, for error messages
+    identity_token: bool = False  # an OAuth2 refresh token rather than a password
+
+    def __repr__(self) -> str:
+        return f"Credential({self.username!r}, source={self.source!r})"
+
+
+def kit_home() -> Path:
+    """``$KITOPS_HOME``, else ``$XDG_DATA_HOME/kitops``, else ``~/.local/share/kitops``."""
+    if explicit := os.environ.get("KITOPS_HOME"):
+        return Path(explicit)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "kitops"
+
+
+def config_files() -> list[Path]:
+    docker = os.environ.get("DOCKER_CONFIG")
+    docker_dir = Path(docker) if docker else Path.home() / ".docker"
+    return [kit_home() / "credentials.json", docker_dir / "config.json"]
+
+
+def find_credential(registry: str) -> Credential | None:
+    """Credentials for ``registry`` (``host[:port]``), or None to go anonymous."""
+    username = os.environ.get("MODELKITFS_USERNAME")
+    password = os.environ.get("MODELKITFS_PASSWORD")
+    if username and password is not None:
+        return Credential(username, password, "$MODELKITFS_USERNAME/$MODELKITFS_PASSWORD")
+    for path in config_files():
+        config = _load(path)
+        if config is not None and (found := _from_config(config, registry, path)) is not None:
+            return found
+    return None
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable credentials file %s: %s", path, exc)
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _keys(registry: str) -> set[str]:
+    host = registry.lower()
+    return {DOCKER_HUB_KEY, *_DOCKER_HUB_HOSTS} if host in _DOCKER_HUB_HOSTS else {host}
+
+
+def _normalize(key: str) -> str:
+    """``https://host:port/v2/`` -> ``host:port``, as Docker matches ``auths`` keys."""
+    if key == DOCKER_HUB_KEY:
+        return key
+    bare = key.split("://", 1)[-1]
+    return bare.split("/", 1)[0].lower()
+
+
+def _from_config(config: dict[str, Any], registry: str, path: Path) -> Credential | None:
+    keys = _keys(registry)
+    helpers = config.get("credHelpers") or {}
+    for key, helper in helpers.items() if isinstance(helpers, dict) else ():
+        if _normalize(key) in keys and isinstance(helper, str):
+            return _from_helper(helper, key)
+    auths = config.get("auths") or {}
+    for key, entry in auths.items() if isinstance(auths, dict) else ():
+        if _normalize(key) in keys and isinstance(entry, dict):
+            if (found := _from_entry(entry, f"{path} ({key})")) is not None:
+                return found
+            break
+    store = config.get("credsStore")
+    if isinstance(store, str) and store:
+        key = DOCKER_HUB_KEY if DOCKER_HUB_KEY in keys else registry
+        return _from_helper(store, key)
+    return None
+
+
+def _from_entry(entry: dict[str, Any], source: str) -> Credential | None:
+    if token := entry.get("identitytoken"):
+        return Credential("<token>", str(token), source, identity_token=True)
+    if encoded := entry.get("auth"):
+        try:
+            username, _, password = base64.b64decode(encoded).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            log.warning("ignoring malformed auth entry in %s", source)
+            return None
+        return Credential(username, password, source)
+    if entry.get("username") and entry.get("password") is not None:
+        return Credential(str(entry["username"]), str(entry["password"]), source)
+    return None
+
+
+def _from_helper(name: str, server: str) -> Credential | None:
+    program = f"docker-credential-{name}"
+    try:
+        result = subprocess.run(
+            [program, "get"],
+            input=server,
+            capture_output=True,
+            text=True,
+            timeout=HELPER_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("credential helper %s failed: %s", program, exc)
+        return None
+    if result.returncode != 0:
+        log.debug("%s has no credentials for %s: %s", program, server, result.stdout.strip())
+        return None
+    try:
+        answer = json.loads(result.stdout)
+        username, secret = str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("credential helper %s answered something unreadable", program)
+        return None
+    return Credential(username, secret, program, identity_token=username == "<token>")

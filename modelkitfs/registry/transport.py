@@ -1,0 +1,156 @@
+"""How we reach registries: TLS, proxies, mirrors, as kit's network flags set them.
+
+TLS verifies against the system's CA store (as kit does, not a bundled one), plus
+``--tls-cert``; ``--cert``/``--key`` (or ``$KITOPS_CLIENT_CERT``/``$KITOPS_CLIENT_KEY``) present a
+client certificate. Proxies come from ``--proxy`` or the usual ``HTTPS_PROXY``/``NO_PROXY``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+
+import httpx
+
+from modelkitfs.errors import RegistryError
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    plain_http: bool = False
+    tls_verify: bool = True
+    tls_cert: str | None = None  # an extra CA bundle (PEM)
+    client_cert: str | None = None
+    client_key: str | None = None
+    proxy: str | None = None
+    mirrors: tuple[str, ...] = field(default_factory=tuple)  # tried in order before the origin
+
+    def with_environment(self) -> NetworkOptions:
+        """Fill the client certificate from kit's environment variables when not given."""
+        return NetworkOptions(
+            self.plain_http,
+            self.tls_verify,
+            self.tls_cert,
+            self.client_cert or os.environ.get("KITOPS_CLIENT_CERT") or None,
+            self.client_key or os.environ.get("KITOPS_CLIENT_KEY") or None,
+            self.proxy,
+            self.mirrors,
+        )
+
+
+def ssl_context(options: NetworkOptions) -> ssl.SSLContext | bool:
+    """The TLS settings for httpx; files that cannot be read are a clear error, up front."""
+    if not options.tls_verify and not options.client_cert:
+        return False
+    context = ssl.create_default_context()
+    if not options.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if options.tls_cert:
+        try:
+            context.load_verify_locations(cafile=options.tls_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryError(
+                f"cannot use --tls-cert {options.tls_cert} ({_reason(exc)}): give a PEM file "
+                "with the CA certificate(s) that signed the registry's certificate"
+            ) from None
+    if options.client_cert or options.client_key:
+        if not (options.client_cert and options.client_key):
+            raise RegistryError("a client certificate needs both --cert and --key")
+        try:
+            context.load_cert_chain(options.client_cert, options.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryError(
+                f"cannot use client certificate {options.client_cert} with key "
+                f"{options.client_key} ({_reason(exc)}): give PEM files of a matching pair"
+            ) from None
+    return context
+
+
+def endpoint_url(endpoint: str, plain_http: bool) -> str:
+    """``host[:port]`` or a full ``http(s)://`` URL as the base URL of a registry."""
+    if "://" in endpoint:
+        return endpoint.rstrip("/")
+    return f"{'http' if plain_http else 'https'}://{endpoint}"
+
+
+def make_http_client(options: NetworkOptions, max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=ssl_context(options),
+        proxy=options.proxy,
+        timeout=httpx.Timeout(60.0, connect=10.0),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        follow_redirects=False,
+        headers={"User-Agent": "modelkitfs"},
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+
+
+def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
+    """One line saying why ``host`` could not be reached and what to do about it."""
+    chain = _chain(exc)
+    text = " ".join(str(e) for e in chain).lower()
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        reason = next(
+            (e.verify_message for e in chain if isinstance(e, ssl.SSLCertVerificationError)),
+            "unknown",
+        )
+        return (
+            f"the TLS certificate of {host} is not trusted ({reason}): pass --tls-cert CA.pem "
+            "with the CA that signed it, or --tls-verify=false to skip the check (insecure)"
+        )
+    if "certificate required" in text or ("handshake failure" in text and "alert" in text):
+        return (
+            f"{host} asks for a client certificate: pass --cert and --key (or set "
+            "KITOPS_CLIENT_CERT and KITOPS_CLIENT_KEY)"
+        )
+    if any(isinstance(e, ssl.SSLError) for e in chain) and not plain_http:
+        return (
+            f"TLS with {host} failed ({describe(exc)}): if it serves plain HTTP, pass --plain-http"
+        )
+    if any(
+        marker in text
+        for marker in ("name or service not known", "nodename nor servname", "name resolution")
+    ):
+        return (
+            f"cannot reach registry {host}: unknown host {host.rsplit(':', 1)[0]}; check the "
+            "registry name"
+        )
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return (
+            f"cannot reach registry {host}: connection refused; check the address and port, "
+            "and that the registry is running"
+        )
+    return (
+        f"cannot reach registry {host}: {describe(exc)}; check the address, and your network "
+        "or proxy"
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, its causes, and the members of any exception group among them."""
+    chain: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current in chain:
+            continue
+        chain.append(current)
+        pending += list(getattr(current, "exceptions", ()))
+        if (cause := current.__cause__ or current.__context__) is not None:
+            pending.append(cause)
+    return chain
+
+
+def describe(exc: BaseException) -> str:
+    """The most telling message along the exception's causes."""
+    for error in _chain(exc):
+        if text := str(error).strip():
+            return text.splitlines()[0]
+    return type(exc).__name__
