@@ -21,12 +21,18 @@ import trio
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.config import configured_mirrors
-from modelkitfs.errors import ModelKitFSError, MountError
+from modelkitfs.errors import ModelKitFSError, MountError, NotFound
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
 from modelkitfs.kit import open_modelkit, parse_filters, parse_labels
-from modelkitfs.reference import Reference, parse_reference
-from modelkitfs.registry import RegistryClient
+from modelkitfs.reference import DEFAULT_REGISTRY, Reference, parse_reference
+from modelkitfs.registry import (
+    LayoutSource,
+    RegistryClient,
+    from_kit_storage,
+    from_layout_folder,
+)
+from modelkitfs.registry.layout import kit_storage
 from modelkitfs.registry.transport import NetworkOptions, ssl_context
 
 log = logging.getLogger("modelkitfs")
@@ -77,14 +83,28 @@ async def serve_modelkit(
     stores: dict[tuple[str, str], BlobStore] = {}
 
     def store_for(target: Reference) -> BlobStore:
+        key = (target.registry, target.repository)
+        if key not in stores:
+            stores[key] = BlobStore(source_for(target), target.repository, cache)
+        return stores[key]
+
+    def source_for(target: Reference) -> RegistryClient | LayoutSource:
+        """kit's local storage first, as kit looks; ``localhost`` refs live only there."""
+        if target.is_layout:
+            return from_layout_folder(target.repository)
+        local = from_kit_storage(target.registry, target.repository, target.identifier)
+        if local is not None:
+            return local
+        if target.registry == DEFAULT_REGISTRY:
+            raise NotFound(
+                f"{target} is not in kit's local storage ({kit_storage()}) and names no registry: "
+                "pack or pull it with kit first, or give its registry (registry.example/repo:tag)"
+            )
         if target.registry not in clients:
             clients[target.registry] = RegistryClient(
                 target.registry, options.network(target.registry)
             )
-        key = (target.registry, target.repository)
-        if key not in stores:
-            stores[key] = BlobStore(clients[target.registry], target.repository, cache)
-        return stores[key]
+        return clients[target.registry]
 
     try:
         kit = await open_modelkit(

@@ -60,8 +60,8 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
 
 def _prepare(
     reference: str, mountpoint: str | os.PathLike[str], options: MountOptions | None
-) -> tuple[str, MountOptions]:
-    parse_reference(reference)
+) -> tuple[str, str, MountOptions]:
+    ref = parse_reference(reference)
     options = MountOptions(**asdict(options or MountOptions()))
     options.check()
     path = check_mountpoint(mountpoint)
@@ -75,7 +75,7 @@ def _prepare(
         ) from None
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)")
-    return path, options
+    return (str(ref) if ref.is_layout else reference), path, options
 
 
 def mount(
@@ -86,7 +86,7 @@ def mount(
     """Mount ``reference`` at ``mountpoint`` with a daemon in the background; return once the
     folder is mounted, or raise a :class:`~modelkitfs.errors.ModelKitFSError` with nothing
     left mounted."""
-    path, options = _prepare(reference, mountpoint, options)
+    reference, path, options = _prepare(reference, mountpoint, options)
     arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
     with open(log_path(options.cache_dir or ""), "ab") as log_file:
         daemon = subprocess.Popen(
@@ -132,7 +132,7 @@ def mount_foreground(
     options: MountOptions | None = None,
 ) -> None:
     """Mount and serve in this process, logging to stderr, until unmounted or interrupted."""
-    path, options = _prepare(reference, mountpoint, options)
+    reference, path, options = _prepare(reference, mountpoint, options)
     configure_logging(options.log_level)
     trio.run(serve_modelkit, reference, path, options, lambda: None)
 

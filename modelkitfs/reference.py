@@ -7,6 +7,7 @@ which kit keeps in local storage only. No tag and no digest means ``latest``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from modelkitfs.errors import InvalidReference
 
 DEFAULT_REGISTRY = "localhost"
 DEFAULT_TAG = "latest"
+LAYOUT_PREFIX = "oci-layout:"
 
 _REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
@@ -28,12 +30,21 @@ class Reference:
     digest: str | None = None
 
     @property
+    def is_layout(self) -> bool:
+        """An OCI image layout folder on this machine (``oci-layout:PATH[:tag][@digest]``)."""
+        return self.registry == LAYOUT_PREFIX
+
+    @property
     def identifier(self) -> str:
         """What to ask the registry for: the digest when pinned, else the tag."""
         return self.digest or self.tag or DEFAULT_TAG
 
     def __str__(self) -> str:
-        text = f"{self.registry}/{self.repository}"
+        text = (
+            f"{self.registry}{self.repository}"
+            if self.is_layout
+            else f"{self.registry}/{self.repository}"
+        )
         if self.tag:
             text += f":{self.tag}"
         if self.digest:
@@ -50,6 +61,8 @@ def parse_reference(text: str) -> Reference:
     )
     if not text or text != text.strip():
         raise InvalidReference(f"invalid reference {original!r}: {hint}")
+    if text.startswith(LAYOUT_PREFIX):
+        return _parse_layout(text[len(LAYOUT_PREFIX) :], original)
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
@@ -75,3 +88,17 @@ def parse_reference(text: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+def _parse_layout(text: str, original: str) -> Reference:
+    path, _, digest = text.partition("@")
+    tag = None
+    if ":" in path.rpartition("/")[2]:
+        path, _, tag = path.rpartition(":")
+    if not path or (digest and not _DIGEST.fullmatch(digest)) or (tag and not _TAG.fullmatch(tag)):
+        raise InvalidReference(
+            f"invalid reference {original!r}: expected oci-layout:PATH[:TAG][@sha256:DIGEST]"
+        )
+    return Reference(
+        LAYOUT_PREFIX, os.path.abspath(path), tag or (None if digest else "latest"), digest or None
+    )

@@ -138,7 +138,9 @@ class Mounts:
             filters=filters or [],
             labels=labels or [],
         )
-        mount(f"{registry or self.proxy.address}/{repo_tag}", mountpoint, options)
+        # registry "" takes repo_tag as the whole reference (kit's localhost, oci-layout:...).
+        reference = repo_tag if registry == "" else f"{registry or self.proxy.address}/{repo_tag}"
+        mount(reference, mountpoint, options)
         self.mounted.append(mountpoint)
         return mountpoint
 

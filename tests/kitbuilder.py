@@ -9,6 +9,7 @@ other writers do instead (GNU long names, ``./`` prefixes, trailing slashes).
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -415,3 +416,51 @@ def push(registry: str, repository: str, tag: str, artifact: Artifact) -> str:
         )
         response.raise_for_status()
     return artifact.digest
+
+
+def store_locally(home: Path, registry: str, repository: str, tag: str, kit: Artifact) -> Path:
+    """Lay ``kit`` out in kit's local storage under ``home`` exactly as kit does: one shared
+    OCI layout, plus per repository ``<base64url(registry/repo)>-index.json`` and ``-tags.json``."""
+    storage = home / "storage"
+    blobs = storage / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    for digest, data in [*kit.blobs.items(), (kit.digest, kit.manifest)]:
+        (blobs / digest.split(":", 1)[1]).write_bytes(data)
+    (storage / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    descriptor = {"mediaType": kit.media_type, "digest": kit.digest, "size": len(kit.manifest)}
+    shared = storage / "index.json"
+    index = (
+        json.loads(shared.read_text())
+        if shared.exists()
+        else {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [],
+        }
+    )
+    index["manifests"].append(descriptor)
+    shared.write_text(json.dumps(index))
+    encoded = base64.urlsafe_b64encode(f"{registry}/{repository}".encode()).decode()
+    repo_index = storage / f"{encoded}-index.json"
+    manifests = json.loads(repo_index.read_text())["manifests"] if repo_index.exists() else []
+    repo_index.write_text(json.dumps({"schemaVersion": 2, "manifests": [*manifests, descriptor]}))
+    repo_tags = storage / f"{encoded}-tags.json"
+    tags = json.loads(repo_tags.read_text()) if repo_tags.exists() else {}
+    repo_tags.write_text(json.dumps({**tags, tag: descriptor}))
+    return storage
+
+
+def write_layout(root: Path, kit: Artifact, tag: str) -> None:
+    """A plain OCI image layout holding ``kit`` tagged ``tag``."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    for digest, data in [*kit.blobs.items(), (kit.digest, kit.manifest)]:
+        (blobs / digest.split(":", 1)[1]).write_bytes(data)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    descriptor = {
+        "mediaType": kit.media_type,
+        "digest": kit.digest,
+        "size": len(kit.manifest),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))

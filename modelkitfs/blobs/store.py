@@ -17,7 +17,7 @@ import cachetools
 import trio
 
 from modelkitfs.blobs.cache import DiskCache
-from modelkitfs.registry import Manifest, RegistryClient
+from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
 from modelkitfs.registry.client import sha256_digest
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class BlobStore:
 
     def __init__(
         self,
-        client: RegistryClient,
+        client: RegistryClient | LayoutSource,
         repository: str,
         cache: DiskCache,
         *,
@@ -67,6 +67,8 @@ class BlobStore:
         )
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._cache_writable = True
+        # Blobs already on the machine (kit's storage) are read in place, never copied.
+        self.local = isinstance(client, LayoutSource)
 
     async def manifest(self, identifier: str) -> Manifest:
         """The repository's manifest for a tag or digest (never cached: tags move)."""
@@ -75,6 +77,8 @@ class BlobStore:
     async def small_blob(self, digest: str, size: int) -> bytes:
         """A whole small blob, such as a config: from the cache when a mount has fetched it
         before (checked against its digest again), else fetched, verified and cached."""
+        if self.local:
+            return await self.client.get_blob(self.repository, digest, size)
         cached = await self.load_meta(digest, WHOLE_BLOB)
         if cached is not None and len(cached) == size and sha256_digest(cached) == digest:
             return cached
@@ -90,6 +94,8 @@ class BlobStore:
         end = min(offset + length, size)
         if offset >= end:
             return b""
+        if self.local:
+            return await self.client.get_range(self.repository, digest, offset, end)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
         data = b"".join(blocks) if len(blocks) > 1 else blocks[0]

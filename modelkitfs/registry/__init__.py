@@ -1,5 +1,15 @@
 """The OCI distribution client: references in, verified manifests and blob bytes out."""
 
 from modelkitfs.registry.client import FetchStats, Manifest, RegistryClient
+from modelkitfs.registry.layout import LayoutSource, from_kit_storage, from_layout_folder
+from modelkitfs.registry.transport import NetworkOptions
 
-__all__ = ["FetchStats", "Manifest", "RegistryClient"]
+__all__ = [
+    "FetchStats",
+    "LayoutSource",
+    "Manifest",
+    "NetworkOptions",
+    "RegistryClient",
+    "from_kit_storage",
+    "from_layout_folder",
+]
