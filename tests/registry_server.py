@@ -1,4 +1,16 @@
-"""Start a real CNCF Distribution registry on a free loopback port with its own storage."""
+"""Start a real CNCF Distribution registry on a free loopback port with its own storage.
+
+What Distribution 2.8.2 accepts, found by running it:
+
+- ``htpasswd`` works over plain HTTP too (TLS is only advised), and only bcrypt entries count.
+  It checks the bcrypt hash on every request, so the file here uses the cheapest cost; it re-reads
+  the file when its mtime changes, so ``write_htpasswd`` may change users while it runs.
+- ``token`` needs realm, service, issuer and rootcertbundle; it accepts a token until 60 s after
+  its ``exp`` (see ``TokenIssuer.registry_leeway``).
+- Only one auth scheme at a time.
+- ``clientcas`` makes every connection present a certificate from those CAs (Go's
+  RequireAndVerifyClientCert): without one the TLS handshake fails, there is no HTTP 401.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +18,17 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.token_issuer import TokenIssuer
 
 
 def free_port() -> int:
@@ -20,38 +37,108 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_htpasswd(path: Path, users: dict[str, str]) -> None:
+    """Write a bcrypt htpasswd file (cost 4: Distribution verifies it on every request)."""
+    import bcrypt
+
+    lines = [
+        f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+        for user, password in users.items()
+    ]
+    path.write_text("".join(lines))
+
+
+def _auth_config(
+    root: Path, htpasswd: dict[str, str] | None, token: TokenIssuer | None
+) -> dict[str, Any]:
+    if htpasswd is not None and token is not None:
+        raise ValueError("Distribution takes one auth scheme: htpasswd or token")
+    if htpasswd is not None:
+        write_htpasswd(root / "htpasswd", htpasswd)
+        return {"htpasswd": {"realm": "modelkitfs-test", "path": str(root / "htpasswd")}}
+    if token is not None:
+        return {
+            "token": {
+                "realm": token.realm,
+                "service": token.service,
+                "issuer": token.issuer,
+                "rootcertbundle": str(token.root_cert_path),
+            }
+        }
+    return {}
+
+
+def _ready(address: str, tls: bool, client_ca: bool) -> bool:
+    """Whether the registry answers; any HTTP status, 401 included, means it is up."""
+    if client_ca:
+        # Without a client certificate only the handshake can succeed: TLS 1.3 finishes it on
+        # our side before the server refuses the missing certificate.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        host, port = address.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=1) as raw:
+                context.wrap_socket(raw).close()
+        except OSError:
+            return False
+        return True
+    scheme = "https" if tls else "http"
+    try:
+        httpx.get(f"{scheme}://{address}/v2/", timeout=1, verify=False)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def running_registry(root: Path) -> Iterator[str]:
-    """Run a registry storing under ``root``; yields its ``host:port``."""
+def running_registry(
+    root: Path,
+    *,
+    htpasswd: dict[str, str] | None = None,
+    token: TokenIssuer | None = None,
+    tls: tuple[Path, Path] | None = None,
+    client_ca: Path | None = None,
+) -> Iterator[str]:
+    """Run a registry storing under ``root``; yields its ``host:port`` (always 127.0.0.1).
+
+    ``htpasswd`` (user → password) or ``token`` turn on authentication; ``tls`` is a
+    (certificate, key) pair to serve HTTPS with, and ``client_ca`` a CA whose certificates
+    clients must then present.
+    """
+    if client_ca is not None and tls is None:
+        raise ValueError("client_ca needs tls")
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
         raise RuntimeError("docker-registry is not installed: run scripts/setup")
     address = f"127.0.0.1:{free_port()}"
+    http: dict[str, Any] = {"addr": address}
+    if tls is not None:
+        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        if client_ca is not None:
+            http["tls"]["clientcas"] = [str(client_ca)]
     config = root / "config.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "version": 0.1,
-                "log": {"level": "error", "accesslog": {"disabled": True}},
-                "storage": {
-                    "filesystem": {"rootdirectory": str(root / "data")},
-                    "delete": {"enabled": True},
-                },
-                "http": {"addr": address},
-            }
-        )
-    )
+    settings: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "data")},
+            "delete": {"enabled": True},
+        },
+        "http": http,
+    }
+    if auth := _auth_config(root, htpasswd, token):
+        settings["auth"] = auth
+    config.write_text(json.dumps(settings))
     with open(root / "registry.log", "wb") as log:
         process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 200:
-                    break
+        while not _ready(address, tls is not None, client_ca is not None):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield address
     finally:
         process.terminate()
