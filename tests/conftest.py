@@ -8,6 +8,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,21 +127,20 @@ class Mounts:
         cache_dir: Path | None = None,
         name: str | None = None,
         registry: str | None = None,
-        filters: list[str] | None = None,
-        labels: list[str] | None = None,
+        **options: Any,
     ) -> Path:
+        """Mount through the counting proxy unless ``registry`` names another address (""
+        takes ``repo_tag`` as the whole reference: kit's localhost, oci-layout:...);
+        ``options`` are MountOptions fields (filters, labels, TLS, mirrors...)."""
         mountpoint = self.base / (name or f"mnt{len(self.mounted)}")
         mountpoint.mkdir()
-        options = MountOptions(
-            plain_http=True,
+        mount_options = MountOptions(
             cache_dir=str(cache_dir or self.cache_dir),
             log_level="debug",
-            filters=filters or [],
-            labels=labels or [],
+            **{"plain_http": True, **options},
         )
-        # registry "" takes repo_tag as the whole reference (kit's localhost, oci-layout:...).
         reference = repo_tag if registry == "" else f"{registry or self.proxy.address}/{repo_tag}"
-        mount(reference, mountpoint, options)
+        mount(reference, mountpoint, mount_options)
         self.mounted.append(mountpoint)
         return mountpoint
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -395,9 +396,19 @@ def expected_tree(context: Path, kitfile: dict[str, Any]) -> set[str]:
     return found
 
 
-def push(registry: str, repository: str, tag: str, artifact: Artifact) -> str:
-    """Push blobs and manifest over the distribution API; return the manifest digest."""
-    with httpx.Client(base_url=f"http://{registry}", timeout=300) as client:
+def push(
+    registry: str,
+    repository: str,
+    tag: str,
+    artifact: Artifact,
+    *,
+    auth: httpx.Auth | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> str:
+    """Push blobs and manifest over the distribution API (HTTPS when ``tls`` is given);
+    return the manifest digest."""
+    base_url = f"{'https' if tls else 'http'}://{registry}"
+    with httpx.Client(base_url=base_url, timeout=300, auth=auth, verify=tls or True) as client:
         for digest, data in artifact.blobs.items():
             if client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
                 continue

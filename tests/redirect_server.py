@@ -201,7 +201,7 @@ class _ProxyHandler(_Handler):
         connection = self.upstream()
         try:
             connection.request("HEAD", self.path, headers=self._headers())
-            return connection.getresponse().status == 200
+            return connection.getresponse().status in (200, 206)  # 206: a HEAD with Range
         finally:
             connection.close()
 

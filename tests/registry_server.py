@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,3 +144,37 @@ def running_registry(
     finally:
         process.terminate()
         process.wait(10)
+
+
+class RegistryAuth(httpx.Auth):
+    """Answers a registry's Basic or Bearer challenge the way docker does."""
+
+    requires_response_body = True
+
+    def __init__(self, user: str | None = None, password: str | None = None) -> None:
+        self.basic = None if user is None else httpx.BasicAuth(user, password or "")
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        response = yield request
+        if response.status_code != 401:
+            return
+        scheme, _, params = response.headers["WWW-Authenticate"].partition(" ")
+        if scheme == "Basic" and self.basic is not None:
+            yield from self.basic.auth_flow(request)
+        elif scheme == "Bearer":
+            challenge = dict(re.findall(r'(\w+)="([^"]*)"', params))
+            query = {k: v for k, v in challenge.items() if k in ("service", "scope")}
+            token_request = httpx.Request("GET", challenge["realm"], params=query)
+            if self.basic is not None:
+                token_request = next(self.basic.auth_flow(token_request))
+            token_response = yield token_request
+            if token_response.status_code == 200:
+                request.headers["Authorization"] = f"Bearer {token_response.json()['token']}"
+                yield request
+
+
+def tls_context(ca: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(*client)
+    return context

@@ -105,10 +105,11 @@ def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
             f"the TLS certificate of {host} is not trusted ({reason}): pass --tls-cert CA.pem "
             "with the CA that signed it, or --tls-verify=false to skip the check (insecure)"
         )
-    if "certificate required" in text or ("handshake failure" in text and "alert" in text):
+    if any(alert in text for alert in ("certificate required", "alert bad certificate")):
         return (
-            f"{host} asks for a client certificate: pass --cert and --key (or set "
-            "KITOPS_CLIENT_CERT and KITOPS_CLIENT_KEY)"
+            f"{host} refused the TLS handshake without an acceptable client certificate: pass "
+            "--cert and --key (or set KITOPS_CLIENT_CERT and KITOPS_CLIENT_KEY) with one its CA "
+            "trusts"
         )
     if any(isinstance(e, ssl.SSLError) for e in chain) and not plain_http:
         return (
