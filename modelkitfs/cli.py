@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
 from modelkitfs import __version__
 from modelkitfs.daemon import MountOptions
@@ -142,19 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "mount":
+            # Every mount flag is named after its MountOptions field.
             options = MountOptions(
-                plain_http=args.plain_http,
-                tls_verify=args.tls_verify,
-                tls_cert=args.tls_cert,
-                cert=args.cert,
-                key=args.key,
-                proxy=args.proxy,
-                mirrors=args.mirrors,
-                cache_dir=args.cache_dir,
-                log_level=args.log_level,
-                allow_other=args.allow_other,
-                filters=args.filters,
-                labels=args.labels,
+                **{f.name: getattr(args, f.name) for f in fields(MountOptions) if f.name in args}
             )
             if args.foreground:
                 mount_foreground(args.reference, args.mountpoint, options)

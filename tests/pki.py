@@ -66,36 +66,9 @@ class CA:
         """Write ``ca.pem`` and ``ca.key`` under ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         key = new_key()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        public = key.public_key()
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - SKEW)
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False
-            )
-            .sign(key, hashes.SHA256())
+        name_ = _name(name)
+        certificate = _builder(name_, name_, key.public_key(), key.public_key(), ca=True).sign(
+            key, hashes.SHA256()
         )
         ca = cls(directory / "ca.pem", directory / "ca.key", certificate, key)
         write_cert(certificate, ca.cert_path)
@@ -115,40 +88,10 @@ class CA:
         no SANs, only the clientAuth usage.
         """
         key = new_key()
-        now = datetime.datetime.now(datetime.timezone.utc)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - SKEW)
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-        )
+        builder = _builder(
+            _name(name), self.certificate.subject, key.public_key(), self.key.public_key(), ca=False
+        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if not client:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([_san(host) for host in hosts]), critical=False
@@ -159,3 +102,43 @@ class CA:
         write_cert(certificate, cert_path)
         write_key(key, key_path)
         return cert_path, key_path
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    issuer_public: ec.EllipticCurvePublicKey,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What every certificate here carries: validity, constraints, key usage, key ids."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - SKEW)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False
+        )
+    )
