@@ -40,6 +40,8 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 RETRIES = 4
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MIRROR_RETRY_AFTER = 60.0
+# Registries whose API lives on another host than their name (Docker Hub).
+API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 T = TypeVar("T")
 
@@ -93,7 +95,7 @@ class RegistryClient:
         self.registry = registry
         self.options = (options or NetworkOptions()).with_environment()
         self.plain_http = self.options.plain_http
-        self.base_url = endpoint_url(registry, self.plain_http)
+        self.base_url = endpoint_url(API_HOSTS.get(registry, registry), self.plain_http)
         self.mirrors = [
             endpoint_url(m, self.plain_http) for m in self.options.mirrors if m != registry
         ]
