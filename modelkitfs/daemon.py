@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 
@@ -177,15 +177,20 @@ def main() -> int:
         trio.run(serve_modelkit, arguments["reference"], arguments["mountpoint"], options, ready)
     except ModelKitFSError as exc:
         log.error("%s", exc)
-        if not report.closed:
-            report.write(f"error\t{exc}\n")
+        _report_error(report, str(exc))
         return 1
     except Exception as exc:
         log.exception("daemon failed")
-        if not report.closed:
-            report.write(f"error\tunexpected failure: {exc!r} (see the log for details)\n")
+        _report_error(report, f"unexpected failure: {exc!r} (see the log for details)")
         return 1
     return 0
+
+
+def _report_error(report: TextIO, message: str) -> None:
+    """Tell the waiting parent; closed at once, as nothing flushes it at a hard exit."""
+    if not report.closed:
+        report.write(f"error\t{message}\n")
+        report.close()
 
 
 def log_path(cache_dir: str) -> Path:

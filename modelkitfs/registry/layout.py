@@ -50,15 +50,16 @@ def _read_json(path: Path) -> Any:
 
 class LayoutSource:
     """Manifests and blobs of one OCI layout folder; ``tags`` maps tags to descriptors and
-    ``manifests`` lists the digests this source may serve."""
+    ``manifests`` lists the digests this source may serve. Errors name the source by
+    ``label``."""
 
     local = True
 
     def __init__(
-        self, root: Path, name: str, tags: dict[str, dict[str, Any]], manifests: set[str]
+        self, root: Path, label: str, tags: dict[str, dict[str, Any]], manifests: set[str]
     ) -> None:
         self.root = root
-        self.registry = name
+        self.label = label  # what the user named, for messages
         self.tags = tags
         self.manifests = manifests
         self.plain_http = False
@@ -88,7 +89,7 @@ class LayoutSource:
         digest = self.resolve(identifier)
         if digest is None:
             raise NotFound(
-                f"{self.registry}/{repository}: no manifest {identifier!r} in {self.root}: "
+                f"{self.label}: no manifest {identifier!r} in {self.root}: "
                 "check the tag with 'kit list'"
             )
         raw = await self._read_whole(digest)
@@ -150,7 +151,9 @@ def from_kit_storage(registry: str, repository: str, identifier: str) -> LayoutS
         for m in index.get("manifests") or []
         if isinstance(m, dict) and isinstance(m.get("digest"), str)
     }
-    source = LayoutSource(storage, f"{registry}", tags if isinstance(tags, dict) else {}, manifests)
+    source = LayoutSource(
+        storage, f"{registry}/{repository}", tags if isinstance(tags, dict) else {}, manifests
+    )
     if not manifests or source.resolve(identifier) is None:
         return None
     log.info("%s/%s:%s is in kit's local storage %s", registry, repository, identifier, storage)
