@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs.budget import CacheBudget, parse_size
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import ModelKitFSError, MountError, NotFound
@@ -38,6 +39,9 @@ from modelkitfs.registry.transport import NetworkOptions, ssl_context
 log = logging.getLogger("modelkitfs")
 
 
+VERIFY_MODES = ("complete", "full")
+
+
 @dataclass
 class MountOptions:
     plain_http: bool = False
@@ -48,6 +52,8 @@ class MountOptions:
     proxy: str | None = None
     mirrors: list[str] = field(default_factory=list)  # tried before the registry, in order
     cache_dir: str | None = None
+    cache_max_size: str | None = None  # e.g. "20G"; default half the cache's file system
+    verify: str = "complete"  # "complete": each blob once all cached; "full": before serving
     log_level: str = "INFO"
     allow_other: bool = False
     filters: list[str] = field(default_factory=list)  # kit unpack --filter, e.g. "model,docs"
@@ -57,6 +63,12 @@ class MountOptions:
         """Raise the error a malformed option would cause, before any mounting."""
         parse_filters(self.filters)
         parse_labels(self.labels)
+        if self.cache_max_size is not None:
+            parse_size(self.cache_max_size)
+        if self.verify not in VERIFY_MODES:
+            raise ModelKitFSError(
+                f"unknown --verify {self.verify!r}: use one of {', '.join(VERIFY_MODES)}"
+            )
         ssl_context(self.network())
 
     def network(self, registry: str | None = None) -> NetworkOptions:
@@ -79,13 +91,22 @@ async def serve_modelkit(
     """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
     ref = parse_reference(reference)
     cache = DiskCache(options.cache_dir or "")
+    max_size = parse_size(options.cache_max_size) if options.cache_max_size else None
+    budget = CacheBudget(cache, max_size)
+    trio.lowlevel.spawn_system_task(budget.start)
     clients: dict[str, RegistryClient] = {}
     stores: dict[tuple[str, str], BlobStore] = {}
 
     def store_for(target: Reference) -> BlobStore:
         key = (target.registry, target.repository)
         if key not in stores:
-            stores[key] = BlobStore(source_for(target), target.repository, cache)
+            stores[key] = BlobStore(
+                source_for(target),
+                target.repository,
+                cache,
+                budget=budget,
+                verify=options.verify,
+            )
         return stores[key]
 
     def source_for(target: Reference) -> RegistryClient | LayoutSource:

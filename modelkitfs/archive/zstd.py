@@ -55,8 +55,10 @@ class ZstdStream:
         self.size = self._finished
 
     async def read(self, offset: int, length: int) -> bytes:
+        # With full verification nothing is served before the whole layer checked out.
+        target = None if self.blob.verify_full else offset + length
         while True:
-            end = await self._wait_for(offset + length)
+            end = await self._wait_for(target)
             data = await self.decoded.read(offset, length, end)
             if data is not None:
                 return data
@@ -109,11 +111,14 @@ class ZstdStream:
         block_size = self.decoded.block_size
         decompressor = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         sha = hashlib.sha256()
+        compressed = hashlib.sha256()
         pending = bytearray()
         produced = index = 0
         try:
             async for chunk in self.blob.stream():
-                output = await trio.to_thread.run_sync(_decompress, decompressor, sha, chunk)
+                output = await trio.to_thread.run_sync(
+                    _decompress, decompressor, sha, compressed, chunk
+                )
                 pending += output
                 while len(pending) >= block_size:
                     await self.decoded.write_block(index, bytes(pending[:block_size]))
@@ -124,6 +129,12 @@ class ZstdStream:
             if pending:
                 await self.decoded.write_block(index, bytes(pending))
                 produced += len(pending)
+            if f"sha256:{compressed.hexdigest()}" != self.digest:
+                await self.decoded.discard()
+                raise DigestMismatch(
+                    f"layer {self.digest} arrived as sha256:{compressed.hexdigest()}: the registry "
+                    "or a proxy served wrong bytes; try again or report it to the registry owner"
+                )
             if self.diff_id and f"sha256:{sha.hexdigest()}" != self.diff_id:
                 await self.decoded.discard()
                 raise DigestMismatch(
@@ -149,8 +160,12 @@ class ZstdStream:
 
 
 def _decompress(
-    decompressor: zstandard.ZstdDecompressionObj, sha: hashlib._Hash, chunk: bytes
+    decompressor: zstandard.ZstdDecompressionObj,
+    sha: hashlib._Hash,
+    compressed: hashlib._Hash,
+    chunk: bytes,
 ) -> bytes:
+    compressed.update(chunk)
     output = decompressor.decompress(chunk)
     sha.update(output)
     return output

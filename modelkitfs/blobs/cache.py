@@ -2,22 +2,38 @@
 
 Layout (content never changes under a digest, so nothing here is ever rewritten in place)::
 
-    <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   one fixed-size block of a blob
+    <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   a block of a blob + its CRC-32
     <root>/meta/sha256/<hex[:2]>/<hex>/<name>                   derived data, e.g. a tar index
+    <root>/locks/sha256/<hex[:2]>/<hex>/<block size>/<index>    held while a block downloads
 
 Every file is written to a private temporary name in the same directory and renamed into place,
 so a reader (in this process or another) sees a whole file or none, even if the writer is killed.
-Readers take no locks.
+Each block file ends with the CRC-32 of its bytes, checked on every read: a truncated or flipped
+file is deleted and downloaded again. Readers of finished blocks take no locks; a process about
+to download a block takes its ``flock``, which dies with the process, so others wait for that
+download instead of repeating it. A block's modification time is its last use, for eviction.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECKSUM = 4  # bytes of CRC-32 after a block's data
+STALE_TEMP_SECONDS = 600
+PRUNE_TO = 0.9  # evict down to this share of the cap, so one prune serves many writes
 
 
 def default_cache_dir() -> Path:
@@ -42,6 +58,16 @@ def _split(digest: str) -> tuple[str, str]:
     return algorithm, hexpart
 
 
+@dataclass(frozen=True)
+class BlobEntry:
+    """What the cache holds of one blob (or derived stream)."""
+
+    digest: str
+    blocks: int
+    bytes: int
+    last_used: float
+
+
 class DiskCache:
     """Blocks and sidecar files keyed by blob digest under ``root``. All methods block: call
     them from a worker thread, never from the event loop."""
@@ -49,37 +75,178 @@ class DiskCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def block_path(self, digest: str, block_size: int, index: int) -> Path:
+    def _blob_dir(self, kind: str, digest: str) -> Path:
         algorithm, hexpart = _split(digest)
-        return (
-            self.root / "blocks" / algorithm / hexpart[:2] / hexpart / str(block_size) / str(index)
-        )
+        return self.root / kind / algorithm / hexpart[:2] / hexpart
+
+    def block_path(self, digest: str, block_size: int, index: int) -> Path:
+        return self._blob_dir("blocks", digest) / str(block_size) / str(index)
 
     def meta_path(self, digest: str, name: str) -> Path:
-        algorithm, hexpart = _split(digest)
-        return self.root / "meta" / algorithm / hexpart[:2] / hexpart / name
+        return self._blob_dir("meta", digest) / name
+
+    # --- blocks -----------------------------------------------------------------------------
 
     def read_block(
         self, digest: str, block_size: int, index: int, expected_size: int
     ) -> bytes | None:
-        """The block's bytes, or None when absent or not the size it must be."""
-        data = _read(self.block_path(digest, block_size, index))
-        if data is None or len(data) != expected_size:
+        """The block's bytes, or None when absent. A block whose size or checksum is wrong
+        (a truncated or damaged file) is deleted, logged, and reported absent."""
+        path = self.block_path(digest, block_size, index)
+        raw = _read(path)
+        if raw is None:
             return None
+        data, trailer = raw[:-CHECKSUM], raw[-CHECKSUM:]
+        if len(data) != expected_size or zlib.crc32(data).to_bytes(CHECKSUM, "big") != trailer:
+            log.warning(
+                "cached block %d of %s is damaged (%d bytes, checksum %s): downloading it again",
+                index,
+                digest,
+                len(raw),
+                "mismatch" if len(data) == expected_size else "unchecked",
+            )
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: evicted last
         return data
 
+    def has_block(self, digest: str, block_size: int, index: int) -> bool:
+        return self.block_path(digest, block_size, index).is_file()
+
     def write_block(self, digest: str, block_size: int, index: int, data: bytes) -> None:
-        _write_atomic(self.block_path(digest, block_size, index), data)
+        trailer = zlib.crc32(data).to_bytes(CHECKSUM, "big")
+        _write_atomic(self.block_path(digest, block_size, index), data + trailer)
 
     def remove_blocks(self, digest: str) -> None:
         """Forget every cached block of ``digest`` (bytes found to be wrong)."""
-        shutil.rmtree(self.block_path(digest, 1, 0).parent.parent, ignore_errors=True)
+        shutil.rmtree(self._blob_dir("blocks", digest), ignore_errors=True)
+
+    def try_lock_block(self, digest: str, block_size: int, index: int) -> int | None:
+        """Take the download lock of a block without waiting: a file descriptor to pass to
+        :meth:`unlock`, or None while another process (or another open here) holds it."""
+        return self._try_lock(self._blob_dir("locks", digest) / str(block_size) / str(index))
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        os.close(fd)  # closing releases the flock
+
+    # --- sidecar files ----------------------------------------------------------------------
 
     def read_meta(self, digest: str, name: str) -> bytes | None:
         return _read(self.meta_path(digest, name))
 
     def write_meta(self, digest: str, name: str, data: bytes) -> None:
         _write_atomic(self.meta_path(digest, name), data)
+
+    def remove_meta(self, digest: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.meta_path(digest, name).unlink()
+
+    # --- the whole cache --------------------------------------------------------------------
+
+    def _block_files(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """Every block file, with the digest it belongs to."""
+        top = self.root / "blocks"
+        for algorithm in _scandir(top):
+            for prefix in _scandir(Path(algorithm.path)):
+                for blob in _scandir(Path(prefix.path)):
+                    digest = f"{algorithm.name}:{blob.name}"
+                    for size_dir in _scandir(Path(blob.path)):
+                        for entry in _scandir(Path(size_dir.path)):
+                            yield digest, entry
+
+    def usage(self) -> int:
+        """Bytes the cache holds on disk (blocks and sidecars)."""
+        total = 0
+        for kind in ("blocks", "meta"):
+            for directory, _, files in os.walk(self.root / kind):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.stat(os.path.join(directory, name)).st_size
+        return total
+
+    def blobs(self) -> list[BlobEntry]:
+        """What is cached, blob by blob, most recently used first."""
+        found: dict[str, list[float]] = {}
+        for digest, entry in self._block_files():
+            with contextlib.suppress(OSError):
+                info = entry.stat()
+                if not entry.name.startswith(".tmp-"):
+                    found.setdefault(digest, [0, 0, 0.0])
+                    row = found[digest]
+                    row[0] += 1
+                    row[1] += info.st_size
+                    row[2] = max(row[2], info.st_mtime)
+        rows = [BlobEntry(d, int(r[0]), int(r[1]), r[2]) for d, r in found.items()]
+        return sorted(rows, key=lambda row: -row.last_used)
+
+    def free_bytes(self) -> tuple[int, int]:
+        """Free and total bytes of the file system the cache lives on."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = os.statvfs(self.root)
+        return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
+
+    def prune(self, max_bytes: int | None, min_free_bytes: int = 0) -> int:
+        """Evict least recently used blocks until the cache is at most ``PRUNE_TO`` of
+        ``max_bytes`` and the disk has ``min_free_bytes`` free; also removes temporary files
+        that killed writers left. Returns the bytes still cached. Only one process prunes at a
+        time; the others return at once."""
+        lock = self._try_lock(self.root / "locks" / "prune")
+        if lock is None:
+            return self.usage()
+        try:
+            now = time.time()
+            blocks: list[tuple[float, int, str]] = []
+            for _, entry in self._block_files():
+                with contextlib.suppress(OSError):
+                    info = entry.stat()
+                    if entry.name.startswith(".tmp-"):
+                        if now - info.st_mtime > STALE_TEMP_SECONDS:
+                            os.unlink(entry.path)
+                        continue
+                    blocks.append((info.st_mtime, info.st_size, entry.path))
+            total = sum(size for _, size, _ in blocks)
+            excess = total - int(max_bytes * PRUNE_TO) if max_bytes is not None else 0
+            free, _ = self.free_bytes()
+            need = max(excess, min_free_bytes - free, 0)
+            blocks.sort()
+            freed = 0
+            for _, size, path in blocks:
+                if freed >= need:
+                    break
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    freed += size
+            if freed:
+                log.info("evicted %d bytes of least recently used blocks", freed)
+            return total - freed
+        finally:
+            self.unlock(lock)
+
+    def clear(self) -> None:
+        """Remove everything cached (what open mounts still need is downloaded again)."""
+        for kind in ("blocks", "meta", "locks"):
+            shutil.rmtree(self.root / kind, ignore_errors=True)
+
+    def _try_lock(self, path: Path) -> int | None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _read(path: Path) -> bytes | None:

@@ -1,13 +1,20 @@
 """Random access to layer blobs, one fixed-size block at a time.
 
 A read is served from, in order: a small in-memory LRU of recent blocks, the shared disk cache,
-and the registry. Blocks missing side by side are fetched with one range request. Within this
-process each block is downloaded once, however many readers want it at the same moment
-(single flight); the others wait for it.
+and the registry. Blocks missing side by side are fetched with one range request. Each block is
+downloaded once, however many readers want it at the same moment: within this process they wait
+on one download (single flight); other processes on the same cache wait on its download lock.
+
+Every blob is verified against its digest once all its blocks are cached (off the event loop);
+its per-block hashes are then kept, so a block downloaded again later is checked on its own. A
+blob that fails is evicted and read again only once a new download verifies. With
+``verify="full"`` a blob is downloaded and verified whole before any byte of it is served.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,7 +23,9 @@ from dataclasses import dataclass, field
 import cachetools
 import trio
 
-from modelkitfs.blobs.cache import DiskCache
+from modelkitfs.blobs.budget import CacheBudget
+from modelkitfs.blobs.cache import CHECKSUM, DiskCache
+from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
 from modelkitfs.registry.client import sha256_digest
 
@@ -29,6 +38,9 @@ SMALL_BLOB = 1024 * 1024
 STREAM_CHUNK = 8 * 1024 * 1024
 WHOLE_BLOB = "blob"
 DERIVED_RECORD = "derived.v1.json"
+VERIFIED_RECORD = "verified.v1.json"
+UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
+LOCK_POLL_MAX = 0.1
 
 
 @dataclass
@@ -37,6 +49,8 @@ class CacheStats:
     disk_hits: int = 0
     downloaded_blocks: int = 0
     write_failures: int = 0
+    verified_blobs: int = 0
+    corrupt_blobs: int = 0
 
 
 @dataclass
@@ -54,21 +68,30 @@ class BlobStore:
         repository: str,
         cache: DiskCache,
         *,
+        budget: CacheBudget | None = None,
+        verify: str = "complete",
         block_size: int = DEFAULT_BLOCK_SIZE,
         memory_bytes: int = MEMORY_CACHE_BYTES,
     ) -> None:
         self.client = client
         self.repository = repository
         self.cache = cache
+        self.budget = budget
+        self.verify_full = verify == "full"
         self.block_size = block_size
         self.stats = CacheStats()
         self._memory: cachetools.LRUCache[tuple[str, int], bytes] = cachetools.LRUCache(
             maxsize=memory_bytes, getsizeof=len
         )
         self._flights: dict[tuple[str, int], _Flight] = {}
-        self._cache_writable = True
+        self._unwritable_until = 0.0
         # Blobs already on the machine (kit's storage) are read in place, never copied.
         self.local = isinstance(client, LayoutSource)
+        self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
+        self._hashes: dict[str, list[str]] = {}  # per-block sha256 of verified blobs
+        self._checked_record: set[str] = set()
+        self._verifying: dict[str, trio.Event] = {}
+        self._bad: set[str] = set()  # failed verification: served only once verified anew
 
     async def manifest(self, identifier: str) -> Manifest:
         """The repository's manifest for a tag or digest (never cached: tags move)."""
@@ -96,14 +119,24 @@ class BlobStore:
             return b""
         if self.local:
             return await self.client.get_range(self.repository, digest, offset, end)
+        if self.must_verify(digest):
+            await self.verified(digest, size)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
         data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
         start = offset - first * self.block_size
         return data[start : start + end - offset]
 
+    def must_verify(self, digest: str) -> bool:
+        """Whether ``digest`` is served only once verified whole: always with ``--verify
+        full``, and after it failed verification."""
+        return self.verify_full or digest in self._bad
+
     def _block_len(self, size: int, index: int) -> int:
         return min(self.block_size, size - index * self.block_size)
+
+    def _block_count(self, size: int) -> int:
+        return max(1, -(-size // self.block_size))
 
     async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> bytes:
         key = (digest, index)
@@ -115,6 +148,7 @@ class BlobStore:
                 continue
             data = await self.cached_block(digest, index, self._block_len(size, index))
             if data is not None:
+                self._seen(digest, size, index)
                 return data
             if key in self._flights or key in self._memory:
                 continue  # someone else started (or finished) it while we looked on disk
@@ -143,41 +177,87 @@ class BlobStore:
         """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
         for key in [k for k in self._memory if k[0] == digest]:
             self._memory.pop(key, None)
+        self._present.pop(digest, None)
         await trio.to_thread.run_sync(self.cache.remove_blocks, digest)
 
     async def _download(self, digest: str, size: int, first: int, wanted_last: int) -> None:
-        """Fetch block ``first`` and the absent blocks right after it that this read also needs."""
-        last = first
-        while (
-            last < wanted_last
-            and last - first + 1 < MAX_BLOCKS_PER_REQUEST
-            and (digest, last + 1) not in self._flights
-            and (digest, last + 1) not in self._memory
-        ):
-            last += 1
-        keys = [(digest, i) for i in range(first, last + 1)]
-        flights = {key: _Flight() for key in keys}
+        """Fetch block ``first`` and the absent blocks right after it that this read also
+        needs, unless another process is fetching it: then wait for that instead."""
+        flights = {(digest, first): _Flight()}
         self._flights.update(flights)
+        locks: list[int] = []
         try:
+            lock = await self._claim(digest, first)
+            if lock is None:
+                return  # another process cached it meanwhile
+            locks.append(lock)
+            last = first
+            while (
+                last < wanted_last
+                and last - first + 1 < MAX_BLOCKS_PER_REQUEST
+                and (digest, last + 1) not in self._flights
+                and (digest, last + 1) not in self._memory
+            ):
+                lock = await trio.to_thread.run_sync(
+                    self.cache.try_lock_block, digest, self.block_size, last + 1
+                )
+                if lock is None:
+                    break
+                locks.append(lock)
+                if await trio.to_thread.run_sync(
+                    self.cache.has_block, digest, self.block_size, last + 1
+                ):
+                    break
+                last += 1
+                self._flights[(digest, last)] = flights[(digest, last)] = _Flight()
+            hashes = await self._known_hashes(digest)
             start = first * self.block_size
             end = min((last + 1) * self.block_size, size)
             data = await self.client.get_range(self.repository, digest, start, end)
-            for i in range(len(keys)):
+            for i in range(last - first + 1):
+                block = data[i * self.block_size : (i + 1) * self.block_size]
+                if hashes is not None and hashlib.sha256(block).hexdigest() != hashes[first + i]:
+                    raise DigestMismatch(
+                        f"block {first + i} of blob {digest} from {self.client.registry} differs "
+                        "from the bytes verified before: the registry or a proxy served wrong "
+                        "bytes; try again or report it to the registry owner"
+                    )
                 self.stats.downloaded_blocks += 1
-                await self.put_block(
-                    digest, first + i, data[i * self.block_size : (i + 1) * self.block_size]
-                )
+                await self.put_block(digest, first + i, block)
+                self._seen(digest, size, first + i)
         except BaseException as exc:
             for flight in flights.values():
                 flight.error = exc
             raise
         finally:
+            for lock in locks:
+                self.cache.unlock(lock)
             for key, flight in flights.items():
                 self._flights.pop(key, None)
                 flight.done.set()
 
+    async def _claim(self, digest: str, index: int) -> int | None:
+        """The download lock of a block, waiting while another process holds it; None when
+        the block turned up in the cache meanwhile."""
+        delay = 0.005
+        while True:
+            lock = await trio.to_thread.run_sync(
+                self.cache.try_lock_block, digest, self.block_size, index
+            )
+            present = await trio.to_thread.run_sync(
+                self.cache.has_block, digest, self.block_size, index
+            )
+            if lock is not None and not present:
+                return lock
+            if lock is not None:
+                self.cache.unlock(lock)
+            if present:
+                return None
+            await trio.sleep(delay)
+            delay = min(delay * 2, LOCK_POLL_MAX)
+
     async def _store(self, digest: str, index: int, block: bytes) -> None:
-        if not self._cache_writable:
+        if trio.current_time() < self._unwritable_until:
             return
         try:
             await trio.to_thread.run_sync(
@@ -186,10 +266,138 @@ class BlobStore:
         except OSError as exc:
             # A full or read-only disk costs speed, never a failed read.
             self.stats.write_failures += 1
-            self._cache_writable = False
+            self._unwritable_until = trio.current_time() + UNWRITABLE_PAUSE
             log.warning(
-                "cache %s is not writable (%s): serving reads uncached", self.cache.root, exc
+                "cache %s is not writable (%s): serving reads uncached for %.0f s",
+                self.cache.root,
+                exc.strerror or exc,
+                UNWRITABLE_PAUSE,
             )
+            if exc.errno == errno.ENOSPC and self.budget is not None:
+                await self.budget.prune()
+            return
+        if self.budget is not None:
+            await self.budget.wrote(len(block) + CHECKSUM)
+
+    # --- verification -------------------------------------------------------------------------
+
+    def _seen(self, digest: str, size: int, index: int) -> None:
+        """Note a cached block; once all of a blob are, verify it in the background."""
+        present = self._present.setdefault(digest, set())
+        present.add(index)
+        if (
+            len(present) == self._block_count(size)
+            and digest not in self._hashes
+            and digest not in self._verifying
+            and self._writable
+        ):
+            trio.lowlevel.spawn_system_task(self._verify_quietly, digest, size)
+
+    @property
+    def _writable(self) -> bool:
+        return trio.current_time() >= self._unwritable_until
+
+    async def _verify_quietly(self, digest: str, size: int) -> None:
+        try:
+            await self.verified(digest, size, fetch=False)
+        except ModelKitFSError:
+            pass  # logged where it was found; reads of the blob now fail until it verifies
+        except Exception:
+            log.exception("verifying %s failed unexpectedly", digest)
+
+    async def verified(self, digest: str, size: int, *, fetch: bool = True) -> None:
+        """Make sure the cache holds all of ``digest`` and that it hashes to the digest,
+        downloading what is missing (unless ``fetch`` is False); raise if it does not."""
+        if digest in self._hashes and digest not in self._bad:
+            return
+        if (event := self._verifying.get(digest)) is not None:
+            await event.wait()
+            if digest in self._bad and not fetch:
+                return
+            if digest not in self._hashes:
+                raise DigestMismatch(self._mismatch(digest))
+            return
+        self._verifying[digest] = event = trio.Event()
+        try:
+            if await self._known_hashes(digest) is not None and digest not in self._bad:
+                return
+            if fetch:
+                await self._fetch_all(digest, size)
+            hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
+            if hashes is None:
+                if fetch:
+                    raise ModelKitFSError(
+                        f"the cache could not keep all of blob {digest} ({size} bytes) to verify "
+                        "it: free disk space or raise --cache-max-size, or mount without "
+                        "--verify full"
+                    )
+                return  # a block left the cache meanwhile: verify when it is back
+            whole, per_block = hashes
+            if whole != digest:
+                self.stats.corrupt_blobs += 1
+                self._bad.add(digest)
+                self._hashes.pop(digest, None)
+                await self.forget(digest)
+                log.error("%s", self._mismatch(digest, whole))
+                raise DigestMismatch(self._mismatch(digest, whole))
+            self._bad.discard(digest)
+            self._hashes[digest] = per_block
+            self.stats.verified_blobs += 1
+            record = {"size": size, "block_size": self.block_size, "blocks": per_block}
+            await self.save_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+            log.info("verified %s (%d bytes)", digest, size)
+        finally:
+            del self._verifying[digest]
+            event.set()
+
+    def _mismatch(self, digest: str, actual: str | None = None) -> str:
+        got = f" (its bytes hash to {actual})" if actual else ""
+        return (
+            f"blob {digest} from {self.client.registry}/{self.repository} failed verification"
+            f"{got}: evicted from the cache; reads of it fail until a new download verifies; "
+            "the registry or a proxy served wrong bytes"
+        )
+
+    async def _known_hashes(self, digest: str) -> list[str] | None:
+        """Per-block hashes of a blob verified before (by any process), if any."""
+        if digest not in self._hashes and digest not in self._checked_record:
+            self._checked_record.add(digest)
+            record = await self.load_meta(digest, VERIFIED_RECORD)
+            try:
+                document = json.loads(record) if record else None
+                if document and document["block_size"] == self.block_size:
+                    self._hashes[digest] = [str(h) for h in document["blocks"]]
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable %s of %s", VERIFIED_RECORD, digest)
+        return self._hashes.get(digest)
+
+    async def _fetch_all(self, digest: str, size: int) -> None:
+        count = self._block_count(size)
+        self._bad.discard(digest)  # a fresh download gets its chance
+
+        async def fetch(first: int) -> None:
+            last = min(first + MAX_BLOCKS_PER_REQUEST, count) - 1
+            for index in range(first, last + 1):
+                await self._block(digest, size, index, last)
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, count, MAX_BLOCKS_PER_REQUEST):
+                nursery.start_soon(fetch, first)
+
+    def _hash_blocks(self, digest: str, size: int) -> tuple[str, list[str]] | None:
+        """The blob's digest and per-block sha256 from the disk cache; None if a block is
+        missing. Runs in a worker thread."""
+        whole = hashlib.sha256()
+        per_block = []
+        for index in range(self._block_count(size)):
+            block = self.cache.read_block(
+                digest, self.block_size, index, self._block_len(size, index)
+            )
+            if block is None:
+                return None
+            whole.update(block)
+            per_block.append(hashlib.sha256(block).hexdigest())
+        return f"sha256:{whole.hexdigest()}", per_block
 
     async def load_meta(self, digest: str, name: str) -> bytes | None:
         return await trio.to_thread.run_sync(self.cache.read_meta, digest, name)
@@ -209,6 +417,11 @@ class Blob:
         self.digest = digest
         self.size = size
 
+    @property
+    def verify_full(self) -> bool:
+        """Whether no byte of it may be served before the whole blob is verified."""
+        return self.store.verify_full
+
     async def read(self, offset: int, length: int) -> bytes:
         return await self.store.read(self.digest, self.size, offset, length)
 
@@ -216,7 +429,7 @@ class Blob:
         """For small scattered reads such as tar headers. A small blob goes through the cache
         (one request serves it all); in a larger one a whole block per header would cost far
         more than the bytes needed, so the read goes straight to the registry."""
-        if self.size <= SMALL_BLOB:
+        if self.size <= SMALL_BLOB or self.store.must_verify(self.digest):
             return await self.read(offset, length)
         end = min(offset + length, self.size)
         if offset >= end:
