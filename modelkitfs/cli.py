@@ -7,9 +7,9 @@ import sys
 from dataclasses import fields
 
 from modelkitfs import __version__
-from modelkitfs.daemon import MountOptions
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import mount, mount_foreground, unmount
+from modelkitfs.options import MountOptions
 
 EXAMPLES = """\
 examples:

@@ -20,8 +20,9 @@ from pathlib import Path
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
-from modelkitfs.daemon import MountOptions, configure_logging, log_path, serve_modelkit
+from modelkitfs.daemon import configure_logging, log_path, serve_modelkit
 from modelkitfs.errors import MountError
+from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 
 READY_TIMEOUT = 180.0

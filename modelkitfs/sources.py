@@ -1,0 +1,89 @@
+"""Where a kit's manifests and blobs come from, and the cache they go through.
+
+One :class:`Sources` per daemon (or prefetch): kit's local storage first, as kit looks, then a
+registry client per registry (``model.path`` may name kits elsewhere), one blob store per
+repository, all over one shared disk cache and its budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs.budget import CacheBudget, parse_size
+from modelkitfs.blobs.store import CacheStats
+from modelkitfs.errors import NotFound
+from modelkitfs.options import MountOptions
+from modelkitfs.reference import DEFAULT_REGISTRY, Reference
+from modelkitfs.registry import (
+    LayoutSource,
+    RegistryClient,
+    from_kit_storage,
+    from_layout_folder,
+)
+from modelkitfs.registry.layout import kit_storage
+
+
+class Sources:
+    def __init__(self, options: MountOptions) -> None:
+        self.options = options
+        self.cache = DiskCache(options.cache_dir or "")
+        max_size = parse_size(options.cache_max_size) if options.cache_max_size else None
+        self.budget = CacheBudget(self.cache, max_size)
+        self.clients: dict[str, RegistryClient] = {}
+        self.stores: dict[tuple[str, str], BlobStore] = {}
+
+    async def __aenter__(self) -> Sources:
+        trio.lowlevel.spawn_system_task(self.budget.start)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    def store_for(self, target: Reference) -> BlobStore:
+        key = (target.registry, target.repository)
+        if key not in self.stores:
+            self.stores[key] = BlobStore(
+                self._source_for(target),
+                target.repository,
+                self.cache,
+                budget=self.budget,
+                verify=self.options.verify,
+            )
+        return self.stores[key]
+
+    def _source_for(self, target: Reference) -> RegistryClient | LayoutSource:
+        """kit's local storage first, as kit looks; ``localhost`` refs live only there."""
+        if target.is_layout:
+            return from_layout_folder(target.repository)
+        local = from_kit_storage(target.registry, target.repository, target.identifier)
+        if local is not None:
+            return local
+        if target.registry == DEFAULT_REGISTRY:
+            raise NotFound(
+                f"{target} is not in kit's local storage ({kit_storage()}) and names no registry: "
+                "pack or pull it with kit first, or give its registry (registry.example/repo:tag)"
+            )
+        if target.registry not in self.clients:
+            self.clients[target.registry] = RegistryClient(
+                target.registry, self.options.network(target.registry)
+            )
+        return self.clients[target.registry]
+
+    @property
+    def fetched_bytes(self) -> int:
+        return sum(c.stats.blob_bytes for c in self.clients.values())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "fetched_bytes": self.fetched_bytes,
+            "requests": sum(c.stats.requests for c in self.clients.values()),
+            "cache": {
+                key: sum(getattr(s.stats, key) for s in self.stores.values())
+                for key in asdict(CacheStats())
+            },
+        }
