@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from modelkitfs import __version__
+from modelkitfs.commands import run_cache_command, run_prefetch
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import mount, mount_foreground, unmount
 from modelkitfs.options import MountOptions
@@ -18,6 +19,8 @@ examples:
   modelkitfs mount -f model -f datasets:validation registry.example:5000/team/llm:v1 /mnt/llm
   modelkitfs mount -l quantization=q4_0 registry.example:5000/team/llm:all /mnt/llm
   modelkitfs umount /mnt/llm
+  modelkitfs prefetch -f model registry.example:5000/team/llm:v1
+  modelkitfs cache info
 """
 
 
@@ -41,7 +44,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("reference", metavar="REFERENCE")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
-    net = m.add_argument_group("network (as kit's flags)")
+    _kit_arguments(m)
+    m.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM",
+    )
+    m.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf "
+        "unless root)",
+    )
+    m.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info",
+    )
+
+    p = commands.add_parser(
+        "prefetch",
+        help="fill the cache with a ModelKit ahead of mounts",
+        description="Download and verify REFERENCE (or the part --filter selects) into the "
+        "shared cache, so later mounts on this machine read without the network.",
+    )
+    p.add_argument("reference", metavar="REFERENCE")
+    _kit_arguments(p)
+
+    u = commands.add_parser(
+        "umount",
+        aliases=["unmount"],
+        help="unmount a mounted ModelKit",
+        description="Unmount MOUNTPOINT, also when its daemon has died.",
+    )
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument(
+        "--lazy",
+        "-z",
+        action="store_true",
+        help="detach now even if busy; clean up when the last user leaves",
+    )
+
+    c = commands.add_parser(
+        "cache",
+        help="inspect and manage the shared cache",
+        description="Safe while mounts run: what they lose is downloaded again.",
+    )
+    c.add_argument("action", choices=["info", "ls", "verify", "prune", "clear"])
+    _cache_dir_argument(c)
+    c.add_argument("--max-size", metavar="SIZE", help="prune: evict down to this size (e.g. 20G)")
+    return parser
+
+
+def _kit_arguments(parser: argparse.ArgumentParser) -> None:
+    """What selects a kit and how to reach it: shared by mount and prefetch."""
+    parser.add_argument(
+        "--filter",
+        "-f",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="only part of the kit, as 'kit unpack --filter' unpacks it: "
+        "TYPES[:IDS] with types kitfile, model, datasets, code, prompts, docs, mcpservers and "
+        "ids matching an entry's name or path as written in the Kitfile "
+        "(e.g. -f model,datasets, -f datasets:validation, -f docs:./README.md); repeatable, "
+        "an entry is in when any filter matches; filtered-out layers are never fetched",
+    )
+    parser.add_argument(
+        "--label",
+        "-l",
+        dest="labels",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pick the ModelKit of a ModelKit index whose labels match (repeatable)",
+    )
+    net = parser.add_argument_group("network (as kit's flags)")
     net.add_argument("--plain-http", action="store_true", help="talk plain HTTP to the registry")
     net.add_argument(
         "--tls-verify",
@@ -69,66 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="try this registry mirror or pull-through cache first (repeatable; also "
         "'mirrors' in the configuration file); falls back to the registry",
     )
-    m.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="shared block cache (default $MODELKITFS_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/modelkitfs, else ~/.cache/modelkitfs)",
+    cache = parser.add_argument_group("cache")
+    _cache_dir_argument(cache)
+    cache.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="evict least recently used blocks beyond this (e.g. 50G; default half the "
+        "cache's file system); 5%% of the disk is always kept free",
     )
-    m.add_argument(
-        "--filter",
-        "-f",
-        dest="filters",
-        action="append",
-        default=[],
-        metavar="FILTER",
-        help="show only part of the kit, as 'kit unpack --filter' unpacks it: "
-        "TYPES[:IDS] with types kitfile, model, datasets, code, prompts, docs, mcpservers and "
-        "ids matching an entry's name or path as written in the Kitfile "
-        "(e.g. -f model,datasets, -f datasets:validation, -f docs:./README.md); repeatable, "
-        "an entry shows when any filter matches; filtered-out layers are never fetched",
-    )
-    m.add_argument(
-        "--label",
-        "-l",
-        dest="labels",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="pick the ModelKit of a ModelKit index whose labels match (repeatable)",
-    )
-    m.add_argument(
-        "--foreground",
-        action="store_true",
-        help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM",
-    )
-    m.add_argument(
-        "--allow-other",
-        action="store_true",
-        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf "
-        "unless root)",
-    )
-    m.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="default: info",
+    cache.add_argument(
+        "--verify",
+        choices=["complete", "full"],
+        default="complete",
+        help="complete (default): verify each blob once all of it is cached, evicting it on a "
+        "mismatch; full: download and verify each layer whole before serving any of it",
     )
 
-    u = commands.add_parser(
-        "umount",
-        aliases=["unmount"],
-        help="unmount a mounted ModelKit",
-        description="Unmount MOUNTPOINT, also when its daemon has died.",
+
+def _cache_dir_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="the shared cache (default $MODELKITFS_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/modelkitfs, else ~/.cache/modelkitfs)",
     )
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
-    u.add_argument(
-        "--lazy",
-        "-z",
-        action="store_true",
-        help="detach now even if busy; clean up when the last user leaves",
-    )
-    return parser
 
 
 def _boolean(text: str) -> bool:
@@ -142,15 +186,19 @@ def _boolean(text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "mount":
-            # Every mount flag is named after its MountOptions field.
+        if args.command in ("mount", "prefetch"):
+            # Every such flag is named after its MountOptions field.
             options = MountOptions(
                 **{f.name: getattr(args, f.name) for f in fields(MountOptions) if f.name in args}
             )
-            if args.foreground:
+            if args.command == "prefetch":
+                run_prefetch(args.reference, options)
+            elif args.foreground:
                 mount_foreground(args.reference, args.mountpoint, options)
             else:
                 mount(args.reference, args.mountpoint, options)
+        elif args.command == "cache":
+            run_cache_command(args.action, args.cache_dir, args.max_size)
         else:
             unmount(args.mountpoint, lazy=args.lazy)
     except ModelKitFSError as exc:

@@ -7,6 +7,7 @@ repository, all over one shared disk cache and its budget.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,8 @@ from modelkitfs.registry import (
 )
 from modelkitfs.registry.layout import kit_storage
 
+log = logging.getLogger(__name__)
+
 
 class Sources:
     def __init__(self, options: MountOptions) -> None:
@@ -43,6 +46,11 @@ class Sources:
     async def __aexit__(self, *exc_info: object) -> None:
         for client in self.clients.values():
             await client.aclose()
+        counters = self.stats()["cache"]
+        try:
+            await trio.to_thread.run_sync(self.cache.add_stats, counters)
+        except OSError as exc:
+            log.warning("could not record cache statistics: %s", exc)
 
     def store_for(self, target: Reference) -> BlobStore:
         key = (target.registry, target.repository)

@@ -82,6 +82,14 @@ class LayerArchive:
         """``length`` bytes of the uncompressed layer at ``offset``."""
         return await self.stream.read(offset, length)
 
+    async def prefetch(self) -> None:
+        """Bring all of the layer into the cache: its index, the blob itself (verified), and
+        what is derived from it (a gzip checkpoint index, a decompressed zstd layer)."""
+        await self.index()
+        await self.stream.prepare()
+        if not isinstance(self.stream, ZstdStream):  # it keeps the decompressed bytes instead
+            await self.blob.fetch_verified()
+
     async def aclose(self) -> None:
         if isinstance(self.stream, GzipStream):
             await self.stream.aclose()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -111,6 +112,13 @@ class DiskCache:
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: evicted last
         return data
+
+    def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
+        """The data size of a cached block (without reading it), or None when absent."""
+        try:
+            return self.block_path(digest, block_size, index).stat().st_size - CHECKSUM
+        except FileNotFoundError:
+            return None
 
     def has_block(self, digest: str, block_size: int, index: int) -> bool:
         return self.block_path(digest, block_size, index).is_file()
@@ -225,10 +233,35 @@ class DiskCache:
         finally:
             self.unlock(lock)
 
+    def add_stats(self, counters: dict[str, int]) -> None:
+        """Add a finished mount's counters to the cache's running totals (``stats.json``)."""
+        lock = None
+        while lock is None:
+            lock = self._try_lock(self.root / "locks" / "stats")
+            if lock is None:
+                time.sleep(0.01)
+        try:
+            totals = self.read_stats()
+            for key, value in counters.items():
+                totals[key] = totals.get(key, 0) + int(value)
+            _write_atomic(self.root / "stats.json", json.dumps(totals).encode())
+        finally:
+            self.unlock(lock)
+
+    def read_stats(self) -> dict[str, int]:
+        raw = _read(self.root / "stats.json")
+        try:
+            totals = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return {k: int(v) for k, v in totals.items()} if isinstance(totals, dict) else {}
+
     def clear(self) -> None:
         """Remove everything cached (what open mounts still need is downloaded again)."""
         for kind in ("blocks", "meta", "locks"):
             shutil.rmtree(self.root / kind, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "stats.json").unlink()
 
     def _try_lock(self, path: Path) -> int | None:
         path.parent.mkdir(parents=True, exist_ok=True)

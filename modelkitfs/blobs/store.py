@@ -425,6 +425,11 @@ class Blob:
     async def read(self, offset: int, length: int) -> bytes:
         return await self.store.read(self.digest, self.size, offset, length)
 
+    async def fetch_verified(self) -> None:
+        """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
+        if not self.store.local:
+            await self.store.verified(self.digest, self.size)
+
     async def read_sparse(self, offset: int, length: int) -> bytes:
         """For small scattered reads such as tar headers. A small blob goes through the cache
         (one request serves it all); in a larger one a whole block per header would cost far

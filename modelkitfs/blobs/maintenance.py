@@ -1,0 +1,91 @@
+"""What ``modelkitfs cache ...`` shows and does: the cache as a whole, between mounts.
+
+Runs without an event loop (the command is short-lived). Safe while mounts run: evicting or
+clearing only makes their next read download again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from modelkitfs.blobs.cache import BlobEntry, DiskCache
+from modelkitfs.blobs.store import DEFAULT_BLOCK_SIZE, DERIVED_RECORD, VERIFIED_RECORD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedBlob:
+    entry: BlobEntry
+    size: int | None  # known when verified, derived, or its last block is in
+    verified: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.entry.bytes >= self.size
+
+
+def cached_blobs(cache: DiskCache, block_size: int = DEFAULT_BLOCK_SIZE) -> list[CachedBlob]:
+    """Every blob in the cache, most recently used first, with what is known of it."""
+    rows = []
+    for entry in cache.blobs():
+        record = _record(cache, entry.digest, VERIFIED_RECORD)
+        derived = _record(cache, entry.digest, DERIVED_RECORD)
+        size = (record or derived or {}).get("size")
+        if size is None:
+            size = _size_from_blocks(cache, entry.digest, block_size)
+        rows.append(CachedBlob(entry, size, record is not None or derived is not None))
+    return rows
+
+
+def _record(cache: DiskCache, digest: str, name: str) -> dict[str, int] | None:
+    raw = cache.read_meta(digest, name)
+    try:
+        document = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _size_from_blocks(cache: DiskCache, digest: str, block_size: int) -> int | None:
+    """A blob whose blocks 0..n are all there and whose last one is short is complete."""
+    indices = []
+    directory = cache.block_path(digest, block_size, 0).parent
+    for path in directory.glob("[0-9]*"):
+        indices.append(int(path.name))
+    if not indices or sorted(indices) != list(range(len(indices))):
+        return None
+    last = cache.read_block_size(digest, block_size, len(indices) - 1)
+    if last is None or last >= block_size:
+        return None
+    return (len(indices) - 1) * block_size + last
+
+
+def verify_blob(cache: DiskCache, blob: CachedBlob, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
+    """``verified``, ``partial`` or ``corrupt`` (then evicted). Blobs named by a derived key
+    (bytes decompressed without a diffId) have no digest to check and count as partial."""
+    digest = blob.entry.digest
+    if not blob.complete or not digest.startswith("sha256:") or blob.size is None:
+        return "partial"
+    sha = hashlib.sha256()
+    per_block = []
+    count = max(1, -(-blob.size // block_size))
+    for index in range(count):
+        block = cache.read_block(
+            digest, block_size, index, min(block_size, blob.size - index * block_size)
+        )
+        if block is None:
+            return "partial"
+        sha.update(block)
+        per_block.append(hashlib.sha256(block).hexdigest())
+    if f"sha256:{sha.hexdigest()}" != digest:
+        log.error("cached blob %s does not hash to its digest: evicting it", digest)
+        cache.remove_blocks(digest)
+        cache.remove_meta(digest, VERIFIED_RECORD)
+        return "corrupt"
+    record = {"size": blob.size, "block_size": block_size, "blocks": per_block}
+    cache.write_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+    return "verified"
