@@ -50,6 +50,7 @@ async def serve_modelkit(
             }
 
         operations = KitOperations(kit.tree, stats)
+        sources.corrupt_handlers.append(operations.invalidate_blob)
         try:
             await serve(
                 operations,

@@ -8,6 +8,7 @@ repository, all over one shared disk cache and its budget.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,7 @@ class Sources:
         self.budget = CacheBudget(self.cache, max_size)
         self.clients: dict[str, RegistryClient] = {}
         self.stores: dict[tuple[str, str], BlobStore] = {}
+        self.corrupt_handlers: list[Callable[[str], Awaitable[None]]] = []
 
     async def __aenter__(self) -> Sources:
         trio.lowlevel.spawn_system_task(self.budget.start)
@@ -61,6 +63,7 @@ class Sources:
                 self.cache,
                 budget=self.budget,
                 verify=self.options.verify,
+                on_corrupt=self._corrupt,
             )
         return self.stores[key]
 
@@ -81,6 +84,10 @@ class Sources:
                 target.registry, self.options.network(target.registry)
             )
         return self.clients[target.registry]
+
+    async def _corrupt(self, digest: str) -> None:
+        for handler in self.corrupt_handlers:
+            await handler(digest)
 
     @property
     def fetched_bytes(self) -> int:

@@ -28,6 +28,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.upstream = upstream
         self.lock = threading.Lock()
         self.counters = dict.fromkeys(BASE_COUNTERS, 0)
+        self.corrupt: set[str] = set()  # blob digests served with a flipped first byte
         super().__init__(("127.0.0.1", 0), Handler)
 
     def count(self, key: str, n: int) -> None:
@@ -52,7 +53,11 @@ class Handler(BaseHTTPRequestHandler):
         self._forward("HEAD")
 
     def _control(self) -> None:
-        if self.path == CONTROL + "reset":
+        if self.path.startswith(CONTROL + "corrupt/"):
+            self.server.corrupt.add(self.path.rsplit("/", 1)[1])
+        elif self.path == CONTROL + "heal":
+            self.server.corrupt.clear()
+        elif self.path == CONTROL + "reset":
             with self.server.lock:
                 self.server.counters = dict.fromkeys(BASE_COUNTERS, 0)
         with self.server.lock:
@@ -76,8 +81,11 @@ class Handler(BaseHTTPRequestHandler):
             if key.lower() not in HOP_HEADERS:
                 self.send_header(key, value)
         self.end_headers()
+        corrupt = is_blob and self.path.rsplit("/", 1)[1] in self.server.corrupt
         try:
             while chunk := response.read(1 << 20):
+                if corrupt and response.status in (200, 206):
+                    chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
                 self.wfile.write(chunk)
                 if is_blob:
                     self.server.count("blob_bytes", len(chunk))
@@ -114,6 +122,13 @@ class CountingProxy:
     @property
     def blob_requests(self) -> int:
         return self._counters()["blob_requests"]
+
+    def corrupt(self, digest: str) -> None:
+        """Serve ``digest`` with a wrong first byte in every response, until :meth:`heal`."""
+        self._counters(f"corrupt/{digest}")
+
+    def heal(self) -> None:
+        self._counters("heal")
 
     @property
     def blobs_fetched(self) -> set[str]:

@@ -17,7 +17,7 @@ import errno
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import cachetools
@@ -70,6 +70,7 @@ class BlobStore:
         *,
         budget: CacheBudget | None = None,
         verify: str = "complete",
+        on_corrupt: Callable[[str], Awaitable[None]] | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         memory_bytes: int = MEMORY_CACHE_BYTES,
     ) -> None:
@@ -78,6 +79,7 @@ class BlobStore:
         self.cache = cache
         self.budget = budget
         self.verify_full = verify == "full"
+        self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
         self.block_size = block_size
         self.stats = CacheStats()
         self._memory: cachetools.LRUCache[tuple[str, int], bytes] = cachetools.LRUCache(
@@ -339,6 +341,8 @@ class BlobStore:
                 self._hashes.pop(digest, None)
                 await self.forget(digest)
                 log.error("%s", self._mismatch(digest, whole))
+                if self.on_corrupt is not None:
+                    await self.on_corrupt(digest)
                 raise DigestMismatch(self._mismatch(digest, whole))
             self._bad.discard(digest)
             self._hashes[digest] = per_block

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
+import trio
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
@@ -41,6 +42,15 @@ class KitOperations(pyfuse3.Operations):
         self.time_ns = time.time_ns()
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
+
+    async def invalidate_blob(self, digest: str) -> None:
+        """Make the kernel drop what it cached of files from blob ``digest`` (found corrupt),
+        so their next reads come to us. From a thread: the call may block."""
+        for inode in self.tree.inodes_of_blob(digest):
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+            except OSError as exc:
+                log.debug("could not invalidate inode %d: %s", inode, exc)
 
     def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()

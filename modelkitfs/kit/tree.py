@@ -80,6 +80,14 @@ class KitTree:
     def node_count(self) -> int:
         return len(self._nodes)
 
+    def inodes_of_blob(self, digest: str) -> list[int]:
+        """The files whose bytes come from the layer blob ``digest``."""
+        return [
+            node.inode
+            for node in self._nodes.values()
+            if node.layer is not None and node.layer.archive.digest == digest and not node.is_dir
+        ]
+
     def node(self, inode: int) -> Node | None:
         return self._nodes.get(inode)
 
