@@ -218,7 +218,8 @@ class BlobStore:
             data = await self.client.get_range(self.repository, digest, start, end)
             for i in range(last - first + 1):
                 block = data[i * self.block_size : (i + 1) * self.block_size]
-                if hashes is not None and hashlib.sha256(block).hexdigest() != hashes[first + i]:
+                expected = hashes[first + i] if hashes and first + i < len(hashes) else None
+                if expected is not None and hashlib.sha256(block).hexdigest() != expected:
                     raise DigestMismatch(
                         f"block {first + i} of blob {digest} from {self.client.registry} differs "
                         "from the bytes verified before: the registry or a proxy served wrong "
