@@ -30,6 +30,8 @@ from modelkitfs.registry.layout import kit_storage
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT = 30.0  # seconds to finish cache writes at unmount
+
 
 class Sources:
     def __init__(self, options: MountOptions) -> None:
@@ -46,6 +48,9 @@ class Sources:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for store in self.stores.values():
+            with trio.move_on_after(FLUSH_TIMEOUT):
+                await store.flush()
         for client in self.clients.values():
             await client.aclose()
         counters = self.stats()["cache"]

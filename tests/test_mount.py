@@ -177,4 +177,5 @@ def test_concurrent_readers_share_one_download(big_kit, proxy, mounts: Mounts) -
     with open(source / "model/weights.bin", "rb") as f:
         expected = os.pread(f.fileno(), length, offset)
     assert all(r == expected for r in results)
-    assert length <= proxy.blob_bytes <= length + 4 * MiB
+    # Eight readers, one download (readahead may run up to 4 MiB past, plus block rounding).
+    assert length <= proxy.blob_bytes <= length + 6 * MiB

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import cachetools
@@ -59,8 +60,11 @@ class _BlobFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         try:
+            # No readahead: rapidgzip fetches ahead itself, and a random read must cost
+            # only the compressed span that covers it.
             data = trio.from_thread.run(
-                self.blob.read, self.position, len(view), trio_token=self.token
+                partial(self.blob.read, self.position, len(view), ahead=False),
+                trio_token=self.token,
             )
         except BaseException as exc:
             self.failure = exc  # rapidgzip reports its own error; keep ours to re-raise

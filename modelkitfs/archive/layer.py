@@ -78,8 +78,11 @@ class LayerArchive:
             return await self._raw_index(self.raw)
         return await load_or_build_index(self.stream, _build_tar_index)
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the uncompressed layer at ``offset``."""
+    async def read(self, offset: int, length: int, end: int | None = None) -> bytes:
+        """``length`` bytes of the uncompressed layer at ``offset``; ``end``, where the file
+        being read ends, bounds what an uncompressed layer fetches ahead."""
+        if isinstance(self.stream, PlainStream):
+            return await self.blob.read(offset, length, ahead_limit=end)
         return await self.stream.read(offset, length)
 
     async def prefetch(self) -> None:

@@ -136,6 +136,20 @@ class DiskCache:
         :meth:`unlock`, or None while another process (or another open here) holds it."""
         return self._try_lock(self._blob_dir("locks", digest) / str(block_size) / str(index))
 
+    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> dict[int, int]:
+        """Download locks of blocks ``first``, ``first + 1``... up to ``last``, stopping at
+        the first one that is locked elsewhere or already cached: block -> lock."""
+        locks = {}
+        for index in range(first, last + 1):
+            lock = self.try_lock_block(digest, block_size, index)
+            if lock is None:
+                break
+            if self.has_block(digest, block_size, index):
+                self.unlock(lock)
+                break
+            locks[index] = lock
+        return locks
+
     @staticmethod
     def unlock(fd: int) -> None:
         os.close(fd)  # closing releases the flock

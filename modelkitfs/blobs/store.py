@@ -25,6 +25,7 @@ import trio
 
 from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.blobs.cache import CHECKSUM, DiskCache
+from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
 from modelkitfs.registry.client import sha256_digest
@@ -41,6 +42,8 @@ DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
 UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
 LOCK_POLL_MAX = 0.1
+AHEAD_IN_FLIGHT = 16  # parts fetched ahead at once, per store: bounds their memory
+WRITE_BEHIND = 64  # blocks waiting for their disk write, per store
 
 
 @dataclass
@@ -94,6 +97,9 @@ class BlobStore:
         self._checked_record: set[str] = set()
         self._verifying: dict[str, trio.Event] = {}
         self._bad: set[str] = set()  # failed verification: served only once verified anew
+        self._readahead = Readahead()
+        self._write_slots = trio.Semaphore(WRITE_BEHIND)
+        self._ahead_slots = trio.Semaphore(AHEAD_IN_FLIGHT)
 
     async def manifest(self, identifier: str) -> Manifest:
         """The repository's manifest for a tag or digest (never cached: tags move)."""
@@ -114,8 +120,19 @@ class BlobStore:
     def blob(self, digest: str, size: int) -> Blob:
         return Blob(self, digest, size)
 
-    async def read(self, digest: str, size: int, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset + length)`` of the blob, clipped at its end."""
+    async def read(
+        self,
+        digest: str,
+        size: int,
+        offset: int,
+        length: int,
+        *,
+        ahead: bool = True,
+        ahead_limit: int | None = None,
+    ) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the blob, clipped at its end. A reader going
+        in order gets what follows fetched ahead (unless ``ahead`` is False), up to
+        ``ahead_limit`` when the end of what it reads is known."""
         end = min(offset + length, size)
         if offset >= end:
             return b""
@@ -123,11 +140,25 @@ class BlobStore:
             return await self.client.get_range(self.repository, digest, offset, end)
         if self.must_verify(digest):
             await self.verified(digest, size)
+        if ahead:
+            for start, stop in self._readahead.advise(digest, size, offset, end, ahead_limit):
+                trio.lowlevel.spawn_system_task(self._fetch_ahead, digest, size, start, stop)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
         data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
         start = offset - first * self.block_size
         return data[start : start + end - offset]
+
+    async def _fetch_ahead(self, digest: str, size: int, start: int, stop: int) -> None:
+        """Bring ``[start, stop)`` into the cache for a reader that will want it soon; a
+        failure only costs that reader a wait (its own read fetches and reports)."""
+        async with self._ahead_slots:
+            try:
+                await self._block(
+                    digest, size, start // self.block_size, (stop - 1) // self.block_size
+                )
+            except Exception as exc:
+                log.debug("reading ahead in %s failed: %s", digest, exc)
 
     def must_verify(self, digest: str) -> bool:
         """Whether ``digest`` is served only once verified whole: always with ``--verify
@@ -170,10 +201,48 @@ class BlobStore:
             self._memory[key] = data
         return data
 
-    async def put_block(self, digest: str, index: int, data: bytes) -> None:
-        """Keep a block in memory and, if it can, on disk."""
+    async def put_block(
+        self,
+        digest: str,
+        index: int,
+        data: bytes,
+        *,
+        lock: int | None = None,
+        size: int | None = None,
+        behind: bool = True,
+    ) -> None:
+        """Keep a block in memory at once and on disk when it can. By default the disk write
+        happens behind the reader (a page-cache write runs near 400 MB/s on machines like this
+        one, slower than the network): at most ``WRITE_BEHIND`` blocks wait, then this waits.
+        ``lock``, the block's download lock, is released once the block is on disk, so other
+        processes wait for it rather than download it; with the blob's ``size``, a written
+        block counts towards verifying the blob."""
         self._memory[(digest, index)] = data
-        await self._store(digest, index, data)
+        if not behind:
+            await self._store(digest, index, data)
+            return
+        await self._write_slots.acquire()
+        trio.lowlevel.spawn_system_task(self._write_behind, digest, index, data, lock, size)
+
+    async def _write_behind(
+        self, digest: str, index: int, data: bytes, lock: int | None, size: int | None
+    ) -> None:
+        try:
+            if await self._store(digest, index, data) and size is not None:
+                self._seen(digest, size, index)
+        except Exception:
+            log.exception("writing block %d of %s to the cache failed", index, digest)
+        finally:
+            self._write_slots.release()
+            if lock is not None:
+                self.cache.unlock(lock)
+
+    async def flush(self) -> None:
+        """Wait until every block written behind is on disk."""
+        for _ in range(WRITE_BEHIND):
+            await self._write_slots.acquire()
+        for _ in range(WRITE_BEHIND):
+            self._write_slots.release()
 
     async def forget(self, digest: str) -> None:
         """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
@@ -185,33 +254,30 @@ class BlobStore:
     async def _download(self, digest: str, size: int, first: int, wanted_last: int) -> None:
         """Fetch block ``first`` and the absent blocks right after it that this read also
         needs, unless another process is fetching it: then wait for that instead."""
-        flights = {(digest, first): _Flight()}
+        last = first
+        while (
+            last < wanted_last
+            and last - first + 1 < MAX_BLOCKS_PER_REQUEST
+            and (digest, last + 1) not in self._flights
+            and (digest, last + 1) not in self._memory
+        ):
+            last += 1
+        # Claimed in this process before any await, so its other readers wait on the flight.
+        flights = {(digest, i): _Flight() for i in range(first, last + 1)}
         self._flights.update(flights)
-        locks: list[int] = []
+        locks: dict[int, int] = {}  # block -> its download lock, until handed to the writer
         try:
             lock = await self._claim(digest, first)
             if lock is None:
                 return  # another process cached it meanwhile
-            locks.append(lock)
-            last = first
-            while (
-                last < wanted_last
-                and last - first + 1 < MAX_BLOCKS_PER_REQUEST
-                and (digest, last + 1) not in self._flights
-                and (digest, last + 1) not in self._memory
-            ):
-                lock = await trio.to_thread.run_sync(
-                    self.cache.try_lock_block, digest, self.block_size, last + 1
+            locks[first] = lock
+            if last > first:
+                locks.update(
+                    await trio.to_thread.run_sync(
+                        self.cache.claim_run, digest, self.block_size, first + 1, last
+                    )
                 )
-                if lock is None:
-                    break
-                locks.append(lock)
-                if await trio.to_thread.run_sync(
-                    self.cache.has_block, digest, self.block_size, last + 1
-                ):
-                    break
-                last += 1
-                self._flights[(digest, last)] = flights[(digest, last)] = _Flight()
+                last = max(locks)
             hashes = await self._known_hashes(digest)
             start = first * self.block_size
             end = min((last + 1) * self.block_size, size)
@@ -226,16 +292,17 @@ class BlobStore:
                         "bytes; try again or report it to the registry owner"
                     )
                 self.stats.downloaded_blocks += 1
-                await self.put_block(digest, first + i, block)
-                self._seen(digest, size, first + i)
+                await self.put_block(
+                    digest, first + i, block, lock=locks.pop(first + i, None), size=size
+                )
         except BaseException as exc:
             for flight in flights.values():
                 flight.error = exc
             raise
         finally:
-            for lock in locks:
+            for lock in locks.values():
                 self.cache.unlock(lock)
-            for key, flight in flights.items():
+            for key, flight in flights.items():  # blocks left out: their readers look again
                 self._flights.pop(key, None)
                 flight.done.set()
 
@@ -259,9 +326,10 @@ class BlobStore:
             await trio.sleep(delay)
             delay = min(delay * 2, LOCK_POLL_MAX)
 
-    async def _store(self, digest: str, index: int, block: bytes) -> None:
+    async def _store(self, digest: str, index: int, block: bytes) -> bool:
+        """Write a block to the disk cache; False when it could not (and why is logged)."""
         if trio.current_time() < self._unwritable_until:
-            return
+            return False
         try:
             await trio.to_thread.run_sync(
                 self.cache.write_block, digest, self.block_size, index, block
@@ -278,9 +346,10 @@ class BlobStore:
             )
             if exc.errno == errno.ENOSPC and self.budget is not None:
                 await self.budget.prune()
-            return
+            return False
         if self.budget is not None:
             await self.budget.wrote(len(block) + CHECKSUM)
+        return True
 
     # --- verification -------------------------------------------------------------------------
 
@@ -326,6 +395,7 @@ class BlobStore:
                 return
             if fetch:
                 await self._fetch_all(digest, size)
+                await self.flush()
             hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
             if hashes is None:
                 if fetch:
@@ -427,8 +497,12 @@ class Blob:
         """Whether no byte of it may be served before the whole blob is verified."""
         return self.store.verify_full
 
-    async def read(self, offset: int, length: int) -> bytes:
-        return await self.store.read(self.digest, self.size, offset, length)
+    async def read(
+        self, offset: int, length: int, *, ahead: bool = True, ahead_limit: int | None = None
+    ) -> bytes:
+        return await self.store.read(
+            self.digest, self.size, offset, length, ahead=ahead, ahead_limit=ahead_limit
+        )
 
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
@@ -490,7 +564,8 @@ class DerivedBlob:
         return None
 
     async def write_block(self, index: int, data: bytes) -> None:
-        await self.store.put_block(self.key, index, data)
+        # Not behind: a reader may need it from disk once it leaves memory, before finish().
+        await self.store.put_block(self.key, index, data, behind=False)
 
     async def read(self, offset: int, length: int, end: int) -> bytes | None:
         """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when

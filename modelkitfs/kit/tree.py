@@ -117,7 +117,7 @@ class KitTree:
         if node.layer is None or offset >= node.size:
             return b""
         size = min(size, node.size - offset)
-        return await node.layer.archive.read(node.offset + offset, size)
+        return await node.layer.archive.read(node.offset + offset, size, node.offset + node.size)
 
     async def _index_layers_for(self, directory: str) -> None:
         wanted = [

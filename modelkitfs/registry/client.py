@@ -8,6 +8,7 @@ knows nothing of caches or tar: it hands back verified manifests and the raw byt
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,15 @@ import trio
 from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
 from modelkitfs.registry.auth import Authenticator, login_hint
 from modelkitfs.registry.credentials import Credential, find_credential
+from modelkitfs.registry.ranges import RangeFetcher
 from modelkitfs.registry.transport import (
     NetworkOptions,
+    blocking_ssl_context,
     describe,
     describe_failure,
     endpoint_url,
     make_http_client,
+    uses_proxy,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,7 @@ class RegistryClient:
         options: NetworkOptions | None = None,
         *,
         credentials: Callable[[str], Credential | None] = find_credential,
-        max_in_flight: int = 8,
+        max_in_flight: int = 16,
     ) -> None:
         self.registry = registry
         self.options = (options or NetworkOptions()).with_environment()
@@ -103,9 +107,15 @@ class RegistryClient:
         self._credentials = credentials
         self._auth: dict[str, Authenticator] = {}
         self._redirects: dict[str, str] = {}  # blob digest -> where the registry sent us
+        self._resolving: dict[str, trio.Event] = {}  # a stale redirect being resolved again
         self._mirror_down_until: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(max_in_flight)
         self._http = make_http_client(self.options, max_in_flight * 2)
+        # Blob bytes through blocking connections in threads, unless a proxy is in play.
+        self._ranges = (
+            None if uses_proxy(self.options) else RangeFetcher(blocking_ssl_context(self.options))
+        )
+        self._threads = trio.CapacityLimiter(max_in_flight)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -160,13 +170,9 @@ class RegistryClient:
     ) -> bytes:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         for attempt in range(retries):
-            if (location := self._redirects.get(digest)) is not None:
-                # Object storage URLs (signed, CDN) stay valid a while: reuse until one fails.
-                try:
-                    return await self._read_range(location, None, headers, what, start, end)
-                except RegistryError as exc:
-                    log.debug("cached redirect for %s failed (%s); resolving again", digest, exc)
-                    self._redirects.pop(digest, None)
+            data, resolving = await self._via_redirect(digest, headers, what, start, end)
+            if data is not None:
+                return data
             url = self._url(base, f"/v2/{repository}/blobs/{digest}")
             try:
                 return await self._read_range(url, repository, headers, what, start, end, digest)
@@ -187,7 +193,34 @@ class RegistryClient:
                     delay,
                 )
                 await trio.sleep(delay)
+            finally:
+                if resolving is not None:
+                    del self._resolving[digest]
+                    resolving.set()
         raise AssertionError("unreachable")
+
+    async def _via_redirect(
+        self, digest: str, headers: dict[str, str], what: str, start: int, end: int
+    ) -> tuple[bytes | None, trio.Event | None]:
+        """The range from where the registry last redirected this blob (object storage URLs
+        stay valid a while). Else None, and the caller asks the registry; when a cached URL
+        has just failed, also an event the caller sets once it has asked: the first reader to
+        notice resolves again, the others wait for it, so a burst costs one redirect."""
+        while True:
+            if (pending := self._resolving.get(digest)) is not None:
+                await pending.wait()
+                continue
+            location = self._redirects.get(digest)
+            if location is None:
+                return None, None
+            try:
+                return await self._read_range(location, None, headers, what, start, end), None
+            except RegistryError as exc:
+                if self._redirects.get(digest) == location:
+                    log.debug("cached redirect for %s failed (%s); resolving again", digest, exc)
+                    del self._redirects[digest]
+                    self._resolving[digest] = resolving = trio.Event()
+                    return None, resolving
 
     async def _read_range(
         self,
@@ -201,27 +234,70 @@ class RegistryClient:
     ) -> bytes:
         """One range request; ``repository`` None for a URL outside the registry (no auth)."""
         async with self._limiter:
-            if repository is None:
-                self.stats.requests += 1
-                request = self._http.build_request("GET", url, headers=headers)
-                response = await self._http.send(request, stream=True)
+            if self._ranges is not None:
+                status, final_url, data = await self._range_in_thread(
+                    url, repository, headers, start, end
+                )
+                if status not in (200, 206):
+                    self._raise_for_status(status, what)
             else:
-                response = await self._send("GET", url, repository, headers, stream=True)
-            try:
-                if response.status_code == 206:
-                    data = await response.aread()
-                elif response.status_code == 200:
-                    data = await _slice_stream(response, start, end)
-                else:
-                    await response.aread()
-                    self._raise_for(response, what)
-            finally:
-                await response.aclose()
-        if digest is not None and _host(str(response.url)) != _host(url):
-            self._redirects[digest] = str(response.url)
+                status, final_url, data = await self._range_with_httpx(
+                    url, repository, headers, what, start, end
+                )
+        if digest is not None and _host(final_url) != _host(url):
+            self._redirects[digest] = final_url
         if len(data) != end - start:
             raise _Retryable(f"short read: got {len(data)} of {end - start} bytes")
         return data
+
+    async def _range_in_thread(
+        self, url: str, repository: str | None, headers: dict[str, str], start: int, end: int
+    ) -> tuple[int, str, bytes]:
+        assert self._ranges is not None
+        scope = f"repository:{repository}:pull"
+        auth = self._authenticator(url) if repository is not None else None
+        for attempt in range(2):
+            sent = {**headers, **(auth.header_for(scope) if auth else {})}
+            self.stats.requests += 1
+            try:
+                result = await trio.to_thread.run_sync(
+                    self._ranges.fetch, url, sent, start, end, limiter=self._threads
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                raise httpx.ReadError(describe(exc)) from exc  # retried like any transport error
+            if result.status != 401 or auth is None:
+                return result.status, result.url, result.data
+            if attempt == 1:
+                raise auth.refused(scope)
+            await auth.authenticate(self._http, result.challenge, scope)
+        raise AssertionError("unreachable")
+
+    async def _range_with_httpx(
+        self,
+        url: str,
+        repository: str | None,
+        headers: dict[str, str],
+        what: str,
+        start: int,
+        end: int,
+    ) -> tuple[int, str, bytes]:
+        if repository is None:
+            self.stats.requests += 1
+            request = self._http.build_request("GET", url, headers=headers)
+            response = await self._http.send(request, stream=True)
+        else:
+            response = await self._send("GET", url, repository, headers, stream=True)
+        try:
+            if response.status_code == 206:
+                data = await response.aread()
+            elif response.status_code == 200:
+                data = await _slice_stream(response, start, end)
+            else:
+                await response.aread()
+                self._raise_for_status(response.status_code, what)
+        finally:
+            await response.aclose()
+        return response.status_code, str(response.url), data
 
     async def _via_mirrors(self, fetch: Callable[[str], Awaitable[T]], what: str) -> T:
         """``fetch`` from each mirror in turn, then from the registry itself. A mirror that
@@ -316,7 +392,9 @@ class RegistryClient:
         raise RegistryError(f"registry {self.registry} redirected more than 5 times")
 
     def _raise_for(self, response: httpx.Response, what: str) -> None:
-        status = response.status_code
+        self._raise_for_status(response.status_code, what)
+
+    def _raise_for_status(self, status: int, what: str) -> None:
         if status == 404:
             raise NotFound(
                 f"{what} not found (HTTP 404): check the repository and tag, e.g. with "

@@ -68,6 +68,32 @@ def ssl_context(options: NetworkOptions) -> ssl.SSLContext | bool:
     return context
 
 
+def blocking_ssl_context(options: NetworkOptions) -> ssl.SSLContext:
+    """The same TLS settings as an ``ssl.SSLContext`` for ``http.client``."""
+    context = ssl_context(options)
+    if context is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    assert isinstance(context, ssl.SSLContext)
+    return context
+
+
+def uses_proxy(options: NetworkOptions) -> bool:
+    """Whether requests may go through a proxy (``--proxy`` or the environment's)."""
+    return bool(options.proxy) or any(
+        os.environ.get(name)
+        for name in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
+    )
+
+
 def endpoint_url(endpoint: str, plain_http: bool) -> str:
     """``host[:port]`` or a full ``http(s)://`` URL as the base URL of a registry."""
     if "://" in endpoint:

@@ -1,0 +1,68 @@
+"""Sequential readahead: notice a reader going through a blob in order and fetch ahead of it.
+
+Readers are told apart by position, not by file handle, so page faults of an mmap (safetensors)
+count as well as ``read`` calls: each blob keeps a few cursors, and a read that starts near where
+one ended (up to 1 MiB back, 16 MiB forward: the kernel reorders its readahead requests)
+continues it. A continued cursor gets a window of parts fetched ahead of it, which grows with
+the bytes read in order (once past 1 MiB): an eighth of them, between 4 and 64 MiB. So a long stream soon has many
+requests in flight, while a reader that stops (one tensor of a model) leaves little fetched in
+vain. A read that matches no cursor starts a new one and fetches nothing ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+PART = 2 * MiB  # many requests in flight beat a few large ones under a per-connection cap
+MIN_WINDOW = 4 * MiB
+MIN_SEQUENTIAL = MiB  # a header or two read in order is not yet a stream
+MAX_WINDOW = 64 * MiB
+GROWTH_DIVISOR = 8
+BACKWARD = MiB
+FORWARD = 16 * MiB
+CURSORS_PER_BLOB = 8
+
+
+@dataclass
+class _Cursor:
+    end: int  # where the last read of this reader ended
+    sequential: int  # bytes it has read in order
+    ahead: int  # how far fetching ahead has been asked for
+    used: int  # recency, for replacing the oldest cursor
+
+
+class Readahead:
+    """Decides what to fetch ahead; the blob store does the fetching."""
+
+    def __init__(self) -> None:
+        self._cursors: dict[str, list[_Cursor]] = {}
+        self._clock = 0
+
+    def advise(
+        self, digest: str, size: int, offset: int, end: int, limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Note a read of ``[offset, end)``; the byte ranges worth fetching now, in order,
+        never past ``limit`` (the end of the file being read, when known)."""
+        self._clock += 1
+        cursors = self._cursors.setdefault(digest, [])
+        cursor = next((c for c in cursors if c.end - BACKWARD <= offset <= c.end + FORWARD), None)
+        if cursor is None:
+            cursors.append(_Cursor(end, end - offset, end, self._clock))
+            if len(cursors) > CURSORS_PER_BLOB:
+                cursors.remove(min(cursors, key=lambda c: c.used))
+            return []
+        cursor.used = self._clock
+        cursor.sequential += max(0, end - cursor.end)
+        cursor.end = max(cursor.end, end)
+        if cursor.sequential < MIN_SEQUENTIAL:
+            return []
+        window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW)
+        target = min(size, cursor.end + window, limit if limit is not None else size)
+        start = max(cursor.ahead, cursor.end) // PART * PART
+        parts = []
+        while start < target:
+            parts.append((start, min(start + PART, target)))
+            start += PART
+        cursor.ahead = max(cursor.ahead, target)
+        return parts
