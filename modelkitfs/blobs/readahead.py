@@ -3,10 +3,10 @@
 Readers are told apart by position, not by file handle, so page faults of an mmap (safetensors)
 count as well as ``read`` calls: each blob keeps a few cursors, and a read that starts near where
 one ended (up to 1 MiB back, 16 MiB forward: the kernel reorders its readahead requests)
-continues it. A continued cursor gets a window of parts fetched ahead of it, which grows with
-the bytes read in order (once past 1 MiB): an eighth of them, between 4 and 64 MiB. So a long stream soon has many
-requests in flight, while a reader that stops (one tensor of a model) leaves little fetched in
-vain. A read that matches no cursor starts a new one and fetches nothing ahead.
+continues it. Once a cursor has read 1 MiB in order it gets a window of parts fetched ahead
+of it, which grows with the bytes read in order: an eighth of them, between 4 and 64 MiB. So a
+long stream soon has many requests in flight, while a reader that stops (one tensor of a model)
+leaves little fetched in vain. A read that matches no cursor starts a new one.
 """
 
 from __future__ import annotations
