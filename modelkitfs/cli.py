@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     _kit_arguments(m)
     m.add_argument(
+        "--prefetch",
+        choices=["none", "model", "all"],
+        default="none",
+        help="after mounting, fill the cache in the background with the model (and its parts) "
+        "or the whole kit; reads meanwhile share its downloads (default none: lazy only)",
+    )
+    m.add_argument(
         "--foreground",
         action="store_true",
         help="stay attached, log to stderr, unmount on Ctrl-C or SIGTERM",

@@ -20,7 +20,7 @@ import trio
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
-from modelkitfs.kit import open_modelkit, parse_filters, parse_labels
+from modelkitfs.kit import KitTree, open_modelkit, parse_filters, parse_labels
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.sources import Sources
@@ -51,6 +51,8 @@ async def serve_modelkit(
 
         operations = KitOperations(kit.tree, stats)
         sources.corrupt_handlers.append(operations.invalidate_blob)
+        if options.prefetch != "none":
+            trio.lowlevel.spawn_system_task(_fill_cache, kit.tree, options.prefetch)
         try:
             await serve(
                 operations,
@@ -66,6 +68,18 @@ async def serve_modelkit(
         finally:
             await kit.tree.aclose()
         log.info("unmounted %s; fetched %d blob bytes", mountpoint, sources.fetched_bytes)
+
+
+async def _fill_cache(tree: KitTree, which: str) -> None:
+    """``--prefetch``: bring the model's layers (or all) into the cache while the mount
+    serves; reads meanwhile share its downloads."""
+    for layer in tree.layers:
+        if which == "all" or layer.kind in ("model", "modelpart"):
+            try:
+                await layer.archive.prefetch()
+            except ModelKitFSError as exc:
+                log.warning("prefetching %s failed: %s", layer.archive.digest, exc)
+    log.info("prefetch (%s) done", which)
 
 
 def configure_logging(level: str) -> None:

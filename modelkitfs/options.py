@@ -11,6 +11,7 @@ from modelkitfs.kit import parse_filters, parse_labels
 from modelkitfs.registry.transport import NetworkOptions, ssl_context
 
 VERIFY_MODES = ("complete", "full")
+PREFETCH_MODES = ("none", "model", "all")
 
 
 @dataclass
@@ -24,6 +25,7 @@ class MountOptions:
     mirrors: list[str] = field(default_factory=list)  # tried before the registry, in order
     cache_dir: str | None = None
     cache_max_size: str | None = None  # e.g. "20G"; default half the cache's file system
+    prefetch: str = "none"  # after mounting, fill the cache: none, model (and parts), all
     verify: str = "complete"  # "complete": each blob once all cached; "full": before serving
     log_level: str = "INFO"
     allow_other: bool = False
@@ -36,6 +38,10 @@ class MountOptions:
         parse_labels(self.labels)
         if self.cache_max_size is not None:
             parse_size(self.cache_max_size)
+        if self.prefetch not in PREFETCH_MODES:
+            raise ModelKitFSError(
+                f"unknown --prefetch {self.prefetch!r}: use one of {', '.join(PREFETCH_MODES)}"
+            )
         if self.verify not in VERIFY_MODES:
             raise ModelKitFSError(
                 f"unknown --verify {self.verify!r}: use one of {', '.join(VERIFY_MODES)}"

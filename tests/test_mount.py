@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tests.conftest import NESTED_KITFILE, Mounts, assert_same_tree, write
-from tests.kitbuilder import build_modelkit, expected_tree
+from tests.kitbuilder import build_modelkit, expected_tree, sha256
 
 MiB = 1024 * 1024
 
@@ -179,3 +181,25 @@ def test_concurrent_readers_share_one_download(big_kit, proxy, mounts: Mounts) -
     assert all(r == expected for r in results)
     # Eight readers, one download (readahead may run up to 4 MiB past, plus block rounding).
     assert length <= proxy.blob_bytes <= length + 6 * MiB
+
+
+def test_prefetch_model_fills_the_cache_in_the_background(
+    nested_source: Path, publish, proxy, mounts: Mounts
+) -> None:
+    artifact = build_modelkit(nested_source, NESTED_KITFILE)
+    reference = publish(artifact, "prefetch/nested")
+    config = json.loads(artifact.config)
+    model_layers = {config["model"]["digest"], config["model"]["parts"][0]["digest"]}
+    proxy.reset()
+    mountpoint = mounts.mount(reference, prefetch="model")
+    deadline = time.monotonic() + 30
+    while not model_layers <= proxy.blobs_fetched and time.monotonic() < deadline:
+        time.sleep(0.05)  # nothing reads: the daemon fetches on its own
+    assert model_layers <= proxy.blobs_fetched
+    assert proxy.blobs_fetched - {sha256(artifact.config)} == model_layers  # the model only
+    time.sleep(0.5)  # let its cache writes land
+    assert (mountpoint / "main-dir/weights.bin").exists()  # indexes the other layers it needs
+    proxy.reset()
+    weights = (mountpoint / "main-dir/weights.bin").read_bytes()
+    assert weights == (nested_source / "main-dir/weights.bin").read_bytes()
+    assert proxy.blob_bytes == 0

@@ -174,7 +174,7 @@ def _tree_layer(store: BlobStore, planned: PlannedLayer) -> TreeLayer:
     return TreeLayer(
         archive,
         "" if cleaned in (".", "/") else cleaned.lstrip("/"),
-        layer.descriptor.media_type,
+        entry.base,
         planned.prefix,
     )
 

@@ -34,7 +34,7 @@ class TreeLayer:
 
     archive: LayerArchive
     path: str
-    media_type: str
+    kind: str  # the entry's layer type: model, modelpart, dataset, code, docs, prompt, mcpb
     prefix: str = ""
 
 
