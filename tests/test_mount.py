@@ -133,6 +133,7 @@ def test_second_mount_on_the_same_cache_downloads_nothing(big_kit, proxy, mounts
     first = mounts.mount(ref)
     original = (source / "model/weights.bin").read_bytes()
     assert (first / "model/weights.bin").read_bytes() == original
+    assert (first / "README.md").read_bytes() == b"big\n"
     proxy.reset()
     second = mounts.mount(ref)
     assert (second / "model/weights.bin").read_bytes() == original

@@ -90,28 +90,32 @@ class DiskCache:
 
     def read_block(
         self, digest: str, block_size: int, index: int, expected_size: int
-    ) -> bytes | None:
+    ) -> bytearray | None:
         """The block's bytes, or None when absent. A block whose size or checksum is wrong
         (a truncated or damaged file) is deleted, logged, and reported absent."""
         path = self.block_path(digest, block_size, index)
-        raw = _read(path)
+        raw = _read_into_buffer(path)
         if raw is None:
             return None
-        data, trailer = raw[:-CHECKSUM], raw[-CHECKSUM:]
-        if len(data) != expected_size or zlib.crc32(data).to_bytes(CHECKSUM, "big") != trailer:
+        size = len(raw) - CHECKSUM
+        body = memoryview(raw)[:size] if size >= 0 else memoryview(b"")
+        if size != expected_size or zlib.crc32(body).to_bytes(CHECKSUM, "big") != raw[size:]:
+            body.release()
             log.warning(
                 "cached block %d of %s is damaged (%d bytes, checksum %s): downloading it again",
                 index,
                 digest,
                 len(raw),
-                "mismatch" if len(data) == expected_size else "unchecked",
+                "mismatch" if size == expected_size else "unchecked",
             )
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
+        body.release()
+        del raw[size:]  # drop the checksum in place: no copy of the block
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: evicted last
-        return data
+        return raw
 
     def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
         """The data size of a cached block (without reading it), or None when absent."""
@@ -294,6 +298,17 @@ def _scandir(path: Path) -> list[os.DirEntry[str]]:
             return list(entries)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _read_into_buffer(path: Path) -> bytearray | None:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            buffer = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(buffer)
+    except FileNotFoundError:
+        return None
+    del buffer[got:]
+    return buffer
 
 
 def _read(path: Path) -> bytes | None:

@@ -145,9 +145,7 @@ class BlobStore:
                 trio.lowlevel.spawn_system_task(self._fetch_ahead, digest, size, start, stop)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
-        data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
-        start = offset - first * self.block_size
-        return data[start : start + end - offset]
+        return _join(blocks, offset - first * self.block_size, end - offset)
 
     async def _fetch_ahead(self, digest: str, size: int, start: int, stop: int) -> None:
         """Bring ``[start, stop)`` into the cache for a reader that will want it soon; a
@@ -482,6 +480,17 @@ class BlobStore:
             await trio.to_thread.run_sync(self.cache.write_meta, digest, name, data)
         except OSError as exc:
             log.warning("could not save %s for %s in the cache: %s", name, digest, exc)
+
+
+def _join(blocks: list[bytes], start: int, length: int) -> bytes:
+    """``length`` bytes from ``start`` in the blocks laid end to end, copied once."""
+    views, skip, left = [], start, length
+    for block in blocks:
+        view = memoryview(block)[skip : skip + left]
+        skip = max(0, skip - len(block))
+        left -= len(view)
+        views.append(view)
+    return b"".join(views)
 
 
 class Blob:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024
 MAX_BACKGROUND = 64
+FUSECTL = "/sys/fs/fuse/connections"
 WORKER_TASKS = (8, 128)
 TUNE_ATTEMPTS = 20
 
@@ -35,6 +38,7 @@ async def tune_connection(mountpoint: str) -> None:
     device = _mount_device(mountpoint)
     if device is None:
         return
+    _mount_fusectl()
     major, minor = device
     settings = {
         Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"): READ_AHEAD_KB,
@@ -52,6 +56,20 @@ async def tune_connection(mountpoint: str) -> None:
                 log.debug("cannot set %s: %s", path, exc)
         if not pending:
             return
+
+
+def _mount_fusectl() -> None:
+    """``max_background`` lives in the fusectl file system, which some systems leave unmounted;
+    root may mount it (as ``mount -t fusectl`` would), nobody else can."""
+    connections = Path(FUSECTL)
+    try:
+        if os.geteuid() != 0 or not connections.is_dir() or any(connections.iterdir()):
+            return
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("cannot mount fusectl: %s", exc)
 
 
 def _mount_device(mountpoint: str) -> tuple[int, int] | None:

@@ -95,7 +95,13 @@ class KitTree:
         return self._nodes[self._inodes[node.path.rpartition("/")[0]]]
 
     async def lookup(self, parent: int, name: str) -> Node | None:
-        directory = await self.listing(parent)
+        """The child ``name`` of directory ``parent``. Only the layers that may hold that very
+        path are indexed (opening a known path costs no listing of its siblings)."""
+        directory = self._nodes.get(parent)
+        if directory is None or not directory.is_dir:
+            return None
+        await self._index_layers_for(f"{directory.path}/{name}" if directory.path else name)
+        directory = self._nodes.get(parent)
         inode = directory.children.get(name) if directory else None
         return self._nodes.get(inode) if inode else None
 
