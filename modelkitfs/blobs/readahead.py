@@ -6,7 +6,10 @@ one ended (up to 1 MiB back, 16 MiB forward: the kernel reorders its readahead r
 continues it. Once a cursor has read 1 MiB in order it gets a window of parts fetched ahead
 of it, which grows with the bytes read in order: an eighth of them, between 4 and 64 MiB. So a
 long stream soon has many requests in flight, while a reader that stops (one tensor of a model)
-leaves little fetched in vain. A read that matches no cursor starts a new one.
+leaves little fetched in vain. A read that matches no cursor starts a new one. Parts are an
+eighth of the window (1 to 8 MiB): small while the window is, for requests in parallel (under a
+per-connection cap, many small requests beat a few large ones), larger once it has grown, as
+object storage prefers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MiB = 1024 * 1024
-PART = 2 * MiB  # many requests in flight beat a few large ones under a per-connection cap
+MIN_PART = MiB
+MAX_PART = 8 * MiB
+PARTS_PER_WINDOW = 8  # many requests in flight beat a few large ones under a per-connection cap
 MIN_WINDOW = 4 * MiB
 MIN_SEQUENTIAL = MiB  # a header or two read in order is not yet a stream
 MAX_WINDOW = 64 * MiB
@@ -59,10 +64,11 @@ class Readahead:
             return []
         window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW)
         target = min(size, cursor.end + window, limit if limit is not None else size)
-        start = max(cursor.ahead, cursor.end) // PART * PART
+        part = min(max(window // PARTS_PER_WINDOW // MiB * MiB, MIN_PART), MAX_PART)
+        start = max(cursor.ahead, cursor.end) // MiB * MiB
         parts = []
         while start < target:
-            parts.append((start, min(start + PART, target)))
-            start += PART
+            parts.append((start, min(start + part, target)))
+            start += part
         cursor.ahead = max(cursor.ahead, target)
         return parts

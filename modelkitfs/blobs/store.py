@@ -42,7 +42,6 @@ DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
 UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
 LOCK_POLL_MAX = 0.1
-AHEAD_IN_FLIGHT = 16  # parts fetched ahead at once, per store: bounds their memory
 WRITE_BEHIND = 64  # blocks waiting for their disk write, per store
 
 
@@ -99,7 +98,6 @@ class BlobStore:
         self._bad: set[str] = set()  # failed verification: served only once verified anew
         self._readahead = Readahead()
         self._write_slots = trio.Semaphore(WRITE_BEHIND)
-        self._ahead_slots = trio.Semaphore(AHEAD_IN_FLIGHT)
 
     async def manifest(self, identifier: str) -> Manifest:
         """The repository's manifest for a tag or digest (never cached: tags move)."""
@@ -148,15 +146,18 @@ class BlobStore:
         return _join(blocks, offset - first * self.block_size, end - offset)
 
     async def _fetch_ahead(self, digest: str, size: int, start: int, stop: int) -> None:
-        """Bring ``[start, stop)`` into the cache for a reader that will want it soon; a
-        failure only costs that reader a wait (its own read fetches and reports)."""
-        async with self._ahead_slots:
-            try:
-                await self._block(
-                    digest, size, start // self.block_size, (stop - 1) // self.block_size
-                )
-            except Exception as exc:
-                log.debug("reading ahead in %s failed: %s", digest, exc)
+        """Bring ``[start, stop)`` into memory for a reader that will want it soon: downloaded
+        (its flights registered at once, so the reader waits on them rather than asking
+        again), or read from the disk cache. A failure only costs that reader a wait: its own
+        read fetches and reports."""
+        first, last = start // self.block_size, (stop - 1) // self.block_size
+        try:
+            if (digest, first) not in self._flights and (digest, first) not in self._memory:
+                await self._download(digest, size, first, last)
+            for index in range(first, last + 1):
+                await self._block(digest, size, index, last)
+        except Exception as exc:
+            log.debug("reading ahead in %s failed: %s", digest, exc)
 
     def must_verify(self, digest: str) -> bool:
         """Whether ``digest`` is served only once verified whole: always with ``--verify

@@ -94,7 +94,7 @@ class RegistryClient:
         options: NetworkOptions | None = None,
         *,
         credentials: Callable[[str], Credential | None] = find_credential,
-        max_in_flight: int = 16,
+        max_in_flight: int = 32,
     ) -> None:
         self.registry = registry
         self.options = (options or NetworkOptions()).with_environment()
