@@ -20,7 +20,7 @@ import trio
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
-from modelkitfs.kit import KitTree, open_modelkit, parse_filters, parse_labels
+from modelkitfs.kit import KitTree
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.sources import Sources
@@ -34,12 +34,7 @@ async def serve_modelkit(
     """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
     ref = parse_reference(reference)
     async with Sources(options) as sources:
-        kit = await open_modelkit(
-            sources.store_for,
-            ref,
-            filters=parse_filters(options.filters),
-            labels=parse_labels(options.labels),
-        )
+        kit = await sources.open_kit(ref)
 
         def stats() -> dict[str, Any]:
             return {

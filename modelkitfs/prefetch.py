@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import trio
 
-from modelkitfs.kit import open_modelkit, parse_filters, parse_labels
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.sources import Sources
@@ -41,12 +40,7 @@ async def prefetch(
     options.check()
     started = time.monotonic()
     async with Sources(options) as sources:
-        kit = await open_modelkit(
-            sources.store_for,
-            ref,
-            filters=parse_filters(options.filters),
-            labels=parse_labels(options.labels),
-        )
+        kit = await sources.open_kit(ref)
         layers = kit.tree.layers
         state = Progress(str(ref), 0, len(layers), 0, sum(x.archive.size for x in layers), 0, 0.0)
 

@@ -18,6 +18,7 @@ from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.budget import CacheBudget, parse_size
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotFound
+from modelkitfs.kit import ModelKit, open_modelkit, parse_filters, parse_labels
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
 from modelkitfs.registry import (
@@ -58,6 +59,15 @@ class Sources:
             await trio.to_thread.run_sync(self.cache.add_stats, counters)
         except OSError as exc:
             log.warning("could not record cache statistics: %s", exc)
+
+    async def open_kit(self, reference: Reference) -> ModelKit:
+        """The kit ``reference`` names, with the options' filters and index labels."""
+        return await open_modelkit(
+            self.store_for,
+            reference,
+            filters=parse_filters(self.options.filters),
+            labels=parse_labels(self.options.labels),
+        )
 
     def store_for(self, target: Reference) -> BlobStore:
         key = (target.registry, target.repository)
