@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MIN_FREE_FRACTION = 0.05
 DEFAULT_MAX_FRACTION = 0.5  # of the file system the cache is on
 FREE_CHECK_EVERY = 64 * 1024 * 1024  # bytes written between looks at the free space
+PRUNE_ROUNDS = 3  # writes go on while a prune runs: look again, a few times at most
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -45,6 +46,7 @@ class CacheBudget:
         self.min_free_bytes = 0
         self.usage: int | None = None  # None until start() has measured the cache
         self._unmeasured = 0
+        self._written = 0  # in all, to tell what was written while a prune ran
         self._since_free_check = 0
         self._pruning = trio.Lock()
 
@@ -79,6 +81,7 @@ class CacheBudget:
             self._unmeasured += nbytes  # start() is still measuring
             return
         self.usage += nbytes
+        self._written += nbytes
         self._since_free_check += nbytes
         if self.usage > self.max_bytes:
             await self.prune()
@@ -90,8 +93,13 @@ class CacheBudget:
 
     async def prune(self) -> None:
         if self._pruning.locked():
-            return  # one eviction at a time is enough
+            return  # one eviction at a time; it looks again if writes went on meanwhile
         async with self._pruning:
-            self.usage = await trio.to_thread.run_sync(
-                self.cache.prune, self.max_bytes, self.min_free_bytes
-            )
+            for _ in range(PRUNE_ROUNDS):
+                written_before = self._written
+                self.usage = await trio.to_thread.run_sync(
+                    self.cache.prune, self.max_bytes, self.min_free_bytes
+                )
+                self.usage += self._written - written_before
+                if self.max_bytes is None or self.usage <= self.max_bytes:
+                    return

@@ -237,6 +237,13 @@ class BlobStore:
                 self.cache.unlock(lock)
 
     async def flush(self) -> None:
+        """Wait until every block written behind is on disk, and every verification under
+        way has recorded its result (else the next mount would hash the blob again)."""
+        await self._written()
+        for event in list(self._verifying.values()):
+            await event.wait()
+
+    async def _written(self) -> None:
         """Wait until every block written behind is on disk."""
         for _ in range(WRITE_BEHIND):
             await self._write_slots.acquire()
@@ -394,7 +401,7 @@ class BlobStore:
                 return
             if fetch:
                 await self._fetch_all(digest, size)
-                await self.flush()
+                await self._written()
             hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
             if hashes is None:
                 if fetch:
