@@ -51,6 +51,15 @@ class Artifact:
     def layer_bytes(self) -> int:
         return sum(len(b) for d, b in self.blobs.items() if d != sha256(self.config))
 
+    def replace_config(self, config: dict[str, Any]) -> None:
+        """Swap in another config (a forged one, in tests of bad input): blob and manifest."""
+        del self.blobs[sha256(self.config)]
+        self.config = json.dumps(config).encode()
+        self.blobs[sha256(self.config)] = self.config
+        manifest = json.loads(self.manifest)
+        manifest["config"].update(digest=sha256(self.config), size=len(self.config))
+        self.manifest = json.dumps(manifest).encode()
+
 
 # --- Go archive/tar, as kit uses it -------------------------------------------------------------
 

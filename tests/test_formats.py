@@ -158,13 +158,7 @@ def test_corrupt_zstd_layer_is_an_error_not_bytes(tmp_path: Path, publish, mount
     forged = build_modelkit(source, kitfile, compression="zstd", layer_format="raw")
     config = json.loads(forged.config)
     config["model"]["diffId"] = "sha256:" + "0" * 64  # the bytes will not match it
-    del forged.blobs[sha256(forged.config)]
-    forged.config = json.dumps(config).encode()
-    forged.blobs[sha256(forged.config)] = forged.config
-    manifest = json.loads(forged.manifest)
-    manifest["config"]["digest"] = sha256(forged.config)
-    manifest["config"]["size"] = len(forged.config)
-    forged.manifest = json.dumps(manifest).encode()
+    forged.replace_config(config)
     mountpoint = mounts.mount(publish(forged, "zstd/forged"))
     with pytest.raises(OSError):
         (mountpoint / "weights.bin").read_bytes()
@@ -367,13 +361,10 @@ def test_corrupt_compressed_layer_is_an_io_error_with_a_reason(
     blob[len(blob) // 2 : len(blob) // 2 + 4096] = rng.bytes(4096)
     model["digest"] = sha256(bytes(blob))
     kit.blobs[model["digest"]] = bytes(blob)
+    kit.manifest = json.dumps(manifest).encode()
     config = json.loads(kit.config)
     config["model"]["digest"] = model["digest"]
-    del kit.blobs[sha256(kit.config)]
-    kit.config = json.dumps(config).encode()
-    kit.blobs[sha256(kit.config)] = kit.config
-    manifest["config"].update(digest=sha256(kit.config), size=len(kit.config))
-    kit.manifest = json.dumps(manifest).encode()
+    kit.replace_config(config)
 
     mountpoint = mounts.mount(publish(kit, f"corrupt/{compression}"))
     for _ in range(2):  # fails again, quickly, rather than hanging or serving garbage

@@ -334,7 +334,7 @@ class RegistryClient:
                 await trio.sleep(_backoff(attempt))
                 continue
             if response.status_code != 200:
-                self._raise_for(response, what)
+                self._raise_for_status(response.status_code, what)
             return response
         raise AssertionError("unreachable")
 
@@ -390,9 +390,6 @@ class RegistryClient:
             if not response.is_redirect:
                 return response
         raise RegistryError(f"registry {self.registry} redirected more than 5 times")
-
-    def _raise_for(self, response: httpx.Response, what: str) -> None:
-        self._raise_for_status(response.status_code, what)
 
     def _raise_for_status(self, status: int, what: str) -> None:
         if status == 404:

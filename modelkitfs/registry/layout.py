@@ -62,7 +62,6 @@ class LayoutSource:
         self.label = label  # what the user named, for messages
         self.tags = tags
         self.manifests = manifests
-        self.plain_http = False
         self.stats = FetchStats()
 
     def resolve(self, identifier: str) -> str | None:
