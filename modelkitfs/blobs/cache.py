@@ -4,14 +4,16 @@ Layout (content never changes under a digest, so nothing here is ever rewritten 
 
     <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   a block of a blob + its CRC-32
     <root>/meta/sha256/<hex[:2]>/<hex>/<name>                   derived data, e.g. a tar index
-    <root>/locks/sha256/<hex[:2]>/<hex>/<block size>/<index>    held while a block downloads
+    <root>/locks/sha256/<hex[:2]>/<hex>/<block size>.lock      byte i: block i is downloading
 
 Every file is written to a private temporary name in the same directory and renamed into place,
 so a reader (in this process or another) sees a whole file or none, even if the writer is killed.
 Each block file ends with the CRC-32 of its bytes, checked on every read: a truncated or flipped
 file is deleted and downloaded again. Readers of finished blocks take no locks; a process about
-to download a block takes its ``flock``, which dies with the process, so others wait for that
-download instead of repeating it. A block's modification time is its last use, for eviction.
+to download blocks locks their bytes in the blob's lock file (open file description locks: one
+call for a run of blocks, no file per block, and they die with the process), so others wait for
+that download instead of repeating it. A block's modification time is its last use, for
+eviction.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+Buffer = bytes | bytearray | memoryview
 
 log = logging.getLogger(__name__)
 
@@ -127,36 +132,46 @@ class DiskCache:
     def has_block(self, digest: str, block_size: int, index: int) -> bool:
         return self.block_path(digest, block_size, index).is_file()
 
-    def write_block(self, digest: str, block_size: int, index: int, data: bytes) -> None:
+    def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
+        """Which of blocks ``first`` to ``last`` are cached (not read, nor checked)."""
+        directory = self._blob_dir("blocks", digest) / str(block_size)
+        return {i for i in range(first, last + 1) if os.path.isfile(directory / str(i))}
+
+    def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
         trailer = zlib.crc32(data).to_bytes(CHECKSUM, "big")
-        _write_atomic(self.block_path(digest, block_size, index), data + trailer)
+        _write_atomic(self.block_path(digest, block_size, index), data, trailer)
 
     def remove_blocks(self, digest: str) -> None:
         """Forget every cached block of ``digest`` (bytes found to be wrong)."""
         shutil.rmtree(self._blob_dir("blocks", digest), ignore_errors=True)
 
-    def try_lock_block(self, digest: str, block_size: int, index: int) -> int | None:
-        """Take the download lock of a block without waiting: a file descriptor to pass to
-        :meth:`unlock`, or None while another process (or another open here) holds it."""
-        return self._try_lock(self._blob_dir("locks", digest) / str(block_size) / str(index))
-
-    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> dict[int, int]:
+    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> BlockLocks | None:
         """Download locks of blocks ``first``, ``first + 1``... up to ``last``, stopping at
-        the first one that is locked elsewhere or already cached: block -> lock."""
-        locks = {}
+        the first one that is locked elsewhere (by another process or another claim here) or
+        already cached. None when block ``first`` is cached; no block held while it is locked
+        elsewhere."""
+        path = self._blob_dir("locks", digest) / f"{block_size}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        locks = BlockLocks(fd)
+        whole = _range_lock(fd, fcntl.F_WRLCK, first, last - first + 1)
+        stop = last + 1
         for index in range(first, last + 1):
-            lock = self.try_lock_block(digest, block_size, index)
-            if lock is None:
+            if not whole and not _range_lock(fd, fcntl.F_WRLCK, index, 1):
+                stop = index
                 break
             if self.has_block(digest, block_size, index):
-                self.unlock(lock)
+                if index == first:
+                    locks.close()
+                    return None
+                stop = index
                 break
-            locks[index] = lock
+            locks.held.add(index)
+        locks.release_from(stop)
         return locks
-
-    @staticmethod
-    def unlock(fd: int) -> None:
-        os.close(fd)  # closing releases the flock
 
     # --- sidecar files ----------------------------------------------------------------------
 
@@ -249,7 +264,7 @@ class DiskCache:
                 log.info("evicted %d bytes of least recently used blocks", freed)
             return total - freed
         finally:
-            self.unlock(lock)
+            os.close(lock)  # releases the flock
 
     def add_stats(self, counters: dict[str, int]) -> None:
         """Add a finished mount's counters to the cache's running totals (``stats.json``)."""
@@ -264,7 +279,7 @@ class DiskCache:
                 totals[key] = totals.get(key, 0) + int(value)
             _write_atomic(self.root / "stats.json", json.dumps(totals).encode())
         finally:
-            self.unlock(lock)
+            os.close(lock)  # releases the flock
 
     def read_stats(self) -> dict[str, int]:
         raw = _read(self.root / "stats.json")
@@ -290,6 +305,49 @@ class DiskCache:
             os.close(fd)
             return None
         return fd
+
+
+class BlockLocks:
+    """Download locks held on blocks of one blob; the lock file closes with the last."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.held: set[int] = set()
+
+    def release(self, index: int) -> None:
+        if index in self.held:
+            self.held.discard(index)
+            _range_lock(self.fd, fcntl.F_UNLCK, index, 1)
+            if not self.held:
+                self.close()
+
+    def release_from(self, first: int) -> None:
+        """Release every held block from ``first`` on (all of them when none is left)."""
+        _range_lock(self.fd, fcntl.F_UNLCK, first, 0)  # length 0: to the end of the file
+        self.held = {i for i in self.held if i < first}
+        if not self.held:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases whatever is left
+            self.fd = -1
+
+
+def _range_lock(fd: int, kind: int, start: int, length: int) -> bool:
+    """Take (or with F_UNLCK drop) an open file description lock on ``length`` bytes from
+    ``start``, without waiting; False when another holds part of it."""
+    if fd < 0:
+        return kind == fcntl.F_UNLCK
+    request = struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES on some systems
+        return False
+    return True
+
+
+_FLOCK = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:
@@ -319,12 +377,15 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, *parts: Buffer) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[f.write(view) :]
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -6,10 +6,13 @@ one ended (up to 1 MiB back, 16 MiB forward: the kernel reorders its readahead r
 continues it. Once a cursor has read 1 MiB in order it gets a window of parts fetched ahead
 of it, which grows with the bytes read in order: an eighth of them, between 4 and 64 MiB. So a
 long stream soon has many requests in flight, while a reader that stops (one tensor of a model)
-leaves little fetched in vain. A read that matches no cursor starts a new one. Parts are an
-eighth of the window (1 to 8 MiB): small while the window is, for requests in parallel (under a
-per-connection cap, many small requests beat a few large ones), larger once it has grown, as
-object storage prefers.
+leaves little fetched in vain. A read that matches no cursor starts a new one.
+
+The window is fetched in parts of an eighth of it (1 to 8 MiB), one range request each, issued
+only whole: a reader moving on by 1 MiB does not cost a 1 MiB request. Each request costs the
+server some CPU whatever its size (the CNCF registry spends 4 ms on a 1 MiB range, measured on
+loopback: 1 MiB ranges cap it near 300 MB/s, 16 MiB ones reach 1.5 GB/s), while behind a
+per-connection cap many requests in parallel beat a few large ones.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 MiB = 1024 * 1024
 MIN_PART = MiB
 MAX_PART = 8 * MiB
-PARTS_PER_WINDOW = 8  # many requests in flight beat a few large ones under a per-connection cap
+PARTS_PER_WINDOW = 8
 MIN_WINDOW = 4 * MiB
 MIN_SEQUENTIAL = MiB  # a header or two read in order is not yet a stream
 MAX_WINDOW = 64 * MiB
@@ -63,12 +66,13 @@ class Readahead:
         if cursor.sequential < MIN_SEQUENTIAL:
             return []
         window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW)
-        target = min(size, cursor.end + window, limit if limit is not None else size)
+        data_end = min(size, limit if limit is not None else size)
+        target = min(data_end, cursor.end + window)
         part = min(max(window // PARTS_PER_WINDOW // MiB * MiB, MIN_PART), MAX_PART)
         start = max(cursor.ahead, cursor.end) // MiB * MiB
         parts = []
-        while start < target:
+        while start < target and (start + part <= target or target == data_end):
             parts.append((start, min(start + part, target)))
             start += part
-        cursor.ahead = max(cursor.ahead, target)
+        cursor.ahead = max(cursor.ahead, min(start, target))
         return parts

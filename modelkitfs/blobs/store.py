@@ -20,11 +20,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import cachetools
 import trio
 
 from modelkitfs.blobs.budget import CacheBudget
-from modelkitfs.blobs.cache import CHECKSUM, DiskCache
+from modelkitfs.blobs.cache import CHECKSUM, BlockLocks, Buffer, DiskCache
+from modelkitfs.blobs.memory import BlockMemory
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
@@ -84,9 +84,7 @@ class BlobStore:
         self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
         self.block_size = block_size
         self.stats = CacheStats()
-        self._memory: cachetools.LRUCache[tuple[str, int], bytes] = cachetools.LRUCache(
-            maxsize=memory_bytes, getsizeof=len
-        )
+        self._memory = BlockMemory(memory_bytes)
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._unwritable_until = 0.0
         # Blobs already on the machine (kit's storage) are read in place, never copied.
@@ -140,24 +138,38 @@ class BlobStore:
             await self.verified(digest, size)
         if ahead:
             for start, stop in self._readahead.advise(digest, size, offset, end, ahead_limit):
-                trio.lowlevel.spawn_system_task(self._fetch_ahead, digest, size, start, stop)
+                # Reserved now, before this read looks for its own blocks, so that a block
+                # both want is fetched once, as part of the larger request.
+                flights = self._reserve(
+                    digest, start // self.block_size, (stop - 1) // self.block_size
+                )
+                if flights:
+                    trio.lowlevel.spawn_system_task(self._fetch_ahead, digest, size, flights)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         blocks = [await self._block(digest, size, i, last) for i in range(first, last + 1)]
+        if ahead:
+            for index in range(first, end // self.block_size):
+                self._memory.passed((digest, index))
         return _join(blocks, offset - first * self.block_size, end - offset)
 
-    async def _fetch_ahead(self, digest: str, size: int, start: int, stop: int) -> None:
-        """Bring ``[start, stop)`` into memory for a reader that will want it soon: downloaded
-        (its flights registered at once, so the reader waits on them rather than asking
-        again), or read from the disk cache. A failure only costs that reader a wait: its own
-        read fetches and reports."""
-        first, last = start // self.block_size, (stop - 1) // self.block_size
+    async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, _Flight]) -> None:
+        """Bring reserved blocks into memory for a reader that will want them soon: read from
+        the disk cache one at a time (the reader waits for one, not all), and downloaded where
+        absent. A failure only costs that reader a wait: its own read fetches and reports."""
         try:
-            if (digest, first) not in self._flights and (digest, first) not in self._memory:
-                await self._download(digest, size, first, last)
-            for index in range(first, last + 1):
-                await self._block(digest, size, index, last)
+            cached = await trio.to_thread.run_sync(
+                self.cache.cached_blocks, digest, self.block_size, min(flights), max(flights)
+            )
+            absent = {i: f for i, f in flights.items() if i not in cached}
+            async with trio.open_nursery() as nursery:
+                if absent:
+                    nursery.start_soon(self._fetch, digest, size, absent)
+                for index in sorted(cached & flights.keys()):
+                    await self._load(digest, size, {index: flights[index]})
         except Exception as exc:
             log.debug("reading ahead in %s failed: %s", digest, exc)
+        finally:
+            self._land(digest, flights)
 
     def must_verify(self, digest: str) -> bool:
         """Whether ``digest`` is served only once verified whole: always with ``--verify
@@ -170,23 +182,77 @@ class BlobStore:
     def _block_count(self, size: int) -> int:
         return max(1, -(-size // self.block_size))
 
-    async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> bytes:
+    async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> Buffer:
         key = (digest, index)
         while True:
+            if (data := self._memory.get(key)) is not None:
+                self.stats.memory_hits += 1
+                return data
             if (flight := self._flights.get(key)) is not None:
                 await flight.done.wait()
                 if flight.error is not None:
                     raise flight.error
                 continue
-            data = await self.cached_block(digest, index, self._block_len(size, index))
-            if data is not None:
-                self._seen(digest, size, index)
+            if (
+                data := (await self._load(digest, size, self._reserve(digest, index, index))).get(
+                    index
+                )
+            ) is not None:
                 return data
             if key in self._flights or key in self._memory:
                 continue  # someone else started (or finished) it while we looked on disk
-            await self._download(digest, size, index, wanted_last)
+            last = min(wanted_last, index + MAX_BLOCKS_PER_REQUEST - 1)
+            await self._fetch(digest, size, self._reserve(digest, index, last))
 
-    async def cached_block(self, digest: str, index: int, expected_size: int) -> bytes | None:
+    def _reserve(self, digest: str, first: int, last: int) -> dict[int, _Flight]:
+        """Flights for blocks ``first`` to ``last`` that are neither in memory nor on their
+        way, registered at once so that other readers in this process wait on them."""
+        flights = {}
+        for index in range(first, last + 1):
+            key = (digest, index)
+            if key not in self._memory and key not in self._flights:
+                flights[index] = self._flights[key] = _Flight()
+        return flights
+
+    def _land(
+        self, digest: str, flights: dict[int, _Flight], error: BaseException | None = None
+    ) -> None:
+        """End flights: their readers take the block from memory, or look again."""
+        for index, flight in flights.items():
+            if self._flights.get((digest, index)) is flight:
+                del self._flights[digest, index]
+            if not flight.done.is_set():
+                flight.error = error
+                flight.done.set()
+
+    async def _load(self, digest: str, size: int, flights: dict[int, _Flight]) -> dict[int, Buffer]:
+        """Read reserved blocks from the disk cache in one worker-thread call: those found."""
+        if not flights:
+            return {}
+        try:
+            found = await trio.to_thread.run_sync(self._read_blocks, digest, size, list(flights))
+            for index, data in found.items():
+                self._memory.put((digest, index), data)
+                self._seen(digest, size, index)
+            self.stats.disk_hits += len(found)
+            return found
+        except BaseException as exc:
+            self._land(digest, flights, exc)
+            raise
+        finally:
+            self._land(digest, flights)
+
+    def _read_blocks(self, digest: str, size: int, indexes: list[int]) -> dict[int, Buffer]:
+        found: dict[int, Buffer] = {}
+        for index in indexes:
+            data = self.cache.read_block(
+                digest, self.block_size, index, self._block_len(size, index)
+            )
+            if data is not None:
+                found[index] = data
+        return found
+
+    async def cached_block(self, digest: str, index: int, expected_size: int) -> Buffer | None:
         """Block ``index`` of ``digest`` from memory or the disk cache, or None."""
         key = (digest, index)
         if (data := self._memory.get(key)) is not None:
@@ -197,16 +263,16 @@ class BlobStore:
         )
         if data is not None:
             self.stats.disk_hits += 1
-            self._memory[key] = data
+            self._memory.put(key, data)
         return data
 
     async def put_block(
         self,
         digest: str,
         index: int,
-        data: bytes,
+        data: Buffer,
         *,
-        lock: int | None = None,
+        lock: BlockLocks | None = None,
         size: int | None = None,
         behind: bool = True,
     ) -> None:
@@ -216,15 +282,19 @@ class BlobStore:
         ``lock``, the block's download lock, is released once the block is on disk, so other
         processes wait for it rather than download it; with the blob's ``size``, a written
         block counts towards verifying the blob."""
-        self._memory[(digest, index)] = data
+        self._memory.put((digest, index), data)
         if not behind:
-            await self._store(digest, index, data)
+            try:
+                await self._store(digest, index, data)
+            finally:
+                if lock is not None:
+                    lock.release(index)
             return
         await self._write_slots.acquire()
         trio.lowlevel.spawn_system_task(self._write_behind, digest, index, data, lock, size)
 
     async def _write_behind(
-        self, digest: str, index: int, data: bytes, lock: int | None, size: int | None
+        self, digest: str, index: int, data: Buffer, lock: BlockLocks | None, size: int | None
     ) -> None:
         try:
             if await self._store(digest, index, data) and size is not None:
@@ -234,7 +304,7 @@ class BlobStore:
         finally:
             self._write_slots.release()
             if lock is not None:
-                self.cache.unlock(lock)
+                lock.release(index)
 
     async def flush(self) -> None:
         """Wait until every block written behind is on disk, and every verification under
@@ -252,44 +322,42 @@ class BlobStore:
 
     async def forget(self, digest: str) -> None:
         """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
-        for key in [k for k in self._memory if k[0] == digest]:
-            self._memory.pop(key, None)
+        self._memory.forget(digest)
         self._present.pop(digest, None)
         await trio.to_thread.run_sync(self.cache.remove_blocks, digest)
 
-    async def _download(self, digest: str, size: int, first: int, wanted_last: int) -> None:
-        """Fetch block ``first`` and the absent blocks right after it that this read also
-        needs, unless another process is fetching it: then wait for that instead."""
-        last = first
-        while (
-            last < wanted_last
-            and last - first + 1 < MAX_BLOCKS_PER_REQUEST
-            and (digest, last + 1) not in self._flights
-            and (digest, last + 1) not in self._memory
-        ):
-            last += 1
-        # Claimed in this process before any await, so its other readers wait on the flight.
-        flights = {(digest, i): _Flight() for i in range(first, last + 1)}
-        self._flights.update(flights)
-        locks: dict[int, int] = {}  # block -> its download lock, until handed to the writer
+    async def _fetch(self, digest: str, size: int, flights: dict[int, _Flight]) -> None:
+        """Download reserved blocks, a range request per run of adjacent ones, unless another
+        process is downloading them: then wait for it and leave them to be read from disk."""
         try:
-            lock = await self._claim(digest, first)
-            if lock is None:
-                return  # another process cached it meanwhile
-            locks[first] = lock
-            if last > first:
-                locks.update(
-                    await trio.to_thread.run_sync(
-                        self.cache.claim_run, digest, self.block_size, first + 1, last
-                    )
-                )
-                last = max(locks)
+            indexes = sorted(flights)
+            runs: list[list[int]] = []
+            for index in indexes:
+                if runs and index == runs[-1][-1] + 1 and len(runs[-1]) < MAX_BLOCKS_PER_REQUEST:
+                    runs[-1].append(index)
+                else:
+                    runs.append([index])
+            for run in runs:
+                await self._fetch_run(digest, size, run[0], run[-1])
+        except BaseException as exc:
+            self._land(digest, flights, exc)
+            raise
+        finally:
+            self._land(digest, flights)  # blocks left out: their readers look again
+
+    async def _fetch_run(self, digest: str, size: int, first: int, last: int) -> None:
+        locks = await self._claim(digest, first, last)
+        if locks is None:
+            return  # another process cached it meanwhile
+        unwritten = set(locks.held)
+        try:
+            last = max(unwritten)
             hashes = await self._known_hashes(digest)
             start = first * self.block_size
             end = min((last + 1) * self.block_size, size)
-            data = await self.client.get_range(self.repository, digest, start, end)
+            data = memoryview(await self.client.get_range(self.repository, digest, start, end))
             for i in range(last - first + 1):
-                block = data[i * self.block_size : (i + 1) * self.block_size]
+                block = data[i * self.block_size : (i + 1) * self.block_size]  # not a copy
                 expected = hashes[first + i] if hashes and first + i < len(hashes) else None
                 if expected is not None and hashlib.sha256(block).hexdigest() != expected:
                     raise DigestMismatch(
@@ -298,41 +366,27 @@ class BlobStore:
                         "bytes; try again or report it to the registry owner"
                     )
                 self.stats.downloaded_blocks += 1
-                await self.put_block(
-                    digest, first + i, block, lock=locks.pop(first + i, None), size=size
-                )
-        except BaseException as exc:
-            for flight in flights.values():
-                flight.error = exc
-            raise
+                await self.put_block(digest, first + i, block, lock=locks, size=size)
+                unwritten.discard(first + i)  # its lock went along, released once on disk
         finally:
-            for lock in locks.values():
-                self.cache.unlock(lock)
-            for key, flight in flights.items():  # blocks left out: their readers look again
-                self._flights.pop(key, None)
-                flight.done.set()
+            for index in unwritten:
+                locks.release(index)
 
-    async def _claim(self, digest: str, index: int) -> int | None:
-        """The download lock of a block, waiting while another process holds it; None when
-        the block turned up in the cache meanwhile."""
+    async def _claim(self, digest: str, first: int, last: int) -> BlockLocks | None:
+        """Download locks of block ``first`` and of the absent blocks after it up to ``last``,
+        waiting while another process holds the first; None when it turned up in the cache
+        meanwhile."""
         delay = 0.005
         while True:
-            lock = await trio.to_thread.run_sync(
-                self.cache.try_lock_block, digest, self.block_size, index
+            locks = await trio.to_thread.run_sync(
+                self.cache.claim_run, digest, self.block_size, first, last
             )
-            present = await trio.to_thread.run_sync(
-                self.cache.has_block, digest, self.block_size, index
-            )
-            if lock is not None and not present:
-                return lock
-            if lock is not None:
-                self.cache.unlock(lock)
-            if present:
-                return None
+            if locks is None or locks.held:
+                return locks
             await trio.sleep(delay)
             delay = min(delay * 2, LOCK_POLL_MAX)
 
-    async def _store(self, digest: str, index: int, block: bytes) -> bool:
+    async def _store(self, digest: str, index: int, block: Buffer) -> bool:
         """Write a block to the disk cache; False when it could not (and why is logged)."""
         if trio.current_time() < self._unwritable_until:
             return False
@@ -490,7 +544,7 @@ class BlobStore:
             log.warning("could not save %s for %s in the cache: %s", name, digest, exc)
 
 
-def _join(blocks: list[bytes], start: int, length: int) -> bytes:
+def _join(blocks: list[Buffer], start: int, length: int) -> bytes:
     """``length`` bytes from ``start`` in the blocks laid end to end, copied once."""
     views, skip, left = [], start, length
     for block in blocks:
@@ -535,7 +589,9 @@ class Blob:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        return await self.store.client.get_range(self.store.repository, self.digest, offset, end)
+        return bytes(
+            await self.store.client.get_range(self.store.repository, self.digest, offset, end)
+        )
 
     async def stream(self, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[bytes]:
         """The whole blob in order, for a consumer that keeps what it derives rather than the

@@ -34,7 +34,9 @@ async def tune_connection(mountpoint: str) -> None:
 
     The default 128 KiB readahead caps sequential reads at a few hundred MB/s and turns mmap
     page faults into many small requests. The kernel sets the mount's readahead from the FUSE
-    INIT reply, so this runs once the session is serving, and checks that the value held."""
+    INIT reply, so this runs once the session is serving, and checks that the value held. A
+    file takes its readahead size when it is opened, so the mount is announced ready only
+    after this."""
     device = _mount_device(mountpoint)
     if device is None:
         return
@@ -97,11 +99,15 @@ async def serve(
     """Mount ``operations`` at ``mountpoint`` and serve requests until the filesystem is
     unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind."""
     pyfuse3.init(operations, mountpoint, list(options))
-    try:
+
+    async def tune_then_announce() -> None:
+        await tune_connection(mountpoint)
         on_ready()
+
+    try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal)
-            nursery.start_soon(tune_connection, mountpoint)
+            nursery.start_soon(tune_then_announce)
             await pyfuse3.main(*WORKER_TASKS)
             nursery.cancel_scope.cancel()
     finally:

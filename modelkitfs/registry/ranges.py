@@ -27,7 +27,7 @@ REDIRECTS = (301, 302, 303, 307, 308)
 class RangeResult:
     status: int
     url: str  # where the bytes finally came from (after redirects)
-    data: bytes = b""
+    data: bytes | bytearray = b""
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
 
@@ -118,16 +118,17 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _read_exactly(response: http.client.HTTPResponse, length: int) -> bytes:
+def _read_exactly(response: http.client.HTTPResponse, length: int) -> bytearray:
     buffer = bytearray(length)
-    view = memoryview(buffer)
     done = 0
-    while done < length:
-        got = response.readinto(view[done : done + READ_CHUNK * 16])
-        if not got:
-            break
-        done += got
-    return bytes(view[:done])
+    with memoryview(buffer) as view:
+        while done < length:
+            got = response.readinto(view[done : done + READ_CHUNK * 16])
+            if not got:
+                break
+            done += got
+    del buffer[done:]
+    return buffer
 
 
 def _skip(response: http.client.HTTPResponse, count: int) -> None:

@@ -34,3 +34,21 @@ def test_meta_round_trip(tmp_path: Path) -> None:
     assert cache.read_meta(DIGEST, "tar-index.v1.json") is None
     cache.write_meta(DIGEST, "tar-index.v1.json", b"{}")
     assert cache.read_meta(DIGEST, "tar-index.v1.json") == b"{}"
+
+
+def test_download_locks_cover_runs_and_exclude_other_claims(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    cache.write_block(DIGEST, 1024, 6, b"z" * 1024)
+    first = cache.claim_run(DIGEST, 1024, 0, 9)
+    assert first is not None and first.held == set(range(6))  # stops at the cached block
+    assert cache.claim_run(DIGEST, 1024, 2, 4).held == set()  # held elsewhere: wait
+    partial = cache.claim_run(DIGEST, 1024, 7, 9)  # beyond the cached block: free
+    assert partial is not None and partial.held == {7, 8, 9}
+    assert cache.claim_run(DIGEST, 1024, 6, 9) is None  # cached: nothing to download
+    first.release(3)
+    again = cache.claim_run(DIGEST, 1024, 3, 5)
+    assert again is not None and again.held == {3}  # 4 and 5 are still held
+    for index in (0, 1, 2, 4, 5):
+        first.release(index)
+    assert first.fd == -1  # closed with its last lock
+    assert cache.claim_run(DIGEST, 1024, 4, 5).held == {4, 5}
