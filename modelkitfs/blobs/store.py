@@ -42,7 +42,7 @@ DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
 UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
 LOCK_POLL_MAX = 0.1
-WRITE_BEHIND = 64  # blocks waiting for their disk write, per store
+WRITE_BEHIND = 32  # blocks waiting for their disk write, per store
 
 
 @dataclass
@@ -277,8 +277,8 @@ class BlobStore:
         behind: bool = True,
     ) -> None:
         """Keep a block in memory at once and on disk when it can. By default the disk write
-        happens behind the reader (a page-cache write runs near 400 MB/s on machines like this
-        one, slower than the network): at most ``WRITE_BEHIND`` blocks wait, then this waits.
+        happens behind the reader (writing a block file costs about a millisecond of CPU per
+        MiB on machines like this one): at most ``WRITE_BEHIND`` blocks wait, then this waits.
         ``lock``, the block's download lock, is released once the block is on disk, so other
         processes wait for it rather than download it; with the blob's ``size``, a written
         block counts towards verifying the blob."""
