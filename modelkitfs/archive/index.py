@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,12 +51,40 @@ class LayerIndex:
 
     @classmethod
     def from_json(cls, data: bytes) -> LayerIndex:
-        document = json.loads(data)
-        if document.get("version") != 1:
-            raise ValueError("unknown index version")
-        return cls(
-            [Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]]
-        )
+        """Read a saved index back; ValueError for anything but one :meth:`to_json` wrote
+        (the file is on disk: it may be damaged, and it must never name a path outside)."""
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict) or document.get("version") != 1:
+                raise ValueError("unknown index version")
+            entries = [
+                Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]
+            ]
+        except (TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise ValueError(f"malformed index: {exc}") from None
+        for entry in entries:
+            fields = (entry.mode, entry.size, entry.offset)
+            if (
+                not isinstance(entry.path, str)
+                or not isinstance(entry.linkname, str)
+                or not all(isinstance(n, int) and n >= 0 for n in fields)
+                or normalize_name(entry.path) != entry.path
+            ):
+                raise ValueError(f"malformed index entry {entry.path!r}")
+        return cls(entries)
+
+
+def normalize_name(name: str) -> str | None:
+    """The archive name as a clean relative path; ``""`` for the root, None when unsafe
+    (absolute, or climbing out with ``..``)."""
+    if name.startswith("/") or "\0" in name:
+        return None
+    cleaned = posixpath.normpath(name) if name else "."
+    if cleaned == ".":
+        return ""
+    if cleaned == ".." or cleaned.startswith("../") or cleaned.startswith("/"):
+        return None
+    return cleaned
 
 
 class IndexSource(Protocol):
@@ -77,7 +106,7 @@ async def load_or_build_index(
     if cached is not None:
         try:
             return LayerIndex.from_json(cached)
-        except (ValueError, TypeError, KeyError) as exc:
+        except ValueError as exc:
             log.warning("ignoring unreadable cached index of %s: %s", source.digest, exc)
     try:
         index = await build(source)

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modelkitfs.archive.gzip import GzipStream
-from modelkitfs.archive.index import Entry, EntryKind, LayerIndex, load_or_build_index
-from modelkitfs.archive.tar import build_tar_index, normalize_name
+from modelkitfs.archive.index import (
+    Entry,
+    EntryKind,
+    LayerIndex,
+    load_or_build_index,
+    normalize_name,
+)
+from modelkitfs.archive.tar import build_tar_index
 from modelkitfs.archive.zstd import ZstdStream
 from modelkitfs.blobs import Blob
 from modelkitfs.errors import ArchiveError

@@ -10,10 +10,9 @@ arriving back to back (many small files: few requests) and shrink after a jump o
 from __future__ import annotations
 
 import logging
-import posixpath
 from dataclasses import dataclass
 
-from modelkitfs.archive.index import Entry, EntryKind, IndexSource, LayerIndex
+from modelkitfs.archive.index import Entry, EntryKind, IndexSource, LayerIndex, normalize_name
 from modelkitfs.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -103,19 +102,6 @@ def parse_pax(data: bytes) -> dict[str, str]:
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         position += length
     return records
-
-
-def normalize_name(name: str) -> str | None:
-    """The archive name as a clean relative path; ``""`` for the root, None when unsafe
-    (absolute, or climbing out with ``..``)."""
-    if name.startswith("/") or "\0" in name:
-        return None
-    cleaned = posixpath.normpath(name) if name else "."
-    if cleaned == ".":
-        return ""
-    if cleaned == ".." or cleaned.startswith("../") or cleaned.startswith("/"):
-        return None
-    return cleaned
 
 
 class _WindowReader:

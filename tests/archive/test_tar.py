@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelkitfs.archive import EntryKind, LayerIndex
-from modelkitfs.archive.tar import build_tar_index, normalize_name, parse_pax
+from modelkitfs.archive.index import normalize_name
+from modelkitfs.archive.tar import build_tar_index, parse_pax
 from modelkitfs.errors import ArchiveError
 from tests.kitbuilder import go_tar, other_tar, pax_record
 
@@ -159,3 +162,43 @@ def test_parse_pax_records() -> None:
     assert parse_pax(records) == {"path": "d/été", "size": "9999999999"}
     with pytest.raises(ArchiveError):
         parse_pax(b"99 path=x\n")
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_safe_or_refused(data: bytes) -> None:
+    """A hostile archive is indexed safely or refused with an ArchiveError, nothing else."""
+    try:
+        index, _ = index_of(data)
+    except ArchiveError:
+        return
+    for entry in index.entries:
+        assert normalize_name(entry.path) == entry.path
+        assert entry.size >= 0 and entry.offset >= 0
+        if entry.kind is EntryKind.FILE:
+            assert entry.offset + entry.size <= len(data)
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    assert_safe_or_refused(data)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_damaged_archives(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "d").mkdir(exist_ok=True)
+    (root / "d" / "f.bin").write_bytes(b"x" * 700)
+    (root / ("é" * 60)).write_bytes(b"pax name")
+    members = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*"))]
+    archive = bytearray(go_tar(members))
+    for _ in range(data.draw(st.integers(1, 8))):
+        position = data.draw(st.integers(0, len(archive) - 1))
+        archive[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(archive)))
+    assert_safe_or_refused(bytes(archive[:cut]))
