@@ -24,7 +24,8 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+
+from tests.threaded_servers import ServedInThreads
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9+._-]+:[a-zA-Z0-9=_-]+)$")
@@ -38,7 +39,7 @@ class Grant:
     authorization: str | None
 
 
-class RedirectingProxy:
+class RedirectingProxy(ServedInThreads):
     """A forwarding proxy on 127.0.0.1 in front of ``upstream`` (plain-HTTP ``host:port``).
 
     Plain attributes, changeable while it runs: ``status`` of the redirect (307 or 302),
@@ -70,36 +71,11 @@ class RedirectingProxy:
         self.authorizations_seen: list[str] = []
         self.ranges_seen: list[str | None] = []
         self._grants: dict[str, Grant] = {}
-        self._servers = [
-            _Server(("127.0.0.1", 0), _ProxyHandler, self),
-            _Server(("127.0.0.2", 0), _StoreHandler, self),
-        ]
-        self.address = f"127.0.0.1:{self._servers[0].server_address[1]}"
-        self.store_address = f"127.0.0.2:{self._servers[1].server_address[1]}"
-        self._threads = [
-            threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-            for server in self._servers
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def __enter__(self) -> RedirectingProxy:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(5)
+        proxy = _Server(("127.0.0.1", 0), _ProxyHandler, self)
+        store = _Server(("127.0.0.2", 0), _StoreHandler, self)
+        self.address = f"127.0.0.1:{proxy.server_address[1]}"
+        self.store_address = f"127.0.0.2:{store.server_address[1]}"
+        self._serve(proxy, store)
 
     def expire_urls(self) -> None:
         """Make every URL issued so far answer 403, like a presigned URL past its expiry."""

@@ -23,13 +23,13 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.pki import CA
+from tests.threaded_servers import ServedInThreads
 
 # Distribution 2.8 accepts a token until 60 s after its exp (registry/auth/token/token.go).
 REGISTRY_LEEWAY = 60
@@ -48,7 +48,7 @@ def parse_scope(scope: str) -> tuple[str, str, list[str]] | None:
     return kind.split("(")[0], name, actions.split(",")
 
 
-class TokenIssuer:
+class TokenIssuer(ServedInThreads):
     """A token server on 127.0.0.1 with ``users`` (name → password); started on construction.
 
     Plain attributes may be changed while it runs: ``users``, ``lifetime``, ``anonymous_pull``,
@@ -91,29 +91,10 @@ class TokenIssuer:
                 {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
             ).encode()
         )
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.issuer = self
-        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
-
-    def __enter__(self) -> TokenIssuer:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.issuer = self
+        self.realm = f"http://127.0.0.1:{server.server_address[1]}/token"
+        self._serve(server)
 
     def reset(self) -> None:
         """Forget the recorded requests (not the refresh tokens)."""
