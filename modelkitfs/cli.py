@@ -10,7 +10,7 @@ from modelkitfs import __version__
 from modelkitfs.commands import run_cache_command, run_prefetch
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import mount, mount_foreground, unmount
-from modelkitfs.options import MountOptions
+from modelkitfs.options import DEFAULT_TIMEOUT, MountOptions
 
 EXAMPLES = """\
 examples:
@@ -155,6 +155,14 @@ def _kit_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="try this registry mirror or pull-through cache first (repeatable; also "
         "'mirrors' in the configuration file); falls back to the registry",
+    )
+    net.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="a read that cannot be served within this fails with an I/O error rather than "
+        "hang; failed requests are retried within it (default %(default)g)",
     )
     cache = parser.add_argument_group("cache")
     _cache_dir_argument(cache)

@@ -48,7 +48,7 @@ async def serve_modelkit(
                 **sources.stats(),
             }
 
-        operations = KitOperations(kit.tree, stats)
+        operations = KitOperations(kit.tree, stats, timeout=options.timeout)
         sources.corrupt_handlers.append(operations.invalidate_blob)
         if options.prefetch != "none":
             trio.lowlevel.spawn_system_task(_fill_cache, kit.tree, options.prefetch)

@@ -8,7 +8,7 @@ from modelkitfs.blobs.budget import parse_size
 from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import parse_filters, parse_labels
-from modelkitfs.registry.transport import NetworkOptions, ssl_context
+from modelkitfs.registry.transport import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
 
 VERIFY_MODES = ("complete", "full")
 PREFETCH_MODES = ("none", "model", "all")
@@ -31,6 +31,7 @@ class MountOptions:
     allow_other: bool = False
     filters: list[str] = field(default_factory=list)  # kit unpack --filter, e.g. "model,docs"
     labels: list[str] = field(default_factory=list)  # key=value, picks from a ModelKit index
+    timeout: float = DEFAULT_TIMEOUT  # seconds before a read that cannot be served fails (EIO)
 
     def check(self) -> None:
         """Raise the error a malformed option would cause, before any mounting."""
@@ -46,6 +47,10 @@ class MountOptions:
             raise ModelKitFSError(
                 f"unknown --verify {self.verify!r}: use one of {', '.join(VERIFY_MODES)}"
             )
+        if not self.timeout > 0:
+            raise ModelKitFSError(
+                f"--timeout must be a positive number of seconds, not {self.timeout}"
+            )
         ssl_context(self.network())
 
     def network(self, registry: str | None = None) -> NetworkOptions:
@@ -59,4 +64,5 @@ class MountOptions:
             client_key=self.key,
             proxy=self.proxy,
             mirrors=tuple(dict.fromkeys(mirrors)),
+            timeout=self.timeout,
         ).with_environment()

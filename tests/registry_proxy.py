@@ -1,17 +1,33 @@
-"""A proxy of ours in front of the real registry: counts what clients download.
+"""A proxy of ours in front of the real registry: counts what clients download, and injects
+the faults of a flaky registry on demand.
 
 Every test that asserts "bytes fetched" reads the counters here, measured at the server side of
 the connection, so nothing the daemon reports about itself is trusted. It runs in a process of
 its own: a test blocked in a read that holds the GIL (safetensors does) must not stall it.
+
+Faults apply to blob GETs only (manifests and tokens pass), either the next ``count`` of them
+(:meth:`CountingProxy.inject`) or each with a probability (:meth:`CountingProxy.inject_randomly`):
+
+- ``status``: answer HTTP ``status`` (503 unless given) without asking the registry, with a
+  ``Retry-After`` header when ``retry_after`` is given;
+- ``cut``: send the headers and half the body, then drop the connection;
+- ``stall``: send the headers and half the body, then go silent for ``seconds`` and drop it;
+- ``truncate``: a well-formed response whose ``Content-Length`` and body are half of what the
+  registry sent (the connection stays usable);
+- ``wrong``: the registry's response with one byte in the middle of the body flipped.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import random
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -19,6 +35,30 @@ import httpx
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 CONTROL = "/_proxy/"
 BASE_COUNTERS = ("blob_bytes", "blob_requests", "manifest_requests")
+FAULT_KINDS = ("status", "cut", "stall", "truncate", "wrong")
+
+
+@dataclass
+class Fault:
+    kind: str
+    status: int = 503
+    retry_after: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class FaultPlan:
+    queue: list[Fault] = field(default_factory=list)  # the next blob GETs, in order
+    rate: float = 0.0  # then: the chance of a fault on each blob GET
+    mix: list[Fault] = field(default_factory=list)  # ... drawn from these
+    random: random.Random = field(default_factory=random.Random)
+
+    def next(self) -> Fault | None:
+        if self.queue:
+            return self.queue.pop(0)
+        if self.mix and self.random.random() < self.rate:
+            return self.random.choice(self.mix)
+        return None
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -29,11 +69,38 @@ class ProxyServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.counters = dict.fromkeys(BASE_COUNTERS, 0)
         self.corrupt: set[str] = set()  # blob digests served with a flipped first byte
+        self.faults = FaultPlan()
         super().__init__(("127.0.0.1", 0), Handler)
 
     def count(self, key: str, n: int) -> None:
         with self.lock:
             self.counters[key] = self.counters.get(key, 0) + n
+
+    def next_fault(self) -> Fault | None:
+        with self.lock:
+            fault = self.faults.next()
+            if fault is not None:
+                key = f"fault:{fault.kind}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+            return fault
+
+    def plan(self, query: dict[str, str]) -> None:
+        fault = Fault(
+            query.get("kind", "status"),
+            int(query.get("status", 503)),
+            query.get("retry_after", ""),
+            float(query.get("seconds", 0)),
+        )
+        with self.lock:
+            if "rate" in query:
+                kinds = query["kind"].split(",")
+                self.faults.mix = [
+                    Fault(k, fault.status, fault.retry_after, fault.seconds) for k in kinds
+                ]
+                self.faults.rate = float(query["rate"])
+                self.faults.random.seed(int(query.get("seed", 0)))
+            else:
+                self.faults.queue += [fault] * int(query.get("count", 1))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,51 +120,95 @@ class Handler(BaseHTTPRequestHandler):
         self._forward("HEAD")
 
     def _control(self) -> None:
-        if self.path.startswith(CONTROL + "corrupt/"):
-            self.server.corrupt.add(self.path.rsplit("/", 1)[1])
-        elif self.path == CONTROL + "heal":
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if url.path.startswith(CONTROL + "corrupt/"):
+            self.server.corrupt.add(url.path.rsplit("/", 1)[1])
+        elif url.path == CONTROL + "faults":
+            self.server.plan(query)
+        elif url.path == CONTROL + "heal":
             self.server.corrupt.clear()
-        elif self.path == CONTROL + "reset":
+            with self.server.lock:
+                self.server.faults = FaultPlan()
+        elif url.path == CONTROL + "reset":
             with self.server.lock:
                 self.server.counters = dict.fromkeys(BASE_COUNTERS, 0)
         with self.server.lock:
             body = json.dumps(self.server.counters).encode()
-        self.send_response(200)
+        self._reply(200, body)
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def _forward(self, method: str) -> None:
+        is_blob = "/blobs/" in self.path and method == "GET"
+        self.server.count("blob_requests", is_blob)
+        self.server.count("manifest_requests", "/manifests/" in self.path)
+        fault = self.server.next_fault() if is_blob else None
+        if fault is not None and fault.kind == "status":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._reply(fault.status, b'{"errors":[{"code":"UNAVAILABLE"}]}', headers)
+            return
         host, port = self.server.upstream.rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         connection.request(method, self.path, headers=headers)
         response = connection.getresponse()
-        is_blob = "/blobs/" in self.path and method == "GET"
-        self.server.count("blob_requests", is_blob)
-        self.server.count("manifest_requests", "/manifests/" in self.path)
+        if fault is not None and response.status not in (200, 206):
+            fault = None  # only bodies of blob bytes are damaged
+        body = response.read() if fault is not None else b""
         self.send_response(response.status)
         for key, value in response.getheaders():
-            if key.lower() not in HOP_HEADERS:
-                self.send_header(key, value)
+            if key.lower() in HOP_HEADERS:
+                continue
+            if key.lower() == "content-length" and fault is not None and fault.kind == "truncate":
+                value = str(len(body) // 2)
+            self.send_header(key, value)
         self.end_headers()
-        corrupt = is_blob and self.path.rsplit("/", 1)[1] in self.server.corrupt
+        digest = self.path.rsplit("/", 1)[1]
         try:
+            if fault is not None:
+                self._send_faulty(fault, body, digest)
+                return
+            corrupt = is_blob and digest in self.server.corrupt
             while chunk := response.read(1 << 20):
                 if corrupt and response.status in (200, 206):
                     chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
-                self.wfile.write(chunk)
-                if is_blob:
-                    self.server.count("blob_bytes", len(chunk))
-                    self.server.count("blob:" + self.path.rsplit("/", 1)[1], len(chunk))
+                self._send_body(chunk, is_blob, digest)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
             connection.close()
 
+    def _send_body(self, chunk: bytes, is_blob: bool, digest: str) -> None:
+        self.wfile.write(chunk)
+        if is_blob:
+            self.server.count("blob_bytes", len(chunk))
+            self.server.count("blob:" + digest, len(chunk))
+
+    def _send_faulty(self, fault: Fault, body: bytes, digest: str) -> None:
+        half = len(body) // 2
+        if fault.kind == "wrong" and body:
+            self._send_body(
+                body[:half] + bytes([body[half] ^ 0xFF]) + body[half + 1 :], True, digest
+            )
+            return
+        self._send_body(body[:half], True, digest)
+        if fault.kind == "truncate":
+            return
+        self.wfile.flush()
+        if fault.kind == "stall":
+            time.sleep(fault.seconds)
+        self.close_connection = True
+
 
 class CountingProxy:
-    """Starts the proxy process and reads its counters."""
+    """Starts the proxy process, reads its counters and plans its faults."""
 
     def __init__(self, upstream: str) -> None:
         self.process = subprocess.Popen(
@@ -109,11 +220,15 @@ class CountingProxy:
         self.address = self.process.stdout.readline().strip()
         self._http = httpx.Client(base_url=f"http://{self.address}", timeout=10)
 
-    def _counters(self, action: str = "stats") -> dict[str, int]:
-        return self._http.get(CONTROL + action).json()
+    def _counters(self, action: str = "stats", **query: object) -> dict[str, int]:
+        return self._http.get(CONTROL + action, params={k: str(v) for k, v in query.items()}).json()
 
     def reset(self) -> None:
         self._counters("reset")
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self._counters()
 
     @property
     def blob_bytes(self) -> int:
@@ -127,8 +242,25 @@ class CountingProxy:
         """Serve ``digest`` with a wrong first byte in every response, until :meth:`heal`."""
         self._counters(f"corrupt/{digest}")
 
+    def inject(self, kind: str, count: int = 1, **params: object) -> None:
+        """Give the next ``count`` blob GETs fault ``kind`` (see the module docstring)."""
+        assert kind in FAULT_KINDS, kind
+        self._counters("faults", kind=kind, count=count, **params)
+
+    def inject_randomly(
+        self, kinds: list[str], rate: float, seed: int = 0, **params: object
+    ) -> None:
+        """From now on, each blob GET gets one of ``kinds`` with probability ``rate``."""
+        assert set(kinds) <= set(FAULT_KINDS), kinds
+        self._counters("faults", kind=",".join(kinds), rate=rate, seed=seed, **params)
+
     def heal(self) -> None:
+        """Stop every fault and corruption."""
         self._counters("heal")
+
+    @property
+    def faults_injected(self) -> dict[str, int]:
+        return {k[6:]: v for k, v in self._counters().items() if k.startswith("fault:")}
 
     @property
     def blobs_fetched(self) -> set[str]:

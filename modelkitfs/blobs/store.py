@@ -43,6 +43,7 @@ VERIFIED_RECORD = "verified.v1.json"
 UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
 LOCK_POLL_MAX = 0.1
 WRITE_BEHIND = 32  # blocks waiting for their disk write, per store
+DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
 
 
 @dataclass
@@ -351,10 +352,22 @@ class BlobStore:
             return  # another process cached it meanwhile
         unwritten = set(locks.held)
         try:
-            last = max(unwritten)
-            hashes = await self._known_hashes(digest)
-            start = first * self.block_size
-            end = min((last + 1) * self.block_size, size)
+            blocks = await self._download(digest, size, first, max(unwritten))
+            for index, block in enumerate(blocks, first):
+                self.stats.downloaded_blocks += 1
+                await self.put_block(digest, index, block, lock=locks, size=size)
+                unwritten.discard(index)  # its lock went along, released once on disk
+        finally:
+            for index in unwritten:
+                locks.release(index)
+
+    async def _download(self, digest: str, size: int, first: int, last: int) -> list[bytes]:
+        """Blocks ``first`` to ``last`` from the registry. Of a blob verified before, each is
+        checked against its hash, and fetched again when wrong (a glitch of the registry or
+        of a proxy), up to ``DOWNLOAD_ATTEMPTS`` times: wrong bytes are never kept."""
+        hashes = await self._known_hashes(digest) or []
+        start, end = first * self.block_size, min((last + 1) * self.block_size, size)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             data = await self.client.get_range(self.repository, digest, start, end)
             # Copied out, and the part let go at once: blocks of one size reuse freed memory,
             # while views would keep whole parts of varying sizes alive (measured streaming:
@@ -363,20 +376,26 @@ class BlobStore:
                 step = self.block_size
                 blocks = [bytes(view[i : i + step]) for i in range(0, len(view), step)]
             del data
-            for index, block in enumerate(blocks, first):
-                expected = hashes[index] if hashes and index < len(hashes) else None
-                if expected is not None and hashlib.sha256(block).hexdigest() != expected:
-                    raise DigestMismatch(
-                        f"block {index} of blob {digest} from {self.client.registry} differs "
-                        "from the bytes verified before: the registry or a proxy served wrong "
-                        "bytes; try again or report it to the registry owner"
-                    )
-                self.stats.downloaded_blocks += 1
-                await self.put_block(digest, index, block, lock=locks, size=size)
-                unwritten.discard(index)  # its lock went along, released once on disk
-        finally:
-            for index in unwritten:
-                locks.release(index)
+            wrong = [
+                index
+                for index, block in enumerate(blocks, first)
+                if index < len(hashes) and hashlib.sha256(block).hexdigest() != hashes[index]
+            ]
+            if not wrong:
+                return blocks
+            log.warning(
+                "block %d of blob %s came with bytes that differ from those verified before "
+                "(attempt %d of %d)",
+                wrong[0],
+                digest,
+                attempt,
+                DOWNLOAD_ATTEMPTS,
+            )
+        raise DigestMismatch(
+            f"block {wrong[0]} of blob {digest} from {self.client.registry} differs from the "
+            f"bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a proxy serves "
+            "wrong bytes; try again later or report it to the registry owner"
+        )
 
     async def _claim(self, digest: str, first: int, last: int) -> BlockLocks | None:
         """Download locks of block ``first`` and of the absent blocks after it up to ``last``,

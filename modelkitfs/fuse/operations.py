@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import outcome
 import pyfuse3
 import trio
 
@@ -29,15 +30,20 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 assert ROOT_INODE == pyfuse3.ROOT_INODE
 
+T = TypeVar("T")
+
 
 class KitOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, tree: KitTree, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, tree: KitTree, stats: Callable[[], dict[str, Any]], *, timeout: float
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.stats = stats
+        self.timeout = timeout  # seconds an operation may take before it fails with EIO
         self.uid, self.gid = os.getuid(), os.getgid()
         self.time_ns = time.time_ns()
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
@@ -73,10 +79,30 @@ class KitOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    async def _guard(self, what: str, coroutine: Any) -> Any:
-        """Await a tree operation; turn failures into EIO with the reason in the log."""
+    async def _guard(self, what: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a tree operation within the read deadline; failures become EIO with the reason
+        in the log. The operation runs in a task of its own that a deadline does not cancel:
+        downloads and indexes it started are shared with other readers, and what it fetches
+        after the deadline is cached for the next read."""
+        done = trio.Event()
+        result: list[outcome.Outcome[T]] = []
+
+        async def run() -> None:
+            result.append(await outcome.acapture(function, *args))
+            done.set()
+
+        trio.lowlevel.spawn_system_task(run)
+        with trio.move_on_after(self.timeout):
+            await done.wait()
+        if not result:
+            log.error(
+                "%s failed: not served within %g s (--timeout); it goes on in the background",
+                what,
+                self.timeout,
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
         try:
-            return await coroutine
+            return result[0].unwrap()
         except ModelKitFSError as exc:
             log.error("%s failed: %s", what, exc)
         except Exception:
@@ -91,7 +117,7 @@ class KitOperations(pyfuse3.Operations):
         if name == b"..":
             return self._attributes(self.tree.parent(self._node(parent_inode)))
         decoded = os.fsdecode(name)
-        node = await self._guard(f"lookup of {decoded!r}", self.tree.lookup(parent_inode, decoded))
+        node = await self._guard(f"lookup of {decoded!r}", self.tree.lookup, parent_inode, decoded)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attributes(node)
@@ -100,7 +126,7 @@ class KitOperations(pyfuse3.Operations):
         return self._attributes(self._node(inode))
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        directory = await self._guard("listing", self.tree.listing(inode))
+        directory = await self._guard("listing", self.tree.listing, inode)
         if directory is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not directory.is_dir:
@@ -132,7 +158,7 @@ class KitOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
-        return await self._guard(f"read of {node.path!r}", self.tree.read(node, off, size))
+        return await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
 
     async def release(self, fh: int) -> None:
         pass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,7 +20,8 @@ import trio
 from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
 from modelkitfs.registry.auth import Authenticator, login_hint
 from modelkitfs.registry.credentials import Credential, find_credential
-from modelkitfs.registry.ranges import RangeFetcher
+from modelkitfs.registry.ranges import RangeFetcher, RangeResult
+from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retry_after_seconds
 from modelkitfs.registry.transport import (
     NetworkOptions,
     blocking_ssl_context,
@@ -41,7 +41,6 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-RETRIES = 4
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MIRROR_RETRY_AFTER = 60.0
 # Registries whose API lives on another host than their name (Docker Hub).
@@ -113,7 +112,9 @@ class RegistryClient:
         self._http = make_http_client(self.options, max_in_flight * 2)
         # Blob bytes through blocking connections in threads, unless a proxy is in play.
         self._ranges = (
-            None if uses_proxy(self.options) else RangeFetcher(blocking_ssl_context(self.options))
+            None
+            if uses_proxy(self.options)
+            else RangeFetcher(blocking_ssl_context(self.options), self.options.stall_timeout)
         )
         self._threads = trio.CapacityLimiter(max_in_flight)
 
@@ -155,7 +156,7 @@ class RegistryClient:
         what = f"blob {digest} of {self.registry}/{repository}"
 
         async def fetch(base: str) -> bytes:
-            retries = RETRIES if base == self.base_url else 1  # a failing mirror: next, at once
+            retries = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
             return await self._range_with_retries(
                 base, repository, digest, start, end, what, retries
             )
@@ -168,36 +169,46 @@ class RegistryClient:
     async def _range_with_retries(
         self, base: str, repository: str, digest: str, start: int, end: int, what: str, retries: int
     ) -> bytes:
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        for attempt in range(retries):
-            data, resolving = await self._via_redirect(digest, headers, what, start, end)
-            if data is not None:
-                return data
-            url = self._url(base, f"/v2/{repository}/blobs/{digest}")
+        """The range, retried within the request's budget; a transfer cut short resumes from
+        the first byte it lacks."""
+        budget = RetryBudget(self.options.timeout, retries)
+        pieces: list[bytes] = []
+        position = start
+        while True:
+            headers = {"Range": f"bytes={position}-{end - 1}"}
+            data, resolving = await self._via_redirect(digest, headers, what, position, end)
             try:
-                return await self._read_range(url, repository, headers, what, start, end, digest)
+                if data is None:
+                    url = self._url(base, f"/v2/{repository}/blobs/{digest}")
+                    data = await self._read_range(
+                        url, repository, headers, what, position, end, digest
+                    )
+                pieces.append(data)
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             except (httpx.TransportError, _Retryable) as exc:
-                if attempt == retries - 1:
-                    if isinstance(exc, httpx.ConnectError):
-                        message = describe_failure(_host(url), exc, self.plain_http)
-                    else:
-                        message = f"reading {what} failed after {retries} attempts: {describe(exc)}"
-                    raise RegistryError(message) from exc
-                delay = _backoff(attempt)
-                log.warning(
-                    "range %d-%d of %s failed (%s); retrying in %.1fs",
-                    start,
-                    end,
-                    digest,
-                    describe(exc),
-                    delay,
-                )
-                await trio.sleep(delay)
+                failure = exc
+                if isinstance(exc, _Partial) and exc.data:
+                    pieces.append(exc.data)
+                    position += len(exc.data)
             finally:
                 if resolving is not None:
                     del self._resolving[digest]
                     resolving.set()
-        raise AssertionError("unreachable")
+            retry_after = failure.retry_after if isinstance(failure, _Retryable) else None
+            if not await budget.pause(retry_after):
+                if isinstance(failure, httpx.ConnectError):
+                    message = describe_failure(_host(base), failure, self.plain_http)
+                else:
+                    message = f"reading {what} failed ({describe(failure)}); {budget.refusal}"
+                raise RegistryError(message) from failure
+            log.warning(
+                "range %d-%d of %s: %s; retrying (attempt %d)",
+                position,
+                end,
+                digest,
+                describe(failure),
+                budget.made,
+            )
 
     async def _via_redirect(
         self, digest: str, headers: dict[str, str], what: str, start: int, end: int
@@ -232,14 +243,16 @@ class RegistryClient:
         end: int,
         digest: str | None = None,
     ) -> bytes:
-        """One range request; ``repository`` None for a URL outside the registry (no auth)."""
+        """One range request; ``repository`` None for a URL outside the registry (no auth).
+        Raises :class:`_Partial` with the bytes that came when the body stopped short."""
         async with self._limiter:
             if self._ranges is not None:
-                status, final_url, data = await self._range_in_thread(
-                    url, repository, headers, start, end
-                )
+                result = await self._range_in_thread(url, repository, headers, start, end)
+                status, final_url, data = result.status, result.url, result.data
                 if status not in (200, 206):
-                    self._raise_for_status(status, what)
+                    self._raise_for_status(status, what, result.retry_after)
+                if result.broken:
+                    raise _Partial(f"{what}: {result.broken}", data)
             else:
                 status, final_url, data = await self._range_with_httpx(
                     url, repository, headers, what, start, end
@@ -247,12 +260,12 @@ class RegistryClient:
         if digest is not None and _host(final_url) != _host(url):
             self._redirects[digest] = final_url
         if len(data) != end - start:
-            raise _Retryable(f"short read: got {len(data)} of {end - start} bytes")
+            raise _Partial(f"{what}: short read of {len(data)} of {end - start} bytes", data)
         return data
 
     async def _range_in_thread(
         self, url: str, repository: str | None, headers: dict[str, str], start: int, end: int
-    ) -> tuple[int, str, bytes]:
+    ) -> RangeResult:
         assert self._ranges is not None
         scope = f"repository:{repository}:pull"
         auth = self._authenticator(url) if repository is not None else None
@@ -266,7 +279,7 @@ class RegistryClient:
             except (OSError, http.client.HTTPException) as exc:
                 raise httpx.ReadError(describe(exc)) from exc  # retried like any transport error
             if result.status != 401 or auth is None:
-                return result.status, result.url, result.data
+                return result
             if attempt == 1:
                 raise auth.refused(scope)
             await auth.authenticate(self._http, result.challenge, scope)
@@ -294,7 +307,9 @@ class RegistryClient:
                 data = await _slice_stream(response, start, end)
             else:
                 await response.aread()
-                self._raise_for_status(response.status_code, what)
+                self._raise_for_status(
+                    response.status_code, what, response.headers.get("Retry-After", "")
+                )
         finally:
             await response.aclose()
         return response.status_code, str(response.url), data
@@ -321,22 +336,23 @@ class RegistryClient:
     async def _request(
         self, method: str, url: str, repository: str, headers: dict[str, str], what: str
     ) -> httpx.Response:
-        for attempt in range(RETRIES):
+        budget = RetryBudget(self.options.timeout)
+        while True:
+            retry_after = None
             try:
                 async with self._limiter:
                     response = await self._send(method, url, repository, headers, stream=False)
             except httpx.TransportError as exc:
-                if attempt == RETRIES - 1 or isinstance(exc, httpx.ConnectError):
+                if isinstance(exc, httpx.ConnectError) or not await budget.pause():
                     raise RegistryError(describe_failure(_host(url), exc, self.plain_http)) from exc
-                await trio.sleep(_backoff(attempt))
                 continue
-            if response.status_code in RETRYABLE_STATUS and attempt < RETRIES - 1:
-                await trio.sleep(_backoff(attempt))
-                continue
+            if response.status_code in RETRYABLE_STATUS:
+                retry_after = retry_after_seconds(response.headers.get("Retry-After", ""))
+                if await budget.pause(retry_after):
+                    continue
             if response.status_code != 200:
-                self._raise_for_status(response.status_code, what)
+                self._raise_for_status(response.status_code, what, retry_after)
             return response
-        raise AssertionError("unreachable")
 
     def _authenticator(self, url: str) -> Authenticator:
         host = _host(url)
@@ -391,7 +407,9 @@ class RegistryClient:
                 return response
         raise RegistryError(f"registry {self.registry} redirected more than 5 times")
 
-    def _raise_for_status(self, status: int, what: str) -> None:
+    def _raise_for_status(
+        self, status: int, what: str, retry_after: str | float | None = None
+    ) -> None:
         if status == 404:
             raise NotFound(
                 f"{what} not found (HTTP 404): check the repository and tag, e.g. with "
@@ -402,15 +420,31 @@ class RegistryClient:
                 f"access to {what} denied (HTTP {status}): {login_hint(self.registry)}"
             )
         if status in RETRYABLE_STATUS:
+            if isinstance(retry_after, str):
+                retry_after = retry_after_seconds(retry_after)
             raise _Retryable(
                 f"registry {self.registry} answered HTTP {status} for {what}: it may be "
-                "overloaded or failing; try again later"
+                "overloaded or failing; try again later",
+                retry_after,
             )
         raise RegistryError(f"registry {self.registry} answered HTTP {status} for {what}")
 
 
 class _Retryable(RegistryError):
-    """A transient failure worth another attempt."""
+    """A transient failure worth another attempt, after ``retry_after`` seconds if the server
+    said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Partial(_Retryable):
+    """A range whose body stopped short: ``data`` is what came, to resume after."""
+
+    def __init__(self, message: str, data: bytes) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes:
@@ -448,8 +482,3 @@ def _check_manifest(response: httpx.Response, identifier: str, what: str) -> Man
 
 def _host(url: str) -> str:
     return httpx.URL(url).netloc.decode("ascii")
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with jitter, capped at a few seconds."""
-    return min(0.2 * 2**attempt, 2.0) * (0.5 + random.random())

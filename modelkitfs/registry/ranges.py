@@ -30,10 +30,12 @@ class RangeResult:
     data: bytes | bytearray = b""
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
+    broken: str = ""  # why the body stopped short of the range, after ``data``
 
 
 class RangeFetcher:
-    def __init__(self, context: ssl.SSLContext, timeout: float = 60.0) -> None:
+    def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
+        """``timeout``: how long a connection may stay silent before it counts as failed."""
         self.context = context
         self.timeout = timeout
         self._local = threading.local()
@@ -52,12 +54,22 @@ class RangeFetcher:
                 url = target
                 continue
             if response.status == 206:
-                return RangeResult(206, url, _read_exactly(response, end - start))
+                if (served := response.getheader("Content-Range", "")) and not served.startswith(
+                    f"bytes {start}-"
+                ):
+                    self._discard(url, connection)
+                    return RangeResult(206, url, broken=f"it answered another range ({served})")
+                data, broken = _read_exactly(response, end - start)
+                if broken or response.length:
+                    self._discard(url, connection)
+                return RangeResult(206, url, data, broken=broken)
             if response.status == 200:  # the server ignored Range: skip to it, then hang up
-                _skip(response, start)
-                data = _read_exactly(response, end - start)
-                connection.close()
-                return RangeResult(200, url, data)
+                try:
+                    _skip(response, start)
+                    data, broken = _read_exactly(response, end - start)
+                finally:
+                    self._discard(url, connection)
+                return RangeResult(200, url, data, broken=broken)
             response.read(MAX_ERROR_BODY)
             if not response.isclosed():
                 connection.close()
@@ -80,11 +92,16 @@ class RangeFetcher:
                 connection.request("GET", target, headers=headers)
                 return connection.getresponse(), connection
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                connection.close()
-                self._pool().pop(_origin(url), None)
+                self._discard(url, connection)
                 if not reused or attempt == 1:
                     raise  # a kept-alive connection the server had closed: try a new one once
         raise AssertionError("unreachable")
+
+    def _discard(self, url: str, connection: http.client.HTTPConnection) -> None:
+        """Close a connection whose state is unknown (a body not read to its end)."""
+        connection.close()
+        if self._pool().get(_origin(url)) is connection:
+            del self._pool()[_origin(url)]
 
     def _pool(self) -> dict[str, http.client.HTTPConnection]:
         pool = getattr(self._local, "pool", None)
@@ -118,17 +135,31 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _read_exactly(response: http.client.HTTPResponse, length: int) -> bytearray:
+def _read_exactly(response: http.client.HTTPResponse, length: int) -> tuple[bytearray, str]:
+    """Up to ``length`` bytes of the body, and why it stopped short ("" when it did not): a
+    transfer cut in the middle keeps what arrived, so that it can resume from there."""
     buffer = bytearray(length)
-    done = 0
+    done, broken = 0, ""
     with memoryview(buffer) as view:
-        while done < length:
-            got = response.readinto(view[done : done + READ_CHUNK * 16])
-            if not got:
-                break
-            done += got
+        try:
+            while done < length:
+                got = response.readinto(view[done : done + READ_CHUNK * 16])
+                if not got:
+                    broken = f"the response ended after {done} of {length} bytes"
+                    break
+                done += got
+        except (OSError, http.client.HTTPException) as exc:
+            broken = f"the connection failed after {done} of {length} bytes ({_why(exc)})"
     del buffer[done:]
-    return buffer
+    return buffer, broken
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no data within the timeout"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "closed by the server"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _skip(response: http.client.HTTPResponse, count: int) -> None:

@@ -7,6 +7,7 @@ client certificate. Proxies come from ``--proxy`` or the usual ``HTTPS_PROXY``/`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from modelkitfs.errors import RegistryError
+
+DEFAULT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,20 @@ class NetworkOptions:
     client_key: str | None = None
     proxy: str | None = None
     mirrors: tuple[str, ...] = field(default_factory=tuple)  # tried in order before the origin
+    timeout: float = DEFAULT_TIMEOUT  # seconds a request may take, retries included
+
+    @property
+    def stall_timeout(self) -> float:
+        """How long a connection may stay silent before it is given up and tried again: a
+        fraction of the timeout, so that a stalled transfer still has time to resume."""
+        return min(max(self.timeout / 4, 1.0), 30.0)
 
     def with_environment(self) -> NetworkOptions:
         """Fill the client certificate from kit's environment variables when not given."""
-        return NetworkOptions(
-            self.plain_http,
-            self.tls_verify,
-            self.tls_cert,
-            self.client_cert or os.environ.get("KITOPS_CLIENT_CERT") or None,
-            self.client_key or os.environ.get("KITOPS_CLIENT_KEY") or None,
-            self.proxy,
-            self.mirrors,
+        return dataclasses.replace(
+            self,
+            client_cert=self.client_cert or os.environ.get("KITOPS_CLIENT_CERT") or None,
+            client_key=self.client_key or os.environ.get("KITOPS_CLIENT_KEY") or None,
         )
 
 
@@ -105,7 +111,7 @@ def make_http_client(options: NetworkOptions, max_connections: int) -> httpx.Asy
     return httpx.AsyncClient(
         verify=ssl_context(options),
         proxy=options.proxy,
-        timeout=httpx.Timeout(60.0, connect=10.0),
+        timeout=httpx.Timeout(options.stall_timeout, connect=min(10.0, options.stall_timeout)),
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
