@@ -3,6 +3,7 @@ of it, test ModelKits built in kit's exact format, and real FUSE mounts."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -83,6 +84,23 @@ def assert_same_tree(
         if stat.S_ISREG(original.st_mode):
             assert mounted.st_size == original.st_size, name
             assert (mountpoint / name).read_bytes() == (source / name).read_bytes(), name
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"modelkitfs.daemon" in command and str(mountpoint).encode() in command:
+                return int(entry.name)
+    raise AssertionError(f"no daemon serves {mountpoint}")
+
+
+def mount_stats(mountpoint: Path) -> dict[str, Any]:
+    """What the daemon serving ``mountpoint`` reports of itself."""
+    return json.loads(os.getxattr(mountpoint, "user.modelkitfs.stats"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ Faults apply to blob GETs only (manifests and tokens pass), either the next ``co
 - ``status``: answer HTTP ``status`` (503 unless given) without asking the registry, with a
   ``Retry-After`` header when ``retry_after`` is given;
 - ``cut``: send the headers and half the body, then drop the connection;
-- ``stall``: send the headers and half the body, then go silent for ``seconds`` and drop it;
+- ``stall``: send the headers, then go silent for ``seconds`` and drop the connection;
 - ``truncate``: a well-formed response whose ``Content-Length`` and body are half of what the
   registry sent (the connection stays usable);
 - ``wrong``: the registry's response with one byte in the middle of the body flipped.
@@ -194,17 +194,15 @@ class Handler(BaseHTTPRequestHandler):
     def _send_faulty(self, fault: Fault, body: bytes, digest: str) -> None:
         half = len(body) // 2
         if fault.kind == "wrong" and body:
-            self._send_body(
-                body[:half] + bytes([body[half] ^ 0xFF]) + body[half + 1 :], True, digest
-            )
-            return
-        self._send_body(body[:half], True, digest)
-        if fault.kind == "truncate":
-            return
-        self.wfile.flush()
-        if fault.kind == "stall":
+            body = body[:half] + bytes([body[half] ^ 0xFF]) + body[half + 1 :]
+            self._send_body(body, True, digest)
+        elif fault.kind == "truncate":
+            self._send_body(body[:half], True, digest)
+        else:
+            self._send_body(body[:half] if fault.kind == "cut" else b"", True, digest)
+            self.wfile.flush()
             time.sleep(fault.seconds)
-        self.close_connection = True
+            self.close_connection = True
 
 
 class CountingProxy:

@@ -184,7 +184,11 @@ class BlobStore:
         return max(1, -(-size // self.block_size))
 
     async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> Buffer:
+        """One block, from memory, disk or the registry. A download that another reader
+        started and that failed is tried once more by this one (the fault may have cleared
+        since it started); one it started itself raises."""
         key = (digest, index)
+        tried_again = False
         while True:
             if (data := self._memory.get(key)) is not None:
                 self.stats.memory_hits += 1
@@ -192,7 +196,9 @@ class BlobStore:
             if (flight := self._flights.get(key)) is not None:
                 await flight.done.wait()
                 if flight.error is not None:
-                    raise flight.error
+                    if tried_again:
+                        raise flight.error
+                    tried_again = True
                 continue
             if (
                 data := (await self._load(digest, size, self._reserve(digest, index, index))).get(

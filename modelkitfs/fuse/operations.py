@@ -86,28 +86,32 @@ class KitOperations(pyfuse3.Operations):
         after the deadline is cached for the next read."""
         done = trio.Event()
         result: list[outcome.Outcome[T]] = []
+        abandoned = False
 
         async def run() -> None:
             result.append(await outcome.acapture(function, *args))
             done.set()
+            if abandoned and isinstance(result[0], outcome.Error):
+                self._log_failure(f"{what} (after its deadline)", result[0].error)
 
         trio.lowlevel.spawn_system_task(run)
         with trio.move_on_after(self.timeout):
             await done.wait()
         if not result:
-            log.error(
-                "%s failed: not served within %g s (--timeout); it goes on in the background",
-                what,
-                self.timeout,
-            )
+            abandoned = True
+            log.error("%s failed: not served within %g s (--timeout)", what, self.timeout)
             raise pyfuse3.FUSEError(errno.EIO)
-        try:
-            return result[0].unwrap()
-        except ModelKitFSError as exc:
-            log.error("%s failed: %s", what, exc)
-        except Exception:
-            log.exception("%s failed unexpectedly", what)
-        raise pyfuse3.FUSEError(errno.EIO)
+        if isinstance(result[0], outcome.Error):
+            self._log_failure(what, result[0].error)
+            raise pyfuse3.FUSEError(errno.EIO)
+        return result[0].unwrap()
+
+    @staticmethod
+    def _log_failure(what: str, error: BaseException) -> None:
+        if isinstance(error, ModelKitFSError):
+            log.error("%s failed: %s", what, error)
+        else:
+            log.error("%s failed unexpectedly", what, exc_info=error)
 
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None

@@ -141,9 +141,18 @@ class KitTree:
                 raise self._failures[i]
 
     async def _index_layer(self, i: int) -> None:
-        if (event := self._indexing.get(i)) is not None:
-            await event.wait()
+        """Index layer ``i``, or wait for the indexing under way; when that one fails, try
+        once more (it may have started before a fault cleared)."""
+        for _ in range(2):
+            if i in self._indexes:
+                return
+            if (event := self._indexing.get(i)) is not None:
+                await event.wait()
+                continue
+            await self._build_index(i)
             return
+
+    async def _build_index(self, i: int) -> None:
         self._indexing[i] = event = trio.Event()
         try:
             self._indexes[i] = await self.layers[i].archive.index()

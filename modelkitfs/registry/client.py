@@ -252,7 +252,7 @@ class RegistryClient:
                 if status not in (200, 206):
                     self._raise_for_status(status, what, result.retry_after)
                 if result.broken:
-                    raise _Partial(f"{what}: {result.broken}", data)
+                    raise _Partial(result.broken, data)
             else:
                 status, final_url, data = await self._range_with_httpx(
                     url, repository, headers, what, start, end
@@ -260,7 +260,7 @@ class RegistryClient:
         if digest is not None and _host(final_url) != _host(url):
             self._redirects[digest] = final_url
         if len(data) != end - start:
-            raise _Partial(f"{what}: short read of {len(data)} of {end - start} bytes", data)
+            raise _Partial(f"short read of {len(data)} of {end - start} bytes", data)
         return data
 
     async def _range_in_thread(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, write
+from tests.conftest import MiB, Mounts, daemon_pid, write
 from tests.kitbuilder import Artifact, build_modelkit
 
 BIG = 256 * MiB
@@ -53,18 +53,6 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def daemon_pid(mountpoint: Path) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"modelkitfs.daemon" in command and str(mountpoint).encode() in command:
-                return int(entry.name)
-    raise AssertionError(f"no daemon serves {mountpoint}")
 
 
 def running(pid: int) -> bool:

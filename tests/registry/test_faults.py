@@ -1,0 +1,167 @@
+"""A flaky registry, through the fault-injecting proxy: 5xx bursts, 429 with Retry-After,
+connections cut mid-body, stalls, truncated and wrong bodies. Reads ride out what retries can
+fix, fail with EIO in about ``--timeout`` what they cannot, and serve again once the fault
+clears, on the same mount."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from modelkitfs.blobs import DiskCache
+from tests.conftest import MiB, Mounts, mount_stats, write
+from tests.kitbuilder import build_modelkit
+from tests.registry_proxy import CountingProxy
+
+SIZE = 48 * MiB + 123
+KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
+    """A kit of one 48 MiB file: (reference, the file's bytes)."""
+    directory = tmp_path_factory.mktemp("faults")
+    data = np.random.default_rng(21).bytes(SIZE)
+    write(directory / "weights.bin", data)
+    return publish(build_modelkit(directory, KITFILE), "faults/kit"), data
+
+
+@pytest.fixture
+def faulty(proxy: CountingProxy) -> Iterator[CountingProxy]:
+    proxy.heal()
+    proxy.reset()
+    yield proxy
+    proxy.heal()
+
+
+def log_of(mounts: Mounts) -> str:
+    return (mounts.cache_dir / "logs" / "modelkitfs.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "params"),
+    [
+        ("status", 3, {"status": 503}),
+        ("status", 2, {"status": 502}),
+        ("cut", 3, {}),
+        ("truncate", 3, {}),
+        ("stall", 1, {"seconds": 6}),
+    ],
+    ids=["503", "502", "cut", "truncate", "stall"],
+)
+def test_transient_faults_are_ridden_out(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts, kind: str, count: int, params
+) -> None:
+    reference, data = kit
+    mountpoint = mounts.mount(reference, timeout=10)  # a stall is noticed after 2.5 s
+    faulty.reset()
+    faulty.inject(kind, count, **params)
+    assert (mountpoint / "weights.bin").read_bytes() == data
+    assert faulty.faults_injected == {kind: count}
+    if kind in ("cut", "truncate"):
+        # Each cut transfer resumed where it stopped: at most a few blocks' worth again.
+        assert faulty.blob_bytes <= SIZE + 4 * MiB
+    assert "retrying" in log_of(mounts)
+
+
+def test_retry_after_is_honoured(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts
+) -> None:
+    reference, data = kit
+    mountpoint = mounts.mount(reference)
+    faulty.inject("status", 1, status=429, retry_after=3)
+    started = time.monotonic()
+    with open(mountpoint / "weights.bin", "rb") as f:
+        assert f.read(MiB) == data[:MiB]
+    # Without Retry-After the first retry comes within 0.25 s.
+    assert time.monotonic() - started >= 2.9
+    assert faulty.faults_injected == {"status": 1}
+    assert (mountpoint / "weights.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("status", {"status": 503}),
+        ("stall", {"seconds": 30}),
+        ("status", {"status": 429, "retry_after": 600}),
+    ],
+    ids=["503", "stall", "429-retry-after-too-long"],
+)
+def test_a_read_that_cannot_be_served_fails_in_about_the_timeout_then_recovers(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts, kind: str, params
+) -> None:
+    reference, data = kit
+    mountpoint = mounts.mount(reference, timeout=3)
+    faulty.inject(kind, 10_000, **params)
+    started = time.monotonic()
+    with pytest.raises(OSError) as failure:
+        (mountpoint / "weights.bin").read_bytes()
+    elapsed = time.monotonic() - started
+    assert failure.value.errno == errno.EIO
+    assert elapsed < 3 * 3, f"the read took {elapsed:.1f} s to fail with --timeout 3"
+    if kind == "stall":
+        assert elapsed >= 2.5  # it did wait for the stalled connection
+    assert "weights.bin" in log_of(mounts)
+    faulty.heal()
+    # The same mount serves again, and nothing wrong was kept.
+    assert (mountpoint / "weights.bin").read_bytes() == data
+
+
+def test_wrong_bytes_of_a_verified_blob_are_fetched_again_never_kept(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts
+) -> None:
+    """Once a blob is verified its block hashes are known, so a block downloaded again (after
+    the cache was pruned) is checked on its own: wrong bytes are refetched, and never kept."""
+    reference, data = kit
+    first = mounts.mount(reference)
+    assert (
+        hashlib.sha256((first / "weights.bin").read_bytes()).digest()
+        == hashlib.sha256(data).digest()
+    )
+    deadline = time.monotonic() + 30
+    while mount_stats(first)["cache"]["verified_blobs"] < 1:
+        assert time.monotonic() < deadline, "the blob was never verified"
+        time.sleep(0.1)
+    DiskCache(mounts.cache_dir).prune(0)
+
+    mountpoint = mounts.mount(reference)
+    faulty.reset()
+    faulty.inject("wrong", 2)
+    assert (mountpoint / "weights.bin").read_bytes() == data
+    assert faulty.faults_injected == {"wrong": 2}
+    assert "differ from those verified before" in log_of(mounts)
+
+    DiskCache(mounts.cache_dir).prune(0)
+    retried = mounts.mount(reference)
+    faulty.inject("wrong", 10_000)
+    with pytest.raises(OSError) as failure:
+        (retried / "weights.bin").read_bytes()
+    assert failure.value.errno == errno.EIO
+    faulty.heal()
+    assert (retried / "weights.bin").read_bytes() == data
+    # What the cache kept is right: a new mount reads it with the network refusing everything.
+    faulty.inject("status", 10_000)
+    assert (mounts.mount(reference, timeout=3) / "weights.bin").read_bytes() == data
+
+
+def test_failures_are_reported_in_one_line(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts
+) -> None:
+    reference, _ = kit
+    mountpoint = mounts.mount(reference, timeout=2)
+    faulty.inject("status", 10_000, status=500)
+    with pytest.raises(OSError):
+        (mountpoint / "weights.bin").read_bytes()
+    time.sleep(2.5)  # the download gives up at its own deadline too
+    lines = [line for line in log_of(mounts).splitlines() if " ERROR " in line]
+    assert lines
+    assert not any("Traceback" in line for line in log_of(mounts).splitlines())
+    assert any("HTTP 500" in line and "gave up" in line for line in lines), lines
+    assert json.dumps(mount_stats(mountpoint))  # the daemon still answers
