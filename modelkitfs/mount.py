@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -26,6 +27,9 @@ from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 
 READY_TIMEOUT = 180.0
+MAX_HOLDERS_NAMED = 5
+# What a FUSE mount whose daemon died answers (the first calls after the death: ECONNABORTED).
+DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 DAEMON_ENTRY = "import sys; from modelkitfs.daemon import main; sys.exit(main())"
 
 
@@ -39,7 +43,7 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
             f"mountpoint {path} does not exist: create it with 'mkdir -p {path}'"
         ) from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in DEAD_MOUNT:
             raise MountError(
                 f"{path} is a dead mount (its daemon has stopped): clean it up with "
                 f"'modelkitfs umount {path}'"
@@ -149,11 +153,44 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
     if result.returncode == 0:
         return
     detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown error"
-    if not os.path.ismount(path) and "not connected" not in detail:
+    if not os.path.ismount(path) and not any(
+        os.strerror(code).lower() in detail.lower() for code in DEAD_MOUNT
+    ):
         raise MountError(f"{path} is not mounted")
     if "busy" in detail.lower():
+        holders = ", ".join(busy_holders(path)[:MAX_HOLDERS_NAMED]) or "a process"
         raise MountError(
-            f"{path} is busy (a process has a file open or its working directory there): close "
-            f"it, or detach now and clean up later with 'modelkitfs umount --lazy {path}'"
+            f"{path} is busy: {holders}; close them, or detach it now with 'modelkitfs umount "
+            f"--lazy {path}' (the daemon then stops once the last file is closed)"
         )
     raise MountError(f"cannot unmount {path}: {detail}")
+
+
+def busy_holders(mountpoint: str) -> list[str]:
+    """What keeps ``mountpoint`` busy, one ``pid N (command): PATH (how)`` per process: files
+    open or memory-mapped and working directories under it, as ``fuser -m`` finds them (of
+    the processes this user may look at)."""
+    inside = mountpoint.rstrip("/") + "/"
+    found: list[str] = []
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        uses: dict[str, str] = {}
+        with contextlib.suppress(OSError):
+            for name in ("cwd", "root"):
+                with contextlib.suppress(OSError):
+                    uses.setdefault(os.readlink(process / name), "working directory")
+            for link in (process / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    uses.setdefault(os.readlink(link), "open")
+            for line in (process / "maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6:
+                    uses.setdefault(fields[5], "mapped")
+        held = sorted(path for path in uses if path == mountpoint or path.startswith(inside))
+        if held:
+            with contextlib.suppress(OSError):
+                command = (process / "comm").read_text().strip()
+                paths = ", ".join(f"{path} ({uses[path]})" for path in held)
+                found.append(f"pid {process.name} ({command}): {paths}")
+    return found
