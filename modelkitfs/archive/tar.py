@@ -22,6 +22,7 @@ MIN_WINDOW = 64 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
 MAX_EXTENSION_SIZE = 1024 * 1024  # PAX records and GNU long names; real ones are tiny
 
+_HIGH_BYTES = bytes(range(128, 256))
 _KINDS = {
     b"0": EntryKind.FILE,
     b"\0": EntryKind.FILE,
@@ -61,10 +62,13 @@ def _text(field: bytes) -> str:
 def parse_header(block: bytes, offset: int) -> Header:
     """Decode one 512-byte header, checking its checksum."""
     stored = _number(block[148:156], "checksum")
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 8 * 0x20
-    if stored not in (unsigned, signed):
-        raise ArchiveError(f"corrupt tar header at offset {offset}: checksum mismatch")
+    outside = block[:148] + block[156:]
+    unsigned = sum(outside) + 8 * 0x20
+    if stored != unsigned:
+        # Some old writers summed the bytes as signed chars.
+        signed = unsigned - 256 * (len(outside) - len(outside.translate(None, _HIGH_BYTES)))
+        if stored != signed:
+            raise ArchiveError(f"corrupt tar header at offset {offset}: checksum mismatch")
     name = _text(block[0:100])
     if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX prefix field
         name = _text(block[345:500]) + "/" + name
@@ -168,7 +172,9 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
             try:
                 size = int(records["size"])
             except ValueError:
-                raise ArchiveError(f"corrupt PAX size for {name!r}") from None
+                size = -1
+            if size < 0:
+                raise ArchiveError(f"corrupt PAX size {records['size']!r} for {name!r}")
         pax, long_name, long_link = {}, None, None
         kind = _KINDS.get(header.typeflag)
         has_data = kind is EntryKind.FILE or header.typeflag not in _KINDS
@@ -176,9 +182,14 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
             raise ArchiveError(f"tar archive truncated inside {name!r}")
         path = normalize_name(name)
         if kind is None:
-            log.warning("skipping %r: unsupported tar entry type %r", name, header.typeflag)
+            log.warning(
+                "layer %s: skipping %r: unsupported tar entry type %r",
+                source.digest,
+                name,
+                header.typeflag,
+            )
         elif path is None:
-            log.warning("skipping %r: its path leaves the layer", name)
+            log.warning("layer %s: skipping %r: its path leaves the layer", source.digest, name)
         else:
             entries.append(
                 Entry(

@@ -34,6 +34,10 @@ _SECTIONS = {
 }
 
 
+LIST_SECTIONS = ("code", "docs", "prompts", "mcpServers")
+ENTRY_STRINGS = ("path", "name", "digest", "diffId")
+
+
 @dataclass(frozen=True)
 class KitfileEntry:
     """A Kitfile entry that has a layer."""
@@ -71,36 +75,62 @@ def is_modelkit_reference(path: str) -> bool:
 
 
 def kitfile_entries(kitfile: dict[str, Any]) -> list[KitfileEntry]:
-    """The entries that have layers, in the order kit unpacks them."""
-    model = kitfile.get("model") if isinstance(kitfile.get("model"), dict) else None
+    """The entries that have layers, in the order kit unpacks them. A config whose sections
+    have the wrong JSON types is refused, as kit's decoder refuses it."""
+    model = _typed(kitfile, "model", dict)
     sections: list[tuple[str, list[Any]]] = [
         ("model", [model] if model and model.get("path") else []),
-        ("parts", list((model or {}).get("parts") or [])),
-        ("datasets", [d for d in kitfile.get("datasets") or [] if not _get(d, "remotePath")]),
-        ("code", list(kitfile.get("code") or [])),
-        ("docs", list(kitfile.get("docs") or [])),
-        ("prompts", list(kitfile.get("prompts") or [])),
-        ("mcpServers", list(kitfile.get("mcpServers") or [])),
+        ("parts", _typed(model or {}, "parts", list, "model.parts") or []),
+        (
+            "datasets",
+            [d for d in _typed(kitfile, "datasets", list) or [] if not _get(d, "remotePath")],
+        ),
+        *((section, _typed(kitfile, section, list) or []) for section in LIST_SECTIONS),
     ]
     entries = []
     for section, items in sections:
         by_name = _SECTIONS[section][2]
-        for item in items:
-            if not isinstance(item, dict):
+        for position, item in enumerate(items):
+            if item is None:
                 continue
-            path = str(item.get("path") or "")
-            if section == "model" and is_modelkit_reference(path):
+            where = section if section == "model" else f"{section}[{position}]"
+            if not isinstance(item, dict):
+                raise _malformed(where, "an object", item)
+            path, name, digest, diff_id = (
+                _typed(item, key, str, f"{where}.{key}") for key in ENTRY_STRINGS
+            )
+            if section == "model" and is_modelkit_reference(path or ""):
                 continue  # another ModelKit's model: it has no layer here
             entries.append(
                 KitfileEntry(
                     section,
-                    path,
-                    str(item.get("name") or "") if by_name else None,
-                    item.get("digest") or None,
-                    item.get("diffId") or None,
+                    path or "",
+                    (name or "") if by_name else None,
+                    digest or None,
+                    diff_id or None,
                 )
             )
     return entries
+
+
+def _typed(document: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+    """``document[key]`` when it is null or of JSON type ``kind``; else the config is refused."""
+    value = document.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise _malformed(
+        where or key, {dict: "an object", list: "a list", str: "a string"}[kind], value
+    )
+
+
+def _malformed(where: str, expected: str, value: Any) -> NotAModelKit:
+    found = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number"
+    )
+    return NotAModelKit(
+        f"the ModelKit config is not a valid Kitfile: {where} must be {expected}, not {found}; "
+        "the artifact is corrupt: pack and push it again"
+    )
 
 
 def _get(item: Any, key: str) -> Any:
