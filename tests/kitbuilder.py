@@ -51,6 +51,19 @@ class Artifact:
     def layer_bytes(self) -> int:
         return sum(len(b) for d, b in self.blobs.items() if d != sha256(self.config))
 
+    def replace_layer(self, position: int, data: bytes) -> None:
+        """Swap the bytes of the ``position``-th layer (uncompressed) for ``data``, in the
+        manifest and in the config's digests, as if kit had packed them."""
+        manifest = json.loads(self.manifest)
+        descriptor = manifest["layers"][position]
+        old = descriptor["digest"]
+        self.blobs.pop(old, None)
+        self.blobs[sha256(data)] = data
+        descriptor.update(digest=sha256(data), size=len(data))
+        self.manifest = json.dumps(manifest).encode()
+        # Uncompressed: the layer's digest is also its diffId.
+        self.replace_config(json.loads(self.config.replace(old.encode(), sha256(data).encode())))
+
     def replace_config(self, config: dict[str, Any]) -> None:
         """Swap in another config (a forged one, in tests of bad input): blob and manifest."""
         del self.blobs[sha256(self.config)]
@@ -112,6 +125,39 @@ def pax_record(key: str, value: str) -> bytes:
 
 def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
+
+
+@dataclass
+class Member:
+    """A tar member spelled out, hostile ones included."""
+
+    name: str
+    data: bytes = b""
+    typeflag: bytes = b"0"
+    mode: int = 0o644
+    linkname: str = ""
+    pax: dict[str, str] = field(default_factory=dict)
+    size: int | None = None  # what the header claims, when it lies
+
+
+def raw_tar(members: list[Member], *, end: bool = True) -> bytes:
+    """An archive with exactly these members (names outside the layer, links, devices, lying
+    sizes...), in the Go writer's framing."""
+    out = io.BytesIO()
+    for member in members:
+        if member.pax:
+            records = b"".join(pax_record(k, v) for k, v in member.pax.items())
+            out.write(_header("PaxHeaders.0/x", 0, len(records), b"x"))
+            out.write(records + _padding(len(records)))
+        size = len(member.data) if member.size is None else member.size
+        block = bytearray(_header(member.name[:100], member.mode, size, member.typeflag))
+        block[157:257] = member.linkname.encode()[:100].ljust(100, b"\0")
+        block[148:156] = b" " * 8
+        block[148:155] = _octal(sum(block), 7)
+        out.write(bytes(block) + member.data + _padding(len(member.data)))
+    if end:
+        out.write(bytes(2 * BLOCK))
+    return out.getvalue()
 
 
 def go_tar(members: list[tuple[str, Path]], uid: int = 1000) -> bytes:

@@ -202,6 +202,11 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
                 )
             )
         offset = data_offset + (_padded(size) if has_data else 0)
+    else:
+        # No end-of-archive marker: fine at a header boundary (Go's reader accepts that), not
+        # inside a header or after an extension header that describes nothing.
+        if offset < source.size or pax or long_name is not None or long_link is not None:
+            raise ArchiveError(f"tar archive truncated at offset {min(offset, source.size)}")
     log.debug("indexed %s: %d entries in %d requests", source.digest, len(entries), reader.requests)
     return LayerIndex(entries)
 
