@@ -17,7 +17,7 @@ import json
 import os
 import ssl
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,21 @@ def raw_tar(members: list[Member], *, end: bool = True) -> bytes:
     if end:
         out.write(bytes(2 * BLOCK))
     return out.getvalue()
+
+
+def empty_files_tar(names: Iterable[str]) -> bytes:
+    """An archive of empty 0644 files, fast enough for a million of them."""
+    template = bytearray(_header("", 0o644, 0, b"0"))
+    template[148:156] = b" " * 8
+    base = sum(template)
+    blocks = []
+    for name in names:
+        encoded = name.encode()
+        block = template.copy()
+        block[: len(encoded)] = encoded
+        block[148:156] = b"%06o\0 " % (base + sum(encoded))
+        blocks.append(block)
+    return b"".join(blocks) + bytes(2 * BLOCK)
 
 
 def go_tar(members: list[tuple[str, Path]], uid: int = 1000) -> bytes:

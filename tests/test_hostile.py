@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounts, daemon_pid, write
-from tests.kitbuilder import Artifact, Member, build_modelkit, raw_tar
+from tests.kitbuilder import Artifact, Member, build_modelkit, empty_files_tar, raw_tar
 
 KITFILE = {
     "manifestVersion": "1.0.0",
@@ -141,3 +141,15 @@ def test_a_broken_layer_fails_alone_with_its_reason(
     assert f"layer {digests['docs']}" in log and reason in log
     assert "Traceback" not in log
     os.kill(daemon_pid(mountpoint), 0)  # and the daemon lives on
+
+
+def test_a_layer_of_a_million_empty_files(tmp_path: Path, publish, mounts: Mounts) -> None:
+    count = 1_000_000
+    names = (f"data/d{i // 10_000}/f{i}" for i in range(count))
+    kit, _ = kit_with(tmp_path / "src", dataset=empty_files_tar(names))
+    mountpoint = mounts.mount(publish(kit, "hostile/million"))
+    assert (mountpoint / "model/weights.bin").read_bytes() == WEIGHTS  # no listing needed
+    assert len(os.listdir(mountpoint / "data")) == count // 10_000
+    assert len(os.listdir(mountpoint / "data/d42")) == 10_000
+    assert os.stat(mountpoint / "data/d99/f999999").st_size == 0
+    assert (mountpoint / "README.md").read_bytes() == b"# readme"

@@ -29,7 +29,7 @@ class EntryKind(str, enum.Enum):
     HARDLINK = "hardlink"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One archive member. ``path`` is normalised: relative, ``/``-separated, no ``.``/``..``."""
 

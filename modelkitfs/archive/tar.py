@@ -21,6 +21,9 @@ BLOCK = 512
 MIN_WINDOW = 64 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
 MAX_EXTENSION_SIZE = 1024 * 1024  # PAX records and GNU long names; real ones are tiny
+# Each entry costs about half a KiB of the daemon's memory once mounted: a layer of empty
+# files could otherwise make it take gigabytes (a million entries: about 500 MiB).
+MAX_ENTRIES = 2_000_000
 
 _HIGH_BYTES = bytes(range(128, 256))
 _KINDS = {
@@ -191,6 +194,12 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
         elif path is None:
             log.warning("layer %s: skipping %r: its path leaves the layer", source.digest, name)
         else:
+            if len(entries) == MAX_ENTRIES:
+                raise ArchiveError(
+                    f"tar archive has more than {MAX_ENTRIES:,} entries: refusing to index it "
+                    "(mounted, it would take gigabytes of memory); split the dataset into "
+                    "several Kitfile entries or pack it as one archive file"
+                )
             entries.append(
                 Entry(
                     path,

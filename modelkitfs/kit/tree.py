@@ -14,6 +14,7 @@ import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import trio
 
@@ -27,6 +28,9 @@ IMPLICIT_DIR_MODE = 0o755
 KITFILE_MODE = 0o644
 
 
+NO_CHILDREN: dict[str, int] = MappingProxyType({})  # type: ignore[assignment]
+
+
 @dataclass
 class TreeLayer:
     """A layer in extraction order, with the cleaned path of its Kitfile entry ("" for ".")
@@ -38,16 +42,22 @@ class TreeLayer:
     prefix: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
+    """A file or directory of the mount. Slotted, and only directories hold a child table: a
+    layer may hold a million entries."""
+
     inode: int
     path: str
     mode: int  # full st_mode, type bits included
     size: int = 0
-    children: dict[str, int] = field(default_factory=dict)
     layer: TreeLayer | None = None
     offset: int = 0
     content: bytes | None = None
+    children: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = {} if self.is_dir else NO_CHILDREN
 
     @property
     def is_dir(self) -> bool:
@@ -182,7 +192,6 @@ class KitTree:
                 for entry in index.entries:
                     self._apply(nodes, layer, entry)
         for path, node in nodes.items():
-            node.children.clear()
             if path:
                 parent = path.rpartition("/")[0]
                 nodes[parent].children[path.rpartition("/")[2]] = node.inode

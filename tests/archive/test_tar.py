@@ -11,11 +11,11 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelkitfs.archive import EntryKind, LayerIndex
+from modelkitfs.archive import EntryKind, LayerIndex, tar
 from modelkitfs.archive.index import normalize_name
 from modelkitfs.archive.tar import build_tar_index, parse_pax
 from modelkitfs.errors import ArchiveError
-from tests.kitbuilder import go_tar, other_tar, pax_record
+from tests.kitbuilder import empty_files_tar, go_tar, other_tar, pax_record
 
 
 class BytesSource:
@@ -202,3 +202,10 @@ def test_fuzz_damaged_archives(
         archive[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(archive)))
     assert_safe_or_refused(bytes(archive[:cut]))
+
+
+def test_too_many_entries_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tar, "MAX_ENTRIES", 10)
+    assert len(index_of(empty_files_tar(f"f{i}" for i in range(10)))[0].entries) == 10
+    with pytest.raises(ArchiveError, match="more than 10 entries"):
+        index_of(empty_files_tar(f"f{i}" for i in range(11)))
