@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,6 +47,8 @@ async def serve_modelkit(
                 "manifest": kit.manifest_digest,
                 "kit_bytes": kit.tree.total_size,
                 **sources.stats(),
+                **_task_counts(),
+                "threads": threading.active_count(),
             }
 
         operations = KitOperations(kit.tree, stats, timeout=options.timeout)
@@ -67,6 +70,23 @@ async def serve_modelkit(
         finally:
             await kit.tree.aclose()
         log.info("unmounted %s; fetched %d blob bytes", mountpoint, sources.fetched_bytes)
+
+
+def _tasks(task: trio.lowlevel.Task) -> list[str]:
+    """Names of the tasks alive under ``task``, itself included."""
+    names = [task.name]
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            names += _tasks(child)
+    return names
+
+
+def _task_counts() -> dict[str, int]:
+    """Tasks alive: pyfuse3's request workers (a pool it grows under load, up to its maximum,
+    and keeps), and all others, a figure that must come back down once the load is gone."""
+    names = _tasks(trio.lowlevel.current_root_task())
+    workers = sum(1 for name in names if name.startswith("pyfuse-"))
+    return {"tasks": len(names) - workers, "fuse_workers": workers}
 
 
 async def _fill_cache(tree: KitTree, which: str) -> None:

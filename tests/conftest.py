@@ -154,8 +154,7 @@ class Mounts:
         mountpoint.mkdir()
         mount_options = MountOptions(
             cache_dir=str(cache_dir or self.cache_dir),
-            log_level="debug",
-            **{"plain_http": True, **options},
+            **{"plain_http": True, "log_level": "debug", **options},
         )
         reference = repo_tag if registry == "" else f"{registry or self.proxy.address}/{repo_tag}"
         mount(reference, mountpoint, mount_options)
