@@ -14,11 +14,15 @@ Faults apply to blob GETs only (manifests and tokens pass), either the next ``co
 - ``stall``: send the headers, then go silent for ``seconds`` and drop the connection;
 - ``truncate``: a well-formed response whose ``Content-Length`` and body are half of what the
   registry sent (the connection stays usable);
-- ``wrong``: the registry's response with one byte in the middle of the body flipped.
+- ``wrong``: the registry's response with one byte in the middle of the body flipped;
+- ``bloat``: the registry's response followed by ``size`` bytes of white space (JSON still).
+
+``target="manifest"`` aims a fault at manifest GETs instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import random
@@ -35,7 +39,7 @@ import httpx
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 CONTROL = "/_proxy/"
 BASE_COUNTERS = ("blob_bytes", "blob_requests", "manifest_requests")
-FAULT_KINDS = ("status", "cut", "stall", "truncate", "wrong")
+FAULT_KINDS = ("status", "cut", "stall", "truncate", "wrong", "bloat")
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Fault:
     status: int = 503
     retry_after: str = ""
     seconds: float = 0.0
+    size: int = 0
+    target: str = "blob"
 
 
 @dataclass
@@ -53,10 +59,11 @@ class FaultPlan:
     mix: list[Fault] = field(default_factory=list)  # ... drawn from these
     random: random.Random = field(default_factory=random.Random)
 
-    def next(self) -> Fault | None:
-        if self.queue:
-            return self.queue.pop(0)
-        if self.mix and self.random.random() < self.rate:
+    def next(self, target: str) -> Fault | None:
+        for position, fault in enumerate(self.queue):
+            if fault.target == target:
+                return self.queue.pop(position)
+        if target == "blob" and self.mix and self.random.random() < self.rate:
             return self.random.choice(self.mix)
         return None
 
@@ -76,9 +83,9 @@ class ProxyServer(ThreadingHTTPServer):
         with self.lock:
             self.counters[key] = self.counters.get(key, 0) + n
 
-    def next_fault(self) -> Fault | None:
+    def next_fault(self, target: str) -> Fault | None:
         with self.lock:
-            fault = self.faults.next()
+            fault = self.faults.next(target)
             if fault is not None:
                 key = f"fault:{fault.kind}"
                 self.counters[key] = self.counters.get(key, 0) + 1
@@ -90,13 +97,13 @@ class ProxyServer(ThreadingHTTPServer):
             int(query.get("status", 503)),
             query.get("retry_after", ""),
             float(query.get("seconds", 0)),
+            int(query.get("size", 0)),
+            query.get("target", "blob"),
         )
         with self.lock:
             if "rate" in query:
                 kinds = query["kind"].split(",")
-                self.faults.mix = [
-                    Fault(k, fault.status, fault.retry_after, fault.seconds) for k in kinds
-                ]
+                self.faults.mix = [dataclasses.replace(fault, kind=k) for k in kinds]
                 self.faults.rate = float(query["rate"])
                 self.faults.random.seed(int(query.get("seed", 0)))
             else:
@@ -147,9 +154,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _forward(self, method: str) -> None:
         is_blob = "/blobs/" in self.path and method == "GET"
+        is_manifest = "/manifests/" in self.path and method == "GET"
         self.server.count("blob_requests", is_blob)
         self.server.count("manifest_requests", "/manifests/" in self.path)
-        fault = self.server.next_fault() if is_blob else None
+        target = "blob" if is_blob else "manifest" if is_manifest else ""
+        fault = self.server.next_fault(target) if target else None
         if fault is not None and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             self._reply(fault.status, b'{"errors":[{"code":"UNAVAILABLE"}]}', headers)
@@ -160,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         connection.request(method, self.path, headers=headers)
         response = connection.getresponse()
         if fault is not None and response.status not in (200, 206):
-            fault = None  # only bodies of blob bytes are damaged
+            fault = None  # only bodies of content are damaged
         body = response.read() if fault is not None else b""
         self.send_response(response.status)
         for key, value in response.getheaders():
@@ -168,12 +177,14 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             if key.lower() == "content-length" and fault is not None and fault.kind == "truncate":
                 value = str(len(body) // 2)
+            if key.lower() == "content-length" and fault is not None and fault.kind == "bloat":
+                value = str(len(body) + fault.size)
             self.send_header(key, value)
         self.end_headers()
         digest = self.path.rsplit("/", 1)[1]
         try:
             if fault is not None:
-                self._send_faulty(fault, body, digest)
+                self._send_faulty(fault, body, is_blob, digest)
                 return
             corrupt = is_blob and digest in self.server.corrupt
             while chunk := response.read(1 << 20):
@@ -191,15 +202,17 @@ class Handler(BaseHTTPRequestHandler):
             self.server.count("blob_bytes", len(chunk))
             self.server.count("blob:" + digest, len(chunk))
 
-    def _send_faulty(self, fault: Fault, body: bytes, digest: str) -> None:
+    def _send_faulty(self, fault: Fault, body: bytes, is_blob: bool, digest: str) -> None:
         half = len(body) // 2
-        if fault.kind == "wrong" and body:
+        if fault.kind == "bloat":
+            self._send_body(body + b" " * fault.size, is_blob, digest)
+        elif fault.kind == "wrong" and body:
             body = body[:half] + bytes([body[half] ^ 0xFF]) + body[half + 1 :]
-            self._send_body(body, True, digest)
+            self._send_body(body, is_blob, digest)
         elif fault.kind == "truncate":
-            self._send_body(body[:half], True, digest)
+            self._send_body(body[:half], is_blob, digest)
         else:
-            self._send_body(body[:half] if fault.kind == "cut" else b"", True, digest)
+            self._send_body(body[:half] if fault.kind == "cut" else b"", is_blob, digest)
             self.wfile.flush()
             time.sleep(fault.seconds)
             self.close_connection = True

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from modelkitfs.errors import MountError
 from tests.conftest import Mounts, daemon_pid, write
 from tests.kitbuilder import Artifact, Member, build_modelkit, empty_files_tar, raw_tar
 
@@ -153,3 +154,27 @@ def test_a_layer_of_a_million_empty_files(tmp_path: Path, publish, mounts: Mount
     assert len(os.listdir(mountpoint / "data/d42")) == 10_000
     assert os.stat(mountpoint / "data/d99/f999999").st_size == 0
     assert (mountpoint / "README.md").read_bytes() == b"# readme"
+
+
+@pytest.mark.parametrize("where", ["config", "manifest"])
+def test_enormous_documents_are_refused_unread(
+    where: str, tmp_path: Path, publish, mounts: Mounts, proxy
+) -> None:
+    write(tmp_path / "weights.bin", b"w")
+    kitfile: dict = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
+    if where == "config":
+        kitfile["package"] = {"description": "x" * (5 * 1024 * 1024)}
+    kit = build_modelkit(tmp_path, kitfile)
+    reference = publish(kit, f"hostile/enormous-{where}")
+    proxy.reset()
+    if where == "manifest":  # the registry refuses to store one: the proxy makes it so
+        proxy.inject("bloat", size=64 * 1024 * 1024, target="manifest")
+    with pytest.raises(MountError) as refused:
+        mounts.mount(reference)
+    message = str(refused.value)
+    assert "\n" not in message
+    if where == "config":
+        assert "implausibly large" in message
+        assert proxy.blob_bytes == 0  # refused from its descriptor, never fetched
+    else:
+        assert "more than 4194304 bytes" in message and "not a ModelKit" in message

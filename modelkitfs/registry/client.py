@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,7 +40,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
-MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024  # any body read whole: manifests, configs, errors
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MIRROR_RETRY_AFTER = 60.0
 # Registries whose API lives on another host than their name (Docker Hub).
@@ -377,7 +377,7 @@ class RegistryClient:
             if response.status_code != 401:
                 if not stream:
                     try:
-                        await response.aread()
+                        await _read_at_most(response, MAX_DOCUMENT_SIZE, url)
                     finally:
                         await response.aclose()
                 return response
@@ -430,6 +430,40 @@ class RegistryClient:
         raise RegistryError(f"registry {self.registry} answered HTTP {status} for {what}")
 
 
+async def _read_at_most(response: httpx.Response, limit: int, url: str) -> None:
+    """Read a document's body, refusing one over ``limit`` bytes before holding it: a hostile
+    or broken registry must not make the daemon take gigabytes."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(url, int(declared), limit)
+    response.stream = _Capped(response.stream, limit, url)
+    await response.aread()
+
+
+class _Capped(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, limit: int, url: str):
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self.stream, self.limit, self.url = stream, limit, url
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self.stream:
+            size += len(chunk)
+            if size > self.limit:
+                raise _too_large(self.url, size, self.limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _too_large(url: str, size: int, limit: int) -> RegistryError:
+    return RegistryError(
+        f"{url} sent a document of more than {limit} bytes ({size} at least): manifests and "
+        "configs are far smaller; this is not a ModelKit, or the registry is broken"
+    )
+
+
 class _Retryable(RegistryError):
     """A transient failure worth another attempt, after ``retry_after`` seconds if the server
     said so."""
@@ -463,8 +497,6 @@ async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes
 
 def _check_manifest(response: httpx.Response, identifier: str, what: str) -> Manifest:
     raw = response.content
-    if len(raw) > MAX_MANIFEST_SIZE:
-        raise RegistryError(f"manifest of {what} is larger than {MAX_MANIFEST_SIZE} bytes")
     if identifier.startswith("sha256:"):
         digest = identifier
         verify(raw, digest, f"manifest {what}")
