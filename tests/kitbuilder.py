@@ -64,10 +64,10 @@ class Artifact:
         # Uncompressed: the layer's digest is also its diffId.
         self.replace_config(json.loads(self.config.replace(old.encode(), sha256(data).encode())))
 
-    def replace_config(self, config: dict[str, Any]) -> None:
+    def replace_config(self, config: dict[str, Any] | bytes) -> None:
         """Swap in another config (a forged one, in tests of bad input): blob and manifest."""
         del self.blobs[sha256(self.config)]
-        self.config = json.dumps(config).encode()
+        self.config = config if isinstance(config, bytes) else json.dumps(config).encode()
         self.blobs[sha256(self.config)] = self.config
         manifest = json.loads(self.manifest)
         manifest["config"].update(digest=sha256(self.config), size=len(self.config))

@@ -178,3 +178,27 @@ def test_enormous_documents_are_refused_unread(
         assert proxy.blob_bytes == 0  # refused from its descriptor, never fetched
     else:
         assert "more than 4194304 bytes" in message and "not a ModelKit" in message
+
+
+@pytest.mark.parametrize(
+    ("config", "phrases"),
+    [
+        (b"manifestVersion: 1.0.0\nmodel: {path: weights.bin", ["not a JSON object"]),
+        (b'["model", "weights.bin"]', ["not a JSON object", "not an object"]),
+        (b'{"model": {"path": "weights.bin", "parts": "adapter"}}', ["model.parts must be a list"]),
+        (b'{"model": {"path": "weights.bin"}, "datasets": [{"path": 7}]}', ["datasets[0].path"]),
+    ],
+    ids=["yaml", "list", "parts-not-a-list", "path-not-a-string"],
+)
+def test_a_config_that_is_no_kitfile_is_refused(
+    config: bytes, phrases: list[str], tmp_path: Path, publish, mounts: Mounts
+) -> None:
+    write(tmp_path / "weights.bin", b"w")
+    kit = build_modelkit(tmp_path, {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}})
+    kit.replace_config(config)
+    with pytest.raises(MountError) as refused:
+        mounts.mount(publish(kit, "hostile/config"))
+    message = str(refused.value)
+    assert "\n" not in message and "Traceback" not in message
+    for phrase in phrases:
+        assert phrase in message
