@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import outcome
 import pyfuse3
 import trio
 
+from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
 
@@ -81,37 +81,14 @@ class KitOperations(pyfuse3.Operations):
 
     async def _guard(self, what: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a tree operation within the read deadline; failures become EIO with the reason
-        in the log. The operation runs in a task of its own that a deadline does not cancel:
-        downloads and indexes it started are shared with other readers, and what it fetches
-        after the deadline is cached for the next read."""
-        done = trio.Event()
-        result: list[outcome.Outcome[T]] = []
-        abandoned = False
-
-        async def run() -> None:
-            result.append(await outcome.acapture(function, *args))
-            done.set()
-            if abandoned and isinstance(result[0], outcome.Error):
-                self._log_failure(f"{what} (after its deadline)", result[0].error)
-
-        trio.lowlevel.spawn_system_task(run)
-        with trio.move_on_after(self.timeout):
-            await done.wait()
-        if not result:
-            abandoned = True
-            log.error("%s failed: not served within %g s (--timeout)", what, self.timeout)
-            raise pyfuse3.FUSEError(errno.EIO)
-        if isinstance(result[0], outcome.Error):
-            self._log_failure(what, result[0].error)
-            raise pyfuse3.FUSEError(errno.EIO)
-        return result[0].unwrap()
-
-    @staticmethod
-    def _log_failure(what: str, error: BaseException) -> None:
-        if isinstance(error, ModelKitFSError):
-            log.error("%s failed: %s", what, error)
-        else:
-            log.error("%s failed unexpectedly", what, exc_info=error)
+        in the log."""
+        try:
+            return await within(self.timeout, what, function, *args)
+        except ModelKitFSError as exc:
+            log.error("%s failed: %s", what, exc)
+        except Exception:
+            log.exception("%s failed unexpectedly", what)
+        raise pyfuse3.FUSEError(errno.EIO)
 
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
