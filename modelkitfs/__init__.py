@@ -1,8 +1,27 @@
-"""modelkitfs: mount a KitOps ModelKit from an OCI registry as a lazy, read-only folder."""
+"""modelkitfs: mount a KitOps ModelKit from an OCI registry as a lazy, read-only folder.
+
+>>> import modelkitfs
+>>> with modelkitfs.mount("registry.example/team/llm:v1") as root:      # FUSE
+...     config = (root / "config.json").read_text()
+>>> with modelkitfs.open("registry.example/team/llm:v1", "data/train.csv") as f:   # no FUSE
+...     header = f.readline()
+"""
 
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.mount import mount, mount_foreground, unmount
+from modelkitfs.mount import Mount, mount, mount_foreground, unmount
 from modelkitfs.options import MountOptions
+from modelkitfs.reader import KitReader
+from modelkitfs.reader import open_file as open
 
 __version__ = "0.1.0"
-__all__ = ["ModelKitFSError", "MountOptions", "__version__", "mount", "mount_foreground", "unmount"]
+__all__ = [
+    "KitReader",
+    "ModelKitFSError",
+    "Mount",
+    "MountOptions",
+    "__version__",
+    "mount",
+    "mount_foreground",
+    "open",
+    "unmount",
+]

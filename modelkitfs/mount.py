@@ -1,8 +1,10 @@
 """Mount and unmount ModelKits: the Python API (the CLI is a thin shell over it).
 
->>> from modelkitfs import mount, unmount
->>> mount("registry.example/team/llm:v1", "/mnt/llm")   # returns once the folder is mounted
->>> unmount("/mnt/llm")
+>>> import modelkitfs
+>>> with modelkitfs.mount("registry.example/team/llm:v1", plain_http=True) as root:
+...     weights = (root / "model.safetensors").read_bytes()   # a temporary mountpoint
+>>> modelkitfs.mount("registry.example/team/llm:v1", "/mnt/llm")   # stays mounted
+>>> modelkitfs.unmount("/mnt/llm")
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.daemon import configure_logging, log_path, serve_modelkit
 from modelkitfs.errors import MountError
-from modelkitfs.options import MountOptions
+from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
 
 READY_TIMEOUT = 180.0
@@ -83,14 +87,62 @@ def _prepare(
     return (str(ref) if ref.is_layout else reference), path, options
 
 
+class Mount:
+    """A mounted kit: :attr:`path` is its folder. As a context manager it yields the path and
+    unmounts on exit, also after an exception (and removes a temporary mountpoint)."""
+
+    def __init__(self, path: Path, temporary: bool) -> None:
+        self.path = path
+        self.temporary = temporary
+
+    def unmount(self) -> None:
+        try:
+            unmount(self.path)
+        except MountError:
+            if not os.path.ismount(self.path):
+                raise
+            unmount(self.path, lazy=True)  # still busy: detach now, the daemon ends later
+        if self.temporary:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unmount()
+
+    def __repr__(self) -> str:
+        return f"Mount({str(self.path)!r})"
+
+
 def mount(
     reference: str,
-    mountpoint: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str] | None = None,
     options: MountOptions | None = None,
+    **overrides: Any,
+) -> Mount:
+    """Mount ``reference`` with a daemon in the background, at ``mountpoint`` or else at a new
+    temporary folder; return once the folder is mounted, or raise a
+    :class:`~modelkitfs.errors.ModelKitFSError` with nothing left mounted. ``overrides`` are
+    :class:`MountOptions` fields (``plain_http=True``, ``cache_dir=...``, ``filters=[...]``)."""
+    options = merged_options(options, overrides)
+    temporary = mountpoint is None
+    if mountpoint is None:
+        mountpoint = tempfile.mkdtemp(prefix="modelkitfs-")
+    try:
+        _start_daemon(reference, mountpoint, options)
+    except BaseException:
+        if temporary:
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
+        raise
+    return Mount(Path(os.path.abspath(mountpoint)), temporary)
+
+
+def _start_daemon(
+    reference: str, mountpoint: str | os.PathLike[str], options: MountOptions
 ) -> None:
-    """Mount ``reference`` at ``mountpoint`` with a daemon in the background; return once the
-    folder is mounted, or raise a :class:`~modelkitfs.errors.ModelKitFSError` with nothing
-    left mounted."""
     reference, path, options = _prepare(reference, mountpoint, options)
     arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
     with open(log_path(options.cache_dir or ""), "ab") as log_file:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from modelkitfs.blobs.budget import parse_size
 from modelkitfs.config import configured_mirrors
@@ -66,3 +67,16 @@ class MountOptions:
             mirrors=tuple(dict.fromkeys(mirrors)),
             timeout=self.timeout,
         ).with_environment()
+
+
+def merged_options(options: MountOptions | None, overrides: dict[str, Any]) -> MountOptions:
+    """``options`` with the fields named in ``overrides`` replaced (``plain_http=True``...);
+    an unknown name is an error that lists the known ones."""
+    known = {f.name for f in fields(MountOptions)}
+    if unknown := sorted(set(overrides) - known):
+        raise ModelKitFSError(
+            f"unknown option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}"
+        )
+    merged = MountOptions(**{**asdict(options or MountOptions()), **overrides})
+    merged.check()
+    return merged
