@@ -204,3 +204,36 @@ def test_prefetch_model_fills_the_cache_in_the_background(
     weights = (mountpoint / "main-dir/weights.bin").read_bytes()
     assert weights == (nested_source / "main-dir/weights.bin").read_bytes()
     assert proxy.blob_bytes == 0
+
+
+def test_provenance_in_extended_attributes(nested_source: Path, publish, mounts: Mounts) -> None:
+    artifact = build_modelkit(nested_source, NESTED_KITFILE)
+    mountpoint = mounts.mount(publish(artifact, "nested/xattrs"))
+    layers = {
+        layer["mediaType"].split(".")[3]: layer for layer in json.loads(artifact.manifest)["layers"]
+    }
+    weights = mountpoint / "main-dir/weights.bin"
+    size = weights.stat().st_size
+
+    def attribute(path: Path, name: str) -> str:
+        return os.getxattr(path, f"user.modelkitfs.{name}").decode()
+
+    assert sorted(os.listxattr(weights)) == [
+        f"user.modelkitfs.{n}" for n in ("cached", "entry", "layer", "layer_cached", "media_type")
+    ]
+    assert attribute(weights, "layer") == layers["model"]["digest"]
+    assert attribute(weights, "media_type") == layers["model"]["mediaType"]
+    assert attribute(weights, "entry") == "model main-dir"
+    assert attribute(weights, "cached") == f"0 of {size}"
+    assert weights.read_bytes() == (nested_source / "main-dir/weights.bin").read_bytes()
+    deadline = time.monotonic() + 10  # blocks reach the disk behind the reader
+    while attribute(weights, "cached") != f"{size} of {size}":
+        assert time.monotonic() < deadline, attribute(weights, "cached")
+        time.sleep(0.05)
+    cached, _, total = attribute(weights, "layer_cached").partition(" of ")
+    assert int(total) == layers["model"]["size"] and size <= int(cached) <= int(total)
+    assert attribute(mountpoint / "main-dir/subdir", "entry") == "dataset main-dir/subdir"
+    assert attribute(mountpoint / "Kitfile", "entry") == "the Kitfile (the kit's config)"
+    assert "user.modelkitfs.stats" in os.listxattr(mountpoint)
+    with pytest.raises(OSError):
+        os.getxattr(weights, "user.modelkitfs.nothing")

@@ -91,6 +91,13 @@ class LayerArchive:
             return await self.blob.read(offset, length, ahead_limit=end)
         return await self.stream.read(offset, length)
 
+    async def cached_bytes(self, offset: int, length: int) -> int | None:
+        """How many of ``length`` uncompressed bytes at ``offset`` are cached; None for a
+        compressed layer, whose bytes are not cached one file at a time."""
+        if not isinstance(self.stream, PlainStream):
+            return None
+        return await self.blob.cached_bytes(offset, offset + length)
+
     async def prefetch(self) -> None:
         """Bring all of the layer into the cache: its index, the blob itself (verified), and
         what is derived from it (a gzip checkpoint index, a decompressed zstd layer)."""

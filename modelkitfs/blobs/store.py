@@ -259,6 +259,24 @@ class BlobStore:
                 found[index] = data
         return found
 
+    async def cached_bytes(
+        self, digest: str, size: int, start: int = 0, end: int | None = None
+    ) -> int:
+        """How many of bytes ``[start, end)`` of the blob are in the disk cache (kit's local
+        blobs: all)."""
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return 0
+        if self.local:
+            return end - start
+        first, last = start // self.block_size, (end - 1) // self.block_size
+        cached = await trio.to_thread.run_sync(
+            self.cache.cached_blocks, digest, self.block_size, first, last
+        )
+        return sum(
+            min(end, (i + 1) * self.block_size) - max(start, i * self.block_size) for i in cached
+        )
+
     async def cached_block(self, digest: str, index: int, expected_size: int) -> Buffer | None:
         """Block ``index`` of ``digest`` from memory or the disk cache, or None."""
         key = (digest, index)
@@ -605,6 +623,9 @@ class Blob:
         return await self.store.read(
             self.digest, self.size, offset, length, ahead=ahead, ahead_limit=ahead_limit
         )
+
+    async def cached_bytes(self, start: int = 0, end: int | None = None) -> int:
+        return await self.store.cached_bytes(self.digest, self.size, start, end)
 
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""

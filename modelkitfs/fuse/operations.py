@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 FOREVER = float(2**31)
 BLOCK_SIZE = 4096
-STATS_XATTR = b"user.modelkitfs.stats"
+XATTR = b"user.modelkitfs."
+STATS_XATTR = XATTR + b"stats"
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 assert ROOT_INODE == pyfuse3.ROOT_INODE
@@ -158,12 +159,52 @@ class KitOperations(pyfuse3.Operations):
         return data
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return [STATS_XATTR] if inode == ROOT_INODE else []
+        return list(self._provenance(self._node(inode)))
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        if inode == ROOT_INODE and name == STATS_XATTR:
-            return json.dumps(self.stats(), sort_keys=True).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        node = self._node(inode)
+        value = self._provenance(node).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return (await value()).encode()
+
+    def _provenance(self, node: Node) -> dict[bytes, Callable[[], Awaitable[str]]]:
+        """The extended attributes of ``node``, each computed when asked: where its bytes come
+        from (layer, media type, Kitfile entry) and how much of them is cached."""
+        attributes: dict[bytes, Callable[[], Awaitable[str]]] = {}
+
+        def fixed(value: str) -> Callable[[], Awaitable[str]]:
+            async def get() -> str:
+                return value
+
+            return get
+
+        if node.inode == ROOT_INODE:
+            attributes[STATS_XATTR] = fixed(json.dumps(self.stats(), sort_keys=True))
+        layer = node.layer
+        if layer is None:
+            if node.content is not None:
+                attributes[XATTR + b"entry"] = fixed("the Kitfile (the kit's config)")
+            return attributes
+        archive = layer.archive
+        attributes[XATTR + b"layer"] = fixed(archive.digest)
+        attributes[XATTR + b"media_type"] = fixed(layer.media_type)
+        attributes[XATTR + b"entry"] = fixed(f"{layer.kind} {layer.path or '.'}")
+
+        async def layer_cached() -> str:
+            return f"{await archive.blob.cached_bytes()} of {archive.size}"
+
+        attributes[XATTR + b"layer_cached"] = layer_cached
+        if not node.is_dir:
+
+            async def cached() -> str:
+                amount = await self.tree.cached_bytes(node)
+                return (
+                    "unknown (compressed layer)" if amount is None else f"{amount} of {node.size}"
+                )
+
+            attributes[XATTR + b"cached"] = cached
+        return attributes
 
     async def forget(self, inode_list: Any) -> None:
         pass  # nodes live as long as the mount: nothing to free

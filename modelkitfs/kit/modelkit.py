@@ -176,6 +176,7 @@ def _tree_layer(store: BlobStore, planned: PlannedLayer) -> TreeLayer:
         "" if cleaned in (".", "/") else cleaned.lstrip("/"),
         entry.base,
         planned.prefix,
+        layer.descriptor.media_type,
     )
 
 

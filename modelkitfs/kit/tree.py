@@ -40,6 +40,7 @@ class TreeLayer:
     path: str
     kind: str  # the entry's layer type: model, modelpart, dataset, code, docs, prompt, mcpb
     prefix: str = ""
+    media_type: str = ""
 
 
 @dataclass(slots=True)
@@ -134,6 +135,13 @@ class KitTree:
             return b""
         size = min(size, node.size - offset)
         return await node.layer.archive.read(node.offset + offset, size, node.offset + node.size)
+
+    async def cached_bytes(self, node: Node) -> int | None:
+        """How many bytes of the file ``node`` are in the cache; None when not known per file
+        (a compressed layer)."""
+        if node.layer is None or node.is_dir:
+            return node.size
+        return await node.layer.archive.cached_bytes(node.offset, node.size)
 
     async def _index_layers_for(self, directory: str) -> None:
         wanted = [
