@@ -5,41 +5,84 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from typing import Any
 
 from modelkitfs import __version__
-from modelkitfs.commands import run_cache_command, run_prefetch
+from modelkitfs.commands import (
+    bash_completion,
+    run_cache_command,
+    run_inspect,
+    run_ls,
+    run_mounts,
+    run_prefetch,
+)
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import mount, mount_foreground, unmount
 from modelkitfs.options import DEFAULT_TIMEOUT, MountOptions
 
-EXAMPLES = """\
-examples:
-  modelkitfs mount registry.example:5000/team/llm:v1 /mnt/llm
-  modelkitfs mount --plain-http 127.0.0.1:5000/demo/kit /mnt/kit --foreground
-  modelkitfs mount -f model -f datasets:validation registry.example:5000/team/llm:v1 /mnt/llm
+KIT = "registry.example:5000/team/llm:v1"
+EXAMPLES = {
+    "mount": f"""
+  modelkitfs mount {KIT} /mnt/llm
+  modelkitfs mount --plain-http 127.0.0.1:5000/demo/kit:latest /mnt/kit --foreground
+  modelkitfs mount -f model -f datasets:validation {KIT} /mnt/llm
   modelkitfs mount -l quantization=q4_0 registry.example:5000/team/llm:all /mnt/llm
+  modelkitfs mount --prefetch model --timeout 120 {KIT} /mnt/llm""",
+    "umount": """
   modelkitfs umount /mnt/llm
-  modelkitfs prefetch -f model registry.example:5000/team/llm:v1
+  modelkitfs umount --lazy /mnt/llm     # busy: detach now, stop once the last file closes""",
+    "prefetch": f"""
+  modelkitfs prefetch {KIT}
+  modelkitfs prefetch -f model --cache-dir /var/cache/modelkitfs {KIT}""",
+    "inspect": f"""
+  modelkitfs inspect {KIT}
+  modelkitfs inspect --json {KIT} | jq '.layers[].digest'""",
+    "ls": f"""
+  modelkitfs ls {KIT}
+  modelkitfs ls -l {KIT} data/
+  modelkitfs ls --json {KIT} model""",
+    "mounts": """
+  modelkitfs mounts
+  modelkitfs mounts --json""",
+    "cache": """
   modelkitfs cache info
-"""
+  modelkitfs cache ls
+  modelkitfs cache verify
+  modelkitfs cache prune --max-size 20G""",
+    "completion": """
+  source <(modelkitfs completion bash)
+  modelkitfs completion bash > /etc/bash_completion.d/modelkitfs""",
+}
+
+
+def _examples(*commands: str) -> str:
+    return "examples:" + "".join(EXAMPLES[command] for command in commands) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelkitfs",
         description="Mount a KitOps ModelKit as a lazy, read-only folder.",
-        epilog=EXAMPLES,
+        epilog=_examples("mount", "inspect", "ls", "umount", "prefetch", "cache"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"modelkitfs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = commands.add_parser(
+    def command(name: str, help: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=_examples(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+
+    m = command(
         "mount",
-        help="mount a ModelKit",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Mount REFERENCE (registry/repository[:tag][@sha256:digest]) at MOUNTPOINT. "
+        "mount a ModelKit",
+        "Mount REFERENCE (registry/repository[:tag][@sha256:digest]) at MOUNTPOINT. "
         "Returns once the folder is mounted; the daemon keeps running in the background.",
     )
     m.add_argument("reference", metavar="REFERENCE")
@@ -70,20 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: info",
     )
 
-    p = commands.add_parser(
-        "prefetch",
-        help="fill the cache with a ModelKit ahead of mounts",
-        description="Download and verify REFERENCE (or the part --filter selects) into the "
-        "shared cache, so later mounts on this machine read without the network.",
-    )
-    p.add_argument("reference", metavar="REFERENCE")
-    _kit_arguments(p)
-
-    u = commands.add_parser(
+    u = command(
         "umount",
+        "unmount a mounted ModelKit",
+        "Unmount MOUNTPOINT, also when its daemon has died.",
         aliases=["unmount"],
-        help="unmount a mounted ModelKit",
-        description="Unmount MOUNTPOINT, also when its daemon has died.",
     )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument(
@@ -93,18 +127,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="detach now even if busy; clean up when the last user leaves",
     )
 
-    c = commands.add_parser(
+    p = command(
+        "prefetch",
+        "fill the cache with a ModelKit ahead of mounts",
+        "Download and verify REFERENCE (or the part --filter selects) into the shared cache, "
+        "so later mounts on this machine read without the network.",
+    )
+    p.add_argument("reference", metavar="REFERENCE")
+    _kit_arguments(p)
+
+    i = command(
+        "inspect",
+        "show a ModelKit's Kitfile and layers without mounting",
+        "Show REFERENCE from its manifest and config alone (no layer is fetched): package, "
+        "model, datasets, code, docs, and each layer with its media type, size, compression, "
+        "digest and how much of it is cached.",
+    )
+    i.add_argument("reference", metavar="REFERENCE")
+    _json_argument(i)
+    _kit_arguments(i)
+
+    ls = command(
+        "ls",
+        "list a folder of a ModelKit without mounting",
+        "List PATH (default: the kit's root) of REFERENCE, as a mount would show it. The "
+        "first listing of a layer reads its tar headers (a progress line shows while that is "
+        "slow); the index is cached for every later listing and mount.",
+    )
+    ls.add_argument("reference", metavar="REFERENCE")
+    ls.add_argument("path", metavar="PATH", nargs="?", default="")
+    ls.add_argument("-l", "--long", action="store_true", help="mode and size too")
+    _json_argument(ls)
+    _kit_arguments(ls, label_flags=("--label",))
+
+    mounts = command(
+        "mounts",
+        "list the ModelKits mounted on this machine",
+        "List active modelkitfs mounts: mountpoint, reference, bytes fetched, cache hits.",
+    )
+    _json_argument(mounts)
+
+    c = command(
         "cache",
-        help="inspect and manage the shared cache",
-        description="Safe while mounts run: what they lose is downloaded again.",
+        "inspect and manage the shared cache",
+        "Safe while mounts run: what they lose is downloaded again.",
     )
     c.add_argument("action", choices=["info", "ls", "verify", "prune", "clear"])
     _cache_dir_argument(c)
     c.add_argument("--max-size", metavar="SIZE", help="prune: evict down to this size (e.g. 20G)")
+
+    completion = command(
+        "completion",
+        "print a shell completion script",
+        "Print a bash completion script for modelkitfs (commands and options).",
+    )
+    completion.add_argument("shell", choices=["bash"])
     return parser
 
 
-def _kit_arguments(parser: argparse.ArgumentParser) -> None:
+def _json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _kit_arguments(
+    parser: argparse.ArgumentParser, label_flags: tuple[str, ...] = ("--label", "-l")
+) -> None:
     """What selects a kit and how to reach it: shared by mount and prefetch."""
     parser.add_argument(
         "--filter",
@@ -120,8 +207,7 @@ def _kit_arguments(parser: argparse.ArgumentParser) -> None:
         "an entry is in when any filter matches; filtered-out layers are never fetched",
     )
     parser.add_argument(
-        "--label",
-        "-l",
+        *label_flags,
         dest="labels",
         action="append",
         default=[],
@@ -201,22 +287,30 @@ def _boolean(text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("mount", "prefetch"):
+        if args.command in ("mount", "prefetch", "inspect", "ls"):
             # Every such flag is named after its MountOptions field.
             options = MountOptions(
                 **{f.name: getattr(args, f.name) for f in fields(MountOptions) if f.name in args}
             )
             if args.command == "prefetch":
                 run_prefetch(args.reference, options)
+            elif args.command == "inspect":
+                run_inspect(args.reference, options, args.json)
+            elif args.command == "ls":
+                run_ls(args.reference, args.path, options, args.long, args.json)
             elif args.foreground:
                 mount_foreground(args.reference, args.mountpoint, options)
             else:
                 mount(args.reference, args.mountpoint, options)
         elif args.command == "cache":
             run_cache_command(args.action, args.cache_dir, args.max_size)
+        elif args.command == "mounts":
+            run_mounts(args.json)
+        elif args.command == "completion":
+            print(bash_completion(build_parser()))
         else:
             unmount(args.mountpoint, lazy=args.lazy)
-    except ModelKitFSError as exc:
+    except (ModelKitFSError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         print(f"modelkitfs: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

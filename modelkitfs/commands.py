@@ -1,11 +1,18 @@
-"""The ``prefetch`` and ``cache`` commands: running them and printing what they found."""
+"""The commands beyond mounting (``prefetch``, ``cache``, ``inspect``, ``ls``, ``mounts``):
+running them and printing what they found."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import stat
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -14,10 +21,14 @@ from modelkitfs.blobs.budget import MIN_FREE_FRACTION, parse_size
 from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.blobs.maintenance import cached_blobs, verify_blob
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.mount import active_mounts
 from modelkitfs.options import MountOptions
 from modelkitfs.prefetch import Progress, prefetch
+from modelkitfs.reader import KitReader
 
 BAR = 30
+SLOW = 1.0  # seconds before a listing shows its progress
+T = TypeVar("T")
 
 
 def human(size: float) -> str:
@@ -120,3 +131,179 @@ def _info(cache: DiskCache) -> None:
     print(f"hit ratio {ratio}")
     if stats.get("corrupt_blobs"):
         print(f"corrupt   {stats['corrupt_blobs']} blob(s) failed verification and were evicted")
+
+
+def run_inspect(reference: str, options: MountOptions, as_json: bool) -> None:
+    """``modelkitfs inspect``: the kit from its manifest and config alone (no layer fetched)."""
+    with KitReader(reference, options) as reader:
+        kit = reader.describe()
+    if as_json:
+        print(json.dumps(kit, indent=2))
+        return
+    print(f"reference {kit['reference']}")
+    print(f"manifest  {kit['manifest']}")
+    for section in ("package", "model"):
+        if kit[section]:
+            print(f"{section:9} {_summary(kit[section])}")
+    for section in ("datasets", "code", "docs", "prompts"):
+        for entry in kit[section]:
+            print(f"{section:9} {_summary(entry)}")
+    share = kit["cached"] / kit["size"] if kit["size"] else 1.0
+    print(f"\nlayers    {len(kit['layers'])}, {human(kit['size'])}, {share:.0%} cached")
+    rows = [("TYPE", "PATH", "SIZE", "COMPRESSION", "CACHED", "DIGEST", "MEDIA TYPE")]
+    for layer in kit["layers"]:
+        cached = layer["cached"] / layer["size"] if layer["size"] else 1.0
+        rows.append(
+            (
+                layer["type"] + ("" if layer["selected"] else " (filtered out)"),
+                layer["path"] or ".",
+                human(layer["size"]),
+                layer["compression"],
+                f"{cached:.0%}",
+                layer["digest"][:19],
+                layer["media_type"],
+            )
+        )
+    _table(rows)
+
+
+def run_ls(reference: str, path: str, options: MountOptions, long: bool, as_json: bool) -> None:
+    """``modelkitfs ls``: a directory of the kit, from its tar indexes (built and cached the
+    first time, which reads the layers' headers: progress is shown while that is slow)."""
+    with KitReader(reference, options) as reader:
+        entries = _with_progress(
+            reader,
+            lambda: reader.listdir(path) if reader.info(path).is_dir else [reader.info(path)],
+        )
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": e.path,
+                        "type": "directory" if e.is_dir else "file",
+                        "size": e.size,
+                        "mode": e.mode,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    for entry in entries:
+        name = entry.path.rpartition("/")[2] + ("/" if entry.is_dir else "")
+        if long:
+            kind = stat.S_IFDIR if entry.is_dir else stat.S_IFREG
+            print(f"{stat.filemode(kind | entry.mode)} {entry.size:>14,} {name}")
+        else:
+            print(name)
+
+
+def _with_progress(reader: KitReader, work: Callable[[], T]) -> T:
+    """``work()``; when it takes long on a terminal, a line saying what is being fetched."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(SLOW)
+    tty = sys.stderr.isatty()
+    while thread.is_alive():
+        if tty:
+            print(
+                f"\rindexing layers: {human(reader.fetched_bytes)} of headers read",
+                end="",
+                file=sys.stderr,
+            )
+        thread.join(0.25)
+    if tty and reader.fetched_bytes:
+        print(file=sys.stderr)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _summary(section: dict[str, Any]) -> str:
+    words = [
+        str(section[key]) for key in ("name", "path", "version", "framework") if key in section
+    ]
+    if "authors" in section:
+        words.append(f"(by {', '.join(map(str, section['authors']))})")
+    if "description" in section:
+        words.append(f"- {section['description']}")
+    return " ".join(words)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def run_mounts(as_json: bool) -> None:
+    """``modelkitfs mounts``: every active mount and what its daemon reports."""
+    mounts = active_mounts()
+    if as_json:
+        print(json.dumps(mounts, indent=2))
+        return
+    if not mounts:
+        print("no modelkitfs mounts")
+        return
+    rows = [("MOUNTPOINT", "REFERENCE", "FETCHED", "CACHE HITS", "STATE")]
+    for entry in mounts:
+        cache = entry.get("cache", {})
+        hits = cache.get("memory_hits", 0) + cache.get("disk_hits", 0)
+        reads = hits + cache.get("downloaded_blocks", 0)
+        rows.append(
+            (
+                entry["mountpoint"],
+                entry["reference"],
+                human(entry.get("fetched_bytes", 0)),
+                f"{hits / reads:.0%} of {reads} blocks" if reads else "-",
+                f"dead: run 'modelkitfs umount {entry['mountpoint']}'"
+                if entry["dead"]
+                else "serving",
+            )
+        )
+    _table(rows)
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script for ``parser``'s commands and their options (and folders for
+    mountpoints)."""
+    commands: dict[str, list[str]] = {}
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, subparser in getattr(action, "choices", {}).items():
+            commands[name] = sorted(
+                option for sub in subparser._actions for option in sub.option_strings
+            )
+    cases = "\n".join(
+        f'        {name}) words="{" ".join(options)}" ;;'
+        for name, options in sorted(commands.items())
+    )
+    return f"""# bash completion for modelkitfs (modelkitfs completion bash)
+_modelkitfs() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} command=${{COMP_WORDS[1]}} words
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(sorted(commands))} --help --version" -- "$cur"))
+        return
+    fi
+    case "$command" in
+{cases}
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -d -- "$cur"))
+    fi
+}}
+complete -F _modelkitfs modelkitfs"""

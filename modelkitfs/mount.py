@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import selectors
 import shutil
 import subprocess
@@ -34,6 +35,8 @@ READY_TIMEOUT = 180.0
 MAX_HOLDERS_NAMED = 5
 # What a FUSE mount whose daemon died answers (the first calls after the death: ECONNABORTED).
 DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
+FSTYPE = "modelkitfs"  # the mounts' subtype: fuse.modelkitfs in /proc/mounts
+STATS_ATTRIBUTE = "user.modelkitfs.stats"
 DAEMON_ENTRY = "import sys; from modelkitfs.daemon import main; sys.exit(main())"
 
 
@@ -246,3 +249,32 @@ def busy_holders(mountpoint: str) -> list[str]:
                 paths = ", ".join(f"{path} ({uses[path]})" for path in held)
                 found.append(f"pid {process.name} ({command}): {paths}")
     return found
+
+
+def active_mounts() -> list[dict[str, Any]]:
+    """The modelkitfs mounts of this machine, with what each daemon reports of itself
+    (reference, bytes fetched, cache hits); ``"dead": True`` where the daemon has stopped."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields, _, tail = line.partition(" - ")
+            fstype, source = ([*tail.split(), "", ""])[:2]
+            if fstype != f"fuse.{FSTYPE}":
+                continue
+            path = _unescape(fields.split()[4])
+            entry: dict[str, Any] = {
+                "mountpoint": path,
+                "reference": source.removeprefix(f"{FSTYPE}:"),
+            }
+            try:
+                entry.update(json.loads(os.getxattr(path, STATS_ATTRIBUTE)))
+                entry["dead"] = False
+            except OSError as exc:
+                entry["dead"] = exc.errno in DEAD_MOUNT
+            found.append(entry)
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

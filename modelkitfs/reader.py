@@ -149,6 +149,59 @@ class KitReader:
             key=lambda entry: entry.path,
         )
 
+    @property
+    def fetched_bytes(self) -> int:
+        """Blob bytes fetched from registries so far (for progress reports)."""
+        return self.sources.fetched_bytes if self.sources is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        """The kit as ``modelkitfs inspect`` shows it: Kitfile sections and every layer of
+        the manifest with its media type, size, compression, digest and cached bytes."""
+        return self._call("inspect", self._describe)
+
+    async def _describe(self) -> dict[str, Any]:
+        assert self.kit is not None and self.sources is not None
+        kit = self.kit
+        in_tree = {layer.archive.digest: layer for layer in kit.tree.layers}
+        store = self.sources.store_for(parse_reference(self.reference))
+        layers = []
+        for layer in kit.manifest.layers:
+            shown = in_tree.get(layer.digest)
+            size = layer.descriptor.size
+            layers.append(
+                {
+                    "type": layer.base,
+                    "path": shown.path if shown else (layer.filepath or ""),
+                    "media_type": layer.descriptor.media_type,
+                    "format": layer.format,
+                    "compression": layer.compression or "none",
+                    "size": size,
+                    "cached": await store.blob(layer.digest, size).cached_bytes(),
+                    "digest": layer.digest,
+                    "selected": shown is not None,
+                }
+            )
+        kitfile = kit.kitfile
+        return {
+            "reference": self.reference,
+            "manifest": kit.manifest_digest,
+            "package": _fields(
+                kitfile.get("package"), ("name", "version", "description", "authors", "license")
+            ),
+            "model": _fields(
+                kitfile.get("model"), ("name", "path", "framework", "version", "description")
+            ),
+            **{
+                section: [
+                    _fields(e, ("name", "path", "description")) for e in kitfile.get(section) or []
+                ]
+                for section in ("datasets", "code", "docs", "prompts")
+            },
+            "size": sum(layer["size"] for layer in layers),
+            "cached": sum(layer["cached"] for layer in layers),
+            "layers": layers,
+        }
+
     def read(self, node: Node, offset: int, size: int) -> bytes:
         assert self.kit is not None
         return self._call(f"read of {node.path!r}", self.kit.tree.read, node, offset, size)
@@ -196,6 +249,13 @@ class KitFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._position
+
+
+def _fields(section: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of a Kitfile section that are set (a malformed section: none)."""
+    if not isinstance(section, dict):
+        return {}
+    return {name: section[name] for name in names if section.get(name) not in (None, "", [])}
 
 
 def _parts(path: str) -> list[str]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounts
+from tests.conftest import MiB, Mounts, daemon_pid
 from tests.kitbuilder import Artifact, build_modelkit, sha256
 from tests.registry_server import free_port
 
@@ -141,3 +144,98 @@ def test_umount_of_a_folder_that_is_not_mounted(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("umount", str(tmp_path), cache=tmp_path / "cache"), "is not mounted"
     )
+
+
+@pytest.fixture(scope="module")
+def data_kit(tmp_path_factory: pytest.TempPathFactory, publish) -> str:
+    source = tmp_path_factory.mktemp("data-kit")
+    (source / "model.bin").write_bytes(random.Random(8).randbytes(MiB))
+    (source / "data/sub").mkdir(parents=True)
+    (source / "data/train.csv").write_text("x,y\n1,2\n")
+    (source / "data/sub/more.csv").write_text("x\n")
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "package": {"name": "inspected", "version": "2.0", "authors": ["Ada"]},
+        "model": {"name": "m", "path": "model.bin", "framework": "torch"},
+        "datasets": [{"name": "train", "path": "data"}],
+    }
+    return publish(build_modelkit(source, kitfile, compression="gzip"), "cli/data")
+
+
+def test_inspect_without_fetching_a_layer(data_kit: str, proxy, tmp_path: Path) -> None:
+    reference = f"{proxy.address}/{data_kit}"
+    proxy.reset()
+    result = run_cli("inspect", "--plain-http", reference, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"reference {reference}"
+    assert "package   inspected 2.0 (by Ada)" in lines
+    assert "model     m model.bin torch" in lines
+    assert "datasets  train data" in lines
+    assert any(line.startswith("TYPE") and "MEDIA TYPE" in line for line in lines)
+    assert proxy.blob_bytes < 64 * 1024  # the config, not the 1 MiB model layer
+    document = json.loads(
+        run_cli("inspect", "--json", "--plain-http", reference, cache=tmp_path / "cache").stdout
+    )
+    assert [layer["type"] for layer in document["layers"]] == ["model", "dataset"]
+    assert {layer["compression"] for layer in document["layers"]} == {"gzip"}
+    assert all(layer["cached"] == 0 for layer in document["layers"])
+    assert (
+        document["layers"][1]["media_type"] == "application/vnd.kitops.modelkit.dataset.v1.tar+gzip"
+    )
+
+
+def test_ls(data_kit: str, proxy, tmp_path: Path) -> None:
+    reference = f"{proxy.address}/{data_kit}"
+    cache = tmp_path / "cache"
+    result = run_cli("ls", "--plain-http", reference, cache=cache)
+    assert result.stdout.split() == ["Kitfile", "data/", "model.bin"], result.stderr
+    result = run_cli("ls", "-l", "--plain-http", reference, "data", cache=cache)
+    assert result.stdout.splitlines() == [
+        "drwxr-xr-x              0 sub/",
+        "-rw-r--r--              8 train.csv",
+    ]
+    listed = json.loads(
+        run_cli("ls", "--json", "--plain-http", reference, "data/sub", cache=cache).stdout
+    )
+    assert listed == [{"path": "data/sub/more.csv", "type": "file", "size": 2, "mode": 0o644}]
+    assert_one_line_error(
+        run_cli("ls", "--plain-http", reference, "data/nothing", cache=cache), "no 'data/nothing'"
+    )
+
+
+def test_mounts_lists_serving_and_dead_mounts(
+    small_kit: str, proxy, mounts: Mounts, tmp_path: Path
+) -> None:
+    serving = mounts.mount(small_kit, name="serving")
+    (serving / "model.bin").read_bytes()
+    dead = mounts.mount(small_kit, name="dead")
+    os.kill(daemon_pid(dead), signal.SIGKILL)
+    time.sleep(0.5)
+    listed = {
+        m["mountpoint"]: m for m in json.loads(run_cli("mounts", "--json", cache=tmp_path).stdout)
+    }
+    assert listed[str(serving)]["reference"] == f"{proxy.address}/{small_kit}"
+    assert listed[str(serving)]["dead"] is False and listed[str(serving)]["fetched_bytes"] > 0
+    assert listed[str(dead)]["dead"] is True
+    table = run_cli("mounts", cache=tmp_path).stdout
+    assert f"dead: run 'modelkitfs umount {dead}'" in table and "serving" in table
+
+
+def test_help_has_examples_and_completion_is_valid_bash(tmp_path: Path) -> None:
+    commands = ["mount", "umount", "prefetch", "inspect", "ls", "mounts", "cache", "completion"]
+    for command in [[], *([c] for c in commands)]:
+        result = run_cli(*command, "--help", cache=tmp_path)
+        assert result.returncode == 0 and "\nexamples:\n  " in result.stdout, command
+        assert "modelkitfs " in result.stdout.partition("\nexamples:\n")[2], command
+    assert run_cli("--version", cache=tmp_path).stdout.startswith("modelkitfs ")
+    script = run_cli("completion", "bash", cache=tmp_path).stdout
+    calls = [("modelkitfs mo", 1), ("modelkitfs ls --pl", 2)]
+    tries = "".join(
+        f'COMP_WORDS=({words}); COMP_CWORD={word}; _modelkitfs; echo "${{COMPREPLY[@]}}"\n'
+        for words, word in calls
+    )
+    completed = subprocess.run(
+        ["bash", "-c", f"{script}\n{tries}"], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.splitlines() == ["mount mounts", "--plain-http"]
