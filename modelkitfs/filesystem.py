@@ -14,6 +14,7 @@ are the fields of :class:`~modelkitfs.options.MountOptions`, as the CLI's flags
 
 from __future__ import annotations
 
+import atexit
 import threading
 from dataclasses import fields
 from typing import Any
@@ -60,6 +61,7 @@ class ModelKitFileSystem(AbstractFileSystem):
         self.options.check()
         self._readers: dict[str, KitReader] = {}
         self._lock = threading.Lock()
+        atexit.register(self.close)  # finish cache writes before the interpreter goes
 
     @classmethod
     def _strip_protocol(cls, path: str | list[str]) -> Any:

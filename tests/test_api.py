@@ -5,9 +5,11 @@ through the one shared cache."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from pathlib import Path
 
+import datasets
 import fsspec
 import numpy as np
 import pandas
@@ -131,3 +133,19 @@ def test_fsspec_pandas_and_pyarrow_read_lazily(
         fs.info("modelkit://127.0.0.1:5000/api/kit/data/train.csv")
     with pytest.raises(PermissionError):
         fs.open(f"{url}/data/new.csv", "wb")
+
+
+def test_hugging_face_datasets_stream_from_a_kit(kit: tuple[str, Path], tmp_path: Path) -> None:
+    reference, _ = kit
+    rows = datasets.load_dataset(
+        "csv",
+        data_files=f"modelkit://{reference}/data/train.csv",
+        storage_options=options(tmp_path),
+        streaming=True,
+        split="train",
+    )
+    assert list(itertools.islice(rows, 3)) == [
+        {"x": 0, "y": 0.0},
+        {"x": 1, "y": 0.5},
+        {"x": 2, "y": 1.0},
+    ]
