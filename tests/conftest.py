@@ -117,6 +117,15 @@ def proxy(registry: str) -> Iterator[CountingProxy]:
     counting.close()
 
 
+@pytest.fixture
+def faulty(proxy: CountingProxy) -> Iterator[CountingProxy]:
+    """The counting proxy, free of faults when the test starts and when it ends."""
+    proxy.heal()
+    proxy.reset()
+    yield proxy
+    proxy.heal()
+
+
 @pytest.fixture(scope="session")
 def publish(registry: str):
     """Push an artifact to the real registry; returns the reference through the proxy."""
@@ -160,6 +169,11 @@ class Mounts:
         mount(reference, mountpoint, mount_options)
         self.mounted.append(mountpoint)
         return mountpoint
+
+    @property
+    def log(self) -> str:
+        """What the daemons of this test's cache logged."""
+        return (self.cache_dir / "logs" / "modelkitfs.log").read_text()
 
     def unmount_all(self) -> None:
         for mountpoint in self.mounted:

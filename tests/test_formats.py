@@ -371,5 +371,5 @@ def test_corrupt_compressed_layer_is_an_io_error_with_a_reason(
         with pytest.raises(OSError) as caught:
             (mountpoint / "model/weights.bin").read_bytes()
         assert caught.value.errno == errno.EIO
-    log = (mounts.cache_dir / "logs/modelkitfs.log").read_text()
+    log = mounts.log
     assert f"layer {model['digest']}" in log and "corrupt" in log and "Traceback" not in log

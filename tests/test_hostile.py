@@ -54,10 +54,6 @@ def garbled(archive: bytes, start: int, value: bytes) -> bytes:
     return bytes(block) + archive[512:]
 
 
-def log_of(mounts: Mounts) -> str:
-    return (mounts.cache_dir / "logs" / "modelkitfs.log").read_text()
-
-
 def test_members_that_leave_the_layer_or_are_not_files_are_skipped(
     tmp_path: Path, publish, mounts: Mounts
 ) -> None:
@@ -102,7 +98,7 @@ def test_members_that_leave_the_layer_or_are_not_files_are_skipped(
     assert (mountpoint / "data/lying-pax.txt").read_bytes() == b"01234"  # PAX wins, as in Go
     assert (mountpoint / "model/weights.bin").read_bytes() == WEIGHTS
     assert not (tmp_path / "escape.txt").exists() and not Path("/pax-escape").exists()
-    log = log_of(mounts)
+    log = mounts.log
     layer = digests["dataset"]
     for name in ("../escape.txt", "/etc/absolute.txt", "../../pax-escape", "data/a\0b"):
         assert f"layer {layer}: skipping {name!r}: its path leaves the layer" in log, name
@@ -138,7 +134,7 @@ def test_a_broken_layer_fails_alone_with_its_reason(
     # The rest of the kit is still there.
     assert (mountpoint / "model/weights.bin").read_bytes() == WEIGHTS
     assert (mountpoint / "data/placeholder.txt").read_bytes() == b"replaced"
-    log = log_of(mounts)
+    log = mounts.log
     assert f"layer {digests['docs']}" in log and reason in log
     assert "Traceback" not in log
     os.kill(daemon_pid(mountpoint), 0)  # and the daemon lives on

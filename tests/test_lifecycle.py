@@ -43,7 +43,7 @@ def test_a_signal_unmounts_cleanly(kit: str, mounts: Mounts, signum: int) -> Non
     os.kill(pid, signum)
     wait_until(lambda: not running(pid), "the daemon exits")
     assert not os.path.ismount(mountpoint)
-    log = (mounts.cache_dir / "logs" / "modelkitfs.log").read_text()
+    log = mounts.log
     assert f"received {signal.Signals(signum).name}: unmounting" in log
     assert f"unmounted {mountpoint}" in log
     # Nothing is left behind: the folder mounts again.

@@ -1,4 +1,4 @@
-"""32 readers at once, random and sequential, against a flaky registry and a cache too small
+"""32 readers at once, random and sequential, against a faulty registry and a cache too small
 to hold the kit (so reads keep reaching the network): every byte checked against the source,
 memory, file descriptors, connections and tasks bounded. ``MODELKITFS_LOAD_SECONDS`` sets how
 long (default 60; ``scripts/soak`` runs it for longer and prints the report)."""
@@ -12,7 +12,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,16 +123,8 @@ def readers(mountpoint: Path, sources: dict[str, bytes], tally: Tally, stop: thr
         yield threading.Thread(target=target, args=(i,), name=f"reader-{i}", daemon=True)
 
 
-@pytest.fixture
-def flaky(proxy: CountingProxy) -> Iterator[CountingProxy]:
-    proxy.heal()
-    proxy.reset()
-    yield proxy
-    proxy.heal()
-
-
 def test_32_readers_under_faults(
-    kit: tuple[str, dict[str, bytes]], flaky: CountingProxy, mounts: Mounts
+    kit: tuple[str, dict[str, bytes]], faulty: CountingProxy, mounts: Mounts
 ) -> None:
     reference, sources = kit
     mountpoint = mounts.mount(reference, timeout=TIMEOUT, cache_max_size="96M", log_level="info")
@@ -143,7 +134,7 @@ def test_32_readers_under_faults(
             assert f.read(4096) == data[:4096]
     idle = {**daemon_resources(pid), "tasks": mount_stats(mountpoint)["tasks"]}
 
-    flaky.inject_randomly(FAULTS, FAULT_RATE, seed=7, seconds=4, retry_after=1)
+    faulty.inject_randomly(FAULTS, FAULT_RATE, seed=7, seconds=4, retry_after=1)
     tally, stop = Tally(), threading.Event()
     threads = list(readers(mountpoint, sources, tally, stop))
     started = time.monotonic()
@@ -161,8 +152,8 @@ def test_32_readers_under_faults(
             thread.join(max(0.0, deadline - time.monotonic()))
     assert not [t.name for t in threads if t.is_alive()], "readers hang"
     elapsed = time.monotonic() - started
-    faults = flaky.faults_injected
-    flaky.heal()
+    faults = faulty.faults_injected
+    faulty.heal()
 
     time.sleep(TIMEOUT + 3)  # abandoned work ends; idle worker threads retire
     after = {**daemon_resources(pid), "tasks": mount_stats(mountpoint)["tasks"]}

@@ -118,7 +118,7 @@ def test_a_damaged_block_file_is_downloaded_again(small, proxy, mounts: Mounts) 
         f.seek(3 * MiB)
         assert f.read(MiB) == data[3 * MiB : 4 * MiB]
     assert 0 < proxy.blob_bytes <= 16 * MiB + 5
-    log = (mounts.cache_dir / "logs/modelkitfs.log").read_text()
+    log = mounts.log
     assert f"cached block 3 of {layer} is damaged" in log
 
 
@@ -134,7 +134,7 @@ def test_verify_full_never_serves_wrong_bytes(small, proxy, mounts: Mounts) -> N
         proxy.heal()
     cache = DiskCache(mounts.cache_dir)
     assert layer not in {blob.digest for blob in cache.blobs()}  # nothing wrong stays
-    log = (mounts.cache_dir / "logs/modelkitfs.log").read_text()
+    log = mounts.log
     assert f"blob {layer}" in log and "failed verification" in log
 
 

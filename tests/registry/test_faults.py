@@ -9,7 +9,6 @@ import errno
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,18 +29,6 @@ def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
     data = np.random.default_rng(21).bytes(SIZE)
     write(directory / "weights.bin", data)
     return publish(build_modelkit(directory, KITFILE), "faults/kit"), data
-
-
-@pytest.fixture
-def faulty(proxy: CountingProxy) -> Iterator[CountingProxy]:
-    proxy.heal()
-    proxy.reset()
-    yield proxy
-    proxy.heal()
-
-
-def log_of(mounts: Mounts) -> str:
-    return (mounts.cache_dir / "logs" / "modelkitfs.log").read_text()
 
 
 @pytest.mark.parametrize(
@@ -67,7 +54,7 @@ def test_transient_faults_are_ridden_out(
     if kind in ("cut", "truncate"):
         # Each cut transfer resumed where it stopped: at most a few blocks' worth again.
         assert faulty.blob_bytes <= SIZE + 4 * MiB
-    assert "retrying" in log_of(mounts)
+    assert "retrying" in mounts.log
 
 
 def test_retry_after_is_honoured(
@@ -108,7 +95,7 @@ def test_a_read_that_cannot_be_served_fails_in_about_the_timeout_then_recovers(
     assert elapsed < 3 * 3, f"the read took {elapsed:.1f} s to fail with --timeout 3"
     if kind == "stall":
         assert elapsed >= 2.5  # it did wait for the stalled connection
-    assert "weights.bin" in log_of(mounts)
+    assert "weights.bin" in mounts.log
     faulty.heal()
     # The same mount serves again, and nothing wrong was kept.
     assert (mountpoint / "weights.bin").read_bytes() == data
@@ -136,7 +123,7 @@ def test_wrong_bytes_of_a_verified_blob_are_fetched_again_never_kept(
     faulty.inject("wrong", 2)
     assert (mountpoint / "weights.bin").read_bytes() == data
     assert faulty.faults_injected == {"wrong": 2}
-    assert "differ from those verified before" in log_of(mounts)
+    assert "differ from those verified before" in mounts.log
 
     DiskCache(mounts.cache_dir).prune(0)
     retried = mounts.mount(reference)
@@ -160,8 +147,8 @@ def test_failures_are_reported_in_one_line(
     with pytest.raises(OSError):
         (mountpoint / "weights.bin").read_bytes()
     time.sleep(2.5)  # the download gives up at its own deadline too
-    lines = [line for line in log_of(mounts).splitlines() if " ERROR " in line]
+    lines = [line for line in mounts.log.splitlines() if " ERROR " in line]
     assert lines
-    assert not any("Traceback" in line for line in log_of(mounts).splitlines())
+    assert not any("Traceback" in line for line in mounts.log.splitlines())
     assert any("HTTP 500" in line and "gave up" in line for line in lines), lines
     assert json.dumps(mount_stats(mountpoint))  # the daemon still answers
