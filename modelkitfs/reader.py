@@ -50,7 +50,9 @@ class KitReader:
     """One kit, opened at construction (raising a :class:`ModelKitFSError` naming what is
     wrong), closed by :meth:`close` or the end of a ``with`` block."""
 
-    def __init__(self, reference: str, options: MountOptions | None = None, **overrides: Any):
+    def __init__(
+        self, reference: str, options: MountOptions | None = None, **overrides: Any
+    ) -> None:
         self.options = merged_options(options, overrides)
         self.options.cache_dir = self.options.cache_dir or default_cache_dir()
         self.reference = str(parse_reference(reference))
@@ -208,10 +210,13 @@ class KitReader:
 
     def open(self, path: str, buffering: int = READ_BUFFER) -> io.BufferedReader:
         """A seekable binary file, read lazily through the shared cache."""
+        return io.BufferedReader(self.raw_file(path), buffering)
+
+    def raw_file(self, path: str) -> KitFile:
         node = self.node(path)
         if node.is_dir:
             raise IsADirectoryError(f"{path!r} of {self.reference} is a directory")
-        return io.BufferedReader(KitFile(self, node), buffering)
+        return KitFile(self, node)
 
 
 class KitFile(io.RawIOBase):
@@ -272,9 +277,9 @@ def _info(node: Node) -> EntryInfo:
 class _OwningFile(io.BufferedReader):
     """A file that closes the reader it came from when it is closed."""
 
-    def __init__(self, reader: KitReader, node: Node, buffering: int) -> None:
-        super().__init__(KitFile(reader, node), buffering)
-        self._reader = reader
+    def __init__(self, raw: KitFile, buffering: int) -> None:
+        super().__init__(raw, buffering)
+        self._reader = raw.reader
 
     def close(self) -> None:
         try:
@@ -291,10 +296,7 @@ def open_file(
     (``plain_http=True``, ``cache_dir=...``)."""
     reader = KitReader(reference, options, **overrides)
     try:
-        node = reader.node(path)
-        if node.is_dir:
-            raise IsADirectoryError(f"{path!r} of {reader.reference} is a directory")
-        return _OwningFile(reader, node, READ_BUFFER)
+        return _OwningFile(reader.raw_file(path), READ_BUFFER)
     except BaseException:
         reader.close()
         raise

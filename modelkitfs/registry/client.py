@@ -441,7 +441,9 @@ async def _read_at_most(response: httpx.Response, limit: int, url: str) -> None:
 
 
 class _Capped(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, limit: int, url: str):
+    def __init__(
+        self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, limit: int, url: str
+    ) -> None:
         assert isinstance(stream, httpx.AsyncByteStream)
         self.stream, self.limit, self.url = stream, limit, url
 
