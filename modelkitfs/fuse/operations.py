@@ -159,52 +159,43 @@ class KitOperations(pyfuse3.Operations):
         return data
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return list(self._provenance(self._node(inode)))
+        return self._xattr_names(self._node(inode))
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self._node(inode)
-        value = self._provenance(node).get(name)
-        if value is None:
+        if name not in self._xattr_names(node):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return (await value()).encode()
+        return (await self._xattr(node, name.removeprefix(XATTR).decode())).encode()
 
-    def _provenance(self, node: Node) -> dict[bytes, Callable[[], Awaitable[str]]]:
-        """The extended attributes of ``node``, each computed when asked: where its bytes come
-        from (layer, media type, Kitfile entry) and how much of them is cached."""
-        attributes: dict[bytes, Callable[[], Awaitable[str]]] = {}
+    def _xattr_names(self, node: Node) -> list[bytes]:
+        """Where a node's bytes come from (layer, media type, Kitfile entry) and how much of
+        them is cached; the root also has the daemon's statistics."""
+        names = [STATS_XATTR] if node.inode == ROOT_INODE else []
+        if node.layer is not None:
+            names += [XATTR + n for n in (b"layer", b"media_type", b"entry", b"layer_cached")]
+            if not node.is_dir:
+                names.append(XATTR + b"cached")
+        elif node.content is not None:
+            names.append(XATTR + b"entry")
+        return names
 
-        def fixed(value: str) -> Callable[[], Awaitable[str]]:
-            async def get() -> str:
-                return value
-
-            return get
-
-        if node.inode == ROOT_INODE:
-            attributes[STATS_XATTR] = fixed(json.dumps(self.stats(), sort_keys=True))
-        layer = node.layer
-        if layer is None:
-            if node.content is not None:
-                attributes[XATTR + b"entry"] = fixed("the Kitfile (the kit's config)")
-            return attributes
-        archive = layer.archive
-        attributes[XATTR + b"layer"] = fixed(archive.digest)
-        attributes[XATTR + b"media_type"] = fixed(layer.media_type)
-        attributes[XATTR + b"entry"] = fixed(f"{layer.kind} {layer.path or '.'}")
-
-        async def layer_cached() -> str:
+    async def _xattr(self, node: Node, name: str) -> str:
+        """The value of attribute ``user.modelkitfs.<name>``, which ``node`` has."""
+        if name == "stats":
+            return json.dumps(self.stats(), sort_keys=True)
+        if node.layer is None:
+            return "the Kitfile (the kit's config)"  # its only attribute: entry
+        layer, archive = node.layer, node.layer.archive
+        if name == "layer":
+            return archive.digest
+        if name == "media_type":
+            return layer.media_type
+        if name == "entry":
+            return f"{layer.kind} {layer.path or '.'}"
+        if name == "layer_cached":
             return f"{await archive.blob.cached_bytes()} of {archive.size}"
-
-        attributes[XATTR + b"layer_cached"] = layer_cached
-        if not node.is_dir:
-
-            async def cached() -> str:
-                amount = await self.tree.cached_bytes(node)
-                return (
-                    "unknown (compressed layer)" if amount is None else f"{amount} of {node.size}"
-                )
-
-            attributes[XATTR + b"cached"] = cached
-        return attributes
+        amount = await self.tree.cached_bytes(node)
+        return "unknown (compressed layer)" if amount is None else f"{amount} of {node.size}"
 
     async def forget(self, inode_list: Any) -> None:
         pass  # nodes live as long as the mount: nothing to free

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import time
 
 import numpy as np
@@ -151,4 +150,4 @@ def test_failures_are_reported_in_one_line(
     assert lines
     assert not any("Traceback" in line for line in mounts.log.splitlines())
     assert any("HTTP 500" in line and "gave up" in line for line in lines), lines
-    assert json.dumps(mount_stats(mountpoint))  # the daemon still answers
+    assert mount_stats(mountpoint)["requests"] > 1  # the daemon lives on, and did retry
