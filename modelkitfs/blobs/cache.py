@@ -2,23 +2,26 @@
 
 Layout (content never changes under a digest, so nothing here is ever rewritten in place)::
 
-    <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   a block of a blob + its CRC-32
+    <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   a block of a blob + its checksum
     <root>/meta/sha256/<hex[:2]>/<hex>/<name>                   derived data, e.g. a tar index
     <root>/locks/sha256/<hex[:2]>/<hex>/<block size>.lock      byte i: block i is downloading
 
 Every file is written to a private temporary name in the same directory and renamed into place,
 so a reader (in this process or another) sees a whole file or none, even if the writer is killed.
-Each block file ends with the CRC-32 of its bytes, checked on every read: a truncated or flipped
-file is deleted and downloaded again. Readers of finished blocks take no locks; a process about
-to download blocks locks their bytes in the blob's lock file (open file description locks: one
-call for a run of blocks, no file per block, and they die with the process), so others wait for
-that download instead of repeating it. A block's modification time is its last use, for
-eviction.
+Each block file ends with a checksum of its bytes, checked on every read: a truncated or flipped
+file is deleted and downloaded again. The checksum is the low 32 bits of XXH3-64 (CRC-32 in files
+of earlier versions, still accepted): on warm reads CRC-32 took a sixth of the daemon's CPU, 0.25
+ms per MiB against 0.02. Readers of finished blocks take no locks; a process about to download
+blocks locks their bytes in the blob's lock file (open file description locks: one call for a
+run of blocks, no file per block, and they die with the process), so others wait for that
+download instead of repeating it. A block's modification time is its last use, to the minute,
+for eviction.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -33,12 +36,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 Buffer = bytes | bytearray | memoryview
 
 log = logging.getLogger(__name__)
 
-CHECKSUM = 4  # bytes of CRC-32 after a block's data
+CHECKSUM = 4  # bytes of checksum after a block's data
 STALE_TEMP_SECONDS = 600
+TOUCH_SECONDS = 60  # a block's use is recorded once a minute at most
 PRUNE_TO = 0.9  # evict down to this share of the cap, so one prune serves many writes
 
 
@@ -94,17 +100,26 @@ class DiskCache:
     # --- blocks -----------------------------------------------------------------------------
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int
+        self,
+        digest: str,
+        block_size: int,
+        index: int,
+        expected_size: int,
+        *,
+        nowait: bool = False,
     ) -> bytearray | None:
         """The block's bytes, or None when absent. A block whose size or checksum is wrong
-        (a truncated or damaged file) is deleted, logged, and reported absent."""
+        (a truncated or damaged file) is deleted, logged, and reported absent. With ``nowait``
+        the bytes must be in the page cache: else this raises ``BlockingIOError`` rather than
+        wait for the disk, so that it may run on an event loop."""
         path = self.block_path(digest, block_size, index)
-        raw = _read_into_buffer(path)
-        if raw is None:
+        found = _read_into_buffer(path, nowait)
+        if found is None:
             return None
+        raw, mtime = found
         size = len(raw) - CHECKSUM
         body = memoryview(raw)[:size] if size >= 0 else memoryview(b"")
-        if size != expected_size or zlib.crc32(body).to_bytes(CHECKSUM, "big") != raw[size:]:
+        if size != expected_size or not _checksum_matches(body, raw[size:]):
             body.release()
             log.warning(
                 "cached block %d of %s is damaged (%d bytes, checksum %s): downloading it again",
@@ -118,8 +133,9 @@ class DiskCache:
             return None
         body.release()
         del raw[size:]  # drop the checksum in place: no copy of the block
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recently used: evicted last
+        if time.time() - mtime > TOUCH_SECONDS:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: evicted last
         return raw
 
     def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
@@ -138,8 +154,7 @@ class DiskCache:
         return {i for i in range(first, last + 1) if os.path.isfile(directory / str(i))}
 
     def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
-        trailer = zlib.crc32(data).to_bytes(CHECKSUM, "big")
-        _write_atomic(self.block_path(digest, block_size, index), data, trailer)
+        _write_atomic(self.block_path(digest, block_size, index), data, _checksum(data))
 
     def remove_blocks(self, digest: str) -> None:
         """Forget every cached block of ``digest`` (bytes found to be wrong)."""
@@ -358,15 +373,36 @@ def _scandir(path: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def _read_into_buffer(path: Path) -> bytearray | None:
+def _checksum(data: Buffer) -> bytes:
+    return (xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF).to_bytes(CHECKSUM, "big")
+
+
+def _checksum_matches(data: memoryview, trailer: Buffer) -> bool:
+    return _checksum(data) == trailer or zlib.crc32(data).to_bytes(CHECKSUM, "big") == trailer
+
+
+def _read_into_buffer(path: Path, nowait: bool = False) -> tuple[bytearray, float] | None:
+    """A file's bytes and modification time; None when absent. With ``nowait``, raises
+    ``BlockingIOError`` unless every byte is in the page cache."""
     try:
-        with open(path, "rb", buffering=0) as f:
-            buffer = bytearray(os.fstat(f.fileno()).st_size)
-            got = f.readinto(buffer)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    del buffer[got:]
-    return buffer
+    try:
+        info = os.fstat(fd)
+        buffer = bytearray(info.st_size)
+        if nowait:
+            if os.preadv(fd, [buffer], 0, os.RWF_NOWAIT) != info.st_size:
+                raise BlockingIOError(errno.EAGAIN, "partly in the page cache", str(path))
+            return buffer, info.st_mtime
+        with memoryview(buffer) as view:
+            got = 0
+            while got < len(view) and (n := os.preadv(fd, [view[got:]], got)):
+                got += n
+        del buffer[got:]
+        return buffer, info.st_mtime
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> bytes | None:

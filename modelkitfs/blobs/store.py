@@ -154,18 +154,19 @@ class BlobStore:
         return _join(blocks, offset - first * self.block_size, end - offset)
 
     async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, _Flight]) -> None:
-        """Bring reserved blocks into memory for a reader that will want them soon: read from
-        the disk cache one at a time (the reader waits for one, not all), and downloaded where
-        absent. A failure only costs that reader a wait: its own read fetches and reports."""
+        """Bring reserved blocks into memory for a reader that will want them soon: from the
+        disk cache (those the page cache holds at once, the others one at a time, so the
+        reader waits for one, not all), and downloaded where absent. A failure only costs that
+        reader a wait: its own read fetches and reports."""
         try:
-            cached = await trio.to_thread.run_sync(
-                self.cache.cached_blocks, digest, self.block_size, min(flights), max(flights)
-            )
-            absent = {i: f for i, f in flights.items() if i not in cached}
+            found, on_disk = self._read_cached(digest, size, sorted(flights), nowait=True)
+            self._keep(digest, size, found)
+            self._land(digest, {i: flights[i] for i in found})
+            absent = {i: f for i, f in flights.items() if i not in found and i not in on_disk}
             async with trio.open_nursery() as nursery:
                 if absent:
                     nursery.start_soon(self._fetch, digest, size, absent)
-                for index in sorted(cached & flights.keys()):
+                for index in on_disk:
                     await self._load(digest, size, {index: flights[index]})
         except Exception as exc:
             log.debug("reading ahead in %s failed: %s", digest, exc)
@@ -233,15 +234,17 @@ class BlobStore:
                 flight.done.set()
 
     async def _load(self, digest: str, size: int, flights: dict[int, _Flight]) -> dict[int, Buffer]:
-        """Read reserved blocks from the disk cache in one worker-thread call: those found."""
+        """Read reserved blocks from the disk cache, and end their flights: those found. Bytes
+        the page cache holds are read on the event loop (copying a MiB costs less than a trip
+        to a worker thread and back); the rest in one worker-thread call."""
         if not flights:
             return {}
         try:
-            found = await trio.to_thread.run_sync(self._read_blocks, digest, size, list(flights))
-            for index, data in found.items():
-                self._memory.put((digest, index), data)
-                self._seen(digest, size, index)
-            self.stats.disk_hits += len(found)
+            found, on_disk = self._read_cached(digest, size, list(flights), nowait=True)
+            if on_disk:
+                more, _ = await trio.to_thread.run_sync(self._read_cached, digest, size, on_disk)
+                found.update(more)
+            self._keep(digest, size, found)
             return found
         except BaseException as exc:
             self._land(digest, flights, exc)
@@ -249,15 +252,31 @@ class BlobStore:
         finally:
             self._land(digest, flights)
 
-    def _read_blocks(self, digest: str, size: int, indexes: list[int]) -> dict[int, Buffer]:
+    def _read_cached(
+        self, digest: str, size: int, indexes: list[int], *, nowait: bool = False
+    ) -> tuple[dict[int, Buffer], list[int]]:
+        """The blocks found in the disk cache; with ``nowait``, also those that are on disk
+        but not in the page cache (reading them would keep the caller waiting for the disk)."""
         found: dict[int, Buffer] = {}
+        on_disk = []
         for index in indexes:
-            data = self.cache.read_block(
-                digest, self.block_size, index, self._block_len(size, index)
-            )
+            try:
+                data = self.cache.read_block(
+                    digest, self.block_size, index, self._block_len(size, index), nowait=nowait
+                )
+            except BlockingIOError:
+                on_disk.append(index)
+                continue
             if data is not None:
                 found[index] = data
-        return found
+        return found, on_disk
+
+    def _keep(self, digest: str, size: int, found: dict[int, Buffer]) -> None:
+        """Hold blocks read from the disk cache in memory."""
+        for index, data in found.items():
+            self._memory.put((digest, index), data)
+            self._seen(digest, size, index)
+        self.stats.disk_hits += len(found)
 
     async def cached_bytes(
         self, digest: str, size: int, start: int = 0, end: int | None = None
@@ -283,9 +302,12 @@ class BlobStore:
         if (data := self._memory.get(key)) is not None:
             self.stats.memory_hits += 1
             return data
-        data = await trio.to_thread.run_sync(
-            self.cache.read_block, digest, self.block_size, index, expected_size
-        )
+        try:
+            data = self.cache.read_block(digest, self.block_size, index, expected_size, nowait=True)
+        except BlockingIOError:
+            data = await trio.to_thread.run_sync(
+                self.cache.read_block, digest, self.block_size, index, expected_size
+            )
         if data is not None:
             self.stats.disk_hits += 1
             self._memory.put(key, data)

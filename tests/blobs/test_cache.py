@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
+
+import pytest
 
 from modelkitfs.blobs import DiskCache
 
@@ -52,3 +56,32 @@ def test_download_locks_cover_runs_and_exclude_other_claims(tmp_path: Path) -> N
         first.release(index)
     assert first.fd == -1  # closed with its last lock
     assert cache.claim_run(DIGEST, 1024, 4, 5).held == {4, 5}
+
+
+def test_blocks_of_earlier_versions_with_crc32_are_still_read(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    path = cache.block_path(DIGEST, 1024, 0)
+    path.parent.mkdir(parents=True)
+    data = bytes(range(256)) * 4
+    path.write_bytes(data + zlib.crc32(data).to_bytes(4, "big"))
+    assert cache.read_block(DIGEST, 1024, 0, 1024) == data
+    path.write_bytes(data + (zlib.crc32(data) ^ 1).to_bytes(4, "big"))
+    assert cache.read_block(DIGEST, 1024, 0, 1024) is None
+    assert not path.exists()  # damaged: deleted, to be downloaded again
+
+
+def test_nowait_reads_only_from_the_page_cache(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    data = os.urandom(1 << 20)
+    cache.write_block(DIGEST, 1 << 20, 0, data)
+    assert cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True) == data
+    fd = os.open(cache.block_path(DIGEST, 1 << 20, 0), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its pages leave memory
+    finally:
+        os.close(fd)
+    with pytest.raises(BlockingIOError):
+        cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True)
+    assert cache.read_block(DIGEST, 1 << 20, 0, len(data)) == data
+    assert cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True) == data
