@@ -10,6 +10,7 @@ under test nothing.
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +59,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Without it, the tail of each response waits for the client's delayed ACK (Nagle):
+        # 40 ms more per request on a kept-alive connection, which object storage does not add.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.bucket = TokenBucket(self.server.per_connection)
 
     def do_GET(self) -> None:
