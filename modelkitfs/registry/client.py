@@ -47,6 +47,7 @@ MIRROR_RETRY_AFTER = 60.0
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 T = TypeVar("T")
+Buffer = bytes | bytearray
 
 
 @dataclass
@@ -153,43 +154,59 @@ class RegistryClient:
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of a blob; a server that ignores Range is handled."""
+        pieces = await self.get_range_pieces(repository, digest, start, end, end - start)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def get_range_pieces(
+        self, repository: str, digest: str, start: int, end: int, piece: int
+    ) -> list[Buffer]:
+        """Bytes ``[start, end)`` of a blob in buffers that are, as a rule, ``piece`` bytes
+        each (the last one shorter); after a transfer resumed in the middle they may be cut
+        anywhere."""
         what = f"blob {digest} of {self.registry}/{repository}"
 
-        async def fetch(base: str) -> bytes:
+        async def fetch(base: str) -> list[Buffer]:
             retries = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
             return await self._range_with_retries(
-                base, repository, digest, start, end, what, retries
+                base, repository, digest, start, end, piece, what, retries
             )
 
-        data = await self._via_mirrors(fetch, what)
+        pieces = await self._via_mirrors(fetch, what)
         self.stats.ranges += 1
-        self.stats.blob_bytes += len(data)
-        return data
+        self.stats.blob_bytes += end - start
+        return pieces
 
     async def _range_with_retries(
-        self, base: str, repository: str, digest: str, start: int, end: int, what: str, retries: int
-    ) -> bytes:
+        self,
+        base: str,
+        repository: str,
+        digest: str,
+        start: int,
+        end: int,
+        piece: int,
+        what: str,
+        retries: int,
+    ) -> list[Buffer]:
         """The range, retried within the request's budget; a transfer cut short resumes from
         the first byte it lacks."""
         budget = RetryBudget(self.options.timeout, retries)
-        pieces: list[bytes] = []
+        pieces: list[Buffer] = []
         position = start
         while True:
             headers = {"Range": f"bytes={position}-{end - 1}"}
-            data, resolving = await self._via_redirect(digest, headers, what, position, end)
+            data, resolving = await self._via_redirect(digest, headers, what, position, end, piece)
             try:
                 if data is None:
                     url = self._url(base, f"/v2/{repository}/blobs/{digest}")
                     data = await self._read_range(
-                        url, repository, headers, what, position, end, digest
+                        url, repository, headers, what, position, end, piece, digest
                     )
-                pieces.append(data)
-                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                return pieces + data
             except (httpx.TransportError, _Retryable) as exc:
                 failure = exc
-                if isinstance(exc, _Partial) and exc.data:
-                    pieces.append(exc.data)
-                    position += len(exc.data)
+                if isinstance(exc, _Partial):
+                    pieces += exc.data
+                    position += sum(len(p) for p in exc.data)
             finally:
                 if resolving is not None:
                     del self._resolving[digest]
@@ -211,8 +228,8 @@ class RegistryClient:
             )
 
     async def _via_redirect(
-        self, digest: str, headers: dict[str, str], what: str, start: int, end: int
-    ) -> tuple[bytes | None, trio.Event | None]:
+        self, digest: str, headers: dict[str, str], what: str, start: int, end: int, piece: int
+    ) -> tuple[list[Buffer] | None, trio.Event | None]:
         """The range from where the registry last redirected this blob (object storage URLs
         stay valid a while). Else None, and the caller asks the registry; when a cached URL
         has just failed, also an event the caller sets once it has asked: the first reader to
@@ -225,7 +242,8 @@ class RegistryClient:
             if location is None:
                 return None, None
             try:
-                return await self._read_range(location, None, headers, what, start, end), None
+                data = await self._read_range(location, None, headers, what, start, end, piece)
+                return data, None
             except RegistryError as exc:
                 if self._redirects.get(digest) == location:
                     log.debug("cached redirect for %s failed (%s); resolving again", digest, exc)
@@ -241,30 +259,39 @@ class RegistryClient:
         what: str,
         start: int,
         end: int,
+        piece: int,
         digest: str | None = None,
-    ) -> bytes:
+    ) -> list[Buffer]:
         """One range request; ``repository`` None for a URL outside the registry (no auth).
         Raises :class:`_Partial` with the bytes that came when the body stopped short."""
         async with self._limiter:
             if self._ranges is not None:
-                result = await self._range_in_thread(url, repository, headers, start, end)
-                status, final_url, data = result.status, result.url, result.data
+                result = await self._range_in_thread(url, repository, headers, start, end, piece)
+                status, final_url = result.status, result.url
+                data: list[Buffer] = list(result.data)
                 if status not in (200, 206):
                     self._raise_for_status(status, what, result.retry_after)
                 if result.broken:
                     raise _Partial(result.broken, data)
             else:
-                status, final_url, data = await self._range_with_httpx(
+                status, final_url, body = await self._range_with_httpx(
                     url, repository, headers, what, start, end
                 )
+                data = [body]
         if digest is not None and _host(final_url) != _host(url):
             self._redirects[digest] = final_url
-        if len(data) != end - start:
-            raise _Partial(f"short read of {len(data)} of {end - start} bytes", data)
+        if (got := sum(len(p) for p in data)) != end - start:
+            raise _Partial(f"short read of {got} of {end - start} bytes", data)
         return data
 
     async def _range_in_thread(
-        self, url: str, repository: str | None, headers: dict[str, str], start: int, end: int
+        self,
+        url: str,
+        repository: str | None,
+        headers: dict[str, str],
+        start: int,
+        end: int,
+        piece: int,
     ) -> RangeResult:
         assert self._ranges is not None
         scope = f"repository:{repository}:pull"
@@ -274,7 +301,7 @@ class RegistryClient:
             self.stats.requests += 1
             try:
                 result = await trio.to_thread.run_sync(
-                    self._ranges.fetch, url, sent, start, end, limiter=self._threads
+                    self._ranges.fetch, url, sent, start, end, piece, limiter=self._threads
                 )
             except (OSError, http.client.HTTPException) as exc:
                 raise httpx.ReadError(describe(exc)) from exc  # retried like any transport error
@@ -478,7 +505,7 @@ class _Retryable(RegistryError):
 class _Partial(_Retryable):
     """A range whose body stopped short: ``data`` is what came, to resume after."""
 
-    def __init__(self, message: str, data: bytes) -> None:
+    def __init__(self, message: str, data: list[Buffer]) -> None:
         super().__init__(message)
         self.data = data
 

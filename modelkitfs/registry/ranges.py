@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 READ_CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -27,7 +27,7 @@ REDIRECTS = (301, 302, 303, 307, 308)
 class RangeResult:
     status: int
     url: str  # where the bytes finally came from (after redirects)
-    data: bytes | bytearray = b""
+    data: list[bytearray] = field(default_factory=list)  # the body, in pieces
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
     broken: str = ""  # why the body stopped short of the range, after ``data``
@@ -40,10 +40,13 @@ class RangeFetcher:
         self.timeout = timeout
         self._local = threading.local()
 
-    def fetch(self, url: str, headers: dict[str, str], start: int, end: int) -> RangeResult:
+    def fetch(
+        self, url: str, headers: dict[str, str], start: int, end: int, piece: int
+    ) -> RangeResult:
         """GET ``[start, end)`` of ``url``, following redirects (the registry's headers go only
-        to the same host; elsewhere only ``Range``). Blocking: call from a worker thread.
-        Raises OSError or ``http.client.HTTPException`` when the connection fails."""
+        to the same host; elsewhere only ``Range``), read into buffers of ``piece`` bytes
+        (the last one shorter). Blocking: call from a worker thread. Raises OSError or
+        ``http.client.HTTPException`` when the connection fails."""
         for _ in range(MAX_REDIRECTS + 1):
             response, connection = self._get(url, headers)
             if response.status in REDIRECTS and (location := response.getheader("Location")):
@@ -59,14 +62,14 @@ class RangeFetcher:
                 ):
                     self._discard(url, connection)
                     return RangeResult(206, url, broken=f"it answered another range ({served})")
-                data, broken = _read_exactly(response, end - start)
+                data, broken = _read_exactly(response, end - start, piece)
                 if broken or response.length:
                     self._discard(url, connection)
                 return RangeResult(206, url, data, broken=broken)
             if response.status == 200:  # the server ignored Range: skip to it, then hang up
                 try:
                     _skip(response, start)
-                    data, broken = _read_exactly(response, end - start)
+                    data, broken = _read_exactly(response, end - start, piece)
                 finally:
                     self._discard(url, connection)
                 return RangeResult(200, url, data, broken=broken)
@@ -135,23 +138,43 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _read_exactly(response: http.client.HTTPResponse, length: int) -> tuple[bytearray, str]:
-    """Up to ``length`` bytes of the body, and why it stopped short ("" when it did not): a
-    transfer cut in the middle keeps what arrived, so that it can resume from there."""
-    buffer = bytearray(length)
-    done, broken = 0, ""
+def _read_exactly(
+    response: http.client.HTTPResponse, length: int, piece: int
+) -> tuple[list[bytearray], str]:
+    """Up to ``length`` bytes of the body in buffers of ``piece`` bytes, and why it stopped
+    short ("" when it did not): a transfer cut in the middle keeps what arrived, so that it can
+    resume from there. Read straight into the buffers its consumer keeps (cache blocks): one
+    copy of each byte fewer than slicing one buffer, and memory is freed block by block."""
+    pieces: list[bytearray] = []
+    done = 0
+    while done < length:
+        buffer = bytearray(min(piece, length - done))
+        filled, failure = _fill(response, buffer)
+        done += filled
+        if filled:
+            del buffer[filled:]
+            pieces.append(buffer)
+        if failure is not None:
+            if failure:
+                return pieces, f"the connection failed after {done} of {length} bytes ({failure})"
+            return pieces, f"the response ended after {done} of {length} bytes"
+    return pieces, ""
+
+
+def _fill(response: http.client.HTTPResponse, buffer: bytearray) -> tuple[int, str | None]:
+    """How many bytes of the body went into ``buffer``, and, when it is not full, why: "" for
+    the end of the body, else what failed."""
+    filled = 0
     with memoryview(buffer) as view:
         try:
-            while done < length:
-                got = response.readinto(view[done : done + READ_CHUNK * 16])
+            while filled < len(buffer):
+                got = response.readinto(view[filled:])
                 if not got:
-                    broken = f"the response ended after {done} of {length} bytes"
-                    break
-                done += got
+                    return filled, ""
+                filled += got
         except (OSError, http.client.HTTPException) as exc:
-            broken = f"the connection failed after {done} of {length} bytes ({_why(exc)})"
-    del buffer[done:]
-    return buffer, broken
+            return filled, _why(exc)
+    return filled, None
 
 
 def _why(exc: BaseException) -> str:
