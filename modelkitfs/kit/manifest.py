@@ -52,15 +52,25 @@ class Descriptor:
 
     @classmethod
     def parse(cls, raw: Any, what: str) -> Descriptor:
-        try:
-            digest, size = raw["digest"], int(raw["size"])
-            media_type = raw.get("mediaType", "")
-            annotations = raw.get("annotations") or {}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NotAModelKit(f"{what} has a malformed descriptor: {exc}") from None
-        if not isinstance(digest, str) or size < 0:
-            raise NotAModelKit(f"{what} has a malformed descriptor")
-        return cls(media_type, digest, size, dict(annotations))
+        """A descriptor with the JSON types the OCI spec gives (Go's decoder refuses others)."""
+        if not isinstance(raw, dict):
+            raise NotAModelKit(f"{what} has a malformed descriptor: not a JSON object")
+        digest, size = raw.get("digest"), raw.get("size")
+        media_type = raw.get("mediaType", "")
+        annotations = raw.get("annotations") or {}
+        if not isinstance(digest, str):
+            problem = '"digest" is missing or not a string'
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            problem = '"size" is missing or not a non-negative integer'
+        elif not isinstance(media_type, str):
+            problem = '"mediaType" is not a string'
+        elif not isinstance(annotations, dict) or not all(
+            isinstance(value, str) for value in annotations.values()
+        ):
+            problem = '"annotations" is not an object of strings'
+        else:
+            return cls(media_type, digest, size, dict(annotations))
+        raise NotAModelKit(f"{what} has a malformed descriptor: {problem}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import contextlib
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,3 +91,18 @@ def test_fuzz_manifests_are_parsed_or_refused(raw: bytes) -> None:
 def test_fuzz_layer_descriptors_are_parsed_or_refused(layers: list[dict[str, Any]]) -> None:
     with contextlib.suppress(ModelKitFSError):
         parse_manifest(manifest_with(layers), MANIFEST, "fuzz")
+
+
+@pytest.mark.parametrize(
+    ("layer", "named"),
+    [
+        ({"digest": "", "size": False, "mediaType": None}, '"size"'),  # found by hypothesis
+        ({"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": None}, '"mediaType"'),
+        ({"digest": "sha256:" + "a" * 64, "size": "12"}, '"size"'),
+        ({"digest": 7, "size": 1}, '"digest"'),
+        ({"digest": "sha256:" + "a" * 64, "size": 1, "annotations": {"k": 1}}, '"annotations"'),
+    ],
+)
+def test_descriptor_fields_of_the_wrong_type_are_named(layer: dict[str, Any], named: str) -> None:
+    with pytest.raises(ModelKitFSError, match=f"malformed descriptor: {named}"):
+        parse_manifest(manifest_with([layer]), MANIFEST, "kit")
