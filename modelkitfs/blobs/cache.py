@@ -86,6 +86,7 @@ class DiskCache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._nowait_reads = True  # until the file system refuses RWF_NOWAIT (NFS, say)
 
     def _blob_dir(self, kind: str, digest: str) -> Path:
         algorithm, hexpart = _split(digest)
@@ -113,7 +114,17 @@ class DiskCache:
         the bytes must be in the page cache: else this raises ``BlockingIOError`` rather than
         wait for the disk, so that it may run on an event loop."""
         path = self.block_path(digest, block_size, index)
-        found = _read_into_buffer(path, nowait)
+        if nowait and not self._nowait_reads:
+            raise BlockingIOError(errno.EAGAIN, "the file system cannot read without waiting")
+        try:
+            found = _read_into_buffer(path, nowait)
+        except OSError as exc:
+            if not nowait or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait_reads = False
+            raise BlockingIOError(
+                errno.EAGAIN, "the file system cannot read without waiting"
+            ) from exc
         if found is None:
             return None
         raw, mtime = found

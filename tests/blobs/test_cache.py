@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import zlib
 from pathlib import Path
@@ -85,3 +86,25 @@ def test_nowait_reads_only_from_the_page_cache(tmp_path: Path) -> None:
         cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True)
     assert cache.read_block(DIGEST, 1 << 20, 0, len(data)) == data
     assert cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True) == data
+
+
+def test_a_file_system_without_nowait_reads_falls_back_to_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = DiskCache(tmp_path)
+    cache.write_block(DIGEST, 1024, 0, b"n" * 1024)
+    preadv = os.preadv
+    refused = []
+
+    def refuse_nowait(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        if flags & os.RWF_NOWAIT:
+            refused.append(fd)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return preadv(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", refuse_nowait)
+    for _ in range(2):  # the second time without trying
+        with pytest.raises(BlockingIOError):
+            cache.read_block(DIGEST, 1024, 0, 1024, nowait=True)
+    assert len(refused) == 1
+    assert cache.read_block(DIGEST, 1024, 0, 1024) == b"n" * 1024
