@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.threaded_servers import LoopbackHTTPServer
 
 CHUNK = 64 * 1024
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
@@ -39,9 +41,7 @@ class TokenBucket:
             return max(0.0, -self.allowance / self.rate)
 
 
-class LinkServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class LinkServer(LoopbackHTTPServer):
     def __init__(self, upstream: str, latency: float, per_connection: float, total: float):
         self.upstream = upstream
         self.latency = latency

@@ -23,9 +23,9 @@ import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from tests.threaded_servers import ServedInThreads
+from tests.threaded_servers import LoopbackHTTPServer, ServedInThreads
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9+._-]+:[a-zA-Z0-9=_-]+)$")
@@ -103,9 +103,7 @@ class RedirectingProxy(ServedInThreads):
             return self._grants.get(sig)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(LoopbackHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         """Clients hanging up mid-response are routine here, not worth a traceback."""
         if not isinstance(sys.exc_info()[1], ConnectionError):

@@ -32,9 +32,11 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
+
+from tests.threaded_servers import LoopbackHTTPServer
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 CONTROL = "/_proxy/"
@@ -68,9 +70,7 @@ class FaultPlan:
         return None
 
 
-class ProxyServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ProxyServer(LoopbackHTTPServer):
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.lock = threading.Lock()

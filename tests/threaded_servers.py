@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import threading
-from http.server import HTTPServer
+from http.server import HTTPServer, ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A thread per connection. The listen backlog is socketserver's 5 otherwise: a client
+    opening a dozen connections at once (parallel range requests) had some of them dropped and
+    retried by the kernel a second later, a stall no real registry or object store adds."""
+
+    daemon_threads = True
+    request_queue_size = 128
 
 
 class ServedInThreads:

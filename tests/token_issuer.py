@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.pki import CA
-from tests.threaded_servers import ServedInThreads
+from tests.threaded_servers import LoopbackHTTPServer, ServedInThreads
 
 # Distribution 2.8 accepts a token until 60 s after its exp (registry/auth/token/token.go).
 REGISTRY_LEEWAY = 60
@@ -161,8 +161,7 @@ class TokenIssuer(ServedInThreads):
         return user is not None and password is not None and self.users.get(user) == password
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     issuer: TokenIssuer
 
     def handle_error(self, request: object, client_address: object) -> None:
