@@ -128,6 +128,36 @@ def test_partial_read_of_a_big_file_fetches_little(big_kit, proxy, mounts: Mount
     assert 1 * MiB <= proxy.blob_bytes < 16 * MiB
 
 
+def test_listing_small_files_fetches_their_layer_once_for_later_reads(
+    tmp_path: Path, publish, proxy, mounts: Mounts
+) -> None:
+    """Between headers back to back lie the files' bytes: the first listing fetches the layer
+    (in parallel, into the cache), and reading the files after it costs no request."""
+    rng = np.random.default_rng(1)
+    files = {
+        f"data/s{i % 10}/f{i:04d}.bin": rng.bytes(int(rng.integers(100, 1500))) for i in range(4000)
+    }
+    for name, data in files.items():
+        write(tmp_path / "src" / name, data)
+    kit = build_modelkit(
+        tmp_path / "src", {"manifestVersion": "1.0.0", "datasets": [{"path": "data"}]}
+    )
+    layer_size = json.loads(kit.manifest)["layers"][0]["size"]
+    mountpoint = mounts.mount(publish(kit, "test/small-files"))
+    proxy.reset()
+    listed = {
+        (Path(top) / name).relative_to(mountpoint).as_posix()
+        for top, _, names in os.walk(mountpoint / "data")
+        for name in names
+    }
+    assert listed == set(files)
+    assert proxy.blob_bytes <= layer_size + 64 * 1024  # the first header window: not cached
+    proxy.reset()
+    for name, data in files.items():
+        assert (mountpoint / name).read_bytes() == data
+    assert proxy.blob_bytes == 0
+
+
 def test_second_mount_on_the_same_cache_downloads_nothing(big_kit, proxy, mounts: Mounts) -> None:
     source, ref = big_kit
     first = mounts.mount(ref)

@@ -29,6 +29,9 @@ class EntryKind(str, enum.Enum):
     HARDLINK = "hardlink"
 
 
+_KINDS = {kind.value: kind for kind in EntryKind}
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One archive member. ``path`` is normalised: relative, ``/``-separated, no ``.``/``..``."""
@@ -58,19 +61,21 @@ class LayerIndex:
             if not isinstance(document, dict) or document.get("version") != 1:
                 raise ValueError("unknown index version")
             entries = [
-                Entry(p, EntryKind(k), m, s, o, ln) for p, k, m, s, o, ln in document["entries"]
+                Entry(p, _KINDS[k], m, s, o, ln) for p, k, m, s, o, ln in document["entries"]
             ]
         except (TypeError, KeyError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed index: {exc}") from None
-        for entry in entries:
-            fields = (entry.mode, entry.size, entry.offset)
-            if (
-                not isinstance(entry.path, str)
-                or not isinstance(entry.linkname, str)
-                or not all(isinstance(n, int) and n >= 0 for n in fields)
-                or normalize_name(entry.path) != entry.path
+        for e in entries:
+            if not (
+                isinstance(e.path, str)
+                and isinstance(e.linkname, str)
+                and isinstance(e.mode, int)
+                and isinstance(e.size, int)
+                and isinstance(e.offset, int)
+                and min(e.mode, e.size, e.offset) >= 0
+                and normalize_name(e.path) == e.path
             ):
-                raise ValueError(f"malformed index entry {entry.path!r}")
+                raise ValueError(f"malformed index entry {e.path!r}")
         return cls(entries)
 
 
@@ -79,6 +84,8 @@ def normalize_name(name: str) -> str | None:
     (absolute, or climbing out with ``..``)."""
     if name.startswith("/") or "\0" in name:
         return None
+    if name and name[0] != "." and "//" not in name and "/." not in name:
+        return name.rstrip("/")  # already clean but for a directory's trailing slash
     cleaned = posixpath.normpath(name) if name else "."
     if cleaned == ".":
         return ""
@@ -93,7 +100,14 @@ class IndexSource(Protocol):
     digest: str
     size: int
 
-    async def read_sparse(self, offset: int, length: int) -> bytes: ...
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes of a run read in order: cached, and what follows fetched ahead."""
+        ...
+
+    async def read_sparse(self, offset: int, length: int) -> bytes:
+        """Bytes between ones far apart: fetched alone, not cached."""
+        ...
+
     async def load_meta(self, name: str) -> bytes | None: ...
     async def save_meta(self, name: str, data: bytes) -> None: ...
 

@@ -5,12 +5,21 @@ records) and what other writers add (GNU ``L``/``K`` long names, ``./`` prefixes
 slashes on directories, base-256 numbers). Only headers are read: file data is skipped, so a
 256 MiB weight costs one 512-byte header. Reads come in windows that grow while headers keep
 arriving back to back (many small files: few requests) and shrink after a jump over a large file.
+Back to back, the walk reads most of the archive's bytes anyway: those reads go through the
+cache, fetched ahead in parallel, so that the walk is not one request at a time and the small
+files it passes are cached for the reads that follow a listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import struct
+import zlib
 from dataclasses import dataclass
+
+import outcome
+import trio
 
 from modelkitfs.archive.index import Entry, EntryKind, IndexSource, LayerIndex, normalize_name
 from modelkitfs.errors import ArchiveError
@@ -20,12 +29,14 @@ log = logging.getLogger(__name__)
 BLOCK = 512
 MIN_WINDOW = 64 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
+WINDOWS_AHEAD = 4  # fetched ahead of a walk through headers back to back
 MAX_EXTENSION_SIZE = 1024 * 1024  # PAX records and GNU long names; real ones are tiny
 # Each entry costs about half a KiB of the daemon's memory once mounted: a layer of empty
 # files could otherwise make it take gigabytes (a million entries: about 500 MiB).
 MAX_ENTRIES = 2_000_000
 
 _HIGH_BYTES = bytes(range(128, 256))
+_ZERO_BLOCK = bytes(BLOCK)
 _KINDS = {
     b"0": EntryKind.FILE,
     b"\0": EntryKind.FILE,
@@ -36,7 +47,13 @@ _KINDS = {
 }
 
 
-@dataclass
+# name, mode, uid, gid, size, mtime, checksum, typeflag, linkname, magic, version, uname,
+# gname, devmajor, devminor, prefix
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
+_ADLER_MODULUS = 65521
+
+
+@dataclass(slots=True)
 class Header:
     name: str
     mode: int
@@ -49,12 +66,12 @@ def _number(field: bytes, what: str) -> int:
     if field and field[0] & 0x80:  # GNU base-256 for values that do not fit in octal
         value = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
         return value
-    text = field.split(b"\0", 1)[0].strip(b" \0")
-    if not text:
-        return 0
+    text = field.partition(b"\0")[0]
     try:
-        return int(text, 8)
+        return int(text, 8)  # surrounding spaces allowed
     except ValueError:
+        if not text.strip(b" "):
+            return 0
         raise ArchiveError(f"corrupt tar header: bad {what} field {field!r}") from None
 
 
@@ -64,23 +81,28 @@ def _text(field: bytes) -> str:
 
 def parse_header(block: bytes, offset: int) -> Header:
     """Decode one 512-byte header, checking its checksum."""
-    stored = _number(block[148:156], "checksum")
-    outside = block[:148] + block[156:]
-    unsigned = sum(outside) + 8 * 0x20
-    if stored != unsigned:
+    (name, mode, _, _, size, _, checksum, typeflag, linkname, magic, _, _, _, _, _, prefix) = (
+        _USTAR.unpack_from(block)
+    )
+    stored = _number(checksum, "checksum")
+    # The checksum is the sum of the header's bytes with its own field as spaces. Adler-32's
+    # low half is that sum (plus one) modulo 65521, computed in C: ten times faster than sum().
+    if (stored - (zlib.adler32(block) & 0xFFFF) + 1 + sum(checksum) - 8 * 0x20) % _ADLER_MODULUS:
+        outside = block[:148] + block[156:]
+        unsigned = sum(outside) + 8 * 0x20
         # Some old writers summed the bytes as signed chars.
         signed = unsigned - 256 * (len(outside) - len(outside.translate(None, _HIGH_BYTES)))
-        if stored != signed:
+        if stored not in (unsigned, signed):
             raise ArchiveError(f"corrupt tar header at offset {offset}: checksum mismatch")
-    name = _text(block[0:100])
-    if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX prefix field
-        name = _text(block[345:500]) + "/" + name
+    path = _text(name)
+    if magic == b"ustar\0" and prefix[0]:  # POSIX prefix field
+        path = _text(prefix) + "/" + path
     return Header(
-        name=name,
-        mode=_number(block[100:108], "mode") & 0o7777,
-        size=_number(block[124:136], "size"),
-        typeflag=block[156:157],
-        linkname=_text(block[157:257]),
+        name=path,
+        mode=_number(mode, "mode") & 0o7777,
+        size=_number(size, "size"),
+        typeflag=typeflag,
+        linkname=_text(linkname) if linkname[0] else "",
     )
 
 
@@ -114,33 +136,55 @@ def parse_pax(data: bytes) -> dict[str, str]:
 class _WindowReader:
     """Reads ranges of the source through a growing read-ahead window."""
 
-    def __init__(self, source: IndexSource) -> None:
+    def __init__(self, source: IndexSource, nursery: trio.Nursery) -> None:
         self.source = source
+        self.nursery = nursery
         self.window = MIN_WINDOW
         self.start = 0
         self.data = b""
         self.requests = 0
+        self.ahead = 0  # where what was fetched ahead ends
 
     async def read(self, offset: int, length: int) -> bytes:
         end = offset + length
         if self.start <= offset and end <= self.start + len(self.data):
             return self.data[offset - self.start : end - self.start]
         buffered_end = self.start + len(self.data)
-        if self.data and offset <= buffered_end + self.window:
-            self.window = min(self.window * 2, MAX_WINDOW)  # headers keep coming: read further
-        else:
-            self.window = MIN_WINDOW
+        dense = bool(self.data) and offset <= buffered_end + self.window
+        self.window = min(self.window * 2, MAX_WINDOW) if dense else MIN_WINDOW
         self.start = offset
-        self.data = await self.source.read_sparse(offset, max(length, self.window))
+        if dense:
+            if self.window == MAX_WINDOW:
+                self._fetch_ahead(offset + self.window)
+            self.data = await self.source.read(offset, max(length, self.window))
+        else:
+            self.data = await self.source.read_sparse(offset, max(length, self.window))
         self.requests += 1
         if len(self.data) < length:
             raise ArchiveError(f"tar archive truncated at offset {offset + len(self.data)}")
         return self.data[:length]
 
+    def _fetch_ahead(self, start: int) -> None:
+        """Have the windows after ``start`` fetched (into the cache) while this one is read."""
+        start, stop = max(start, self.ahead), start + WINDOWS_AHEAD * MAX_WINDOW
+        for offset in range(start, min(stop, self.source.size), MAX_WINDOW):
+            self.nursery.start_soon(self._fetch, offset)
+        self.ahead = max(self.ahead, stop)
+
+    async def _fetch(self, offset: int) -> None:
+        with contextlib.suppress(Exception):  # the walk's own read of it fails and reports
+            await self.source.read(offset, MAX_WINDOW)
+
 
 async def build_tar_index(source: IndexSource) -> LayerIndex:
     """Walk every header of the tar archive ``source`` and index its members."""
-    reader = _WindowReader(source)
+    async with trio.open_nursery() as nursery:
+        walked = await outcome.acapture(_walk, source, _WindowReader(source, nursery))
+        nursery.cancel_scope.cancel()  # fetching ahead past the end-of-archive marker
+    return walked.unwrap()  # its error as it is, not in an exception group
+
+
+async def _walk(source: IndexSource, reader: _WindowReader) -> LayerIndex:
     entries: list[Entry] = []
     global_pax: dict[str, str] = {}
     pax: dict[str, str] = {}
@@ -149,7 +193,7 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
     offset = 0
     while offset + BLOCK <= source.size:
         block = await reader.read(offset, BLOCK)
-        if block == bytes(BLOCK):
+        if block == _ZERO_BLOCK:
             break  # end-of-archive marker
         header = parse_header(block, offset)
         data_offset = offset + BLOCK
@@ -168,7 +212,7 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
                 long_link = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             offset = data_offset + _padded(size)
             continue
-        records = {**global_pax, **pax}
+        records = {**global_pax, **pax} if pax or global_pax else pax
         name = records.get("path", long_name if long_name is not None else header.name)
         linkname = records.get("linkpath", long_link if long_link is not None else header.linkname)
         if "size" in records:

@@ -19,21 +19,33 @@ from tests.kitbuilder import empty_files_tar, go_tar, other_tar, pax_record
 
 
 class BytesSource:
-    """An in-memory layer that counts the range reads the index builder makes."""
+    """An in-memory layer that counts the range reads the index builder makes: ``reads`` all
+    of them, ``dense`` those made through the cache; each takes ``latency`` seconds."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, latency: float = 0.0) -> None:
         self.data = data
         self.digest = "sha256:" + "0" * 64
         self.size = len(data)
+        self.latency = latency
         self.reads: list[tuple[int, int]] = []
+        self.dense: list[tuple[int, int]] = []
+        self.in_flight = self.most_in_flight = 0
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
         self.reads.append((offset, length))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await trio.sleep(self.latency)
+        self.in_flight -= 1
         return self.data[offset : offset + length]
 
+    async def read(self, offset: int, length: int) -> bytes:
+        self.dense.append((offset, length))
+        return await self.read_sparse(offset, length)
 
-def index_of(data: bytes) -> tuple[LayerIndex, BytesSource]:
-    source = BytesSource(data)
+
+def index_of(data: bytes, latency: float = 0.0) -> tuple[LayerIndex, BytesSource]:
+    source = BytesSource(data, latency)
     return trio.run(build_tar_index, source), source
 
 
@@ -87,6 +99,22 @@ def test_many_small_files_cost_few_reads(tmp_path: Path) -> None:
     index, source = index_of(data)
     assert len(index.entries) == 2000
     assert len(source.reads) <= 8, source.reads
+
+
+def test_headers_back_to_back_are_fetched_ahead_in_parallel_through_the_cache(
+    tmp_path: Path,
+) -> None:
+    members = []
+    for i in range(12000):
+        path = tmp_path / f"f{i:05}"
+        path.write_bytes(b"x" * 1000)
+        members.append((path.name, path))
+    data = go_tar(members)
+    index, source = index_of(data, latency=0.01)
+    assert len(index.entries) == 12000
+    assert source.most_in_flight > 2  # one window read, others fetched ahead
+    sparse = [read for read in source.reads if read not in source.dense]
+    assert sparse == [(0, tar.MIN_WINDOW)]  # after the first window, every read is cached
 
 
 def test_big_file_costs_one_header_read(tmp_path: Path) -> None:
