@@ -46,13 +46,17 @@ class PlainStream:
         self.blob = blob
         self.digest = blob.digest
         self.size = blob.size
-        self.read = blob.read
         self.read_sparse = blob.read_sparse
         self.load_meta = blob.load_meta
         self.save_meta = blob.save_meta
 
     async def prepare(self) -> None:
         pass
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Through the cache, fetching nothing ahead: the tar index walk fetches its own
+        windows ahead, and its reads must not pass for a reader going through a file."""
+        return await self.blob.read(offset, length, ahead=False)
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,8 @@ class _WindowReader:
         self.window = min(self.window * 2, MAX_WINDOW) if dense else MIN_WINDOW
         self.start = offset
         if dense:
-            if self.window == MAX_WINDOW:
-                self._fetch_ahead(offset + self.window)
+            self._fetch_ahead(offset + self.window)
+        if dense:
             self.data = await self.source.read(offset, max(length, self.window))
         else:
             self.data = await self.source.read_sparse(offset, max(length, self.window))
@@ -166,14 +166,14 @@ class _WindowReader:
 
     def _fetch_ahead(self, start: int) -> None:
         """Have the windows after ``start`` fetched (into the cache) while this one is read."""
-        start, stop = max(start, self.ahead), start + WINDOWS_AHEAD * MAX_WINDOW
-        for offset in range(start, min(stop, self.source.size), MAX_WINDOW):
-            self.nursery.start_soon(self._fetch, offset)
+        start, stop = max(start, self.ahead), start + WINDOWS_AHEAD * self.window
+        for offset in range(start, min(stop, self.source.size), self.window):
+            self.nursery.start_soon(self._fetch, offset, self.window)
         self.ahead = max(self.ahead, stop)
 
-    async def _fetch(self, offset: int) -> None:
+    async def _fetch(self, offset: int, length: int) -> None:
         with contextlib.suppress(Exception):  # the walk's own read of it fails and reports
-            await self.source.read(offset, MAX_WINDOW)
+            await self.source.read(offset, length)
 
 
 async def build_tar_index(source: IndexSource) -> LayerIndex:
