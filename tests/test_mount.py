@@ -194,6 +194,33 @@ def test_safetensors_reads_one_tensor_with_about_its_bytes(
     assert size <= proxy.blob_bytes <= 1.1 * size + 8 * MiB
 
 
+def test_a_read_inside_a_tensor_fetches_the_rest_of_it_at_once(
+    tmp_path: Path, publish, proxy, mounts: Mounts
+) -> None:
+    source = tmp_path / "src"
+    rng = np.random.default_rng(4)
+    tensors = {f"layer{i}": rng.standard_normal((1024, 4096), dtype=np.float32) for i in range(4)}
+    source.mkdir()
+    save_file(tensors, source / "model.safetensors")
+    kitfile = {"manifestVersion": "1.0.0", "model": {"path": "model.safetensors"}}
+    mountpoint = mounts.mount(publish(build_modelkit(source, kitfile), "st/unit"))
+    with safe_open(source / "model.safetensors", framework="numpy") as f:
+        names = list(f.keys())
+    header = 8 + int.from_bytes((source / "model.safetensors").read_bytes()[:8], "little")
+    size = tensors["layer2"].nbytes
+    start = header + names.index("layer2") * size
+    with open(mountpoint / "model.safetensors", "rb", buffering=0) as f:
+        assert f.read(8) == (header - 8).to_bytes(8, "little")  # as loaders start
+        proxy.reset()
+        expected = tensors["layer2"].tobytes()[1000 : 1000 + 4096]
+        assert os.pread(f.fileno(), 4096, start + 1000) == expected
+    for _ in range(100):  # the rest comes in the background; up to 5 s
+        if proxy.blob_bytes >= size - MiB:
+            break
+        time.sleep(0.05)
+    assert size - MiB <= proxy.blob_bytes <= size + MiB  # that tensor, not the next
+
+
 def test_concurrent_readers_share_one_download(big_kit, proxy, mounts: Mounts) -> None:
     source, ref = big_kit
     mountpoint = mounts.mount(ref)

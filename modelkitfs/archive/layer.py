@@ -88,11 +88,23 @@ class LayerArchive:
             return await self._raw_index(self.raw)
         return await load_or_build_index(self.stream, _build_tar_index)
 
-    async def read(self, offset: int, length: int, end: int | None = None) -> bytes:
-        """``length`` bytes of the uncompressed layer at ``offset``; ``end``, where the file
-        being read ends, bounds what an uncompressed layer fetches ahead."""
+    async def read(
+        self,
+        offset: int,
+        length: int,
+        end: int | None = None,
+        unit_end: int | None = None,
+        *,
+        ahead: bool = True,
+    ) -> bytes:
+        """``length`` bytes of the uncompressed layer at ``offset``. What an uncompressed layer
+        fetches ahead of a reader going in order (none unless ``ahead``) stops at ``end``, where
+        the file being read ends; ``unit_end`` is where a unit the reader takes whole ends (a
+        tensor): the rest of it is fetched at once."""
         if isinstance(self.stream, PlainStream):
-            return await self.blob.read(offset, length, ahead_limit=end)
+            return await self.blob.read(
+                offset, length, ahead=ahead, ahead_limit=end, unit_end=unit_end
+            )
         return await self.stream.read(offset, length)
 
     async def cached_bytes(self, offset: int, length: int) -> int | None:

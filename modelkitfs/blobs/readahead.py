@@ -8,6 +8,10 @@ of it, which grows with the bytes read in order: an eighth of them, between 4 an
 long stream soon has many requests in flight, while a reader that stops (one tensor of a model)
 leaves little fetched in vain. A read that matches no cursor starts a new one.
 
+A reader that jumps into a unit it takes whole (a safetensors tensor: the tree knows where they
+end) gets the rest of the unit fetched at once, in parallel parts: one tensor costs one round
+trip and about its own bytes.
+
 The window is fetched in parts of an eighth of it (1 to 8 MiB), one range request each, issued
 only whole: a reader moving on by 1 MiB does not cost a 1 MiB request. Each request costs the
 server some CPU whatever its size (the CNCF registry spends 4 ms on a 1 MiB range, measured on
@@ -48,30 +52,48 @@ class Readahead:
         self._clock = 0
 
     def advise(
-        self, digest: str, size: int, offset: int, end: int, limit: int | None = None
+        self,
+        digest: str,
+        size: int,
+        offset: int,
+        end: int,
+        limit: int | None = None,
+        unit_end: int | None = None,
     ) -> list[tuple[int, int]]:
         """Note a read of ``[offset, end)``; the byte ranges worth fetching now, in order,
-        never past ``limit`` (the end of the file being read, when known)."""
+        never past ``limit`` (the end of the file being read, when known). ``unit_end``: where
+        the unit the read falls in ends, when the reader takes units whole (a safetensors
+        tensor): a reader that has not been going in order gets the rest of it at once (up to
+        64 MiB ahead). One that has keeps its stream's window: the kernel's readahead runs past
+        the end of a tensor into the next, which a reader that stops does not want whole."""
         self._clock += 1
+        data_end = min(size, limit if limit is not None else size)
+        unit_target = min(unit_end, end + MAX_WINDOW, data_end) if unit_end is not None else 0
         cursors = self._cursors.setdefault(digest, [])
         cursor = next((c for c in cursors if c.end - BACKWARD <= offset <= c.end + FORWARD), None)
         if cursor is None:
-            cursors.append(_Cursor(end, end - offset, end, self._clock))
+            cursor = _Cursor(end, end - offset, end, self._clock)
+            cursors.append(cursor)
             if len(cursors) > CURSORS_PER_BLOB:
                 cursors.remove(min(cursors, key=lambda c: c.used))
-            return []
+            return self._parts(cursor, unit_target, unit_target - end, unit_target)
         cursor.used = self._clock
         cursor.sequential += max(0, end - cursor.end)
         cursor.end = max(cursor.end, end)
         if cursor.sequential < MIN_SEQUENTIAL:
-            return []
+            return self._parts(cursor, unit_target, unit_target - cursor.end, unit_target)
         window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW)
-        data_end = min(size, limit if limit is not None else size)
-        target = min(data_end, cursor.end + window)
-        part = min(max(window // PARTS_PER_WINDOW // MiB * MiB, MIN_PART), MAX_PART)
+        return self._parts(cursor, min(data_end, cursor.end + window), window, data_end)
+
+    @staticmethod
+    def _parts(cursor: _Cursor, target: int, window: int, last: int) -> list[tuple[int, int]]:
+        """Parts from where fetching ahead stopped to ``target``: an eighth of ``window`` each
+        (rounded up to whole MiB, 1 to 8), only whole ones unless they reach ``last`` (the end
+        of the data, or of a unit)."""
+        part = min(max(-(-window // PARTS_PER_WINDOW // MiB) * MiB, MIN_PART), MAX_PART)
         start = max(cursor.ahead, cursor.end) // MiB * MiB
         parts = []
-        while start < target and (start + part <= target or target == data_end):
+        while start < target and (start + part <= target or target == last):
             parts.append((start, min(start + part, target)))
             start += part
         cursor.ahead = max(cursor.ahead, min(start, target))

@@ -126,10 +126,12 @@ class BlobStore:
         *,
         ahead: bool = True,
         ahead_limit: int | None = None,
+        unit_end: int | None = None,
     ) -> bytes:
         """Bytes ``[offset, offset + length)`` of the blob, clipped at its end. A reader going
         in order gets what follows fetched ahead (unless ``ahead`` is False), up to
-        ``ahead_limit`` when the end of what it reads is known."""
+        ``ahead_limit`` when the end of what it reads is known; the rest of a unit read whole
+        (a tensor), up to ``unit_end``, at once."""
         end = min(offset + length, size)
         if offset >= end:
             return b""
@@ -138,7 +140,8 @@ class BlobStore:
         if self.must_verify(digest):
             await self.verified(digest, size)
         if ahead:
-            for start, stop in self._readahead.advise(digest, size, offset, end, ahead_limit):
+            advice = self._readahead.advise(digest, size, offset, end, ahead_limit, unit_end)
+            for start, stop in advice:
                 # Reserved now, before this read looks for its own blocks, so that a block
                 # both want is fetched once, as part of the larger request.
                 flights = self._reserve(
@@ -647,10 +650,22 @@ class Blob:
         return self.store.verify_full
 
     async def read(
-        self, offset: int, length: int, *, ahead: bool = True, ahead_limit: int | None = None
+        self,
+        offset: int,
+        length: int,
+        *,
+        ahead: bool = True,
+        ahead_limit: int | None = None,
+        unit_end: int | None = None,
     ) -> bytes:
         return await self.store.read(
-            self.digest, self.size, offset, length, ahead=ahead, ahead_limit=ahead_limit
+            self.digest,
+            self.size,
+            offset,
+            length,
+            ahead=ahead,
+            ahead_limit=ahead_limit,
+            unit_end=unit_end,
         )
 
     async def cached_bytes(self, start: int = 0, end: int | None = None) -> int:

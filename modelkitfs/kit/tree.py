@@ -20,6 +20,8 @@ import trio
 
 from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.kit import tensors
+from modelkitfs.kit.tensors import TensorLayout
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Node:
         return stat.S_ISDIR(self.mode)
 
 
+def _may_hold_tensors(node: Node) -> bool:
+    return node.size >= tensors.MIN_FILE and node.path.endswith(tensors.SUFFIX)
+
+
 def related(layer_path: str, directory: str) -> bool:
     """Whether a layer whose entry path is ``layer_path`` may hold children of ``directory``."""
     if not layer_path or not directory or layer_path == directory:
@@ -81,6 +87,8 @@ class KitTree:
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
         self._nodes: dict[int, Node] = {}
+        self._layouts: dict[int, TensorLayout | None] = {}
+        self._layout_lock = trio.Lock()
         self._rebuild()
 
     @property
@@ -134,7 +142,35 @@ class KitTree:
         if node.layer is None or offset >= node.size:
             return b""
         size = min(size, node.size - offset)
-        return await node.layer.archive.read(node.offset + offset, size, node.offset + node.size)
+        archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
+        if offset == 0 or not _may_hold_tensors(node):
+            data = await archive.read(start, size, end)
+            if offset == 0 and _may_hold_tensors(node) and node.inode not in self._layouts:
+                self._layouts[node.inode] = await self._read_layout(node, data)
+            return data
+        if node.inode not in self._layouts:
+            async with self._layout_lock:
+                if node.inode not in self._layouts:
+                    self._layouts[node.inode] = await self._read_layout(node)
+        layout = self._layouts[node.inode]
+        tensor_end = layout.tensor_end(offset, size) if layout is not None else None
+        unit_end = None if tensor_end is None else node.offset + tensor_end
+        return await archive.read(start, size, end, unit_end)
+
+    async def _read_layout(self, node: Node, first: bytes = b"") -> TensorLayout | None:
+        """Where the tensors of safetensors file ``node`` lie, from its header; ``first``: its
+        first bytes, when a read of them brought them (a reader reads the header first)."""
+        assert node.layer is not None
+
+        async def head(length: int) -> bytes:
+            if len(first) >= length:
+                return first[:length]
+            return await node.layer.archive.read(node.offset, length, ahead=False)
+
+        length = tensors.header_length(await head(8))
+        if length is None or 8 + length > node.size:
+            return None
+        return tensors.parse_layout((await head(8 + length))[8:], node.size)
 
     async def cached_bytes(self, node: Node) -> int | None:
         """How many bytes of the file ``node`` are in the cache; None when not known per file
