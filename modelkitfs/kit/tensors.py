@@ -1,10 +1,11 @@
 """Where the tensors of a safetensors file lie, from its header.
 
-Loaders take a tensor whole (safetensors' ``get_tensor``, and torch or transformers through it),
-so a read inside a tensor tells what comes next and where reading stops: the blob store fetches
-the rest of the tensor at once, in parallel, and nothing past it. The format: eight bytes, the
-little-endian length of a JSON header; the header, ``{name: {"dtype", "shape", "data_offsets":
-[begin, end]}, "__metadata__": {...}}``; then the data, offsets counted from its start.
+Loaders take a tensor whole, from its start (safetensors' ``get_tensor``, and torch or
+transformers through it), so a read that enters a tensor tells what comes next and where
+reading stops: the blob store fetches the rest of the tensor at once, in parallel, and nothing
+past it. The format: eight bytes, the little-endian length of a JSON header; the header,
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``; then the
+data, offsets counted from its start.
 """
 
 from __future__ import annotations
@@ -29,17 +30,21 @@ class TensorLayout:
     starts: list[int]
     ends: list[int]
 
-    def tensor_end(self, offset: int, size: int) -> int | None:
-        """Where the tensor that a read of ``size`` bytes at ``offset`` is for ends: the one
-        holding the end of the page in its middle, as the kernel reads around a page fault,
-        half before the faulting page and half after (a tensor need not start on a page). None
-        for a read that starts in the header: it reads the header, and what follows it is the
-        kernel's readahead, not a tensor wanted."""
+    def entered(self, offset: int, size: int) -> int | None:
+        """Where the tensor that a read of ``size`` bytes at ``offset`` enters ends, if it
+        enters one: a tensor that starts in the page the read starts in, or in the page in its
+        middle (the kernel reads around a page fault, half before the faulting page and half
+        after). A loader takes a tensor from its start; a read that lands inside one (a random
+        reader, a slice) gets only what it asks for. None too for a read that starts in the
+        header: what follows it is the kernel's readahead, not a tensor wanted."""
         if not self.starts or offset < self.starts[0]:
             return None
-        probe = min(offset + size // 2 + PAGE - 1, offset + size - 1)
-        i = bisect.bisect_right(self.starts, probe) - 1
-        return self.ends[i] if i >= 0 and probe < self.ends[i] else None
+        for probe in (offset + size // 2, offset):
+            page = probe // PAGE * PAGE
+            i = bisect.bisect_left(self.starts, page + PAGE) - 1  # the last starting by then
+            if i >= 0 and self.starts[i] >= page:
+                return self.ends[i]
+        return None
 
 
 def header_length(prefix: bytes) -> int | None:

@@ -153,7 +153,7 @@ class KitTree:
                 if node.inode not in self._layouts:
                     self._layouts[node.inode] = await self._read_layout(node)
         layout = self._layouts[node.inode]
-        tensor_end = layout.tensor_end(offset, size) if layout is not None else None
+        tensor_end = layout.entered(offset, size) if layout is not None else None
         unit_end = None if tensor_end is None else node.offset + tensor_end
         return await archive.read(start, size, end, unit_end)
 

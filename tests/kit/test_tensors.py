@@ -37,8 +37,9 @@ def test_layout_matches_the_library(tmp_path: Path) -> None:
     layout, ranges = layout_of(tmp_path / "m.safetensors")
     assert list(zip(layout.starts, layout.ends, strict=True)) == sorted(ranges.values())
     start, end = ranges["weight"]
-    assert layout.tensor_end(start, 4096) == end  # the middle of a read inside it
-    assert layout.tensor_end(end - 100, 100) == end
+    assert layout.entered(start, 4096) == end  # a read from its start
+    assert layout.entered(start + 2 * PAGE, 4096) is None  # one that lands inside it
+    assert layout.entered(end - 3 * PAGE, 100) is None
 
 
 def test_a_read_around_a_fault_is_for_the_tensor_of_the_faulting_page(tmp_path: Path) -> None:
@@ -55,13 +56,13 @@ def test_a_read_around_a_fault_is_for_the_tensor_of_the_faulting_page(tmp_path: 
     # The kernel reads 1 MiB around the faulting page: half before it, half after. The page
     # holds the bias's end and the weight's start.
     page = bias_end // PAGE * PAGE
-    assert layout.tensor_end(page - 512 * 1024, 1024 * 1024) == ranges["a.weight"][1]
+    assert layout.entered(page - 512 * 1024, 1024 * 1024) == ranges["a.weight"][1]
 
 
 def test_a_read_from_the_header_is_for_no_tensor(tmp_path: Path) -> None:
     save_file({"w": np.ones((512, 1024), np.float32)}, tmp_path / "m.safetensors")
     layout, _ = layout_of(tmp_path / "m.safetensors")
-    assert layout.tensor_end(0, 1024 * 1024) is None
+    assert layout.entered(0, 1024 * 1024) is None
 
 
 @pytest.mark.parametrize(
