@@ -116,9 +116,10 @@ class IndexSource(Protocol):
 
     digest: str
     size: int
+    cached: bool  # reads land in the shared block cache: fetching ahead in parallel pays
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Bytes of a run read in order: cached, and what follows fetched ahead."""
+        """Bytes of a run read in order: cached, when ``cached``."""
         ...
 
     async def read_sparse(self, offset: int, length: int) -> bytes:

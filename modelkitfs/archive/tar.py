@@ -37,6 +37,7 @@ MAX_ENTRIES = 2_000_000
 
 _HIGH_BYTES = bytes(range(128, 256))
 _ZERO_BLOCK = bytes(BLOCK)
+_OCTAL = b"01234567"
 _KINDS = {
     b"0": EntryKind.FILE,
     b"\0": EntryKind.FILE,
@@ -66,13 +67,10 @@ def _number(field: bytes, what: str) -> int:
     if field and field[0] & 0x80:  # GNU base-256 for values that do not fit in octal
         value = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
         return value
-    text = field.partition(b"\0")[0]
-    try:
-        return int(text, 8)  # surrounding spaces allowed
-    except ValueError:
-        if not text.strip(b" "):
-            return 0
-        raise ArchiveError(f"corrupt tar header: bad {what} field {field!r}") from None
+    text = field.partition(b"\0")[0].strip(b" ")
+    if text.strip(_OCTAL):  # int() would take a sign, "0o" or "_" too: a negative size loops
+        raise ArchiveError(f"corrupt tar header: bad {what} field {field!r}")
+    return int(text, 8) if text else 0
 
 
 def _text(field: bytes) -> str:
@@ -87,7 +85,17 @@ def parse_header(block: bytes, offset: int) -> Header:
     stored = _number(checksum, "checksum")
     # The checksum is the sum of the header's bytes with its own field as spaces. Adler-32's
     # low half is that sum (plus one) modulo 65521, computed in C: ten times faster than sum().
-    if (stored - (zlib.adler32(block) & 0xFFFF) + 1 + sum(checksum) - 8 * 0x20) % _ADLER_MODULUS:
+    # Equal modulo 65521 is equal when no other candidate lies between the least and the most
+    # the bytes could sum to (each non-zero byte at most 255, the field's spaces 256): the
+    # case for every real header; otherwise the bytes are summed.
+    congruent = not (
+        (stored - (zlib.adler32(block) & 0xFFFF) + 1 + sum(checksum) - 8 * 0x20) % _ADLER_MODULUS
+    )
+    unambiguous = (
+        stored < _ADLER_MODULUS + 256
+        and 255 * (BLOCK - block.count(0)) + 256 < stored + _ADLER_MODULUS
+    )
+    if not (congruent and unambiguous):
         outside = block[:148] + block[156:]
         unsigned = sum(outside) + 8 * 0x20
         # Some old writers summed the bytes as signed chars.
@@ -153,7 +161,7 @@ class _WindowReader:
         dense = bool(self.data) and offset <= buffered_end + self.window
         self.window = min(self.window * 2, MAX_WINDOW) if dense else MIN_WINDOW
         self.start = offset
-        if dense:
+        if dense and self.source.cached:
             self._fetch_ahead(offset + self.window)
         if dense:
             self.data = await self.source.read(offset, max(length, self.window))

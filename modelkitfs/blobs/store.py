@@ -250,7 +250,7 @@ class BlobStore:
             self._keep(digest, size, found)
             return found
         except BaseException as exc:
-            self._land(digest, flights, exc)
+            self._land(digest, flights, _for_waiters(exc))
             raise
         finally:
             self._land(digest, flights)
@@ -390,7 +390,7 @@ class BlobStore:
             for run in runs:
                 await self._fetch_run(digest, size, run[0], run[-1])
         except BaseException as exc:
-            self._land(digest, flights, exc)
+            self._land(digest, flights, _for_waiters(exc))
             raise
         finally:
             self._land(digest, flights)  # blocks left out: their readers look again
@@ -612,6 +612,12 @@ class BlobStore:
             await trio.to_thread.run_sync(self.cache.write_meta, digest, name, data)
         except OSError as exc:
             log.warning("could not save %s for %s in the cache: %s", name, digest, exc)
+
+
+def _for_waiters(exc: BaseException) -> BaseException | None:
+    """What readers waiting on a failed flight are told: its error, but not the cancellation
+    of the task that flew it (an index walk's fetching ahead, say): they look again."""
+    return None if isinstance(exc, trio.Cancelled) else exc
 
 
 def _as_blocks(pieces: list[Buffer], block_size: int) -> list[Buffer]:

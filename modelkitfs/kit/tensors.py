@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 MIN_FILE = 16 * 1024 * 1024  # below this, what readahead fetches anyway costs as little
-MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
+MAX_HEADER = 16 * 1024 * 1024  # real ones are a few MiB at most (the library allows 100 MB)
+PARSE_ON_LOOP = 1024 * 1024  # larger headers are parsed in a worker thread
 PAGE = 4096
 
 
@@ -67,7 +68,7 @@ def parse_layout(header: bytes, file_size: int) -> TensorLayout | None:
             if name != "__metadata__"
             for begin, end in [tensor["data_offsets"]]
         )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         log.debug("not a safetensors header: %s", exc)
         return None
     if not all(

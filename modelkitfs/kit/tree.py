@@ -71,6 +71,12 @@ def _may_hold_tensors(node: Node) -> bool:
     return node.size >= tensors.MIN_FILE and node.path.endswith(tensors.SUFFIX)
 
 
+def _file_key(node: Node) -> tuple[str, int]:
+    """A file's bytes by where they lie: the same in every tree and under any name."""
+    assert node.layer is not None
+    return node.layer.archive.digest, node.offset
+
+
 def related(layer_path: str, directory: str) -> bool:
     """Whether a layer whose entry path is ``layer_path`` may hold children of ``directory``."""
     if not layer_path or not directory or layer_path == directory:
@@ -87,8 +93,8 @@ class KitTree:
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
         self._nodes: dict[int, Node] = {}
-        self._layouts: dict[int, TensorLayout | None] = {}
-        self._layout_lock = trio.Lock()
+        self._layouts: dict[tuple[str, int], TensorLayout | None] = {}
+        self._layout_locks: dict[tuple[str, int], trio.Lock] = {}
         self._rebuild()
 
     @property
@@ -145,32 +151,43 @@ class KitTree:
         archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
         if offset == 0 or not _may_hold_tensors(node):
             data = await archive.read(start, size, end)
-            if offset == 0 and _may_hold_tensors(node) and node.inode not in self._layouts:
-                self._layouts[node.inode] = await self._read_layout(node, data)
+            if offset == 0 and _may_hold_tensors(node) and _file_key(node) not in self._layouts:
+                self._layouts[_file_key(node)] = await self._read_layout(node, data)
             return data
-        if node.inode not in self._layouts:
-            async with self._layout_lock:
-                if node.inode not in self._layouts:
-                    self._layouts[node.inode] = await self._read_layout(node)
-        layout = self._layouts[node.inode]
+        key = _file_key(node)
+        if key not in self._layouts:
+            async with self._layout_locks.setdefault(key, trio.Lock()):
+                if key not in self._layouts:
+                    self._layouts[key] = await self._read_layout(node)
+            self._layout_locks.pop(key, None)
+        layout = self._layouts[key]
         tensor_end = layout.entered(offset, size) if layout is not None else None
         unit_end = None if tensor_end is None else node.offset + tensor_end
         return await archive.read(start, size, end, unit_end)
 
     async def _read_layout(self, node: Node, first: bytes = b"") -> TensorLayout | None:
         """Where the tensors of safetensors file ``node`` lie, from its header; ``first``: its
-        first bytes, when a read of them brought them (a reader reads the header first)."""
+        first bytes, when a read of them brought them (a reader reads the header first). None
+        when the header cannot be read or is no safetensors header: reads go on without."""
         assert node.layer is not None
+        archive = node.layer.archive
 
         async def head(length: int) -> bytes:
             if len(first) >= length:
                 return first[:length]
-            return await node.layer.archive.read(node.offset, length, ahead=False)
+            return await archive.read(node.offset, length, ahead=False)
 
-        length = tensors.header_length(await head(8))
-        if length is None or 8 + length > node.size:
+        try:
+            length = tensors.header_length(await head(8))
+            if length is None or 8 + length > node.size:
+                return None
+            header = (await head(8 + length))[8:]
+            if length <= tensors.PARSE_ON_LOOP:
+                return tensors.parse_layout(header, node.size)
+            return await trio.to_thread.run_sync(tensors.parse_layout, header, node.size)
+        except Exception as exc:  # its reader finds out what is wrong with the file itself
+            log.debug("no tensor layout for %s: %r", node.path, exc)
             return None
-        return tensors.parse_layout((await head(8 + length))[8:], node.size)
 
     async def cached_bytes(self, node: Node) -> int | None:
         """How many bytes of the file ``node`` are in the cache; None when not known per file

@@ -28,9 +28,10 @@ class BytesSource:
         self.digest = "sha256:" + "0" * 64
         self.size = len(data)
         self.latency = latency
+        self.cached = True
         self.reads: list[tuple[int, int]] = []
         self.dense: list[tuple[int, int]] = []
-        self.cached: set[int] = set()  # 512-byte blocks
+        self.fetched_blocks: set[int] = set()  # of 512 bytes
         self.in_flight = self.most_in_flight = 0
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
@@ -43,16 +44,29 @@ class BytesSource:
 
     async def read(self, offset: int, length: int) -> bytes:
         blocks = set(range(offset // 512, -(-min(offset + length, self.size) // 512)))
-        if blocks <= self.cached:
+        if blocks <= self.fetched_blocks:
             return self.data[offset : offset + length]
-        self.cached |= blocks
+        self.fetched_blocks |= blocks
         self.dense.append((offset, length))
         return await self.read_sparse(offset, length)
 
 
-def index_of(data: bytes, latency: float = 0.0) -> tuple[LayerIndex, BytesSource]:
+def index_of(
+    data: bytes, latency: float = 0.0, *, cached: bool = True
+) -> tuple[LayerIndex, BytesSource]:
     source = BytesSource(data, latency)
+    source.cached = cached
     return trio.run(build_tar_index, source), source
+
+
+def with_field(header: bytes, start: int, value: bytes, checksum_delta: int = 0) -> bytes:
+    """``header`` with bytes ``value`` at ``start`` and its checksum made right again (then
+    moved by ``checksum_delta``)."""
+    block = bytearray(header[:512])
+    block[start : start + len(value)] = value
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % (sum(block) + checksum_delta)
+    return bytes(block) + header[512:]
 
 
 @pytest.fixture
@@ -142,6 +156,35 @@ def test_pax_global_header_applies_to_later_members() -> None:
         archive.addfile(info, io.BytesIO(b"abc"))
     index, _ = index_of(out.getvalue())
     assert [e.path for e in index.entries] == ["a.txt"]
+
+
+def test_a_source_whose_reads_are_not_cached_is_not_fetched_ahead(tmp_path: Path) -> None:
+    members = []
+    for i in range(3000):
+        path = tmp_path / f"f{i:05}"
+        path.write_bytes(b"x" * 1000)
+        members.append((path.name, path))
+    index, source = index_of(go_tar(members), latency=0.001, cached=False)
+    assert len(index.entries) == 3000
+    assert source.most_in_flight == 1  # a gzip stream keeps a few chunks: they would be lost
+
+
+@pytest.mark.timeout(20)  # a negative size looped forever
+@pytest.mark.parametrize("size", [b"-1000\0", b"+7\0", b"0o17\0", b"1_0\0"])
+def test_a_size_that_is_not_octal_digits_is_refused(
+    tree: list[tuple[str, Path]], size: bytes
+) -> None:
+    data = with_field(go_tar(tree), 124, size.ljust(12, b"\0"))
+    with pytest.raises(ArchiveError, match="size"):
+        index_of(data)
+
+
+@pytest.mark.parametrize("delta", [65521, -65521, 131042])
+def test_a_checksum_off_by_a_multiple_of_65521_is_wrong(
+    tree: list[tuple[str, Path]], delta: int
+) -> None:
+    with pytest.raises(ArchiveError, match="checksum"):
+        index_of(with_field(go_tar(tree), 0, b"", checksum_delta=delta))
 
 
 def test_corrupt_header_is_an_archive_error(tree: list[tuple[str, Path]]) -> None:

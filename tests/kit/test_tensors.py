@@ -75,6 +75,7 @@ def test_a_read_from_the_header_is_for_no_tensor(tmp_path: Path) -> None:
         b'{"w": {"data_offsets": [0, 999999999]}}',
         b'{"w": {"dtype": "F32"}}',
         b'{"w": [0, 8]}',
+        b"[" * 100_000,  # too deep for the JSON parser
     ],
 )
 def test_what_is_not_a_safetensors_header_has_no_layout(header: bytes) -> None:
