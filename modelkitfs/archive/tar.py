@@ -163,10 +163,8 @@ class _WindowReader:
         self.start = offset
         if dense and self.source.cached:
             self._fetch_ahead(offset + self.window)
-        if dense:
-            self.data = await self.source.read(offset, max(length, self.window))
-        else:
-            self.data = await self.source.read_sparse(offset, max(length, self.window))
+        read = self.source.read if dense else self.source.read_sparse
+        self.data = await read(offset, max(length, self.window))
         self.requests += 1
         if len(self.data) < length:
             raise ArchiveError(f"tar archive truncated at offset {offset + len(self.data)}")

@@ -59,6 +59,15 @@ def index_of(
     return trio.run(build_tar_index, source), source
 
 
+def small_files_tar(folder: Path, count: int, size: int) -> bytes:
+    members = []
+    for i in range(count):
+        path = folder / f"f{i:05}"
+        path.write_bytes(b"x" * size)
+        members.append((path.name, path))
+    return go_tar(members)
+
+
 def with_field(header: bytes, start: int, value: bytes, checksum_delta: int = 0) -> bytes:
     """``header`` with bytes ``value`` at ``start`` and its checksum made right again (then
     moved by ``checksum_delta``)."""
@@ -110,13 +119,7 @@ def test_round_trips_through_json(tree: list[tuple[str, Path]]) -> None:
 
 
 def test_many_small_files_cost_few_reads(tmp_path: Path) -> None:
-    members = []
-    for i in range(2000):
-        path = tmp_path / f"f{i:05}"
-        path.write_bytes(b"x" * 100)
-        members.append((path.name, path))
-    data = go_tar(members)
-    index, source = index_of(data)
+    index, source = index_of(small_files_tar(tmp_path, 2000, 100))
     assert len(index.entries) == 2000
     assert len(source.reads) <= 12, source.reads  # most of them in parallel
 
@@ -124,13 +127,7 @@ def test_many_small_files_cost_few_reads(tmp_path: Path) -> None:
 def test_headers_back_to_back_are_fetched_ahead_in_parallel_through_the_cache(
     tmp_path: Path,
 ) -> None:
-    members = []
-    for i in range(3000):
-        path = tmp_path / f"f{i:05}"
-        path.write_bytes(b"x" * 1000)
-        members.append((path.name, path))
-    data = go_tar(members)
-    index, source = index_of(data, latency=0.01)
+    index, source = index_of(small_files_tar(tmp_path, 3000, 1000), latency=0.01)
     assert len(index.entries) == 3000
     assert source.most_in_flight > 2  # one window read, others fetched ahead
     assert source.dense == source.reads[1:]  # after the first window, through the cache
@@ -159,12 +156,7 @@ def test_pax_global_header_applies_to_later_members() -> None:
 
 
 def test_a_source_whose_reads_are_not_cached_is_not_fetched_ahead(tmp_path: Path) -> None:
-    members = []
-    for i in range(3000):
-        path = tmp_path / f"f{i:05}"
-        path.write_bytes(b"x" * 1000)
-        members.append((path.name, path))
-    index, source = index_of(go_tar(members), latency=0.001, cached=False)
+    index, source = index_of(small_files_tar(tmp_path, 3000, 1000), latency=0.001, cached=False)
     assert len(index.entries) == 3000
     assert source.most_in_flight == 1  # a gzip stream keeps a few chunks: they would be lost
 
