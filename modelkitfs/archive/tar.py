@@ -152,11 +152,24 @@ class _WindowReader:
         self.data = b""
         self.requests = 0
         self.ahead = 0  # where what was fetched ahead ends
+        self.tail_start = source.size
+        self.tail = b""
+        self.tail_fetched = trio.Event()
+        if source.cached and source.size > MAX_WINDOW:
+            self.tail_start = source.size - MIN_WINDOW
+            nursery.start_soon(self._fetch_tail)
+        else:
+            self.tail_fetched.set()
 
     async def read(self, offset: int, length: int) -> bytes:
         end = offset + length
         if self.start <= offset and end <= self.start + len(self.data):
             return self.data[offset - self.start : end - self.start]
+        if offset >= self.tail_start:
+            await self.tail_fetched.wait()
+            if end <= self.tail_start + len(self.tail):
+                self.start, self.data, self.window = self.tail_start, self.tail, MIN_WINDOW
+                return self.data[offset - self.start : end - self.start]
         buffered_end = self.start + len(self.data)
         dense = bool(self.data) and offset <= buffered_end + self.window
         self.window = min(self.window * 2, MAX_WINDOW) if dense else MIN_WINDOW
@@ -176,6 +189,14 @@ class _WindowReader:
         for offset in range(start, min(stop, self.source.size), self.window):
             self.nursery.start_soon(self._fetch, offset, self.window)
         self.ahead = max(self.ahead, stop)
+
+    async def _fetch_tail(self) -> None:
+        """The archive's last window, fetched beside its first: a layer of one large file (a
+        model's weights) has its next header, or the end-of-archive marker, there, and the
+        walk then reaches it without a round trip of its own."""
+        with contextlib.suppress(Exception):  # the walk reads it itself then
+            self.tail = await self.source.read_sparse(self.tail_start, MIN_WINDOW)
+        self.tail_fetched.set()
 
     async def _fetch(self, offset: int, length: int) -> None:
         with contextlib.suppress(Exception):  # the walk's own read of it fails and reports
