@@ -149,12 +149,14 @@ class KitTree:
             return b""
         size = min(size, node.size - offset)
         archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
-        if offset == 0 or not _may_hold_tensors(node):
-            data = await archive.read(start, size, end)
-            if offset == 0 and _may_hold_tensors(node) and _file_key(node) not in self._layouts:
-                self._layouts[_file_key(node)] = await self._read_layout(node, data)
-            return data
+        if not _may_hold_tensors(node):
+            return await archive.read(start, size, end)
         key = _file_key(node)
+        if offset == 0:  # the loader reads the header first: learn the layout from it
+            data = await archive.read(start, size, end)
+            if key not in self._layouts:
+                self._layouts[key] = await self._read_layout(node, data)
+            return data
         if key not in self._layouts:
             async with self._layout_locks.setdefault(key, trio.Lock()):
                 if key not in self._layouts:
