@@ -46,7 +46,7 @@ class PlainStream:
         self.blob = blob
         self.digest = blob.digest
         self.size = blob.size
-        self.cached = not blob.store.local
+        self.cached = blob.cached
         self.read_sparse = blob.read_sparse
         self.load_meta = blob.load_meta
         self.save_meta = blob.save_meta

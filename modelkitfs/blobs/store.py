@@ -651,6 +651,11 @@ class Blob:
         self.size = size
 
     @property
+    def cached(self) -> bool:
+        """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
+        return not self.store.local
+
+    @property
     def verify_full(self) -> bool:
         """Whether no byte of it may be served before the whole blob is verified."""
         return self.store.verify_full
