@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import CpuUse, folio_kib
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -67,14 +68,23 @@ def stats(mountpoint: Path) -> dict:
     return json.loads(os.getxattr(mountpoint, "user.modelkitfs.stats"))
 
 
-def daemon_pid(mountpoint: Path) -> int:
+def process_with(*words: str) -> int:
+    """The process whose command line holds every one of ``words``."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 command = (entry / "cmdline").read_bytes()
-                if b"modelkitfs.daemon" in command and str(mountpoint).encode() in command:
+                if all(word.encode() in command for word in words):
                     return int(entry.name)
-    raise RuntimeError(f"no daemon for {mountpoint}")
+    raise RuntimeError(f"no process running {' '.join(words)}")
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    return process_with("modelkitfs.daemon", str(mountpoint))
+
+
+def registry_pid(bench: Bench) -> int:
+    return process_with("serve", str(bench.base / "registry"))
 
 
 class PeakRss:
@@ -208,31 +218,44 @@ def loopback(
     print(f"loopback: the registry at {registry}", flush=True)
     ref = f"{registry}/bench/kit:plain"
     size = (source / MODEL).stat().st_size / MiB
+    server = registry_pid(bench)
+    cpu = CpuUse({"registry": server, "curl": None})
     curl_s = curl(f"http://{registry}/v2/bench/kit/blobs/{model_digest}")
+    bench.add("curl of the model blob", size / curl_s, "MiB/s", cpu.stop(size))
     local_s = min(timed(lambda: read_all(source / MODEL)) for _ in range(2))
-    bench.add("curl of the model blob", size / curl_s, "MiB/s")
     bench.add("cat of the local file (page cache)", size / local_s, "MiB/s")
 
     with bench.mounted(ref, "cold") as mnt:
-        rss = PeakRss(daemon_pid(mnt))
+        pid = daemon_pid(mnt)
+        rss = PeakRss(pid)
+        cpu = CpuUse({"registry": server, "daemon": pid, "reader": os.getpid()})
         cold_s = timed(lambda: read_all(mnt / MODEL))
+        cold_cpu = cpu.stop(size)
         peak_stream = rss.stop()
         reread_s = timed(lambda: read_all(mnt / MODEL))
+        folios = folio_kib(mnt / MODEL, 64 * MiB), folio_kib(source / MODEL, 64 * MiB)
     bench.add(
-        "1 cold sequential read", size / cold_s, "MiB/s", f"{curl_s / cold_s:.2f}x curl (0.5)"
+        "1 cold sequential read",
+        size / cold_s,
+        "MiB/s",
+        f"{curl_s / cold_s:.2f}x curl (0.5); {cold_cpu}",
     )
     bench.add(
         "4 re-read, same mount", size / reread_s, "MiB/s", f"{local_s / reread_s:.2f}x cat (0.8)"
     )
+    if None not in folios:
+        bench.add("4 page-cache folio, mount", folios[0], "KiB", f"local file: {folios[1]:.0f} KiB")
     with bench.mounted(ref, "cold") as mnt:
+        cpu = CpuUse({"daemon": daemon_pid(mnt), "reader": os.getpid()})
         warm_s = timed(lambda: read_all(mnt / MODEL))
+        warm_cpu = cpu.stop(size)
     rat_s = ratarmount_read(bench.base, layer_tar)
     rat_note = f"{rat_s / warm_s:.2f}x ratarmount (1.0), " if rat_s else ""
     bench.add(
         "3 warm read, new mount",
         size / warm_s,
         "MiB/s",
-        f"{rat_note}{local_s / warm_s:.2f}x cat (0.35)",
+        f"{rat_note}{local_s / warm_s:.2f}x cat (0.35); {warm_cpu}",
     )
     if rat_s:
         bench.add("ratarmount of the layer tar on disk", size / rat_s, "MiB/s")
@@ -352,14 +375,19 @@ def object_link(
     curl_s = curl(f"http://{link}/v2/bench/kit/blobs/{model_digest}")
     with bench.mounted(ref, "link-cold") as mnt:
         size = (mnt / MODEL).stat().st_size / MiB
+        cpu = CpuUse(
+            {"registry": registry_pid(bench), "daemon": daemon_pid(mnt), "reader+link": os.getpid()}
+        )
         cold_s = timed(lambda: read_all(mnt / MODEL))
+        cold_cpu = cpu.stop(size)
     rate = size / cold_s
     bench.add("link: curl, one stream", size / curl_s, "MiB/s")
     bench.add(
         "2 link: cold sequential read",
         rate,
         "MiB/s",
-        f"{rate * MiB / 400e6:.2f}x the 400 MB/s cap (0.8), {curl_s / cold_s:.1f}x curl (6)",
+        f"{rate * MiB / 400e6:.2f}x the 400 MB/s cap (0.8), {curl_s / cold_s:.1f}x curl (6);"
+        f" {cold_cpu}",
     )
     with bench.mounted(ref, "link-ttfb") as mnt:
         ttfb = timed(lambda: read_head(mnt / MODEL))

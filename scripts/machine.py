@@ -1,0 +1,103 @@
+"""What the machine spends on a figure, so a bench run shows what bounds it: CPU time per
+process (a cold read on loopback shares two cores between the registry, the daemon and the
+reader), and the size of the page cache's folios (a re-read never reaches the daemon: the
+kernel copies from its own pages, and from pages of 4 KiB, all FUSE has before Linux gives it
+large folios, at well under half the speed it copies from a local file's 2 MiB folios)."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import resource
+import struct
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = mmap.PAGESIZE
+_TAIL = 1 << 16  # KPF_COMPOUND_TAIL in /proc/kpageflags: a page inside a folio, not its first
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU (user and system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def busy_cores() -> float:
+    """Seconds of CPU used by the whole machine since boot (all cores, idle time left out)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / TICK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuUse:
+    """CPU seconds used between construction and ``stop`` by named processes (``None`` for
+    this process's waited-for children: curl) and by the machine as a whole."""
+
+    def __init__(self, processes: dict[str, int | None]) -> None:
+        self.processes = processes
+        self._start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        sample = {
+            name: process_cpu(pid) if pid else children_cpu()
+            for name, pid in self.processes.items()
+        }
+        sample["machine"] = busy_cores()
+        return sample
+
+    def stop(self, mib: float) -> str:
+        """Milliseconds of CPU per MiB moved, per process and in all, and the rate the machine
+        could reach at that cost with every core busy."""
+        end = self._sample()
+        used = {name: end[name] - self._start[name] for name in end}
+        per_mib = {name: 1000 * seconds / mib for name, seconds in used.items()}
+        parts = ", ".join(f"{name} {per_mib[name]:.1f}" for name in self.processes)
+        cores = os.cpu_count() or 1
+        return (
+            f"ms of CPU per MiB: {parts}; machine {per_mib['machine']:.1f}, "
+            f"at most {cores * 1000 / per_mib['machine']:.0f} MiB/s on {cores} cores"
+        )
+
+
+def folio_kib(path: Path, size: int) -> float | None:
+    """Mean size of the page-cache folios holding the first ``size`` bytes of ``path`` (which
+    must be cached), in KiB; None where page frames cannot be read (not root)."""
+    pages = min(size, path.stat().st_size) // PAGE
+    try:
+        pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+        flags = os.open("/proc/kpageflags", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        # A private mapping shares the page cache's frames until written, which it is not.
+        with (
+            open(path, "rb") as f,
+            mmap.mmap(f.fileno(), pages * PAGE, access=mmap.ACCESS_COPY) as mapped,
+        ):
+            for page in range(pages):
+                mapped[page * PAGE]  # fault it in
+            first = _address(mapped) // PAGE
+            entries = struct.unpack(f"{pages}Q", os.pread(pagemap, pages * 8, first * 8))
+        frames = [entry & ((1 << 55) - 1) for entry in entries if entry >> 63]
+        if len(frames) < pages or not all(frames):
+            return None
+        tails = sum(
+            bool(struct.unpack("Q", os.pread(flags, 8, frame * 8))[0] & _TAIL) for frame in frames
+        )
+        return pages * PAGE / 1024 / (pages - tails)
+    finally:
+        os.close(pagemap)
+        os.close(flags)
+
+
+def _address(mapped: mmap.mmap) -> int:
+    first = ctypes.c_char.from_buffer(mapped)
+    address = ctypes.addressof(first)
+    del first  # an exported buffer would keep the mapping from closing
+    return address
