@@ -202,7 +202,7 @@ def main() -> None:
             push(registry, "bench/kit", "gzip", build_modelkit(source, kitfile, compression="gzip"))
             loopback(bench, registry, source, model_digest, data_digest, layer_tar, tensor_mib)
             with LinkProxy(registry) as link:
-                object_link(bench, link.address, model_digest, data_digest, tensor_mib)
+                object_link(bench, link, model_digest, data_digest, tensor_mib)
         print(json.dumps({name: round(value, 3) for name, value, _, _ in bench.rows}))
 
 
@@ -368,15 +368,21 @@ def listing_figures(
 
 
 def object_link(
-    bench: Bench, link: str, model_digest: str, data_digest: str, tensor_mib: float
+    bench: Bench, proxy: LinkProxy, model_digest: str, data_digest: str, tensor_mib: float
 ) -> None:
+    link = proxy.address
     print(f"object-storage link: {link} (30 ms, 50 MB/s per connection, 400 MB/s in all)")
     ref = f"{link}/bench/kit:plain"
     curl_s = curl(f"http://{link}/v2/bench/kit/blobs/{model_digest}")
     with bench.mounted(ref, "link-cold") as mnt:
         size = (mnt / MODEL).stat().st_size / MiB
         cpu = CpuUse(
-            {"registry": registry_pid(bench), "daemon": daemon_pid(mnt), "reader+link": os.getpid()}
+            {
+                "registry": registry_pid(bench),
+                "link proxy": proxy.process.pid,
+                "daemon": daemon_pid(mnt),
+                "reader": os.getpid(),
+            }
         )
         cold_s = timed(lambda: read_all(mnt / MODEL))
         cold_cpu = cpu.stop(size)
