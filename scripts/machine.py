@@ -41,6 +41,7 @@ class CpuUse:
 
     def __init__(self, processes: dict[str, int | None]) -> None:
         self.processes = processes
+        os.sync()  # what the disk still has to write belongs to what came before
         self._start = self._sample()
 
     def _sample(self) -> dict[str, float]:
