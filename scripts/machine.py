@@ -6,6 +6,7 @@ large folios, at well under half the speed it copies from a local file's 2 MiB f
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -70,31 +71,31 @@ def folio_kib(path: Path, size: int) -> float | None:
     """Mean size of the page-cache folios holding the first ``size`` bytes of ``path`` (which
     must be cached), in KiB; None where page frames cannot be read (not root)."""
     pages = min(size, path.stat().st_size) // PAGE
-    try:
-        pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
-        flags = os.open("/proc/kpageflags", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            pagemap, flags = (
+                stack.enter_context(open(name, "rb", buffering=0))
+                for name in ("/proc/self/pagemap", "/proc/kpageflags")
+            )
+        except OSError:
+            return None
+        source = stack.enter_context(open(path, "rb"))
         # A private mapping shares the page cache's frames until written, which it is not.
-        with (
-            open(path, "rb") as f,
-            mmap.mmap(f.fileno(), pages * PAGE, access=mmap.ACCESS_COPY) as mapped,
-        ):
-            for page in range(pages):
-                mapped[page * PAGE]  # fault it in
-            first = _address(mapped) // PAGE
-            entries = struct.unpack(f"{pages}Q", os.pread(pagemap, pages * 8, first * 8))
+        mapped = stack.enter_context(
+            mmap.mmap(source.fileno(), pages * PAGE, access=mmap.ACCESS_COPY)
+        )
+        for page in range(pages):
+            mapped[page * PAGE]  # fault it in
+        first = _address(mapped) // PAGE
+        entries = struct.unpack(f"{pages}Q", os.pread(pagemap.fileno(), pages * 8, first * 8))
         frames = [entry & ((1 << 55) - 1) for entry in entries if entry >> 63]
         if len(frames) < pages or not all(frames):
             return None
         tails = sum(
-            bool(struct.unpack("Q", os.pread(flags, 8, frame * 8))[0] & _TAIL) for frame in frames
+            bool(struct.unpack("Q", os.pread(flags.fileno(), 8, frame * 8))[0] & _TAIL)
+            for frame in frames
         )
-        return pages * PAGE / 1024 / (pages - tails)
-    finally:
-        os.close(pagemap)
-        os.close(flags)
+    return pages * PAGE / 1024 / (pages - tails)
 
 
 def _address(mapped: mmap.mmap) -> int:
