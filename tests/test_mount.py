@@ -194,7 +194,7 @@ def test_safetensors_reads_one_tensor_with_about_its_bytes(
     assert size <= proxy.blob_bytes <= 1.1 * size + 8 * MiB
 
 
-def test_a_read_inside_a_tensor_fetches_the_rest_of_it_at_once(
+def test_a_read_entering_a_tensor_fetches_the_rest_of_it_and_not_the_next(
     tmp_path: Path, publish, proxy, mounts: Mounts
 ) -> None:
     source = tmp_path / "src"
