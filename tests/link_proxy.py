@@ -4,12 +4,14 @@ Each request waits ``latency`` before its first byte; each connection is capped 
 ``per_connection`` bytes/s and all of them together at ``total`` bytes/s. Single-stream clients
 are stuck at the per-connection cap; parallel range requests are not. Runs in its own process
 (``python -m tests.link_proxy UPSTREAM``, prints its address), so pacing it costs the process
-under test nothing.
+under test nothing, and moves bodies with ``splice`` so that it costs the machine little: it
+stands for a network, whose work is done elsewhere.
 """
 
 from __future__ import annotations
 
-import http.client
+import fcntl
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from http.server import BaseHTTPRequestHandler
 
 from tests.threaded_servers import LoopbackHTTPServer
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
 
 
@@ -72,28 +74,84 @@ class Handler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         host, port = self.server.upstream.rsplit(":", 1)
-        upstream = http.client.HTTPConnection(host, int(port), timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         try:
-            upstream.request(self.command, self.path, headers=headers)
-            response = upstream.getresponse()
-            time.sleep(self.server.latency)
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in HOP_HEADERS:
-                    self.send_header(key, value)
-            self.end_headers()
-            while chunk := response.read(CHUNK):
-                wait = max(
-                    self.bucket.delay_for(len(chunk)), self.server.total.delay_for(len(chunk))
-                )
-                if wait:
-                    time.sleep(wait)
-                self.wfile.write(chunk)
-        except (BrokenPipeError, ConnectionResetError):
+            with socket.create_connection((host, int(port)), timeout=60) as upstream:
+                upstream.settimeout(None)  # splice needs a blocking socket
+                upstream.sendall(self._request_head())
+                status, reason, headers, body = _response_head(upstream)
+                time.sleep(self.server.latency)
+                self.send_response(status, reason)
+                length = None
+                for key, value in headers:
+                    if key.lower() == "content-length":
+                        length = int(value)
+                    if key.lower() not in HOP_HEADERS:
+                        self.send_header(key, value)
+                if length is None:
+                    body += _read_to_end(upstream)
+                    length = len(body)
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                if self.command == "HEAD" or status in (204, 304):
+                    return
+                arrived = body[:length]  # what came with the headers
+                self._pace(len(arrived))
+                self.wfile.write(arrived)
+                self._splice(upstream, length - len(arrived))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
             self.close_connection = True
+
+    def _request_head(self) -> bytes:
+        # HTTP/1.0: the registry frames the body by its length or by closing, never in chunks.
+        lines = [f"{self.command} {self.path} HTTP/1.0"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in HOP_HEADERS]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _splice(self, upstream: socket.socket, left: int) -> None:
+        """Moves the body through a pipe inside the kernel (no copy into this process): this
+        process stands for the network, whose cost is not the machine's under test."""
+        read_end, write_end = os.pipe()
+        try:
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, CHUNK)
+            client = self.connection.fileno()
+            while left > 0:
+                got = os.splice(upstream.fileno(), write_end, min(CHUNK, left))
+                if not got:
+                    raise EOFError("the registry closed the connection mid-body")
+                self._pace(got)
+                left -= got
+                while got:
+                    got -= os.splice(read_end, client, got)
         finally:
-            upstream.close()
+            os.close(read_end)
+            os.close(write_end)
+
+    def _pace(self, n: int) -> None:
+        wait = max(self.bucket.delay_for(n), self.server.total.delay_for(n))
+        if wait:
+            time.sleep(wait)
+
+
+def _response_head(upstream: socket.socket) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """Status, reason, headers, and the bytes of the body that came with them."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = upstream.recv(65536)
+        if not chunk:
+            raise EOFError("the registry closed the connection before its headers")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    _, status, *reason = status_line.split(" ", 2)
+    headers = [(k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in lines)]
+    return int(status), reason[0] if reason else "", headers, body
+
+
+def _read_to_end(upstream: socket.socket) -> bytes:
+    chunks = []
+    while chunk := upstream.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class LinkProxy:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.link_proxy import LinkProxy
 from tests.pki import CA
 from tests.redirect_server import RedirectingProxy
 from tests.registry_server import RegistryAuth, running_registry, tls_context, write_htpasswd
@@ -190,6 +191,28 @@ def test_tls_client_certificate(tmp_path: Path) -> None:
         for certificate in (None, other.issue("stranger", client=True)):
             with pytest.raises(httpx.TransportError):
                 httpx.get(f"https://{address}/v2/", verify=tls_context(ca.cert_path, certificate))
+
+
+def test_link_proxy(tmp_path: Path) -> None:
+    """The bench's object-storage link: the registry's answers as they are, each after the
+    link's wait, at no more than the per-connection rate after a burst of a tenth of it."""
+    data, latency, rate = DATA * 100, 0.05, 4e6
+    with running_registry(tmp_path) as address, LinkProxy(address, latency, rate) as link:
+        with httpx.Client(base_url=f"http://{address}") as client:
+            digest = push_blob(client, data)
+        with httpx.Client(base_url=f"http://{link.address}", timeout=10) as client:
+            started = time.monotonic()
+            ranged = client.get(f"/v2/{REPO}/blobs/{digest}", headers={"Range": "bytes=100-199"})
+            assert time.monotonic() - started >= latency
+            assert (ranged.status_code, ranged.content) == (206, data[100:200])
+            assert ranged.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+            started = time.monotonic()
+            assert pull_blob(client, digest).content == data
+            assert time.monotonic() - started >= latency + (len(data) - rate / 10) / rate
+            head = client.head(f"/v2/{REPO}/blobs/{digest}")
+            assert (head.headers["Content-Length"], head.content) == (str(len(data)), b"")
+            missing = client.get(f"/v2/{REPO}/blobs/sha256:{'0' * 64}")
+            assert missing.status_code == 404 and b"BLOB_UNKNOWN" in missing.content
 
 
 def test_redirecting_proxy(tmp_path: Path) -> None:
