@@ -50,3 +50,35 @@ class InvalidFilter(ModelKitFSError):
 class SelectionError(ModelKitFSError):
     """What to mount is ambiguous or missing: index labels matching no entry or several, or
     ``model.path`` references that cycle or chain too deep."""
+
+
+class TransientError(RegistryError):
+    """A failure that another attempt may cure: a transport error, HTTP 5xx or 429, an answer
+    that breaks the protocol, object storage or the token service failing. ``retry_after``:
+    seconds the server asked us to wait, if it did. The retry policy retries these and nothing
+    else; once it gives up it raises :class:`GaveUp`."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unreachable(TransientError):
+    """No connection could be made (refused, timed out, name resolution failing for now)."""
+
+
+class ObjectStorageError(TransientError):
+    """The object store or CDN a blob was redirected to failed; after a retry on the same URL,
+    the redirect is resolved again through the registry."""
+
+
+class TokenServiceError(TransientError):
+    """The registry's token service could not be reached or answered an error."""
+
+
+class GaveUp(RegistryError):
+    """Transient failures went on until the retry budget ran out; ``last`` is the last one."""
+
+    def __init__(self, message: str, last: TransientError) -> None:
+        super().__init__(message)
+        self.last = last

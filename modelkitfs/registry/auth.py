@@ -3,13 +3,18 @@
 A registry answers 401 with ``WWW-Authenticate``: ``Basic realm=...`` wants the credentials on
 every request; ``Bearer realm=...,service=...,scope=...`` wants a token from the realm, asked for
 with the credentials (or anonymously when there are none, or with an identity token as an OAuth2
-refresh token). Tokens are cached per scope until shortly before they expire; a 401 in the middle
-of a mount (a token revoked or expired early) drops the token and asks for a new one.
+refresh token). Tokens are cached per scope until shortly before they expire, then renewed
+before the next request, from the challenge that asked for them; a 401 in the middle of a mount
+(a token revoked or expired early) drops the token and asks for a new one. Many readers needing
+a token at once cost one token request (a single flight per scope), and a token service that
+blips (refused, 5xx, a name that does not resolve for now) is a
+:class:`~modelkitfs.errors.TokenServiceError`, retried like any transient failure.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Callable
@@ -17,8 +22,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelkitfs.errors import AuthenticationError, RegistryError
+from modelkitfs.errors import AuthenticationError, RegistryError, TokenServiceError
 from modelkitfs.registry.credentials import Credential
+from modelkitfs.registry.partial import MAX_ERROR_BODY
+from modelkitfs.singleflight import SingleFlight
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 DEFAULT_TOKEN_LIFETIME = 60.0
@@ -51,6 +58,8 @@ class Authenticator:
         self._looked_up = False
         self._basic = False
         self._tokens: dict[str, _Token] = {}
+        self._challenges: dict[str, dict[str, str]] = {}  # by scope: what a token needs
+        self._fetching: SingleFlight[str, _Token] = SingleFlight()
 
     @property
     def credential(self) -> Credential | None:
@@ -59,11 +68,17 @@ class Authenticator:
             self._looked_up = True
         return self._credential
 
-    def header_for(self, scope: str) -> dict[str, str]:
+    async def header(self, client: httpx.AsyncClient, scope: str) -> dict[str, str]:
+        """The Authorization header for a request in ``scope``; a token that expired is
+        renewed first (once, however many ask)."""
         if self._basic and self.credential is not None:
             return {"Authorization": _basic(self.credential)}
         token = self._tokens.get(scope)
-        if token and token.expires > time.monotonic():
+        if token is not None and token.expires <= time.monotonic() and scope in self._challenges:
+            token = self._tokens[scope] = await self._fetching.run(
+                scope, self._fetch_token, client, self._challenges[scope], scope
+            )
+        if token is not None and token.expires > time.monotonic():
             return {"Authorization": f"Bearer {token.value}"}
         return {}
 
@@ -79,8 +94,19 @@ class Authenticator:
             f"'kit login {self.host}'"
         )
 
-    async def authenticate(self, client: httpx.AsyncClient, challenge: str, scope: str) -> None:
-        """Answer a 401 ``challenge`` so that the next request for ``scope`` carries auth."""
+    async def authenticate(
+        self, client: httpx.AsyncClient, challenge: str, scope: str, sent: str | None = None
+    ) -> None:
+        """Answer a 401 ``challenge`` so that the next request for ``scope`` carries auth.
+        ``sent``: the Authorization header the refused request carried; when another reader
+        has renewed the token since, nothing more is asked."""
+        token = self._tokens.get(scope)
+        if (
+            token is not None
+            and sent != f"Bearer {token.value}"
+            and token.expires > time.monotonic()
+        ):
+            return
         self._tokens.pop(scope, None)
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
@@ -95,7 +121,10 @@ class Authenticator:
                 f"registry {self.host} asks for {scheme or 'unknown'} authentication, which "
                 "modelkitfs does not speak (Basic and Bearer tokens only)"
             )
-        self._tokens[scope] = await self._fetch_token(client, params, scope)
+        self._challenges[scope] = params
+        self._tokens[scope] = await self._fetching.run(
+            scope, self._fetch_token, client, params, scope
+        )
 
     async def _fetch_token(
         self, client: httpx.AsyncClient, params: dict[str, str], scope: str
@@ -105,24 +134,29 @@ class Authenticator:
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
+        if credential is not None and credential.identity_token:
+            form = {
+                **query,
+                "grant_type": "refresh_token",
+                "refresh_token": credential.secret,
+                "client_id": CLIENT_ID,
+            }
+            request = client.build_request("POST", realm, data=form)
+        elif credential is not None:
+            request = client.build_request("GET", realm, params=query)
+            request.headers["Authorization"] = _basic(credential)
+        else:
+            request = client.build_request("GET", realm, params=query)
         try:
-            if credential is not None and credential.identity_token:
-                form = {
-                    **query,
-                    "grant_type": "refresh_token",
-                    "refresh_token": credential.secret,
-                    "client_id": CLIENT_ID,
-                }
-                response = await client.post(realm, data=form)
-            elif credential is not None:
-                response = await client.get(
-                    realm, params=query, auth=(credential.username, credential.secret)
-                )
-            else:
-                response = await client.get(realm, params=query)
+            response = await client.send(request, stream=True)
+            try:
+                body = await _read_bounded(response)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
-            raise RegistryError(
-                f"cannot reach the token service {realm} of registry {self.host}: {exc}"
+            raise TokenServiceError(
+                f"cannot reach the token service {_without_query(realm)} of registry "
+                f"{self.host}: {exc or type(exc).__name__}"
             ) from exc
         if response.status_code in (401, 403):
             if credential is None:
@@ -132,18 +166,35 @@ class Authenticator:
                 )
             raise self.refused(query["scope"])
         if response.status_code != 200:
-            raise RegistryError(
+            raise TokenServiceError(
                 f"the token service of registry {self.host} answered HTTP {response.status_code}"
             )
         try:
-            body = response.json()
-            value = body.get("token") or body["access_token"]
-            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, KeyError, TypeError) as exc:
+            document = json.loads(body)
+            value = document.get("token") or document["access_token"]
+            lifetime = float(document.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            if not isinstance(value, str) or not value:
+                raise TypeError("no token")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RegistryError(f"the token service of {self.host} sent no usable token") from exc
         # Renew a little early so a request never carries a token that expires in flight.
         margin = min(10.0, lifetime / 4)
         return _Token(value, time.monotonic() + max(lifetime - margin, 1.0))
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    """A token body: far under ``MAX_ERROR_BODY``; more is no token service's answer."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ERROR_BODY:
+            raise httpx.DecodingError(f"a body of more than {MAX_ERROR_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
 
 
 def _basic(credential: Credential) -> str:

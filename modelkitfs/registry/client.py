@@ -3,13 +3,18 @@
 One :class:`RegistryClient` per registry host holds one connection pool (connections are reused
 across every blob of every repository), a bound on requests in flight, and the auth state. It
 knows nothing of caches or tar: it hands back verified manifests and the raw bytes of blob ranges.
+
+Every request goes through one retry policy (:mod:`modelkitfs.registry.retry`), by the type of
+its failure. Blob ranges that the registry redirects to object storage or a CDN are fetched
+from there without our credentials, the URL reused until it fails: then it is tried once more,
+dropped, and resolved again through the registry (by one reader; the others wait for it),
+keeping the bytes that arrived.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,18 +22,29 @@ from typing import TypeVar
 import httpx
 import trio
 
-from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
+from modelkitfs.digests import sha256_digest, verify
+from modelkitfs.errors import (
+    AuthenticationError,
+    DigestMismatch,
+    GaveUp,
+    NotFound,
+    ObjectStorageError,
+    RegistryError,
+    TransientError,
+    Unreachable,
+)
 from modelkitfs.registry.auth import Authenticator, login_hint
 from modelkitfs.registry.credentials import Credential, find_credential
-from modelkitfs.registry.ranges import RangeFetcher, RangeResult
-from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retry_after_seconds
+from modelkitfs.registry.partial import MAX_DOCUMENT_SIZE
+from modelkitfs.registry.range_transport import HttpxRanges, RangeTransport, ThreadedRanges
+from modelkitfs.registry.ranges import REDIRECTS, RangeFetcher, RangeResult
+from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retry_after_seconds, retrying
 from modelkitfs.registry.transport import (
     NetworkOptions,
     blocking_ssl_context,
-    describe,
-    describe_failure,
     endpoint_url,
     make_http_client,
+    transport_failure,
     uses_proxy,
 )
 
@@ -40,14 +56,18 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
-MAX_DOCUMENT_SIZE = 4 * 1024 * 1024  # any body read whole: manifests, configs, errors
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MIRROR_RETRY_AFTER = 60.0
+MAX_REDIRECTS = 5
+UNREACHABLE_ATTEMPTS = 3  # of a document: a wrong address is reported at once
+FLOOR_RATE = 1024 * 1024  # bytes per second a transfer may not fall below for long
 # Registries whose API lives on another host than their name (Docker Hub).
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 T = TypeVar("T")
 Buffer = bytes | bytearray
+
+__all__ = ["FetchStats", "Manifest", "RegistryClient", "sha256_digest", "verify"]
 
 
 @dataclass
@@ -66,22 +86,25 @@ class FetchStats:
     requests: int = 0
     blob_bytes: int = 0
     ranges: int = 0
+    retries: int = 0
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+@dataclass
+class _Redirect:
+    url: str
+    failures: int = 0
 
 
-def verify(data: bytes, digest: str, what: str) -> None:
-    algorithm, _, _ = digest.partition(":")
-    if algorithm != "sha256":
-        raise RegistryError(f"{what} uses digest algorithm {algorithm!r}; only sha256 is supported")
-    actual = sha256_digest(data)
-    if actual != digest:
-        raise DigestMismatch(
-            f"{what} does not match its digest (expected {digest}, got {actual}): the registry "
-            "or a proxy in between corrupted it; try again or report it to the registry owner"
-        )
+class _Partial(TransientError):
+    """A range whose body stopped short: ``data`` is what came, to resume after."""
+
+    def __init__(self, message: str, data: list[Buffer]) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class _Expired(ObjectStorageError):
+    """Object storage refused a URL (expired, revoked): drop it at once."""
 
 
 class RegistryClient:
@@ -95,6 +118,7 @@ class RegistryClient:
         *,
         credentials: Callable[[str], Credential | None] = find_credential,
         max_in_flight: int = 32,
+        transport: RangeTransport | None = None,
     ) -> None:
         self.registry = registry
         self.options = (options or NetworkOptions()).with_environment()
@@ -106,21 +130,28 @@ class RegistryClient:
         self.stats = FetchStats()
         self._credentials = credentials
         self._auth: dict[str, Authenticator] = {}
-        self._redirects: dict[str, str] = {}  # blob digest -> where the registry sent us
-        self._resolving: dict[str, trio.Event] = {}  # a stale redirect being resolved again
+        self._redirects: dict[str, _Redirect] = {}  # blob digest -> where the registry sent us
+        self._redirected: set[str] = set()  # blobs the registry redirects
+        self._resolving: dict[str, trio.Event] = {}  # a dropped redirect being resolved again
         self._mirror_down_until: dict[str, float] = {}
+        self.ignores_range: set[str] = set()  # hosts that answered a range with the whole blob
         self._limiter = trio.CapacityLimiter(max_in_flight)
         self._http = make_http_client(self.options, max_in_flight * 2)
         # Blob bytes through blocking connections in threads, unless a proxy is in play.
-        self._ranges = (
-            None
-            if uses_proxy(self.options)
-            else RangeFetcher(blocking_ssl_context(self.options), self.options.stall_timeout)
-        )
-        self._threads = trio.CapacityLimiter(max_in_flight)
+        if transport is not None:
+            self._ranges = transport
+        elif uses_proxy(self.options):
+            self._ranges = HttpxRanges(self._http, self.plain_http)
+        else:
+            fetcher = RangeFetcher(blocking_ssl_context(self.options), self.options.stall_timeout)
+            threads = trio.CapacityLimiter(max_in_flight)
+            self._ranges = ThreadedRanges(fetcher, threads, self.plain_http)
 
     async def aclose(self) -> None:
+        await self._ranges.aclose()
         await self._http.aclose()
+
+    # --- documents ----------------------------------------------------------------------------
 
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
         """Fetch a manifest or index by tag or digest and verify it."""
@@ -129,9 +160,7 @@ class RegistryClient:
 
         async def fetch(base: str) -> Manifest:
             url = self._url(base, f"/v2/{repository}/manifests/{identifier}")
-            response = await self._request(
-                "GET", url, repository, {"Accept": MANIFEST_ACCEPT}, what
-            )
+            response = await self._document(url, repository, {"Accept": MANIFEST_ACCEPT}, what)
             return _check_manifest(response, identifier, what)
 
         return await self._via_mirrors(fetch, what)
@@ -142,7 +171,7 @@ class RegistryClient:
 
         async def fetch(base: str) -> bytes:
             url = self._url(base, f"/v2/{repository}/blobs/{digest}")
-            data = (await self._request("GET", url, repository, {}, what)).content
+            data = (await self._document(url, repository, {}, what)).content
             if size is not None and len(data) != size:
                 raise DigestMismatch(f"{what} has {len(data)} bytes, its descriptor says {size}")
             verify(data, digest, what)
@@ -152,8 +181,29 @@ class RegistryClient:
         self.stats.blob_bytes += len(data)
         return data
 
+    async def _document(
+        self, url: str, repository: str, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        """A document read whole (at most ``MAX_DOCUMENT_SIZE``), retried by the policy."""
+        budget = RetryBudget(self.options.timeout, unreachable_attempts=UNREACHABLE_ATTEMPTS)
+
+        async def attempt() -> httpx.Response:
+            with trio.move_on_at(budget.deadline):
+                async with self._limiter:
+                    response = await self._send(url, repository, headers, stream=False)
+                if response.status_code != 200:
+                    self._raise_for_status(response, what)
+                return response
+            raise TransientError(
+                f"registry {_host(url)} sent no answer within {budget.seconds:g} s (--timeout)"
+            )
+
+        return await self._retrying(attempt, budget, what)
+
+    # --- blob ranges --------------------------------------------------------------------------
+
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
-        """Return bytes ``[start, end)`` of a blob; a server that ignores Range is handled."""
+        """Return bytes ``[start, end)`` of a blob."""
         pieces = await self.get_range_pieces(repository, digest, start, end, end - start)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -166,17 +216,35 @@ class RegistryClient:
         what = f"blob {digest} of {self.registry}/{repository}"
 
         async def fetch(base: str) -> list[Buffer]:
-            retries = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
-            return await self._range_with_retries(
-                base, repository, digest, start, end, piece, what, retries
-            )
+            attempts = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
+            budget = RetryBudget(self.options.timeout, attempts)
+            pieces: list[Buffer] = []
+            position = start
+
+            def keep(failure: TransientError) -> None:
+                nonlocal position
+                if isinstance(failure, _Partial):
+                    pieces.extend(failure.data)
+                    position += sum(len(p) for p in failure.data)
+
+            async def attempt() -> list[Buffer]:
+                deadline = min(
+                    budget.deadline,
+                    trio.current_time()
+                    + max(self.options.stall_timeout, (end - position) / FLOOR_RATE),
+                )
+                return pieces + await self._range_once(
+                    base, repository, digest, position, end, piece, what, deadline
+                )
+
+            return await self._retrying(attempt, budget, f"reading {what}", keep)
 
         pieces = await self._via_mirrors(fetch, what)
         self.stats.ranges += 1
         self.stats.blob_bytes += end - start
         return pieces
 
-    async def _range_with_retries(
+    async def _range_once(
         self,
         base: str,
         repository: str,
@@ -185,161 +253,162 @@ class RegistryClient:
         end: int,
         piece: int,
         what: str,
-        retries: int,
+        deadline: float,
     ) -> list[Buffer]:
-        """The range, retried within the request's budget; a transfer cut short resumes from
-        the first byte it lacks."""
-        budget = RetryBudget(self.options.timeout, retries)
-        pieces: list[Buffer] = []
-        position = start
+        """One attempt: from the cached redirect if there is one, else from the registry."""
         while True:
-            headers = {"Range": f"bytes={position}-{end - 1}"}
-            data, resolving = await self._via_redirect(digest, headers, what, position, end, piece)
-            try:
-                if data is None:
-                    url = self._url(base, f"/v2/{repository}/blobs/{digest}")
-                    data = await self._read_range(
-                        url, repository, headers, what, position, end, piece, digest
-                    )
-                return pieces + data
-            except (httpx.TransportError, _Retryable) as exc:
-                failure = exc
-                if isinstance(exc, _Partial):
-                    pieces += exc.data
-                    position += sum(len(p) for p in exc.data)
-            finally:
-                if resolving is not None:
-                    del self._resolving[digest]
-                    resolving.set()
-            retry_after = failure.retry_after if isinstance(failure, _Retryable) else None
-            if not await budget.pause(retry_after):
-                if isinstance(failure, httpx.ConnectError):
-                    message = describe_failure(_host(base), failure, self.plain_http)
-                else:
-                    message = f"reading {what} failed ({describe(failure)}); {budget.refusal}"
-                raise RegistryError(message) from failure
-            log.warning(
-                "range %d-%d of %s: %s; retrying (attempt %d)",
-                position,
-                end,
-                digest,
-                describe(failure),
-                budget.made,
-            )
-
-    async def _via_redirect(
-        self, digest: str, headers: dict[str, str], what: str, start: int, end: int, piece: int
-    ) -> tuple[list[Buffer] | None, trio.Event | None]:
-        """The range from where the registry last redirected this blob (object storage URLs
-        stay valid a while). Else None, and the caller asks the registry; when a cached URL
-        has just failed, also an event the caller sets once it has asked: the first reader to
-        notice resolves again, the others wait for it, so a burst costs one redirect."""
-        while True:
+            if (redirect := self._redirects.get(digest)) is not None:
+                try:
+                    return await self._get(redirect.url, None, start, end, piece, what, deadline)
+                except ObjectStorageError as exc:
+                    redirect.failures += 1
+                    if (isinstance(exc, _Expired) or redirect.failures >= 2) and (
+                        self._redirects.get(digest) is redirect
+                    ):
+                        log.info(
+                            "dropping the redirect of %s (%s); asking the registry", digest, exc
+                        )
+                        del self._redirects[digest]
+                    raise
+            if digest not in self._redirected or base != self.base_url:
+                return await self._from_registry(
+                    base, repository, digest, start, end, piece, what, deadline
+                )
             if (pending := self._resolving.get(digest)) is not None:
-                await pending.wait()
+                await pending.wait()  # another reader asks the registry: use its answer
                 continue
-            location = self._redirects.get(digest)
-            if location is None:
-                return None, None
+            self._resolving[digest] = resolving = trio.Event()
             try:
-                data = await self._read_range(location, None, headers, what, start, end, piece)
-                return data, None
-            except RegistryError as exc:
-                if self._redirects.get(digest) == location:
-                    log.debug("cached redirect for %s failed (%s); resolving again", digest, exc)
-                    del self._redirects[digest]
-                    self._resolving[digest] = resolving = trio.Event()
-                    return None, resolving
+                return await self._from_registry(
+                    base, repository, digest, start, end, piece, what, deadline
+                )
+            finally:
+                del self._resolving[digest]
+                resolving.set()
 
-    async def _read_range(
+    async def _from_registry(
         self,
-        url: str,
-        repository: str | None,
-        headers: dict[str, str],
+        base: str,
+        repository: str,
+        digest: str,
+        start: int,
+        end: int,
+        piece: int,
         what: str,
-        start: int,
-        end: int,
-        piece: int,
-        digest: str | None = None,
+        deadline: float,
     ) -> list[Buffer]:
-        """One range request; ``repository`` None for a URL outside the registry (no auth).
-        Raises :class:`_Partial` with the bytes that came when the body stopped short."""
-        async with self._limiter:
-            if self._ranges is not None:
-                result = await self._range_in_thread(url, repository, headers, start, end, piece)
-                status, final_url = result.status, result.url
-                data: list[Buffer] = list(result.data)
-                if status not in (200, 206):
-                    self._raise_for_status(status, what, result.retry_after)
-                if result.broken:
-                    raise _Partial(result.broken, data)
-            else:
-                status, final_url, body = await self._range_with_httpx(
-                    url, repository, headers, what, start, end
-                )
-                data = [body]
-        if digest is not None and _host(final_url) != _host(url):
-            self._redirects[digest] = final_url
-        if (got := sum(len(p) for p in data)) != end - start:
-            raise _Partial(f"short read of {got} of {end - start} bytes", data)
-        return data
+        """The range from the registry, following its redirects; the object-storage URL that
+        served it is kept for the next ranges of the blob."""
+        url = self._url(base, f"/v2/{repository}/blobs/{digest}")
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            storage = _origin(url) != origin
+            result = await self._get(
+                url, None if storage else repository, start, end, piece, what, deadline, raw=True
+            )
+            if not isinstance(result, RangeResult):
+                if storage and base == self.base_url:
+                    self._redirects[digest] = _Redirect(url)
+                    self._redirected.add(digest)
+                return result
+            url = urllib.parse.urljoin(url, result.location)
+        raise RegistryError(
+            f"{what} was redirected more than {MAX_REDIRECTS} times: the registry or its object "
+            "storage is misconfigured; report it to the registry owner"
+        )
 
-    async def _range_in_thread(
+    async def _get(
         self,
         url: str,
         repository: str | None,
+        start: int,
+        end: int,
+        piece: int,
+        what: str,
+        deadline: float,
+        *,
+        raw: bool = False,
+    ) -> list[Buffer] | RangeResult:  # type: ignore[return]
+        """One GET of the range: ``repository`` None for object storage (no credentials; its
+        failures are :class:`ObjectStorageError`). The data, or with ``raw`` a redirect's
+        result for the caller to follow."""
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with self._limiter:
+            try:
+                if repository is None:
+                    self.stats.requests += 1
+                    result = await self._ranges.get(url, headers, start, end, piece, deadline)
+                else:
+                    result = await self._authorized(
+                        url, repository, headers, start, end, piece, deadline
+                    )
+            except TransientError as exc:
+                if repository is None:
+                    raise _at_storage(exc) from exc
+                raise
+        if result.status in REDIRECTS:
+            if not raw:
+                raise ObjectStorageError(f"object storage {_host(url)} redirected a blob URL again")
+            if not result.location:
+                raise TransientError(f"{_host(url)} sent a redirect with no Location")
+            return result
+        if result.status not in (200, 206):
+            self._raise_for_range_status(result, what, storage=repository is None)
+        where = f"object storage {_host(url)}" if repository is None else f"registry {_host(url)}"
+        if result.problem:
+            raise (ObjectStorageError if repository is None else TransientError)(
+                f"{where} answered {result.problem}"
+            )
+        if result.status == 200 and _host(url) not in self.ignores_range:
+            log.warning("%s ignores Range requests: blobs are read from their start", where)
+            self.ignores_range.add(_host(url))
+        got = sum(len(p) for p in result.data)
+        if result.broken or got != end - start:
+            raise _Partial(
+                f"{where}: {result.broken or f'short read of {got} of {end - start} bytes'}",
+                list(result.data),
+            )
+        return list(result.data)
+
+    async def _authorized(
+        self,
+        url: str,
+        repository: str,
         headers: dict[str, str],
         start: int,
         end: int,
         piece: int,
+        deadline: float,
     ) -> RangeResult:
-        assert self._ranges is not None
+        """A range request to the registry with auth: a 401 challenge is answered once."""
         scope = f"repository:{repository}:pull"
-        auth = self._authenticator(url) if repository is not None else None
+        auth = self._authenticator(url)
         for attempt in range(2):
-            sent = {**headers, **(auth.header_for(scope) if auth else {})}
+            sent = {**headers, **await auth.header(self._http, scope)}
             self.stats.requests += 1
-            try:
-                result = await trio.to_thread.run_sync(
-                    self._ranges.fetch, url, sent, start, end, piece, limiter=self._threads
-                )
-            except (OSError, http.client.HTTPException) as exc:
-                raise httpx.ReadError(describe(exc)) from exc  # retried like any transport error
-            if result.status != 401 or auth is None:
+            result = await self._ranges.get(url, sent, start, end, piece, deadline)
+            if result.status != 401:
                 return result
             if attempt == 1:
                 raise auth.refused(scope)
-            await auth.authenticate(self._http, result.challenge, scope)
+            await auth.authenticate(self._http, result.challenge, scope, sent.get("Authorization"))
         raise AssertionError("unreachable")
 
-    async def _range_with_httpx(
+    # --- common -------------------------------------------------------------------------------
+
+    async def _retrying(
         self,
-        url: str,
-        repository: str | None,
-        headers: dict[str, str],
+        attempt: Callable[[], Awaitable[T]],
+        budget: RetryBudget,
         what: str,
-        start: int,
-        end: int,
-    ) -> tuple[int, str, bytes]:
-        if repository is None:
-            self.stats.requests += 1
-            request = self._http.build_request("GET", url, headers=headers)
-            response = await self._http.send(request, stream=True)
-        else:
-            response = await self._send("GET", url, repository, headers, stream=True)
-        try:
-            if response.status_code == 206:
-                data = await response.aread()
-            elif response.status_code == 200:
-                data = await _slice_stream(response, start, end)
-            else:
-                await response.aread()
-                self._raise_for_status(
-                    response.status_code, what, response.headers.get("Retry-After", "")
-                )
-        finally:
-            await response.aclose()
-        return response.status_code, str(response.url), data
+        on_failure: Callable[[TransientError], None] | None = None,
+    ) -> T:
+        def count(failure: TransientError) -> None:
+            self.stats.retries += 1
+            if on_failure is not None:
+                on_failure(failure)
+
+        return await retrying(attempt, budget, what, on_failure=count)
 
     async def _via_mirrors(self, fetch: Callable[[str], Awaitable[T]], what: str) -> T:
         """``fetch`` from each mirror in turn, then from the registry itself. A mirror that
@@ -349,9 +418,11 @@ class RegistryClient:
                 continue
             try:
                 return await fetch(mirror)
-            except (RegistryError, httpx.TransportError) as exc:
-                log.info("mirror %s: %s; trying the next source", mirror, describe(exc))
-                if isinstance(exc, httpx.TransportError) or "cannot reach" in str(exc):
+            except RegistryError as exc:
+                log.info("mirror %s: %s; trying the next source", mirror, exc)
+                if isinstance(exc, Unreachable) or (
+                    isinstance(exc, GaveUp) and isinstance(exc.last, Unreachable)
+                ):
                     self._mirror_down_until[mirror] = trio.current_time() + MIRROR_RETRY_AFTER
         return await fetch(self.base_url)
 
@@ -360,27 +431,6 @@ class RegistryClient:
             return base + path
         return f"{base}{path}?ns={self.registry}"  # containerd's mirror convention
 
-    async def _request(
-        self, method: str, url: str, repository: str, headers: dict[str, str], what: str
-    ) -> httpx.Response:
-        budget = RetryBudget(self.options.timeout)
-        while True:
-            retry_after = None
-            try:
-                async with self._limiter:
-                    response = await self._send(method, url, repository, headers, stream=False)
-            except httpx.TransportError as exc:
-                if isinstance(exc, httpx.ConnectError) or not await budget.pause():
-                    raise RegistryError(describe_failure(_host(url), exc, self.plain_http)) from exc
-                continue
-            if response.status_code in RETRYABLE_STATUS:
-                retry_after = retry_after_seconds(response.headers.get("Retry-After", ""))
-                if await budget.pause(retry_after):
-                    continue
-            if response.status_code != 200:
-                self._raise_for_status(response.status_code, what, retry_after)
-            return response
-
     def _authenticator(self, url: str) -> Authenticator:
         host = _host(url)
         if host not in self._auth:
@@ -388,39 +438,43 @@ class RegistryClient:
         return self._auth[host]
 
     async def _send(
-        self, method: str, url: str, repository: str, headers: dict[str, str], *, stream: bool
+        self, url: str, repository: str, headers: dict[str, str], *, stream: bool
     ) -> httpx.Response:
-        """Send with auth: answer a 401 challenge once, then send again."""
+        """GET with auth: answer a 401 challenge once, then send again. A document's body is
+        read whole, up to ``MAX_DOCUMENT_SIZE``."""
         scope = f"repository:{repository}:pull"
         auth = self._authenticator(url)
         for attempt in range(2):
-            request = self._http.build_request(
-                method, url, headers={**headers, **auth.header_for(scope)}
-            )
+            sent = {**headers, **await auth.header(self._http, scope)}
+            request = self._http.build_request("GET", url, headers=sent)
             self.stats.requests += 1
-            response = await self._http.send(request, stream=True)
-            if response.is_redirect:
-                response = await self._follow(response, headers)
-            if response.status_code != 401:
-                if not stream:
-                    try:
-                        await _read_at_most(response, MAX_DOCUMENT_SIZE, url)
-                    finally:
-                        await response.aclose()
-                return response
-            await response.aclose()
+            try:
+                response = await self._http.send(request, stream=True)
+                if response.is_redirect:
+                    response = await self._follow(response, headers)
+                if response.status_code != 401:
+                    if not stream:
+                        try:
+                            await _read_at_most(response, MAX_DOCUMENT_SIZE, url)
+                        finally:
+                            await response.aclose()
+                    return response
+                await response.aclose()
+            except httpx.TransportError as exc:
+                raise transport_failure(_host(url), exc, self.plain_http) from exc
             if attempt == 1:
                 raise auth.refused(scope)
-            await auth.authenticate(self._http, response.headers.get("WWW-Authenticate", ""), scope)
+            challenge = response.headers.get("WWW-Authenticate", "")
+            await auth.authenticate(self._http, challenge, scope, sent.get("Authorization"))
         raise AssertionError("unreachable")
 
     async def _follow(self, response: httpx.Response, headers: dict[str, str]) -> httpx.Response:
-        """Follow blob redirects (object storage, CDNs) without our Authorization header."""
-        for _ in range(5):
+        """Follow a document's redirects without our Authorization header off the host."""
+        for _ in range(MAX_REDIRECTS):
             location = response.headers.get("Location")
             await response.aclose()
             if not location:
-                raise RegistryError(f"registry {self.registry} sent a redirect with no Location")
+                raise TransientError(f"registry {self.registry} sent a redirect with no Location")
             target = response.url.join(location)
             # Only the Range header goes along: credentials are for the registry host alone.
             forward = {k: v for k, v in headers.items() if k.lower() == "range"}
@@ -432,11 +486,26 @@ class RegistryClient:
             )
             if not response.is_redirect:
                 return response
-        raise RegistryError(f"registry {self.registry} redirected more than 5 times")
+        raise RegistryError(f"registry {self.registry} redirected more than {MAX_REDIRECTS} times")
 
-    def _raise_for_status(
-        self, status: int, what: str, retry_after: str | float | None = None
-    ) -> None:
+    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        self._raise(response.status_code, what, response.headers.get("Retry-After", ""))
+
+    def _raise_for_range_status(self, result: RangeResult, what: str, *, storage: bool) -> None:
+        if not storage:
+            self._raise(result.status, what, result.retry_after)
+        host = _host(result.url)
+        if result.status in RETRYABLE_STATUS:
+            raise ObjectStorageError(
+                f"object storage {host} answered HTTP {result.status} for {what}",
+                retry_after_seconds(result.retry_after),
+            )
+        raise _Expired(
+            f"object storage {host} refused the URL the registry gave for {what} "
+            f"(HTTP {result.status}); it may have expired"
+        )
+
+    def _raise(self, status: int, what: str, retry_after: str) -> None:
         if status == 404:
             raise NotFound(
                 f"{what} not found (HTTP 404): check the repository and tag, e.g. with "
@@ -447,14 +516,19 @@ class RegistryClient:
                 f"access to {what} denied (HTTP {status}): {login_hint(self.registry)}"
             )
         if status in RETRYABLE_STATUS:
-            if isinstance(retry_after, str):
-                retry_after = retry_after_seconds(retry_after)
-            raise _Retryable(
+            raise TransientError(
                 f"registry {self.registry} answered HTTP {status} for {what}: it may be "
-                "overloaded or failing; try again later",
-                retry_after,
+                "overloaded or failing",
+                retry_after_seconds(retry_after),
             )
         raise RegistryError(f"registry {self.registry} answered HTTP {status} for {what}")
+
+
+def _at_storage(exc: TransientError) -> ObjectStorageError:
+    """A transport failure at object storage, typed as such."""
+    if isinstance(exc, ObjectStorageError):
+        return exc
+    return ObjectStorageError(f"object storage: {exc}", exc.retry_after)
 
 
 async def _read_at_most(response: httpx.Response, limit: int, url: str) -> None:
@@ -493,37 +567,6 @@ def _too_large(url: str, size: int, limit: int) -> RegistryError:
     )
 
 
-class _Retryable(RegistryError):
-    """A transient failure worth another attempt, after ``retry_after`` seconds if the server
-    said so."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class _Partial(_Retryable):
-    """A range whose body stopped short: ``data`` is what came, to resume after."""
-
-    def __init__(self, message: str, data: list[Buffer]) -> None:
-        super().__init__(message)
-        self.data = data
-
-
-async def _slice_stream(response: httpx.Response, start: int, end: int) -> bytes:
-    """Take ``[start, end)`` out of a whole-body answer without holding the rest in memory."""
-    parts: list[bytes] = []
-    position = 0
-    async for chunk in response.aiter_bytes():
-        chunk_end = position + len(chunk)
-        if chunk_end > start and position < end:
-            parts.append(chunk[max(start - position, 0) : min(end - position, len(chunk))])
-        position = chunk_end
-        if position >= end:
-            break
-    return b"".join(parts)
-
-
 def _check_manifest(response: httpx.Response, identifier: str, what: str) -> Manifest:
     raw = response.content
     if identifier.startswith("sha256:"):
@@ -539,6 +582,11 @@ def _check_manifest(response: httpx.Response, identifier: str, what: str) -> Man
             )
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
     return Manifest(digest=digest, media_type=media_type, raw=raw)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _host(url: str) -> str:

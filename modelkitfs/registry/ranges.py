@@ -1,15 +1,26 @@
 """Blob ranges over blocking HTTP connections in worker threads.
 
-httpx on the trio thread tops out near 300 MB/s on this kind of machine (measured over loopback,
-8 to 16 MiB ranges, 1 to 8 in flight): the event loop's one thread parses every chunk. The
-standard library's ``http.client`` reading straight into a preallocated buffer from a worker
-thread releases the GIL while it waits and copies: 0.8 GB/s on one stream, 1.2 GB/s over eight
-(``curl``: 1.0 GB/s). So the bulk of the bytes, blob range GETs, go this way; manifests, tokens
-and everything else stay on httpx. Each worker thread keeps its own connections alive.
+httpx on the trio thread tops out near 300 MB/s on this kind of machine: the event loop's one
+thread parses every chunk. The standard library's ``http.client`` reading straight into a
+preallocated buffer from a worker thread releases the GIL while it waits and copies, so the bulk
+of the bytes, blob range GETs, go this way; manifests, tokens and everything else stay on httpx.
+Each worker thread keeps its own connections alive.
+
+Two rules keep one bad response from spoiling the next request:
+
+- **Connection discipline.** A connection goes back to the thread's pool only when its response
+  was read to its end and framed by ``Content-Length``. An exception while sending, waiting for
+  the headers or reading the body, a chunked or close-delimited body, a body left unread: the
+  connection is closed. A retry therefore always starts on a clean connection.
+- **A deadline per transfer.** The socket timeout bounds each ``recv``, not the transfer: a
+  server trickling a byte a second would hold a thread for days. Each call carries a
+  :class:`Transfer` whose deadline the event loop enforces by shutting the socket down; the
+  thread then reports what arrived, so that the caller resumes from there on a new connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
@@ -17,20 +28,55 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
+from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
+
 READ_CHUNK = 1024 * 1024
-MAX_REDIRECTS = 5
-MAX_ERROR_BODY = 64 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass
 class RangeResult:
     status: int
-    url: str  # where the bytes finally came from (after redirects)
+    url: str
     data: list[bytearray] = field(default_factory=list)  # the body, in pieces
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
     broken: str = ""  # why the body stopped short of the range, after ``data``
+    problem: str = ""  # why the answer is not the range asked for (nothing in ``data``)
+    location: str = ""  # of a redirect
+
+
+class Transfer:
+    """One call's deadline, shared between the event loop, which calls :meth:`abort` when it
+    passes, and the worker thread, which registers the socket it is using."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.aborted = False
+        self.finished = False
+
+    def use(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socket = sock
+            if self.aborted:
+                raise TimeoutError("the transfer's deadline passed")
+
+    def finish(self) -> bool:
+        """Mark the transfer done; False when it was aborted first."""
+        with self._lock:
+            self.finished = True
+            return not self.aborted
+
+    def abort(self) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.aborted = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    self._socket.shutdown(socket.SHUT_RDWR)
 
 
 class RangeFetcher:
@@ -41,67 +87,91 @@ class RangeFetcher:
         self._local = threading.local()
 
     def fetch(
-        self, url: str, headers: dict[str, str], start: int, end: int, piece: int
+        self,
+        url: str,
+        headers: dict[str, str],
+        start: int,
+        end: int,
+        piece: int,
+        transfer: Transfer | None = None,
     ) -> RangeResult:
-        """GET ``[start, end)`` of ``url``, following redirects (the registry's headers go only
-        to the same host; elsewhere only ``Range``), read into buffers of ``piece`` bytes
-        (the last one shorter). Blocking: call from a worker thread. Raises OSError or
-        ``http.client.HTTPException`` when the connection fails."""
-        for _ in range(MAX_REDIRECTS + 1):
-            response, connection = self._get(url, headers)
-            if response.status in REDIRECTS and (location := response.getheader("Location")):
-                response.read()
-                target = urllib.parse.urljoin(url, location)
-                if _origin(target) != _origin(url):
-                    headers = {k: v for k, v in headers.items() if k.lower() == "range"}
-                url = target
-                continue
-            if response.status == 206:
-                if (served := response.getheader("Content-Range", "")) and not served.startswith(
-                    f"bytes {start}-"
-                ):
-                    self._discard(url, connection)
-                    return RangeResult(206, url, broken=f"it answered another range ({served})")
-                data, broken = _read_exactly(response, end - start, piece)
-                if broken or response.length:
-                    self._discard(url, connection)
-                return RangeResult(206, url, data, broken=broken)
-            if response.status == 200:  # the server ignored Range: skip to it, then hang up
-                try:
-                    _skip(response, start)
-                    data, broken = _read_exactly(response, end - start, piece)
-                finally:
-                    self._discard(url, connection)
-                return RangeResult(200, url, data, broken=broken)
+        """GET ``[start, end)`` of ``url``, read into buffers of ``piece`` bytes (the last one
+        shorter). A redirect is not followed: its ``location`` is returned, for the caller to
+        decide what goes there. Blocking: call from a worker thread. Raises OSError or
+        ``http.client.HTTPException`` when the connection fails before the body."""
+        transfer = transfer or Transfer()
+        response, connection = self._get(url, headers, transfer)
+        try:
+            result = self._answer(response, url, start, end, piece, transfer)
+        except BaseException:
+            self._discard(url, connection)
+            raise
+        clean = not (result.broken or result.problem)
+        if not (clean and _read_to_end(response) and transfer.finish()):
+            self._discard(url, connection)
+        return result
+
+    def _answer(
+        self,
+        response: http.client.HTTPResponse,
+        url: str,
+        start: int,
+        end: int,
+        piece: int,
+        transfer: Transfer,
+    ) -> RangeResult:
+        """The response, read as far as it is of use."""
+        status = response.status
+        if status in REDIRECTS:
             response.read(MAX_ERROR_BODY)
-            if not response.isclosed():
-                connection.close()
-            return RangeResult(
-                response.status,
-                url,
-                challenge=response.getheader("WWW-Authenticate") or "",
-                retry_after=response.getheader("Retry-After") or "",
+            return RangeResult(status, url, location=response.getheader("Location") or "")
+        if status == 206:
+            problem = range_problem(
+                response.getheader("Content-Range"),
+                response.getheader("Content-Length"),
+                start,
+                end,
             )
-        raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects from {url}")
+            if problem:
+                return RangeResult(206, url, problem=problem)
+            data, broken = _read_exactly(response, end - start, piece, transfer)
+            if not broken and response.length is None and response.read(1):
+                return RangeResult(206, url, problem="its body is longer than the range")
+            return RangeResult(206, url, data, broken=broken)
+        if status == 200:  # the server ignored Range: skip to it
+            _skip(response, start, transfer)
+            data, broken = _read_exactly(response, end - start, piece, transfer)
+            return RangeResult(200, url, data, broken=broken)
+        response.read(MAX_ERROR_BODY)
+        return RangeResult(
+            status,
+            url,
+            challenge=response.getheader("WWW-Authenticate") or "",
+            retry_after=response.getheader("Retry-After") or "",
+        )
 
     def _get(
-        self, url: str, headers: dict[str, str]
+        self, url: str, headers: dict[str, str], transfer: Transfer
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in range(2):
             connection, reused = self._connection(parts)
             try:
+                transfer.use(connection.sock)
                 connection.request("GET", target, headers=headers)
                 return connection.getresponse(), connection
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except STALE:
                 self._discard(url, connection)
-                if not reused or attempt == 1:
+                if not reused or attempt == 1 or transfer.aborted:
                     raise  # a kept-alive connection the server had closed: try a new one once
+            except BaseException:
+                self._discard(url, connection)
+                raise
         raise AssertionError("unreachable")
 
     def _discard(self, url: str, connection: http.client.HTTPConnection) -> None:
-        """Close a connection whose state is unknown (a body not read to its end)."""
+        """Close a connection whose state is unknown."""
         connection.close()
         if self._pool().get(_origin(url)) is connection:
             del self._pool()[_origin(url)]
@@ -133,13 +203,25 @@ class RangeFetcher:
         return connection, False
 
 
+def _read_to_end(response: http.client.HTTPResponse) -> bool:
+    """Whether the connection may serve another request: the body was read to its end, and
+    ``Content-Length`` framed it (a chunked body's trailer, a body ended by closing, cannot be
+    trusted to have left the connection clean)."""
+    return (
+        response.isclosed()
+        and not response.chunked
+        and response.getheader("Content-Length") is not None
+        and not response.will_close
+    )
+
+
 def _origin(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
 
 
 def _read_exactly(
-    response: http.client.HTTPResponse, length: int, piece: int
+    response: http.client.HTTPResponse, length: int, piece: int, transfer: Transfer
 ) -> tuple[list[bytearray], str]:
     """Up to ``length`` bytes of the body in buffers of ``piece`` bytes, and why it stopped
     short ("" when it did not): a transfer cut in the middle keeps what arrived, so that it can
@@ -149,7 +231,7 @@ def _read_exactly(
     done = 0
     while done < length:
         buffer = bytearray(min(piece, length - done))
-        filled, failure = _fill(response, buffer)
+        filled, failure = _fill(response, buffer, transfer)
         done += filled
         if filled:
             del buffer[filled:]
@@ -161,7 +243,9 @@ def _read_exactly(
     return pieces, ""
 
 
-def _fill(response: http.client.HTTPResponse, buffer: bytearray) -> tuple[int, str | None]:
+def _fill(
+    response: http.client.HTTPResponse, buffer: bytearray, transfer: Transfer
+) -> tuple[int, str | None]:
     """How many bytes of the body went into ``buffer``, and, when it is not full, why: "" for
     the end of the body, else what failed."""
     filled = 0
@@ -169,10 +253,14 @@ def _fill(response: http.client.HTTPResponse, buffer: bytearray) -> tuple[int, s
         try:
             while filled < len(buffer):
                 got = response.readinto(view[filled:])
+                if transfer.aborted:
+                    return filled, "not done within its deadline"
                 if not got:
                     return filled, ""
                 filled += got
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if transfer.aborted:
+                return filled, "not done within its deadline"
             return filled, _why(exc)
     return filled, None
 
@@ -185,9 +273,9 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _skip(response: http.client.HTTPResponse, count: int) -> None:
+def _skip(response: http.client.HTTPResponse, count: int, transfer: Transfer) -> None:
     scratch = bytearray(min(count, READ_CHUNK) or 1)
-    while count > 0:
+    while count > 0 and not transfer.aborted:
         got = response.readinto(memoryview(scratch)[: min(count, len(scratch))])
         if not got:
             return

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import ssl
 from dataclasses import dataclass, field
 
 import httpx
 
-from modelkitfs.errors import RegistryError
+from modelkitfs.errors import RegistryError, TransientError, Unreachable
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -147,10 +148,7 @@ def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
         return (
             f"TLS with {host} failed ({describe(exc)}): if it serves plain HTTP, pass --plain-http"
         )
-    if any(
-        marker in text
-        for marker in ("name or service not known", "nodename nor servname", "name resolution")
-    ):
+    if _unknown_host(chain):
         return (
             f"cannot reach registry {host}: unknown host {host.rsplit(':', 1)[0]}; check the "
             "registry name"
@@ -164,6 +162,30 @@ def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
         f"cannot reach registry {host}: {describe(exc)}; check the address, and your network "
         "or proxy"
     )
+
+
+def transport_failure(host: str, exc: BaseException, plain_http: bool) -> RegistryError:
+    """A failed connection as a typed error: final when no retry can help (a certificate that
+    is not trusted, TLS against a plain-HTTP server, a host name that does not exist),
+    :class:`Unreachable` when no connection was made, else :class:`TransientError`."""
+    message = describe_failure(host, exc, plain_http)
+    chain = _chain(exc)
+    if any(isinstance(e, ssl.SSLError) for e in chain) or _unknown_host(chain):
+        return RegistryError(message)
+    connecting = (ConnectionRefusedError, socket.gaierror, httpx.ConnectError, httpx.ConnectTimeout)
+    if any(isinstance(e, connecting) for e in chain):
+        return Unreachable(message)
+    return TransientError(message)
+
+
+def _unknown_host(chain: list[BaseException]) -> bool:
+    return any(isinstance(e, socket.gaierror) and e.errno in _NO_SUCH_HOST for e in chain) or any(
+        marker in str(e).lower() for e in chain for marker in _NO_SUCH_HOST_TEXT
+    )
+
+
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+_NO_SUCH_HOST_TEXT = ("name or service not known", "nodename nor servname")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

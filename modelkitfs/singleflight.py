@@ -1,0 +1,60 @@
+"""One mechanism for "many want it, one does it": a keyed single flight.
+
+Many readers of a mount want the same thing at the same moment (a token after it expired, a
+redirect that went stale, a block, a layer's index). The first caller for a key runs the work;
+callers that come while it runs wait for it and share its result or its error, so a burst costs
+one request. Nothing is cached once the flight lands: the next caller starts a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+import outcome
+import trio
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class _Flight(Generic[T]):
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: outcome.Outcome[T] | None = None
+
+
+class SingleFlight(Generic[K, T]):
+    """Flights by key. A flight whose runner is cancelled tells its waiters nothing: they run
+    the work themselves (cancellation belongs to the runner, not to them)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[K, _Flight[T]] = {}
+
+    def running(self, key: K) -> bool:
+        return key in self._flights
+
+    async def run(self, key: K, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        while (flight := self._flights.get(key)) is not None:
+            await flight.done.wait()
+            if flight.result is not None:
+                return flight.result.unwrap()
+        self._flights[key] = flight = _Flight()
+        try:
+            value = await work(*args)
+        except trio.Cancelled:
+            raise  # its waiters find no result and run the work themselves
+        except BaseException as exc:
+            flight.result = outcome.Error(exc)
+            raise
+        else:
+            flight.result = outcome.Value(value)
+            return value
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    async def wait(self, key: K) -> None:
+        """Wait for the flight under ``key``, if any, to land (whatever its outcome)."""
+        if (flight := self._flights.get(key)) is not None:
+            await flight.done.wait()
