@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 from typing import Any
@@ -284,8 +285,58 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+class _OneLine(logging.Formatter):
+    """``modelkitfs: warning: ...``, as the command's errors are written."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"modelkitfs: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _show_warnings() -> None:
+    """Warnings of the libraries (a cache that cannot be written, say) as one line each on
+    stderr; not for ``mount --foreground``, which logs everything itself."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    handler.setLevel(logging.WARNING)
+    package = logging.getLogger("modelkitfs")
+    package.addHandler(handler)
+    package.setLevel(logging.WARNING)
+    package.propagate = False
+
+
+_EXPECTED = (ModelKitFSError, FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError)
+
+
+def _expected_failure(exc: BaseException) -> BaseException | None:
+    """The error to show of ``exc``: itself when expected, or the first expected error of an
+    exception group (tasks failing together) made only of such errors; else None."""
+    if isinstance(exc, _EXPECTED):
+        return exc
+    inner = getattr(exc, "exceptions", None)  # an exception group (Python 3.11 and later)
+    if isinstance(inner, tuple):
+        found = [_expected_failure(one) for one in inner]
+        if found and all(found):
+            return found[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.command == "mount" and args.foreground):
+        _show_warnings()
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        shown = _expected_failure(exc)
+        if shown is None:
+            raise
+        print(f"modelkitfs: error: {shown}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command in ("mount", "prefetch", "inspect", "ls"):
             # Every such flag is named after its MountOptions field.
@@ -313,8 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelKitFSError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         print(f"modelkitfs: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
 

@@ -81,12 +81,24 @@ def run_cache_command(action: str, cache_dir: str | None, max_size: str | None) 
     if action != "clear" and not root.is_dir():
         raise ModelKitFSError(f"there is no cache at {root} yet: mount or prefetch a kit first")
     cache = DiskCache(root)
+    if action in ("prune", "clear") and (fault := cache.probe_write()) is not None:
+        raise ModelKitFSError(cache.health.error_message(action, fault))
+    try:
+        _cache_action(cache, action, max_size)
+    except OSError as exc:
+        raise ModelKitFSError(cache.health.error_message(action, exc)) from None
+    finally:
+        cache.process.release()
+
+
+def _cache_action(cache: DiskCache, action: str, max_size: str | None) -> None:
+    root = cache.root
     if action == "info":
         _info(cache)
     elif action == "ls":
         for blob in cached_blobs(cache):
             size = human(blob.size) if blob.size is not None else "?"
-            state = "verified" if blob.verified else ("complete" if blob.complete else "partial")
+            state = blob.state
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(blob.entry.last_used))
             cached = human(blob.entry.bytes)
             print(f"{blob.entry.digest}  {cached:>10} of {size:>10}  {state:8}  {used}")
@@ -123,10 +135,10 @@ def _info(cache: DiskCache) -> None:
     ratio = f"{hits / reads:.1%} of {reads} block reads" if reads else "no finished mounts yet"
     print(f"cache     {cache.root}")
     print(f"size      {human(cache.usage())} ({human(free)} free of {human(total)})")
+    states = [blob.state for blob in blobs]
     print(
-        f"blobs     {len(blobs)}: {sum(b.verified for b in blobs)} verified, "
-        f"{sum(b.complete and not b.verified for b in blobs)} complete, "
-        f"{sum(not b.complete for b in blobs)} partial"
+        f"blobs     {len(blobs)}: {states.count('verified')} verified, "
+        f"{states.count('complete')} complete, {states.count('partial')} partial"
     )
     print(f"hit ratio {ratio}")
     if stats.get("corrupt_blobs"):

@@ -92,13 +92,23 @@ def _task_counts() -> dict[str, int]:
 async def _fill_cache(tree: KitTree, which: str) -> None:
     """``--prefetch``: bring the model's layers (or all) into the cache while the mount
     serves; reads meanwhile share its downloads."""
-    for layer in tree.layers:
-        if which == "all" or layer.kind in ("model", "modelpart"):
-            try:
-                await layer.archive.prefetch()
-            except ModelKitFSError as exc:
-                log.warning("prefetching %s failed: %s", layer.archive.digest, exc)
-    log.info("prefetch (%s) done", which)
+    wanted = [x for x in tree.layers if which == "all" or x.kind in ("model", "modelpart")]
+    failed = 0
+    for layer in wanted:
+        try:
+            await layer.archive.prefetch()
+        except ModelKitFSError as exc:
+            failed += 1
+            log.warning("prefetching %s failed: %s", layer.archive.digest, exc)
+    if failed:
+        log.warning(
+            "prefetch (%s) incomplete: %d of %d layers are not all cached",
+            which,
+            failed,
+            len(wanted),
+        )
+    else:
+        log.info("prefetch (%s) done: %d layers cached and verified", which, len(wanted))
 
 
 def configure_logging(level: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import selectors
@@ -25,11 +26,15 @@ from typing import Any
 
 import trio
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.blobs.budget import check_max_size, settle_cap
+from modelkitfs.blobs.cache import DiskCache, default_cache_dir
+from modelkitfs.blobs.health import advice, describe
 from modelkitfs.daemon import configure_logging, log_path, serve_modelkit
 from modelkitfs.errors import MountError
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 180.0
 MAX_HOLDERS_NAMED = 5
@@ -78,16 +83,47 @@ def _prepare(
     options.check()
     path = check_mountpoint(mountpoint)
     options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
-    try:
-        Path(options.cache_dir, "logs").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MountError(
-            f"cannot create cache directory {options.cache_dir} ({exc.strerror}): choose a "
-            "writable one with --cache-dir or $MODELKITFS_CACHE_DIR"
-        ) from None
+    _check_cache(options)
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)")
     return (str(ref) if ref.is_layout else reference), path, options
+
+
+def daemon_log(cache_dir: str) -> tuple[Path, OSError | None]:
+    """Where a daemon logs: in the cache, or, when that cannot be written, in a folder of
+    this user's under the temporary directory; with the cache's fault."""
+    path = log_path(cache_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            return path, None
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"modelkitfs-{os.getuid()}" / path.name
+        fallback.parent.mkdir(mode=0o700, exist_ok=True)
+        return fallback, exc
+
+
+def _check_cache(options: MountOptions) -> None:
+    """A cache that cannot be written does not stop a mount (reads are served uncached): one
+    warning says so. One that can has its size cap settled now, so that a cap the cache will
+    not take is reported here, not only in the daemon's log."""
+    cache_dir = options.cache_dir or ""
+    where, fault = daemon_log(cache_dir)
+    if fault is not None:
+        log.warning(
+            "cache %s cannot be written (%s): the mount serves reads uncached and logs to %s; %s",
+            cache_dir,
+            describe(fault),
+            where,
+            advice(Path(cache_dir), fault),
+        )
+        return
+    requested = check_max_size(options.cache_max_size) if options.cache_max_size else None
+    cache = DiskCache(cache_dir)
+    _, warning = settle_cap(cache, requested)
+    cache.process.release()
+    if warning:
+        log.warning("%s", warning)
 
 
 class Mount:
@@ -148,7 +184,7 @@ def _start_daemon(
 ) -> None:
     reference, path, options = _prepare(reference, mountpoint, options)
     arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
-    with open(log_path(options.cache_dir or ""), "ab") as log_file:
+    with open(daemon_log(options.cache_dir or "")[0], "ab") as log_file:
         daemon = subprocess.Popen(
             [sys.executable, "-c", DAEMON_ENTRY, arguments],
             stdin=subprocess.DEVNULL,
@@ -171,7 +207,7 @@ def _start_daemon(
         if line.startswith("error\t")
         else (
             f"the mount daemon stopped without mounting {path}; "
-            f"see {log_path(options.cache_dir or '')}"
+            f"see {daemon_log(options.cache_dir or '')[0]}"
         )
     )
     raise MountError(message)

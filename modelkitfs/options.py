@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from modelkitfs.blobs.budget import parse_size
+from modelkitfs.blobs.budget import check_max_size
 from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import parse_filters, parse_labels
@@ -39,7 +39,7 @@ class MountOptions:
         parse_filters(self.filters)
         parse_labels(self.labels)
         if self.cache_max_size is not None:
-            parse_size(self.cache_max_size)
+            check_max_size(self.cache_max_size)
         if self.prefetch not in PREFETCH_MODES:
             raise ModelKitFSError(
                 f"unknown --prefetch {self.prefetch!r}: use one of {', '.join(PREFETCH_MODES)}"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import trio
 
+from modelkitfs.blobs import DiskCache
+from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.sources import Sources
@@ -38,6 +40,10 @@ async def prefetch(
     """Fetch and verify every selected layer of ``reference`` into the cache."""
     ref = parse_reference(reference)
     options.check()
+    cache = DiskCache(options.cache_dir or "")
+    if (fault := cache.probe_write()) is not None:  # nothing could be prefetched into it
+        raise ModelKitFSError(cache.health.error_message("prefetch into", fault))
+    cache.process.release()
     started = time.monotonic()
     async with Sources(options) as sources:
         kit = await sources.open_kit(ref)

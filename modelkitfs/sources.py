@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs.budget import CacheBudget, parse_size
+from modelkitfs.blobs.budget import CacheBudget, check_max_size
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotFound
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters, parse_labels
@@ -38,7 +38,7 @@ class Sources:
     def __init__(self, options: MountOptions) -> None:
         self.options = options
         self.cache = DiskCache(options.cache_dir or "")
-        max_size = parse_size(options.cache_max_size) if options.cache_max_size else None
+        max_size = check_max_size(options.cache_max_size) if options.cache_max_size else None
         self.budget = CacheBudget(self.cache, max_size)
         self.clients: dict[str, RegistryClient] = {}
         self.stores: dict[tuple[str, str], BlobStore] = {}
@@ -59,6 +59,8 @@ class Sources:
             await trio.to_thread.run_sync(self.cache.add_stats, counters)
         except OSError as exc:
             log.warning("could not record cache statistics: %s", exc)
+        self.cache.pins.close()  # nothing of this process is in use any more
+        self.cache.process.release()
 
     async def open_kit(self, reference: Reference) -> ModelKit:
         """The kit ``reference`` names, with the options' filters and index labels."""

@@ -1,9 +1,15 @@
 """Keeping the shared cache within its size cap and the disk above its free-space floor.
 
+The cap belongs to the cache folder, not to a process: it is recorded in ``cache.json`` there,
+and every process on the folder uses that one (read again before each eviction), so a mount
+with a smaller ``--cache-max-size`` cannot evict what another one is using. A cap asked for is
+recorded when none is, or when it raises the recorded one; it lowers it only while no other
+process uses the cache (else a warning says the recorded cap is kept). A cap below
+``MIN_MAX_BYTES`` is refused: it would evict blocks as fast as they are written.
+
 Every process that writes blocks counts what it writes on top of what the cache held when it
-started; past the cap, or when the disk runs low, it evicts the least recently used blocks (one
-process at a time; the count is then taken again from the disk). Blocks in use are simply
-downloaded again if evicted: eviction never fails a read.
+started; past the cap, or when the disk runs low, it evicts the least recently used blocks that
+no process has in use (one process at a time; the count is then taken again from the disk).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from modelkitfs.errors import ModelKitFSError
 
 log = logging.getLogger(__name__)
 
+MIN_MAX_BYTES = 64 * 1024 * 1024  # a cap below this would evict blocks as they are written
 MIN_FREE_FRACTION = 0.05
 DEFAULT_MAX_FRACTION = 0.5  # of the file system the cache is on
 FREE_CHECK_EVERY = 64 * 1024 * 1024  # bytes written between looks at the free space
@@ -36,12 +43,53 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * scale)
 
 
+def check_max_size(text: str) -> int:
+    """``--cache-max-size``: the bytes it names, or an error when below the minimum."""
+    size = parse_size(text)
+    if size < MIN_MAX_BYTES:
+        raise ModelKitFSError(
+            f"--cache-max-size {text} is below the minimum of {_mib(MIN_MAX_BYTES)}: a cache "
+            "that small would evict blocks as fast as they are written, also those other "
+            "mounts use; give at least 64M"
+        )
+    return size
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"
+
+
+def settle_cap(cache: DiskCache, requested: int | None) -> tuple[int | None, str | None]:
+    """The size cap every process on ``cache`` uses (None: the default, half the file
+    system) once ``requested`` is taken into account, and a warning when it is not the one
+    asked for. Blocks: run in a worker thread."""
+    recorded = cache.read_config().get("max_size")
+    if requested is None or requested == recorded:
+        return recorded, None
+    if recorded is not None and requested < recorded and (others := cache.other_processes()):
+        return recorded, (
+            f"cache {cache.root} keeps its size cap of {_mib(recorded)} (recorded there for "
+            f"every mount on it), not --cache-max-size {_mib(requested)}: {len(others)} other "
+            "process(es) use it now and a lower cap would evict their blocks; lower it once "
+            "they are done"
+        )
+    try:
+        cache.write_config({**cache.read_config(), "max_size": requested})
+    except OSError:
+        pass  # warned about once by the cache; nothing is written to it anyway
+    else:
+        log.info("cache %s: size cap set to %d bytes for every process", cache.root, requested)
+    return requested, None
+
+
 class CacheBudget:
     """The size cap and free-space floor of one cache directory, shared by the stores of a
-    process. ``max_bytes`` None means half of the file system."""
+    process. ``max_bytes`` is the cap asked for (None: the one recorded in the cache, else half
+    of the file system); :meth:`start` settles it with the cache's record."""
 
     def __init__(self, cache: DiskCache, max_bytes: int | None = None) -> None:
         self.cache = cache
+        self.requested = max_bytes
         self.max_bytes = max_bytes
         self.min_free_bytes = 0
         self.usage: int | None = None  # None until start() has measured the cache
@@ -59,9 +107,12 @@ class CacheBudget:
             log.warning("cannot measure cache %s (%s): not bounding it", self.cache.root, exc)
 
     async def _measure(self) -> None:
+        await trio.to_thread.run_sync(self.cache.register)
+        cap, warning = await trio.to_thread.run_sync(settle_cap, self.cache, self.requested)
+        if warning:
+            log.warning("%s", warning)
         free, total = await trio.to_thread.run_sync(self.cache.free_bytes)
-        if self.max_bytes is None:
-            self.max_bytes = int(total * DEFAULT_MAX_FRACTION)
+        self.max_bytes = cap if cap is not None else int(total * DEFAULT_MAX_FRACTION)
         self.min_free_bytes = int(total * MIN_FREE_FRACTION)
         self.usage = await trio.to_thread.run_sync(self.cache.usage) + self._unmeasured
         log.info(
@@ -95,6 +146,9 @@ class CacheBudget:
         if self._pruning.locked():
             return  # one eviction at a time; it looks again if writes went on meanwhile
         async with self._pruning:
+            recorded = await trio.to_thread.run_sync(self.cache.read_config)
+            if recorded.get("max_size"):  # another process may have raised it since
+                self.max_bytes = recorded["max_size"]
             for _ in range(PRUNE_ROUNDS):
                 written_before = self._written
                 self.usage = await trio.to_thread.run_sync(

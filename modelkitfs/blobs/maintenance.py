@@ -6,6 +6,7 @@ clearing only makes their next read download again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,13 +20,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedBlob:
+    """One blob of the cache as its blocks on disk show it now. A record of a verification
+    outlives evicted blocks (its hashes check blocks downloaded again), so it alone never
+    makes a blob "verified": that takes the record and every block present."""
+
     entry: BlobEntry
     size: int | None  # known when verified, derived, or its last block is in
-    verified: bool
+    recorded: bool  # a verification (or a finished derivation) was recorded for it
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    @property
+    def present(self) -> frozenset[int]:
+        return self.entry.indexes.get(self.block_size, frozenset())
 
     @property
     def complete(self) -> bool:
-        return self.size is not None and self.entry.bytes >= self.size
+        """Every block of the blob is on disk."""
+        if self.size is None:
+            return False
+        count = max(1, -(-self.size // self.block_size))
+        return len(self.present) >= count and all(i in self.present for i in range(count))
+
+    @property
+    def verified(self) -> bool:
+        return self.recorded and self.complete
+
+    @property
+    def state(self) -> str:
+        """Exactly one of ``verified``, ``complete`` and ``partial``: counts add up."""
+        return "verified" if self.verified else ("complete" if self.complete else "partial")
 
 
 def cached_blobs(cache: DiskCache, block_size: int = DEFAULT_BLOCK_SIZE) -> list[CachedBlob]:
@@ -36,8 +59,9 @@ def cached_blobs(cache: DiskCache, block_size: int = DEFAULT_BLOCK_SIZE) -> list
         derived = _record(cache, entry.digest, DERIVED_RECORD)
         size = (record or derived or {}).get("size")
         if size is None:
-            size = _size_from_blocks(cache, entry.digest, block_size)
-        rows.append(CachedBlob(entry, size, record is not None or derived is not None))
+            size = _size_from_blocks(cache, entry, block_size)
+        recorded = record is not None or derived is not None
+        rows.append(CachedBlob(entry, size, recorded, block_size))
     return rows
 
 
@@ -50,15 +74,12 @@ def _record(cache: DiskCache, digest: str, name: str) -> dict[str, int] | None:
     return document if isinstance(document, dict) else None
 
 
-def _size_from_blocks(cache: DiskCache, digest: str, block_size: int) -> int | None:
+def _size_from_blocks(cache: DiskCache, entry: BlobEntry, block_size: int) -> int | None:
     """A blob whose blocks 0..n are all there and whose last one is short is complete."""
-    indices = []
-    directory = cache.block_path(digest, block_size, 0).parent
-    for path in directory.glob("[0-9]*"):
-        indices.append(int(path.name))
-    if not indices or sorted(indices) != list(range(len(indices))):
+    indices = sorted(entry.indexes.get(block_size, ()))
+    if not indices or indices != list(range(len(indices))):
         return None
-    last = cache.read_block_size(digest, block_size, len(indices) - 1)
+    last = cache.read_block_size(entry.digest, block_size, len(indices) - 1)
     if last is None or last >= block_size:
         return None
     return (len(indices) - 1) * block_size + last
@@ -87,5 +108,6 @@ def verify_blob(cache: DiskCache, blob: CachedBlob, block_size: int = DEFAULT_BL
         cache.remove_meta(digest, VERIFIED_RECORD)
         return "corrupt"
     record = {"size": blob.size, "block_size": block_size, "blocks": per_block}
-    cache.write_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+    with contextlib.suppress(OSError):  # a read-only cache: checked out, the cache warned
+        cache.write_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
     return "verified"

@@ -24,8 +24,10 @@ import trio
 
 from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.blobs.cache import CHECKSUM, BlockLocks, Buffer, DiskCache
+from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.memory import BlockMemory
 from modelkitfs.blobs.readahead import Readahead
+from modelkitfs.blobs.verification import cannot_keep, complete_blob, hash_streaming
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
 from modelkitfs.registry.client import sha256_digest
@@ -40,7 +42,6 @@ STREAM_CHUNK = 8 * 1024 * 1024
 WHOLE_BLOB = "blob"
 DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
-UNWRITABLE_PAUSE = 30.0  # seconds without cache writes after one failed
 LOCK_POLL_MAX = 0.1
 WRITE_BEHIND = 32  # blocks waiting for their disk write, per store
 DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
@@ -85,9 +86,9 @@ class BlobStore:
         self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
         self.block_size = block_size
         self.stats = CacheStats()
-        self._memory = BlockMemory(memory_bytes)
+        # Blocks in memory are in use: pinned in the shared cache, so no process evicts them.
+        self._memory = BlockMemory(memory_bytes, self._pin, self._unpin)
         self._flights: dict[tuple[str, int], _Flight] = {}
-        self._unwritable_until = 0.0
         # Blobs already on the machine (kit's storage) are read in place, never copied.
         self.local = isinstance(client, LayoutSource)
         self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
@@ -97,6 +98,14 @@ class BlobStore:
         self._bad: set[str] = set()  # failed verification: served only once verified anew
         self._readahead = Readahead()
         self._write_slots = trio.Semaphore(WRITE_BEHIND)
+
+    def _pin(self, key: tuple[str, int]) -> None:
+        if not self.local:
+            self.cache.pins.pin(self.cache.lock_path(key[0], self.block_size), key[1])
+
+    def _unpin(self, key: tuple[str, int]) -> None:
+        if not self.local:
+            self.cache.pins.unpin(self.cache.lock_path(key[0], self.block_size), key[1])
 
     async def manifest(self, identifier: str) -> Manifest:
         """The repository's manifest for a tag or digest (never cached: tags move)."""
@@ -457,23 +466,18 @@ class BlobStore:
             delay = min(delay * 2, LOCK_POLL_MAX)
 
     async def _store(self, digest: str, index: int, block: Buffer) -> bool:
-        """Write a block to the disk cache; False when it could not (and why is logged)."""
-        if trio.current_time() < self._unwritable_until:
+        """Write a block to the disk cache; False when it could not. A full or read-only disk
+        costs speed, never a failed read: the cache warns once and writes are skipped for a
+        while, then tried again."""
+        if not self.cache.writable:
             return False
         try:
             await trio.to_thread.run_sync(
                 self.cache.write_block, digest, self.block_size, index, block
             )
         except OSError as exc:
-            # A full or read-only disk costs speed, never a failed read.
             self.stats.write_failures += 1
-            self._unwritable_until = trio.current_time() + UNWRITABLE_PAUSE
-            log.warning(
-                "cache %s is not writable (%s): serving reads uncached for %.0f s",
-                self.cache.root,
-                exc.strerror or exc,
-                UNWRITABLE_PAUSE,
-            )
+            log.debug("block %d of %s not cached: %s", index, digest, exc)
             if exc.errno == errno.ENOSPC and self.budget is not None:
                 await self.budget.prune()
             return False
@@ -491,13 +495,9 @@ class BlobStore:
             len(present) == self._block_count(size)
             and digest not in self._hashes
             and digest not in self._verifying
-            and self._writable
+            and self.cache.writable
         ):
             trio.lowlevel.spawn_system_task(self._verify_quietly, digest, size)
-
-    @property
-    def _writable(self) -> bool:
-        return trio.current_time() >= self._unwritable_until
 
     async def _verify_quietly(self, digest: str, size: int) -> None:
         try:
@@ -507,9 +507,20 @@ class BlobStore:
         except Exception:
             log.exception("verifying %s failed unexpectedly", digest)
 
-    async def verified(self, digest: str, size: int, *, fetch: bool = True) -> None:
-        """Make sure the cache holds all of ``digest`` and that it hashes to the digest,
-        downloading what is missing (unless ``fetch`` is False); raise if it does not."""
+    async def verified(
+        self, digest: str, size: int, *, fetch: bool = True, complete: bool = False
+    ) -> None:
+        """Make sure ``digest`` hashes to the digest, downloading what is missing (unless
+        ``fetch`` is False); raise if it does not. Its per-block hashes are then known, so
+        every block downloaded later is checked on its own. With ``complete`` (a prefetch),
+        every block must also be in the disk cache when this returns: blocks evicted since are
+        fetched again; raises when the cache cannot keep them all. Without it, a blob the
+        cache cannot keep whole is hashed as it streams by (``--verify full``)."""
+        await self._verified(digest, size, fetch=fetch, stream=not complete)
+        if complete:
+            await complete_blob(self, digest, size)
+
+    async def _verified(self, digest: str, size: int, *, fetch: bool, stream: bool) -> None:
         if digest in self._hashes and digest not in self._bad:
             return
         if (event := self._verifying.get(digest)) is not None:
@@ -523,18 +534,19 @@ class BlobStore:
         try:
             if await self._known_hashes(digest) is not None and digest not in self._bad:
                 return
-            if fetch:
-                await self._fetch_all(digest, size)
-                await self._written()
-            hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
-            if hashes is None:
+            if fetch and stream and not self._can_keep(size):
+                hashes = await hash_streaming(self, digest, size)  # else downloaded twice
+            else:
                 if fetch:
-                    raise ModelKitFSError(
-                        f"the cache could not keep all of blob {digest} ({size} bytes) to verify "
-                        "it: free disk space or raise --cache-max-size, or mount without "
-                        "--verify full"
-                    )
-                return  # a block left the cache meanwhile: verify when it is back
+                    await self._fetch_all(digest, size)
+                    await self._written()
+                hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
+            if hashes is None:
+                if not fetch:
+                    return  # a block left the cache meanwhile: verify when it is back
+                if not stream:
+                    raise cannot_keep(self, digest, size)
+                hashes = await hash_streaming(self, digest, size)
             whole, per_block = hashes
             if whole != digest:
                 self.stats.corrupt_blobs += 1
@@ -554,6 +566,13 @@ class BlobStore:
         finally:
             del self._verifying[digest]
             event.set()
+
+    def _can_keep(self, size: int) -> bool:
+        """Whether the disk cache may hold a blob of ``size`` whole now."""
+        if not self.cache.writable:
+            return False
+        cap = self.budget.max_bytes if self.budget is not None else None
+        return cap is None or size <= cap * PRUNE_TO
 
     def _mismatch(self, digest: str, actual: str | None = None) -> str:
         got = f" (its bytes hash to {actual})" if actual else ""
@@ -610,8 +629,8 @@ class BlobStore:
     async def save_meta(self, digest: str, name: str, data: bytes) -> None:
         try:
             await trio.to_thread.run_sync(self.cache.write_meta, digest, name, data)
-        except OSError as exc:
-            log.warning("could not save %s for %s in the cache: %s", name, digest, exc)
+        except OSError as exc:  # the cache warned once: it cannot be written
+            log.debug("could not save %s for %s in the cache: %s", name, digest, exc)
 
 
 def _for_waiters(exc: BaseException) -> BaseException | None:
@@ -685,7 +704,7 @@ class Blob:
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
         if not self.store.local:
-            await self.store.verified(self.digest, self.size)
+            await self.store.verified(self.digest, self.size, complete=True)
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
         """For small scattered reads such as tar headers. A small blob goes through the cache

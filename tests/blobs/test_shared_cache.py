@@ -198,6 +198,15 @@ def test_prefetch_then_mount_reads_without_the_network(small, proxy, mounts: Mou
     info = cli("cache", "info", "--cache-dir", str(mounts.cache_dir))
     assert "blobs" in info.stdout and info.returncode == 0
     pruned = cli("cache", "prune", "--max-size", "1M", "--cache-dir", str(mounts.cache_dir))
+    assert pruned.returncode == 0  # the mount holds its blocks in use: they stay
+    assert DiskCache(mounts.cache_dir).usage() > 8 * MiB
+    pid = daemon_pid(mountpoint)
+    assert cli("umount", str(mountpoint)).returncode == 0
+    mounts.mounted.remove(mountpoint)
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pruned = cli("cache", "prune", "--max-size", "1M", "--cache-dir", str(mounts.cache_dir))
     assert pruned.returncode == 0 and DiskCache(mounts.cache_dir).usage() <= 2 * MiB
     assert cli("cache", "clear", "--cache-dir", str(mounts.cache_dir)).returncode == 0
     assert not (mounts.cache_dir / "blocks").exists()
