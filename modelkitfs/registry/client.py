@@ -228,11 +228,7 @@ class RegistryClient:
                     position += sum(len(p) for p in failure.data)
 
             async def attempt() -> list[Buffer]:
-                deadline = min(
-                    budget.deadline,
-                    trio.current_time()
-                    + max(self.options.stall_timeout, (end - position) / FLOOR_RATE),
-                )
+                deadline = min(budget.deadline, trio.current_time() + self._share(end - position))
                 return pieces + await self._range_once(
                     base, repository, digest, position, end, piece, what, deadline
                 )
@@ -243,6 +239,13 @@ class RegistryClient:
         self.stats.ranges += 1
         self.stats.blob_bytes += end - start
         return pieces
+
+    def _share(self, length: int) -> float:
+        """How long one transfer of ``length`` bytes may take before it is abandoned and
+        resumed on another connection: long enough at ``FLOOR_RATE``, never more than half
+        of ``--timeout`` (so that a transfer stuck at a trickle leaves time for another)."""
+        seconds = max(self.options.stall_timeout, length / FLOOR_RATE)
+        return min(seconds, self.options.timeout / 2)
 
     async def _range_once(
         self,

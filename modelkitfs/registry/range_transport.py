@@ -63,10 +63,11 @@ class ThreadedRanges:
         deadline: float,
     ) -> RangeResult:
         transfer = Transfer()
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_abort_at, deadline, transfer)
             try:
-                return await trio.to_thread.run_sync(
+                result = await trio.to_thread.run_sync(
                     self._fetcher.fetch,
                     url,
                     headers,
@@ -77,13 +78,13 @@ class ThreadedRanges:
                     limiter=self._threads,
                 )
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                if transfer.aborted:
-                    raise TransientError(
-                        f"{_netloc(url)} sent no answer within its deadline"
-                    ) from None
-                raise transport_failure(_netloc(url), exc, self._plain_http) from exc
-            finally:
-                nursery.cancel_scope.cancel()
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is None:
+            return result
+        if transfer.aborted:
+            raise TransientError(f"{_netloc(url)} sent no answer within its deadline") from None
+        raise transport_failure(_netloc(url), failure, self._plain_http) from failure
 
     async def aclose(self) -> None:
         pass
