@@ -43,7 +43,6 @@ WHOLE_BLOB = "blob"
 DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
 LOCK_POLL_MAX = 0.1
-RECENT_FAILURE = 1.0  # seconds a failed download answers readers of its blocks at once
 WRITE_BEHIND = 32  # blocks waiting for their disk write, per store
 DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
 
@@ -90,7 +89,6 @@ class BlobStore:
         # Blocks in memory are in use: pinned in the shared cache, so no process evicts them.
         self._memory = BlockMemory(memory_bytes, self._pin, self._unpin)
         self._flights: dict[tuple[str, int], _Flight] = {}
-        self._failures: dict[tuple[str, int], tuple[float, BaseException]] = {}
         # Blobs already on the machine (kit's storage) are read in place, never copied.
         self.local = isinstance(client, LayoutSource)
         self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
@@ -199,25 +197,20 @@ class BlobStore:
         return max(1, -(-size // self.block_size))
 
     async def _block(self, digest: str, size: int, index: int, wanted_last: int) -> Buffer:
-        """One block, from memory, disk or the registry. A download that another reader
-        started and that failed is tried once more by this one (the fault may have cleared
-        since it started); one it started itself raises."""
+        """One block, from memory, disk or the registry. A reader that finds the block on its
+        way shares that download's outcome, failure included: the kernel follows a failed
+        readahead with a read of the page itself, at once, and that read must fail with the
+        download rather than wait ``--timeout`` once more (the download retries a little
+        longer than a read waits, so a fault that clears meanwhile is still ridden out)."""
         key = (digest, index)
-        tried_again = False
         while True:
             if (data := self._memory.get(key)) is not None:
                 self.stats.memory_hits += 1
                 return data
-            if (failure := self._failures.get(key)) is not None:
-                if trio.current_time() - failure[0] < RECENT_FAILURE:
-                    raise failure[1]
-                del self._failures[key]
             if (flight := self._flights.get(key)) is not None:
                 await flight.done.wait()
                 if flight.error is not None:
-                    if tried_again:
-                        raise flight.error
-                    tried_again = True
+                    raise flight.error
                 continue
             if (
                 data := (await self._load(digest, size, self._reserve(digest, index, index))).get(
@@ -229,17 +222,6 @@ class BlobStore:
                 continue  # someone else started (or finished) it while we looked on disk
             last = min(wanted_last, index + MAX_BLOCKS_PER_REQUEST - 1)
             await self._fetch(digest, size, self._reserve(digest, index, last))
-
-    def _failed(self, digest: str, flights: dict[int, _Flight], error: BaseException) -> None:
-        """Remember, for ``RECENT_FAILURE`` seconds, that these blocks could not be had. The
-        kernel follows a failed readahead with a read of the page itself, at once: it gets
-        this error rather than a second wait of ``--timeout`` (a read fails within the
-        timeout, not twice it)."""
-        now = trio.current_time()
-        for key in [k for k, (when, _) in self._failures.items() if now - when >= RECENT_FAILURE]:
-            del self._failures[key]
-        for index in flights:
-            self._failures[digest, index] = (now, error)
 
     def _reserve(self, digest: str, first: int, last: int) -> dict[int, _Flight]:
         """Flights for blocks ``first`` to ``last`` that are neither in memory nor on their
@@ -416,8 +398,6 @@ class BlobStore:
             for run in runs:
                 await self._fetch_run(digest, size, run[0], run[-1])
         except BaseException as exc:
-            if isinstance(exc, ModelKitFSError):
-                self._failed(digest, flights, exc)
             self._land(digest, flights, _for_waiters(exc))
             raise
         finally:

@@ -60,6 +60,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MIRROR_RETRY_AFTER = 60.0
 MAX_REDIRECTS = 5
 UNREACHABLE_ATTEMPTS = 3  # of a document: a wrong address is reported at once
+DOWNLOAD_GRACE = 2.0  # seconds a range download retries beyond --timeout
 FLOOR_RATE = 1024 * 1024  # bytes per second a transfer may not fall below for long
 # Registries whose API lives on another host than their name (Docker Hub).
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
@@ -217,7 +218,9 @@ class RegistryClient:
 
         async def fetch(base: str) -> list[Buffer]:
             attempts = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
-            budget = RetryBudget(self.options.timeout, attempts)
+            # A little longer than a read waits: the kernel's second read of a page whose
+            # readahead failed joins this download instead of starting one of its own.
+            budget = RetryBudget(self.options.timeout, attempts, grace=DOWNLOAD_GRACE)
             pieces: list[Buffer] = []
             position = start
 

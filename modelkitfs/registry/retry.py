@@ -50,7 +50,8 @@ class RetryBudget:
     """The attempts left to one request. Create it when the request starts: its deadline is
     ``seconds`` from then. ``unreachable_attempts`` bounds the attempts when no connection can
     be made at all (a mount given a wrong address should say so at once, while a read in a
-    long-lived mount rides out a registry restart)."""
+    long-lived mount rides out a registry restart); ``grace``, seconds the attempts may go on past
+``seconds`` (a download shared with readers that wait ``seconds`` each)."""
 
     def __init__(
         self,
@@ -58,9 +59,10 @@ class RetryBudget:
         attempts: int = MAX_ATTEMPTS,
         *,
         unreachable_attempts: int | None = None,
+        grace: float = 0.0,
     ) -> None:
         self.seconds = seconds
-        self.deadline = trio.current_time() + seconds
+        self.deadline = trio.current_time() + seconds + grace
         self.attempts = attempts
         self.unreachable_attempts = unreachable_attempts or attempts
         self.made = 1
