@@ -18,6 +18,7 @@ object store), ``token``, ``manifest``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -118,6 +119,8 @@ class Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         self.sock: socket.socket = self.request
+        with self.server.lock:
+            self.server.connections.add(self.sock)
         stream = self.sock.makefile("rb")
         try:
             while (request := read_request(stream)) is not None:
@@ -125,6 +128,9 @@ class Handler(socketserver.BaseRequestHandler):
                     return
         except (OSError, ValueError):
             return
+        finally:
+            with self.server.lock:
+                self.server.connections.discard(self.sock)
 
     @property
     def state(self) -> State:
@@ -377,7 +383,18 @@ class Server(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], state: State, owner: Main, *, storage: bool):
         self.state, self.owner, self.storage = state, owner, storage
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
         super().__init__(address, Handler)
+
+    def vanish(self) -> None:
+        """Stop listening and cut every open connection, as a host that goes away does."""
+        self.shutdown()
+        self.server_close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
 
 class Main:
@@ -395,8 +412,7 @@ class Main:
             self.state.storage_port = self.storage.server_address[1]
             threading.Thread(target=self.storage.serve_forever, args=(0.05,), daemon=True).start()
         elif not up and self.storage is not None:
-            self.storage.shutdown()
-            self.storage.server_close()
+            self.storage.vanish()
             self.storage = None
 
 

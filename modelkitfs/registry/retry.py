@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 FIRST_DELAY = 0.25
 MAX_DELAY = 8.0
+LAST_ATTEMPT = 0.5  # seconds left, at least, to the attempt made at the deadline
 
 T = TypeVar("T")
 
@@ -81,14 +82,16 @@ class RetryBudget:
         if retry_after is not None:
             delay = max(delay, retry_after)
         left = self.deadline - trio.current_time()
-        if delay > left:
+        if left <= 0 or (retry_after is not None and retry_after > left):
             asked = f"the server asked to wait {retry_after:.0f} s; " if retry_after else ""
             self.refusal = (
                 f"{asked}gave up after {self.made} attempts, at the deadline of "
                 f"{self.seconds:g} s (--timeout)"
             )
             return False
-        await trio.sleep(delay)
+        # A last attempt at the deadline rather than giving up early: readers share this
+        # request, and one that gave up early would make the next one start from scratch.
+        await trio.sleep(max(0.0, min(delay, left - LAST_ATTEMPT)))
         self.made += 1
         return True
 

@@ -163,21 +163,31 @@ def test_object_storage_faults_are_retried(
 
 
 def test_object_storage_that_vanishes_is_asked_again_once_back(
-    kit: tuple[str, bytes], faults: FaultServer, mounts: Mounts
+    tmp_path: Path, publish, faults: FaultServer, mounts: Mounts
 ) -> None:
     """A cached redirect whose host refuses connections is dropped after a retry and resolved
-    again through the registry; the reads fail in about --timeout while the store is gone, then
+    again through the registry; reads fail in about --timeout while the store is gone, then
     the same mount reads again."""
+    data = np.random.default_rng(3).bytes(64 * MiB)
+    write(tmp_path / "src" / "weights.bin", data)
+    reference = publish(build_modelkit(tmp_path / "src", KITFILE), "scripted/vanishing")
     faults.set(redirect=True)
-    mountpoint = mount(mounts, kit, faults)
+    mountpoint = mounts.mount(reference, registry=faults.address, timeout=TIMEOUT)
     with open(mountpoint / "weights.bin", "rb", buffering=0) as f:
-        assert f.read(MiB) == kit[1][:MiB]
-    redirects = faults.count("redirects")
-    faults.storage(False)
-    assert isinstance(read_within_timeout(mountpoint / "weights.bin"), OSError)
-    assert faults.count("redirects") > redirects  # the registry was asked again
-    faults.storage(True)
-    assert (mountpoint / "weights.bin").read_bytes() == kit[1]
+        assert f.read(MiB) == data[:MiB]  # the blob's redirect is cached now
+        redirects = faults.count("redirects")
+        faults.storage(False)
+        f.seek(48 * MiB)
+        started = time.monotonic()
+        with pytest.raises(OSError) as failure:
+            f.read(MiB)
+        assert failure.value.errno == errno.EIO
+        assert time.monotonic() - started < TIMEOUT + MARGIN
+        assert faults.count("redirects") > redirects  # the registry was asked again
+        faults.storage(True)
+        f.seek(48 * MiB)
+        assert f.read() == data[48 * MiB :]
+    assert (mountpoint / "weights.bin").read_bytes() == data
 
 
 @pytest.mark.parametrize(("kind", "params"), [("status", {"status": 503}), ("reset", {})])
