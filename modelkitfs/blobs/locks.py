@@ -22,6 +22,7 @@ import fcntl
 import os
 import secrets
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,7 @@ class ProcessLock:
         self.directory = root / "locks" / "procs"
         self.id = f"w{os.getpid()}x{secrets.token_hex(4)}"
         self._fd = -1
+        self._lock = threading.Lock()  # writes in several worker threads take it at once
 
     @property
     def held(self) -> bool:
@@ -178,6 +180,13 @@ class ProcessLock:
 
     def acquire(self) -> str:
         """Hold the lock (raises OSError when it cannot be created); returns the id."""
+        if self._fd >= 0:
+            return self.id
+        with self._lock:
+            self._acquire()
+        return self.id
+
+    def _acquire(self) -> None:
         if self._fd < 0:
             # Locked under a name nobody looks at, then renamed: a process looking for dead
             # ones never sees this file unlocked.
@@ -193,14 +202,14 @@ class ProcessLock:
                     new.unlink()
                 raise
             self._fd = fd
-        return self.id
 
     def release(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                (self.directory / self.id).unlink()
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    (self.directory / self.id).unlink()
+                os.close(self._fd)
+                self._fd = -1
 
 
 def process_alive(root: Path, owner: str) -> bool:

@@ -61,6 +61,9 @@ class CacheStats:
 class _Flight:
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    # The block, once downloaded: its readers take it even when memory has dropped it since
+    # (a cache that cannot be written keeps blocks nowhere else).
+    data: Buffer | None = None
 
 
 class BlobStore:
@@ -211,6 +214,8 @@ class BlobStore:
                 await flight.done.wait()
                 if flight.error is not None:
                     raise flight.error
+                if flight.data is not None:
+                    return flight.data
                 continue
             if (
                 data := (await self._load(digest, size, self._reserve(digest, index, index))).get(
@@ -221,7 +226,10 @@ class BlobStore:
             if key in self._flights or key in self._memory:
                 continue  # someone else started (or finished) it while we looked on disk
             last = min(wanted_last, index + MAX_BLOCKS_PER_REQUEST - 1)
-            await self._fetch(digest, size, self._reserve(digest, index, last))
+            flights = self._reserve(digest, index, last)
+            await self._fetch(digest, size, flights)
+            if (mine := flights.get(index)) is not None and mine.data is not None:
+                return mine.data
 
     def _reserve(self, digest: str, first: int, last: int) -> dict[int, _Flight]:
         """Flights for blocks ``first`` to ``last`` that are neither in memory nor on their
@@ -412,6 +420,8 @@ class BlobStore:
             blocks = await self._download(digest, size, first, max(unwritten))
             for index, block in enumerate(blocks, first):
                 self.stats.downloaded_blocks += 1
+                if (flight := self._flights.get((digest, index))) is not None:
+                    flight.data = block
                 await self.put_block(digest, index, block, lock=locks, size=size)
                 unwritten.discard(index)  # its lock went along, released once on disk
         finally:
@@ -533,7 +543,9 @@ class BlobStore:
         try:
             if await self._known_hashes(digest) is not None and digest not in self._bad:
                 return
-            if fetch and stream and not self._can_keep(size):
+            if fetch and not self._can_keep(size):
+                if not stream:  # a prefetch: what it fetched would not stay
+                    raise cannot_keep(self, digest, size)
                 hashes = await hash_streaming(self, digest, size)  # else downloaded twice
             else:
                 if fetch:

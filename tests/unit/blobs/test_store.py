@@ -1,0 +1,134 @@
+"""The blob store over a cache that cannot keep everything: read-only, out of space, smaller
+than a blob, or with blocks evicted since a blob verified (issue cases 9, 10 and 12)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs.budget import CacheBudget
+from modelkitfs.errors import ModelKitFSError
+from tests.tmpfs import small_fs
+
+BLOCK = 64 * 1024
+
+
+class FakeRegistry:
+    """Serves one blob by ranges, counting the bytes it sends."""
+
+    registry = "fake.registry"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.sent = 0
+
+    async def get_range_pieces(
+        self, repository: str, digest: str, start: int, end: int, block_size: int
+    ) -> list[bytes]:
+        await trio.sleep(0)
+        self.sent += end - start
+        return [self.data[i : min(i + block_size, end)] for i in range(start, end, block_size)]
+
+
+def store_for(
+    registry: FakeRegistry, root: Path, cap: int | None = None, **options: object
+) -> BlobStore:
+    cache = DiskCache(root)
+    budget = CacheBudget(cache, cap) if cap is not None else None
+    return BlobStore(
+        registry, "repo", cache, budget=budget, block_size=BLOCK, memory_bytes=4 * BLOCK, **options
+    )  # type: ignore[arg-type]
+
+
+def blob(size: int = 40 * BLOCK + 3, seed: int = 5) -> FakeRegistry:
+    return FakeRegistry(np.random.default_rng(seed).bytes(size))
+
+
+def test_reads_on_a_read_only_cache_are_right_and_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Case 9: every download used to fail on the lock file."""
+    registry = blob()
+    with small_fs(tmp_path / "fs", "16m") as fs:
+        store = store_for(registry, fs.path / "cache")
+
+        async def main() -> None:
+            assert (
+                await store.read(registry.digest, len(registry.data), 0, BLOCK)
+                == (registry.data[:BLOCK])
+            )
+            await store.flush()
+            fs.remount("ro")
+            size = len(registry.data)
+            with caplog.at_level(logging.WARNING):
+                for offset in range(0, size, 3 * BLOCK):
+                    got = await store.read(registry.digest, size, offset, 3 * BLOCK)
+                    assert got == registry.data[offset : offset + 3 * BLOCK]
+                await store.flush()
+            assert await store.read(registry.digest, size, 0, BLOCK) == registry.data[:BLOCK]
+
+        trio.run(main)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "cannot be written" in warnings[0].getMessage()
+    assert str(fs.path / "cache") in warnings[0].getMessage()
+    assert "remount" in warnings[0].getMessage()
+
+
+def test_verify_full_on_a_cache_smaller_than_the_blob_verifies_as_it_streams(
+    tmp_path: Path,
+) -> None:
+    """Case 10: a blob larger than the cap could never verify; now it is hashed as it is
+    downloaded, and each block read later is checked against its hash."""
+    registry = blob(size=30 * BLOCK)
+    store = store_for(registry, tmp_path, cap=8 * BLOCK, verify="full")
+
+    async def main() -> None:
+        await store.budget.start()  # type: ignore[union-attr]
+        size = len(registry.data)
+        assert await store.read(registry.digest, size, 0, size) == registry.data
+        assert registry.digest in store._hashes
+
+    trio.run(main)
+
+
+def test_prefetching_a_verified_blob_fetches_what_eviction_took(tmp_path: Path) -> None:
+    """Case 12: a blob verified once stayed "verified" after its blocks were evicted, so a
+    prefetch fetched nothing."""
+    registry = blob()
+    size = len(registry.data)
+
+    async def prefetch(root: Path) -> int:
+        store = store_for(registry, root)
+        before = registry.sent
+        await store.blob(registry.digest, size).fetch_verified()
+        await store.flush()
+        store.cache.pins.close()
+        return registry.sent - before
+
+    assert trio.run(prefetch, tmp_path) == size
+    cache = DiskCache(tmp_path)
+    for index in (0, 7, 40):
+        cache.block_path(registry.digest, BLOCK, index).unlink()
+    assert trio.run(prefetch, tmp_path) == 2 * BLOCK + 3  # the three blocks, no more
+    assert cache.cached_blocks(registry.digest, BLOCK, 0, 40) == set(range(41))
+
+
+def test_a_prefetch_the_cache_cannot_keep_says_so(tmp_path: Path) -> None:
+    registry = blob()
+    with small_fs(tmp_path / "fs", "16m") as fs:
+        store = store_for(registry, fs.path / "cache")
+        fs.remount("ro")
+
+        async def main() -> None:
+            with pytest.raises(ModelKitFSError, match=r"could not keep all of blob .* remount"):
+                await store.blob(registry.digest, len(registry.data)).fetch_verified()
+
+        trio.run(main)
