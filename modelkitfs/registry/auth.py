@@ -16,11 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import trio
 
 from modelkitfs.errors import AuthenticationError, RegistryError, TokenServiceError
 from modelkitfs.registry.credentials import Credential
@@ -74,11 +74,11 @@ class Authenticator:
         if self._basic and self.credential is not None:
             return {"Authorization": _basic(self.credential)}
         token = self._tokens.get(scope)
-        if token is not None and token.expires <= time.monotonic() and scope in self._challenges:
+        if token is not None and token.expires <= trio.current_time() and scope in self._challenges:
             token = self._tokens[scope] = await self._fetching.run(
                 scope, self._fetch_token, client, self._challenges[scope], scope
             )
-        if token is not None and token.expires > time.monotonic():
+        if token is not None and token.expires > trio.current_time():
             return {"Authorization": f"Bearer {token.value}"}
         return {}
 
@@ -104,7 +104,7 @@ class Authenticator:
         if (
             token is not None
             and sent != f"Bearer {token.value}"
-            and token.expires > time.monotonic()
+            and token.expires > trio.current_time()
         ):
             return
         self._tokens.pop(scope, None)
@@ -179,7 +179,7 @@ class Authenticator:
             raise RegistryError(f"the token service of {self.host} sent no usable token") from exc
         # Renew a little early so a request never carries a token that expires in flight.
         margin = min(10.0, lifetime / 4)
-        return _Token(value, time.monotonic() + max(lifetime - margin, 1.0))
+        return _Token(value, trio.current_time() + max(lifetime - margin, 1.0))
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:

@@ -104,7 +104,8 @@ async def retrying(
     on_failure: Callable[[TransientError], None] | None = None,
 ) -> T:
     """``await attempt()`` until it succeeds, fails for good, or the budget runs out (then
-    :class:`GaveUp`, naming the last failure). ``on_failure`` sees each transient failure
+    :class:`GaveUp`, naming the last failure, whose message says what failed; ``what`` names
+    the request in the log of each retry). ``on_failure`` sees each transient failure
     before the pause (to keep the bytes a cut transfer delivered, say)."""
     while True:
         try:
@@ -114,5 +115,5 @@ async def retrying(
         if on_failure is not None:
             on_failure(failure)
         if not await budget.pause(failure):
-            raise GaveUp(f"{what}: {failure} ({budget.refusal})", failure) from failure
+            raise GaveUp(f"{failure} ({budget.refusal})", failure) from failure
         log.warning("%s: %s; retrying (attempt %d)", what, failure, budget.made)
