@@ -42,6 +42,7 @@ from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retry_after_sec
 from modelkitfs.registry.transport import (
     NetworkOptions,
     blocking_ssl_context,
+    describe,
     endpoint_url,
     make_http_client,
     transport_failure,
@@ -350,7 +351,7 @@ class RegistryClient:
                     )
             except TransientError as exc:
                 if repository is None:
-                    raise _at_storage(exc) from exc
+                    raise _at_storage(exc, url) from exc
                 raise
         if result.status in REDIRECTS:
             if not raw:
@@ -530,11 +531,13 @@ class RegistryClient:
         raise RegistryError(f"registry {self.registry} answered HTTP {status} for {what}")
 
 
-def _at_storage(exc: TransientError) -> ObjectStorageError:
-    """A transport failure at object storage, typed as such."""
+def _at_storage(exc: TransientError, url: str) -> ObjectStorageError:
+    """A transport failure at object storage, typed and worded as such (the registry's
+    address hints do not apply to a URL the registry gave)."""
     if isinstance(exc, ObjectStorageError):
         return exc
-    return ObjectStorageError(f"object storage: {exc}", exc.retry_after)
+    cause = describe(exc.__cause__) if exc.__cause__ is not None else str(exc)
+    return ObjectStorageError(f"object storage {_host(url)} failed: {cause}", exc.retry_after)
 
 
 async def _read_at_most(response: httpx.Response, limit: int, url: str) -> None:
