@@ -97,6 +97,9 @@ class CacheBudget:
         self._written = 0  # in all, to tell what was written while a prune ran
         self._since_free_check = 0
         self._pruning = trio.Lock()
+        # After a prune that blocks in use kept above the cap: no new one before the cache
+        # has grown by a tenth of the cap (each prune walks the whole cache).
+        self._prune_again_at = 0
 
     async def start(self) -> None:
         """Take the cache's size from the disk (once, off the event loop). Meant to run in
@@ -135,7 +138,8 @@ class CacheBudget:
         self._written += nbytes
         self._since_free_check += nbytes
         if self.usage > self.max_bytes:
-            await self.prune()
+            if self.usage >= self._prune_again_at:
+                await self.prune()
         elif self._since_free_check >= FREE_CHECK_EVERY:
             self._since_free_check = 0
             free, _ = await trio.to_thread.run_sync(self.cache.free_bytes)
@@ -150,10 +154,14 @@ class CacheBudget:
             if recorded.get("max_size"):  # another process may have raised it since
                 self.max_bytes = recorded["max_size"]
             for _ in range(PRUNE_ROUNDS):
-                written_before = self._written
+                written_before, usage_before = self._written, self.usage
                 self.usage = await trio.to_thread.run_sync(
                     self.cache.prune, self.max_bytes, self.min_free_bytes
                 )
                 self.usage += self._written - written_before
                 if self.max_bytes is None or self.usage <= self.max_bytes:
+                    self._prune_again_at = 0
                     return
+                if usage_before is not None and self.usage >= usage_before:
+                    break  # nothing could go: the rest is in use
+            self._prune_again_at = self.usage + max(self.max_bytes // 10, 1)

@@ -106,7 +106,7 @@ def evict(cache: DiskCache, max_bytes: int | None, min_free_bytes: int) -> int:
             freed += block.size
             evicted += 1
     if freed or kept:
-        log.info(
+        (log.info if freed else log.debug)(
             "cache %s: evicted %d blocks (%d bytes) least recently used%s",
             cache.root,
             evicted,
