@@ -268,3 +268,26 @@ def test_a_mount_with_a_cap_of_nothing_is_refused(kit32, proxy, mounts: Mounts) 
     assert result.returncode == 1 and "below the minimum of 64 MiB" in result.stderr
     assert not target.is_mount()
     assert len(cached(mounts.cache_dir, layer, 0, 32)) == 33
+
+
+def test_a_mount_on_a_read_only_cache_serves_reads_with_one_warning(
+    kit32, proxy, tmp_path: Path
+) -> None:
+    """Case 14, for mount: it used to fail opening its log in the cache."""
+    reference, data, _ = kit32
+    with small_fs(tmp_path / "fs", "64m") as fs:
+        cache_dir = fs.path / "cache"
+        cache_dir.mkdir()
+        fs.remount("ro")
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        result = cli(
+            "mount", "--plain-http", "--cache-dir", str(cache_dir),
+            f"{proxy.address}/{reference}", str(mountpoint),
+        )  # fmt: skip
+        try:
+            assert result.returncode == 0, result.stderr
+            assert "serves reads uncached" in one_line(result, cache_dir)
+            assert (mountpoint / "weights.bin").read_bytes() == data
+        finally:
+            cli("umount", "--lazy", str(mountpoint))

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.blockfile import write_atomic
 
 DIGEST = "sha256:" + "ef" * 32
 OTHER = "sha256:" + "12" * 32
@@ -93,6 +92,8 @@ def test_a_temporary_file_stays_while_its_writer_lives_whatever_its_age(
 def test_writes_name_their_temporary_files_after_the_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from modelkitfs.blobs.blockfile import write_atomic
+
     cache = DiskCache(tmp_path)
     seen = []
     real = os.replace
