@@ -60,6 +60,8 @@ class Sources:
         except OSError as exc:
             log.warning("could not record cache statistics: %s", exc)
         self.cache.pins.close()  # nothing of this process is in use any more
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await self.budget.finish()
         self.cache.process.release()
 
     async def open_kit(self, reference: Reference) -> ModelKit:

@@ -146,6 +146,13 @@ class CacheBudget:
             if free < self.min_free_bytes:
                 await self.prune()
 
+    async def finish(self) -> None:
+        """Once this process holds nothing in use any more (its pins are gone): evict what
+        its pins kept above the cap, so a cache is within its cap when its mounts are done."""
+        self._prune_again_at = 0
+        if self.usage is not None and self.max_bytes is not None and self.usage > self.max_bytes:
+            await self.prune()
+
     async def prune(self) -> None:
         if self._pruning.locked():
             return  # one eviction at a time; it looks again if writes went on meanwhile
