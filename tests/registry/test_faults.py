@@ -8,12 +8,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, mount_stats, write
+from modelkitfs.mount import unmount
+from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, write
 from tests.kitbuilder import build_modelkit
 from tests.registry_proxy import CountingProxy
 
@@ -115,6 +117,7 @@ def test_wrong_bytes_of_a_verified_blob_are_fetched_again_never_kept(
     while mount_stats(first)["cache"]["verified_blobs"] < 1:
         assert time.monotonic() < deadline, "the blob was never verified"
         time.sleep(0.1)
+    stop(first)  # its daemon pins the blocks it holds (eviction spares blocks in use)
     DiskCache(mounts.cache_dir).prune(0)
 
     mountpoint = mounts.mount(reference)
@@ -124,6 +127,7 @@ def test_wrong_bytes_of_a_verified_blob_are_fetched_again_never_kept(
     assert faulty.faults_injected == {"wrong": 2}
     assert "differ from those verified before" in mounts.log
 
+    stop(mountpoint)
     DiskCache(mounts.cache_dir).prune(0)
     retried = mounts.mount(reference)
     faulty.inject("wrong", 10_000)
@@ -135,6 +139,25 @@ def test_wrong_bytes_of_a_verified_blob_are_fetched_again_never_kept(
     # What the cache kept is right: a new mount reads it with the network refusing everything.
     faulty.inject("status", 10_000)
     assert (mounts.mount(reference, timeout=3) / "weights.bin").read_bytes() == data
+
+
+def stop(mountpoint: Path) -> None:
+    """Unmount and wait until the daemon is gone."""
+    pid = daemon_pid(mountpoint)
+    unmount(mountpoint)
+    deadline = time.monotonic() + 60
+    while running(pid):
+        assert time.monotonic() < deadline, "the daemon did not stop after unmount"
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_failures_are_reported_in_one_line(
