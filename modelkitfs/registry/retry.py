@@ -49,10 +49,10 @@ def retry_after_seconds(value: str) -> float | None:
 
 class RetryBudget:
     """The attempts left to one request. Create it when the request starts: its deadline is
-        ``seconds`` from then. ``unreachable_attempts`` bounds the attempts when no connection can
-        be made at all (a mount given a wrong address should say so at once, while a read in a
-        long-lived mount rides out a registry restart); ``grace``, seconds the attempts may go on past
-    ``seconds`` (a download shared with readers that wait ``seconds`` each)."""
+    ``seconds`` from then. ``unreachable_attempts`` bounds the attempts when no connection can
+    be made at all (a mount given a wrong address should say so at once, while a read in a
+    long-lived mount rides out a registry restart); ``grace``: seconds the attempts may go on
+    past ``seconds`` (a download shared by readers that wait ``seconds`` each)."""
 
     def __init__(
         self,
