@@ -1,26 +1,19 @@
-"""Content digests, written once: the grammar of a digest and the check that bytes match one.
+"""Content digests, written once: naming bytes by digest and checking bytes against one.
 
 Every layer names content by digest (manifests, configs, layers, decompressed layers, cache
-directories), so the rules live here: ``sha256:`` and 64 lowercase hex digits (the only
-algorithm the OCI image spec requires and the only one kit writes).
+directories), so the check lives here: sha256, the only algorithm the OCI image spec requires
+and the only one kit writes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 
 from modelkitfs.errors import DigestMismatch, RegistryError
-
-SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def sha256_digest(data: bytes | bytearray | memoryview) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def is_digest(value: str) -> bool:
-    return SHA256.match(value) is not None
 
 
 def verify(data: bytes, digest: str, what: str) -> None:

@@ -31,9 +31,6 @@ class SingleFlight(Generic[K, T]):
     def __init__(self) -> None:
         self._flights: dict[K, _Flight[T]] = {}
 
-    def running(self, key: K) -> bool:
-        return key in self._flights
-
     async def run(self, key: K, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         while (flight := self._flights.get(key)) is not None:
             await flight.done.wait()
@@ -53,8 +50,3 @@ class SingleFlight(Generic[K, T]):
         finally:
             del self._flights[key]
             flight.done.set()
-
-    async def wait(self, key: K) -> None:
-        """Wait for the flight under ``key``, if any, to land (whatever its outcome)."""
-        if (flight := self._flights.get(key)) is not None:
-            await flight.done.wait()
