@@ -1,0 +1,59 @@
+"""Wrong bytes a registry served before the blob could be checked: once the blob fails
+verification, the kernel forgets the pages it kept of the blob's files (``keep_cache`` keeps
+them across opens otherwise), so the same mount serves the right bytes again."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import MiB, Mounts, write
+from tests.kitbuilder import build_modelkit
+from tests.registry_proxy import CountingProxy
+
+SIZE = 16 * MiB + 5
+KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
+    directory = tmp_path_factory.mktemp("corruption")
+    data = np.random.default_rng(23).bytes(SIZE)
+    write(directory / "weights.bin", data)
+    artifact = build_modelkit(directory, KITFILE)
+    assert len(json.loads(artifact.manifest)["layers"]) == 1
+    return publish(artifact, "corruption/kit"), data
+
+
+def test_pages_of_a_blob_that_fails_verification_are_dropped_by_the_kernel(
+    kit: tuple[str, bytes], faulty: CountingProxy, mounts: Mounts
+) -> None:
+    reference, data = kit
+    path = mounts.mount(reference) / "weights.bin"
+    open(path, "rb").close()  # the layer's tar index is read: the next GET is the file's data
+    faulty.reset()
+    faulty.inject("wrong", 1)  # one byte flipped in the middle of one response
+    try:
+        first = path.read_bytes()
+    except OSError:
+        first = None  # the blob failed verification before the read was done: also right
+    assert faulty.faults_injected == {"wrong": 1}
+    if first is not None:
+        # Unverified bytes are served as they come (only a whole blob can be checked); the
+        # wrong one is the flipped byte, nothing else.
+        assert len(first) == SIZE
+        differ = np.frombuffer(first, np.uint8) != np.frombuffer(data, np.uint8)
+        assert np.count_nonzero(differ) <= 1
+    deadline = time.monotonic() + 60
+    while "failed verification" not in mounts.log:
+        assert time.monotonic() < deadline, "the blob was never verified"
+        time.sleep(0.05)
+    # The fault is over (it was one response); the same mount, the same file, right bytes: what
+    # the kernel kept of the wrong download was dropped, what the cache kept was evicted.
+    assert path.read_bytes() == data
+    with open(path, "rb") as f:
+        f.seek(SIZE // 2)
+        assert f.read(MiB) == data[SIZE // 2 : SIZE // 2 + MiB]
