@@ -116,7 +116,7 @@ class IndexSource(Protocol):
 
     digest: str
     size: int
-    cached: bool  # reads land in the shared block cache: fetching ahead in parallel pays
+    cached: bool  # reads land in the shared block cache: fetching windows in parallel pays
 
     async def read(self, offset: int, length: int) -> bytes:
         """Bytes of a run read in order: cached, when ``cached``."""

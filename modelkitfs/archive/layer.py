@@ -55,8 +55,8 @@ class PlainStream:
         pass
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Through the cache, fetching nothing ahead: the tar index walk fetches its own
-        windows ahead, and its reads must not pass for a reader going through a file."""
+        """Through the cache, with no readahead: the tar index walk fetches its own windows in
+        parallel, and its reads must not pass for a reader going through a file."""
         return await self.blob.read(offset, length, ahead=False)
 
 
@@ -96,15 +96,15 @@ class LayerArchive:
         end: int | None = None,
         unit_end: int | None = None,
         *,
-        ahead: bool = True,
+        readahead: bool = True,
     ) -> bytes:
-        """``length`` bytes of the uncompressed layer at ``offset``. What an uncompressed layer
-        fetches ahead of a reader going in order (none unless ``ahead``) stops at ``end``, where
-        the file being read ends; ``unit_end`` is where a unit the reader takes whole ends (a
-        tensor): the rest of it is fetched at once."""
+        """``length`` bytes of the uncompressed layer at ``offset``. The readahead of an
+        uncompressed layer, for a reader going in order (none unless ``readahead``), stops at
+        ``end``, where the file being read ends; ``unit_end`` is where a unit the reader takes
+        whole ends (a tensor): the rest of it is fetched at once."""
         if isinstance(self.stream, PlainStream):
             return await self.blob.read(
-                offset, length, ahead=ahead, ahead_limit=end, unit_end=unit_end
+                offset, length, ahead=readahead, ahead_limit=end, unit_end=unit_end
             )
         return await self.stream.read(offset, length)
 

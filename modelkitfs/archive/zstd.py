@@ -68,7 +68,7 @@ class ZstdStream:
                     self._start()
 
     read_sparse = read
-    cached = False  # a few decoded chunks are kept: windows fetched ahead would be lost
+    cached = False  # a few decoded chunks are kept: windows fetched in parallel would be lost
 
     async def load_meta(self, name: str) -> bytes | None:
         return await self.blob.load_meta(name)

@@ -18,8 +18,8 @@ from modelkitfs.archive.layer import RAW_FILE_MODE
 from modelkitfs.blobs import BlobStore
 from modelkitfs.errors import NotAModelKit, SelectionError
 from modelkitfs.kit.filters import Filter, for_referenced_model, selects_kitfile
-from modelkitfs.kit.index import select_entry
 from modelkitfs.kit.kitfile import render_kitfile
+from modelkitfs.kit.labels import select_entry
 from modelkitfs.kit.manifest import (
     FILE_METADATA_ANNOTATION,
     KITFILE_ANNOTATION,

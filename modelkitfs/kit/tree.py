@@ -181,7 +181,7 @@ class KitTree:
         async def head(length: int) -> bytes:
             if len(first) >= length:
                 return first[:length]
-            return await archive.read(node.offset, length, ahead=False)
+            return await archive.read(node.offset, length, readahead=False)
 
         try:
             length = tensors.header_length(await head(8))
