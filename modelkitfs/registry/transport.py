@@ -128,7 +128,6 @@ def _reason(exc: BaseException) -> str:
 def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
     """One line saying why ``host`` could not be reached and what to do about it."""
     chain = _chain(exc)
-    text = " ".join(str(e) for e in chain).lower()
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         reason = next(
             (e.verify_message for e in chain if isinstance(e, ssl.SSLCertVerificationError)),
@@ -138,7 +137,7 @@ def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
             f"the TLS certificate of {host} is not trusted ({reason}): pass --tls-cert CA.pem "
             "with the CA that signed it, or --tls-verify=false to skip the check (insecure)"
         )
-    if any(alert in text for alert in ("certificate required", "alert bad certificate")):
+    if any(isinstance(e, ssl.SSLError) and e.reason in _CLIENT_CERT_ALERTS for e in chain):
         return (
             f"{host} refused the TLS handshake without an acceptable client certificate: pass "
             "--cert and --key (or set KITOPS_CLIENT_CERT and KITOPS_CLIENT_KEY) with one its CA "
@@ -179,13 +178,14 @@ def transport_failure(host: str, exc: BaseException, plain_http: bool) -> Regist
 
 
 def _unknown_host(chain: list[BaseException]) -> bool:
-    return any(isinstance(e, socket.gaierror) and e.errno in _NO_SUCH_HOST for e in chain) or any(
-        marker in str(e).lower() for e in chain for marker in _NO_SUCH_HOST_TEXT
-    )
+    """Whether name resolution said the host does not exist (not that it failed for now):
+    both transports keep the resolver's ``gaierror`` in the chain."""
+    return any(isinstance(e, socket.gaierror) and e.errno in _NO_SUCH_HOST for e in chain)
 
 
 _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-_NO_SUCH_HOST_TEXT = ("name or service not known", "nodename nor servname")
+# The alerts a server sends when it wants a client certificate it did not get, or refuses ours.
+_CLIENT_CERT_ALERTS = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

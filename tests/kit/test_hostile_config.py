@@ -96,7 +96,9 @@ def test_fuzz_layer_descriptors_are_parsed_or_refused(layers: list[dict[str, Any
 @pytest.mark.parametrize(
     ("layer", "named"),
     [
-        ({"digest": "", "size": False, "mediaType": None}, '"size"'),  # found by hypothesis
+        ({"digest": DIGEST, "size": False, "mediaType": None}, '"size"'),  # found by hypothesis
+        ({"digest": "", "size": 1}, '"digest"'),
+        ({"digest": "sha256:../../../etc/passwd", "size": 1}, '"digest"'),  # URLs, cache paths
         ({"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": None}, '"mediaType"'),
         ({"digest": "sha256:" + "a" * 64, "size": "12"}, '"size"'),
         ({"digest": 7, "size": 1}, '"digest"'),
