@@ -81,7 +81,8 @@ class _Partial(TransientError):
 
 class RegistryClient:
     """Talks to ``registry`` (through its mirrors first, if any), ``max_in_flight`` requests
-    at once."""
+    at once. ``transport`` carries blob ranges and ``http_transport`` everything else, in place
+    of the network (see :mod:`modelkitfs.registry.testing`)."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class RegistryClient:
         credentials: Callable[[str], Credential | None] = find_credential,
         max_in_flight: int = 32,
         transport: RangeTransport | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.registry = registry
         self.options = (options or NetworkOptions()).with_environment()
@@ -104,7 +106,7 @@ class RegistryClient:
         self._redirects = Redirects()
         self.ignores_range: set[str] = set()  # hosts that answered a range with the whole blob
         self._limiter = trio.CapacityLimiter(max_in_flight)
-        self._http = make_http_client(self.options, max_in_flight * 2)
+        self._http = make_http_client(self.options, max_in_flight * 2, http_transport)
         # Blob bytes through blocking connections in threads, unless a proxy is in play.
         self._ranges: RangeTransport
         if transport is not None:

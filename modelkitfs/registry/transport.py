@@ -108,8 +108,15 @@ def endpoint_url(endpoint: str, plain_http: bool) -> str:
     return f"{'http' if plain_http else 'https'}://{endpoint}"
 
 
-def make_http_client(options: NetworkOptions, max_connections: int) -> httpx.AsyncClient:
+def make_http_client(
+    options: NetworkOptions,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The client for documents and tokens; ``transport`` replaces the network (tests give
+    ``httpx.MockTransport``)."""
     return httpx.AsyncClient(
+        transport=transport,
         verify=ssl_context(options),
         proxy=options.proxy,
         timeout=httpx.Timeout(options.stall_timeout, connect=min(10.0, options.stall_timeout)),
