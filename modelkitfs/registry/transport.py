@@ -144,7 +144,7 @@ def describe_failure(host: str, exc: BaseException, plain_http: bool) -> str:
             f"the TLS certificate of {host} is not trusted ({reason}): pass --tls-cert CA.pem "
             "with the CA that signed it, or --tls-verify=false to skip the check (insecure)"
         )
-    if any(isinstance(e, ssl.SSLError) and e.reason in _CLIENT_CERT_ALERTS for e in chain):
+    if any(getattr(e, "reason", None) in _CLIENT_CERT_ALERTS for e in chain):
         return (
             f"{host} refused the TLS handshake without an acceptable client certificate: pass "
             "--cert and --key (or set KITOPS_CLIENT_CERT and KITOPS_CLIENT_KEY) with one its CA "
