@@ -14,6 +14,7 @@ from modelkitfs.archive.gzip import GzipStream
 from modelkitfs.archive.index import (
     Entry,
     EntryKind,
+    IndexSource,
     LayerIndex,
     load_or_build_index,
     normalize_name,
@@ -26,17 +27,11 @@ from modelkitfs.errors import ArchiveError
 RAW_FILE_MODE = 0o644
 
 
-class LayerStream(Protocol):
-    """The uncompressed bytes of a layer. ``size`` is known once :meth:`prepare` returns."""
-
-    digest: str
-    size: int
+class LayerStream(IndexSource, Protocol):
+    """The uncompressed bytes of a layer (what an index is built from), with ``size`` known
+    once :meth:`prepare` returns."""
 
     async def prepare(self) -> None: ...
-    async def read(self, offset: int, length: int) -> bytes: ...
-    async def read_sparse(self, offset: int, length: int) -> bytes: ...
-    async def load_meta(self, name: str) -> bytes | None: ...
-    async def save_meta(self, name: str, data: bytes) -> None: ...
 
 
 class PlainStream:

@@ -109,8 +109,9 @@ async def _kitfile(
             return _json_object(annotation.encode(), f"{reference}: the Kitfile annotation"), True
         log.warning("%s carries no Kitfile: deriving one from its layers", reference)
         config = await _config(store, manifest, reference)
-        modelfs = config.get("modelfs") if isinstance(config.get("modelfs"), dict) else {}
-        diff_ids = [str(d) for d in modelfs.get("diffIds") or []]
+        modelfs = config.get("modelfs")
+        listed = modelfs.get("diffIds") if isinstance(modelfs, dict) else None
+        diff_ids = [str(d) for d in listed or []]
         return kitfile_for_modelpack(manifest, diff_ids), False
     return await _config(store, manifest, reference), True
 

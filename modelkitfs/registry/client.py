@@ -191,7 +191,9 @@ class RegistryClient:
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of a blob."""
         pieces = await self.get_range_pieces(repository, digest, start, end, end - start)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return b"".join(pieces)
 
     async def get_range_pieces(
         self, repository: str, digest: str, start: int, end: int, piece: int
@@ -251,10 +253,12 @@ class RegistryClient:
         while True:
             if (redirect := self._redirects.get(digest)) is not None:
                 try:
-                    return await self._get(redirect.url, None, start, end, piece, what, deadline)
+                    data = await self._get(redirect.url, None, start, end, piece, what, deadline)
                 except ObjectStorageError as exc:
                     self._redirects.failed(digest, redirect, exc)
                     raise
+                assert not isinstance(data, RangeResult)  # redirects are not followed here
+                return data
             if not self._redirects.redirected(digest) or base != self.base_url:
                 return await self._from_registry(*args)
             # One reader asks the registry again; the others wait for it and use its answer
