@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from modelkitfs.digests import is_digest
 from modelkitfs.errors import InvalidReference
 
 DEFAULT_REGISTRY = "localhost"
@@ -19,7 +20,6 @@ LAYOUT_PREFIX = "oci-layout:"
 
 _REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def parse_reference(text: str) -> Reference:
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
-        if not _DIGEST.fullmatch(digest):
+        if not is_digest(digest):
             raise InvalidReference(f"invalid digest {digest!r} in reference {original!r}: {hint}")
     tag = None
     last_slash = text.rfind("/")
@@ -95,7 +95,7 @@ def _parse_layout(text: str, original: str) -> Reference:
     tag = None
     if ":" in path.rpartition("/")[2]:
         path, _, tag = path.rpartition(":")
-    if not path or (digest and not _DIGEST.fullmatch(digest)) or (tag and not _TAG.fullmatch(tag)):
+    if not path or (digest and not is_digest(digest)) or (tag and not _TAG.fullmatch(tag)):
         raise InvalidReference(
             f"invalid reference {original!r}: expected oci-layout:PATH[:TAG][@sha256:DIGEST]"
         )

@@ -163,7 +163,7 @@ class GzipStream:
         return chunk
 
     read_sparse = read
-    cached = False  # a few decoded chunks are kept: windows fetched ahead would be lost
+    cached = False  # a few decoded chunks are kept: windows fetched in parallel would be lost
 
     async def aclose(self) -> None:
         """Stop rapidgzip's threads; one still running when Python exits aborts the process.

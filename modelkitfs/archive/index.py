@@ -15,7 +15,7 @@ import logging
 import posixpath
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from modelkitfs.errors import ArchiveError
 
@@ -114,9 +114,14 @@ def normalize_name(name: str) -> str | None:
 class IndexSource(Protocol):
     """What an index is built from and saved beside (a blob, in practice)."""
 
-    digest: str
-    size: int
-    cached: bool  # reads land in the shared block cache: fetching ahead in parallel pays
+    @property
+    def digest(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def cached(self) -> bool:
+        """Whether reads land in the shared block cache: fetching windows in parallel pays."""
+        ...
 
     async def read(self, offset: int, length: int) -> bytes:
         """Bytes of a run read in order: cached, when ``cached``."""
@@ -130,8 +135,11 @@ class IndexSource(Protocol):
     async def save_meta(self, name: str, data: bytes) -> None: ...
 
 
+Source = TypeVar("Source", bound=IndexSource)
+
+
 async def load_or_build_index(
-    source: IndexSource, build: Callable[[IndexSource], Awaitable[LayerIndex]]
+    source: Source, build: Callable[[Source], Awaitable[LayerIndex]]
 ) -> LayerIndex:
     """The cached index of ``source``, or a new one built by ``build`` and then cached."""
     cached = await source.load_meta(INDEX_NAME)

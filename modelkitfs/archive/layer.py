@@ -14,6 +14,7 @@ from modelkitfs.archive.gzip import GzipStream
 from modelkitfs.archive.index import (
     Entry,
     EntryKind,
+    IndexSource,
     LayerIndex,
     load_or_build_index,
     normalize_name,
@@ -26,17 +27,11 @@ from modelkitfs.errors import ArchiveError
 RAW_FILE_MODE = 0o644
 
 
-class LayerStream(Protocol):
-    """The uncompressed bytes of a layer. ``size`` is known once :meth:`prepare` returns."""
-
-    digest: str
-    size: int
+class LayerStream(IndexSource, Protocol):
+    """The uncompressed bytes of a layer (what an index is built from), with ``size`` known
+    once :meth:`prepare` returns."""
 
     async def prepare(self) -> None: ...
-    async def read(self, offset: int, length: int) -> bytes: ...
-    async def read_sparse(self, offset: int, length: int) -> bytes: ...
-    async def load_meta(self, name: str) -> bytes | None: ...
-    async def save_meta(self, name: str, data: bytes) -> None: ...
 
 
 class PlainStream:
@@ -55,8 +50,8 @@ class PlainStream:
         pass
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Through the cache, fetching nothing ahead: the tar index walk fetches its own
-        windows ahead, and its reads must not pass for a reader going through a file."""
+        """Through the cache, with no readahead: the tar index walk fetches its own windows in
+        parallel, and its reads must not pass for a reader going through a file."""
         return await self.blob.read(offset, length, ahead=False)
 
 
@@ -96,15 +91,15 @@ class LayerArchive:
         end: int | None = None,
         unit_end: int | None = None,
         *,
-        ahead: bool = True,
+        readahead: bool = True,
     ) -> bytes:
-        """``length`` bytes of the uncompressed layer at ``offset``. What an uncompressed layer
-        fetches ahead of a reader going in order (none unless ``ahead``) stops at ``end``, where
-        the file being read ends; ``unit_end`` is where a unit the reader takes whole ends (a
-        tensor): the rest of it is fetched at once."""
+        """``length`` bytes of the uncompressed layer at ``offset``. The readahead of an
+        uncompressed layer, for a reader going in order (none unless ``readahead``), stops at
+        ``end``, where the file being read ends; ``unit_end`` is where a unit the reader takes
+        whole ends (a tensor): the rest of it is fetched at once."""
         if isinstance(self.stream, PlainStream):
             return await self.blob.read(
-                offset, length, ahead=ahead, ahead_limit=end, unit_end=unit_end
+                offset, length, ahead=readahead, ahead_limit=end, unit_end=unit_end
             )
         return await self.stream.read(offset, length)
 

@@ -6,8 +6,8 @@ slashes on directories, base-256 numbers). Only headers are read: file data is s
 256 MiB weight costs one 512-byte header. Reads come in windows that grow while headers keep
 arriving back to back (many small files: few requests) and shrink after a jump over a large file.
 Back to back, the walk reads most of the archive's bytes anyway: those reads go through the
-cache, fetched ahead in parallel, so that the walk is not one request at a time and the small
-files it passes are cached for the reads that follow a listing.
+cache, the next windows fetched in parallel, so that the walk is not one request at a time and
+the small files it passes are cached for the reads that follow a listing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 BLOCK = 512
 MIN_WINDOW = 64 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
-WINDOWS_AHEAD = 4  # fetched ahead of a walk through headers back to back
+PARALLEL_WINDOWS = 4  # fetched beside the one read, on a walk through headers back to back
 MAX_EXTENSION_SIZE = 1024 * 1024  # PAX records and GNU long names; real ones are tiny
 # Each entry costs about half a KiB of the daemon's memory once mounted: a layer of empty
 # files could otherwise make it take gigabytes (a million entries: about 500 MiB).
@@ -142,7 +142,8 @@ def parse_pax(data: bytes) -> dict[str, str]:
 
 
 class _WindowReader:
-    """Reads ranges of the source through a growing read-ahead window."""
+    """Reads ranges of the source through a growing window, the next windows fetched in
+    parallel (into the cache) while headers come back to back."""
 
     def __init__(self, source: IndexSource, nursery: trio.Nursery) -> None:
         self.source = source
@@ -151,7 +152,7 @@ class _WindowReader:
         self.start = 0
         self.data = b""
         self.requests = 0
-        self.ahead = 0  # where what was fetched ahead ends
+        self.fetched_end = 0  # where the windows fetched in parallel end
         self.tail_start = source.size
         self.tail = b""
         self.tail_fetched = trio.Event()
@@ -175,7 +176,7 @@ class _WindowReader:
         self.window = min(self.window * 2, MAX_WINDOW) if dense else MIN_WINDOW
         self.start = offset
         if dense and self.source.cached:
-            self._fetch_ahead(offset + self.window)
+            self._fetch_next_windows(offset + self.window)
         read = self.source.read if dense else self.source.read_sparse
         self.data = await read(offset, max(length, self.window))
         self.requests += 1
@@ -183,12 +184,12 @@ class _WindowReader:
             raise ArchiveError(f"tar archive truncated at offset {offset + len(self.data)}")
         return self.data[:length]
 
-    def _fetch_ahead(self, start: int) -> None:
+    def _fetch_next_windows(self, start: int) -> None:
         """Have the windows after ``start`` fetched (into the cache) while this one is read."""
-        start, stop = max(start, self.ahead), start + WINDOWS_AHEAD * self.window
+        start, stop = max(start, self.fetched_end), start + PARALLEL_WINDOWS * self.window
         for offset in range(start, min(stop, self.source.size), self.window):
             self.nursery.start_soon(self._fetch, offset, self.window)
-        self.ahead = max(self.ahead, stop)
+        self.fetched_end = max(self.fetched_end, stop)
 
     async def _fetch_tail(self) -> None:
         """The archive's last window, fetched beside its first: a layer of one large file (a
@@ -207,7 +208,7 @@ async def build_tar_index(source: IndexSource) -> LayerIndex:
     """Walk every header of the tar archive ``source`` and index its members."""
     async with trio.open_nursery() as nursery:
         walked = await outcome.acapture(_walk, source, _WindowReader(source, nursery))
-        nursery.cancel_scope.cancel()  # fetching ahead past the end-of-archive marker
+        nursery.cancel_scope.cancel()  # windows fetched past the end-of-archive marker
     return walked.unwrap()  # its error as it is, not in an exception group
 
 

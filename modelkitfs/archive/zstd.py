@@ -16,6 +16,7 @@ import trio
 import zstandard
 
 from modelkitfs.blobs import Blob, DerivedBlob
+from modelkitfs.digests import is_sha256
 from modelkitfs.errors import ArchiveError, DigestMismatch
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def decoded_key(blob: Blob, diff_id: str | None) -> str:
     """Where the decompressed bytes live in the cache: under the diffId when the config gives
     it, else under the compressed digest marked as derived."""
-    if diff_id and diff_id.startswith("sha256:"):
+    if diff_id and is_sha256(diff_id):
         return diff_id
     algorithm, _, hexpart = blob.digest.partition(":")
     return f"{algorithm}+zstd:{hexpart}"
@@ -33,7 +34,7 @@ def decoded_key(blob: Blob, diff_id: str | None) -> str:
 class ZstdStream:
     def __init__(self, blob: Blob, diff_id: str | None) -> None:
         self.blob = blob
-        self.diff_id = diff_id if diff_id and diff_id.startswith("sha256:") else None
+        self.diff_id = diff_id if diff_id and is_sha256(diff_id) else None
         self.decoded: DerivedBlob = blob.derived(decoded_key(blob, diff_id))
         self.size = 0
         self._finished: int | None = None
@@ -68,7 +69,7 @@ class ZstdStream:
                     self._start()
 
     read_sparse = read
-    cached = False  # a few decoded chunks are kept: windows fetched ahead would be lost
+    cached = False  # a few decoded chunks are kept: windows fetched in parallel would be lost
 
     async def load_meta(self, name: str) -> bytes | None:
         return await self.blob.load_meta(name)

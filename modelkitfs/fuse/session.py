@@ -98,7 +98,7 @@ async def serve(
 ) -> None:
     """Mount ``operations`` at ``mountpoint`` and serve requests until the filesystem is
     unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind."""
-    pyfuse3.init(operations, mountpoint, list(options))
+    pyfuse3.init(operations, mountpoint, set(options))
 
     async def tune_then_announce() -> None:
         await tune_connection(mountpoint)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelkitfs.digests import is_digest
 from modelkitfs.errors import NotAModelKit
 
 MODELKIT_ARTIFACT_TYPE = "application/vnd.kitops.modelkit.manifest.v1+json"
@@ -60,6 +61,8 @@ class Descriptor:
         annotations = raw.get("annotations") or {}
         if not isinstance(digest, str):
             problem = '"digest" is missing or not a string'
+        elif not is_digest(digest):  # it becomes part of URLs and cache paths
+            problem = f'"digest" {digest[:80]!r} is not a digest (algorithm:encoded)'
         elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
             problem = '"size" is missing or not a non-negative integer'
         elif not isinstance(media_type, str):

@@ -18,8 +18,8 @@ from modelkitfs.archive.layer import RAW_FILE_MODE
 from modelkitfs.blobs import BlobStore
 from modelkitfs.errors import NotAModelKit, SelectionError
 from modelkitfs.kit.filters import Filter, for_referenced_model, selects_kitfile
-from modelkitfs.kit.index import select_entry
 from modelkitfs.kit.kitfile import render_kitfile
+from modelkitfs.kit.labels import select_entry
 from modelkitfs.kit.manifest import (
     FILE_METADATA_ANNOTATION,
     KITFILE_ANNOTATION,
@@ -109,8 +109,9 @@ async def _kitfile(
             return _json_object(annotation.encode(), f"{reference}: the Kitfile annotation"), True
         log.warning("%s carries no Kitfile: deriving one from its layers", reference)
         config = await _config(store, manifest, reference)
-        modelfs = config.get("modelfs") if isinstance(config.get("modelfs"), dict) else {}
-        diff_ids = [str(d) for d in modelfs.get("diffIds") or []]
+        modelfs = config.get("modelfs")
+        listed = modelfs.get("diffIds") if isinstance(modelfs, dict) else None
+        diff_ids = [str(d) for d in listed or []]
         return kitfile_for_modelpack(manifest, diff_ids), False
     return await _config(store, manifest, reference), True
 

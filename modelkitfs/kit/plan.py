@@ -118,9 +118,8 @@ def _typed(document: dict[str, Any], key: str, kind: type, where: str = "") -> A
     value = document.get(key)
     if value is None or isinstance(value, kind):
         return value
-    raise _malformed(
-        where or key, {dict: "an object", list: "a list", str: "a string"}[kind], value
-    )
+    expected: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    raise _malformed(where or key, expected[kind], value)
 
 
 def _malformed(where: str, expected: str, value: Any) -> NotAModelKit:

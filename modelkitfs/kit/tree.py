@@ -22,6 +22,7 @@ from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import tensors
 from modelkitfs.kit.tensors import TensorLayout
+from modelkitfs.singleflight import WAITED, SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ class KitTree:
         self.layers = list(layers)
         self.kitfile = kitfile
         self._indexes: dict[int, LayerIndex] = {}
-        self._indexing: dict[int, trio.Event] = {}
+        self._indexing: SingleFlight[int, None] = SingleFlight()
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
         self._nodes: dict[int, Node] = {}
         self._layouts: dict[tuple[str, int], TensorLayout | None] = {}
-        self._layout_locks: dict[tuple[str, int], trio.Lock] = {}
+        self._reading_layout: SingleFlight[tuple[str, int], TensorLayout | None] = SingleFlight()
         self._rebuild()
 
     @property
@@ -157,15 +158,18 @@ class KitTree:
             if key not in self._layouts:
                 self._layouts[key] = await self._read_layout(node, data)
             return data
-        if key not in self._layouts:
-            async with self._layout_locks.setdefault(key, trio.Lock()):
-                if key not in self._layouts:
-                    self._layouts[key] = await self._read_layout(node)
-            self._layout_locks.pop(key, None)
-        layout = self._layouts[key]
+        if key in self._layouts:
+            layout = self._layouts[key]
+        else:
+            layout = await self._reading_layout.run(key, self._learn_layout, key, node)
         tensor_end = layout.entered(offset, size) if layout is not None else None
         unit_end = None if tensor_end is None else node.offset + tensor_end
         return await archive.read(start, size, end, unit_end)
+
+    async def _learn_layout(self, key: tuple[str, int], node: Node) -> TensorLayout | None:
+        if key not in self._layouts:  # a header read at offset 0 may have brought it meanwhile
+            self._layouts[key] = await self._read_layout(node)
+        return self._layouts[key]
 
     async def _read_layout(self, node: Node, first: bytes = b"") -> TensorLayout | None:
         """Where the tensors of safetensors file ``node`` lie, from its header; ``first``: its
@@ -177,7 +181,7 @@ class KitTree:
         async def head(length: int) -> bytes:
             if len(first) >= length:
                 return first[:length]
-            return await archive.read(node.offset, length, ahead=False)
+            return await archive.read(node.offset, length, readahead=False)
 
         try:
             length = tensors.header_length(await head(8))
@@ -219,14 +223,11 @@ class KitTree:
         for _ in range(2):
             if i in self._indexes:
                 return
-            if (event := self._indexing.get(i)) is not None:
-                await event.wait()
-                continue
-            await self._build_index(i)
-            return
+            if await self._indexing.run_or_wait(i, self._build_index, i) is not WAITED:
+                return
 
     async def _build_index(self, i: int) -> None:
-        self._indexing[i] = event = trio.Event()
+        """Index layer ``i``; a failure is kept in ``_failures`` for its readers to raise."""
         try:
             self._indexes[i] = await self.layers[i].archive.index()
             self._failures.pop(i, None)
@@ -234,9 +235,6 @@ class KitTree:
         except ModelKitFSError as exc:
             log.error("%s", exc)
             self._failures[i] = exc
-        finally:
-            del self._indexing[i]
-            event.set()
 
     def _rebuild(self) -> None:
         """Merge the indexed layers, in extraction order, into the node table. Inodes stay

@@ -1,7 +1,9 @@
-"""Test doubles for the range transport, beside the interface they stand for (as httpx ships
-``MockTransport``): blobs served from memory, and a transport that fails chosen requests the
-way a network does (as Mountpoint-s3's ``failure_client`` wraps its mock client). With them the
-client's retries, resumption, redirects and 206 checks run in milliseconds, without sockets."""
+"""Test doubles for the client's two transports, beside the interfaces they stand for (as httpx
+ships ``MockTransport``): blobs served from memory, a transport that fails chosen requests the
+way a network does (as Mountpoint-s3's ``failure_client`` wraps its mock client), and a whole
+registry in memory (:class:`MemoryRegistry`: documents through ``httpx.MockTransport``, ranges
+through :class:`MemoryRanges`). With them the client's retries, resumption, redirects and 206
+checks, and every layer above the client, run in milliseconds, without sockets."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 import trio
 
+from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import TransientError
+from modelkitfs.registry.client import RegistryClient
 from modelkitfs.registry.ranges import RangeResult
+from modelkitfs.registry.transport import NetworkOptions
 
 
 @dataclass
@@ -113,3 +119,45 @@ def lie(problem: str) -> Callable[[RangeResult], RangeResult]:
 
 def reset() -> TransientError:
     return TransientError("connection reset by peer")
+
+
+@dataclass
+class MemoryRegistry:
+    """A registry in memory: manifests by tag and by digest, blobs whole (documents) or by
+    range. ``documents`` lists the paths of the document requests it answered."""
+
+    manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> raw, type
+    ranges: MemoryRanges = field(default_factory=lambda: MemoryRanges({}))
+    documents: list[str] = field(default_factory=list)
+
+    def push(
+        self, repository: str, tag: str, manifest: bytes, media_type: str, blobs: dict[str, bytes]
+    ) -> str:
+        """Store a manifest under ``tag`` and its digest, and its blobs (digest -> bytes)."""
+        digest = sha256_digest(manifest)
+        for identifier in (tag, digest):
+            self.manifests[f"/v2/{repository}/manifests/{identifier}"] = (manifest, media_type)
+        for blob, data in blobs.items():
+            self.ranges.blobs[f"/v2/{repository}/blobs/{blob}"] = data
+        return digest
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.documents.append(path)
+        if path in self.manifests:
+            raw, media_type = self.manifests[path]
+            headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256_digest(raw)}
+            return httpx.Response(200, headers=headers, content=raw)
+        if path in self.ranges.blobs:
+            return httpx.Response(200, content=self.ranges.blobs[path])
+        return httpx.Response(404)
+
+    def client(self, registry: str = "reg.test", timeout: float = 30) -> RegistryClient:
+        """A client of this registry, with no credentials."""
+        return RegistryClient(
+            registry,
+            NetworkOptions(plain_http=True, timeout=timeout),
+            credentials=lambda host: None,
+            transport=self.ranges,
+            http_transport=httpx.MockTransport(self.handle),
+        )

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -126,9 +127,21 @@ def test_token_auth_renews_an_expired_token_without_failing_reads(
         assert f.read(MiB) == weights[:MiB]
         tokens = issuer.requests
         assert tokens >= 1 and set(issuer.subjects) == {"alice"}
-        time.sleep(3.2)  # the registry now refuses the token the mount holds
+        # A token issued now expires no earlier than the mount's: once the registry refuses
+        # it, it refuses the mount's too.
+        probe = issuer.make_token("alice", issuer.grant("alice", [f"repository:{REPO}:pull"]))
+        wait_until_refused(token_registry, probe)
         assert f.read() == weights[MiB:]
     assert issuer.requests > tokens  # renewed, and no read failed
+
+
+def wait_until_refused(registry: str, token: str, seconds: float = 60) -> None:
+    """Poll the registry with ``token`` until it answers 401 (``seconds`` bounds the loop)."""
+    deadline = time.monotonic() + seconds
+    url = f"http://{registry}/v2/{REPO}/manifests/v1"
+    while httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code != 401:
+        assert time.monotonic() < deadline, "the registry never refused the expired token"
+        time.sleep(0.05)
 
 
 def test_token_auth_errors(

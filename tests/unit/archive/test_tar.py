@@ -150,15 +150,22 @@ def test_big_file_costs_one_header_read(tmp_path: Path) -> None:
 
 
 def test_pax_global_header_applies_to_later_members() -> None:
+    """A global record holds for every later member unless its own header says otherwise
+    (a record the index keeps, ``path``, so that the test fails when it is not applied)."""
     out = io.BytesIO()
     with tarfile.open(
-        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}
+        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"path": "global.txt"}
     ) as archive:
         info = tarfile.TarInfo("a.txt")
         info.size = 3
         archive.addfile(info, io.BytesIO(b"abc"))
-    index, _ = index_of(out.getvalue())
-    assert [e.path for e in index.entries] == ["a.txt"]
+    data = out.getvalue()
+    index, _ = index_of(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        assert archive.getnames() == ["global.txt"]  # as Python's reader applies it
+    assert [e.path for e in index.entries] == ["global.txt"]
+    entry = index.entries[0]
+    assert data[entry.offset : entry.offset + entry.size] == b"abc"
 
 
 def test_a_source_whose_reads_are_not_cached_is_not_fetched_ahead(tmp_path: Path) -> None:

@@ -1,0 +1,186 @@
+"""The merged tree over a kit in a registry in memory: what it lists and serves is the unpacked
+folder's, layers are indexed only when a directory they may fill is looked at, once however
+many readers ask, and an indexing failure is reported and retried, not kept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from safetensors.numpy import save_file
+
+from modelkitfs.archive import LayerIndex
+from modelkitfs.errors import NotFound
+from modelkitfs.kit import ROOT_INODE, KitTree, Node
+from modelkitfs.kit import tensors as tensor_layouts
+from tests.kitbuilder import Artifact, build_modelkit
+from tests.unit.memory_kit import memory_kit
+
+KITFILE = {
+    "manifestVersion": "1.0.0",
+    "package": {"name": "tree"},
+    "model": {"name": "m", "path": "model"},
+    "datasets": [{"name": "train", "path": "data/train.csv"}],
+    "code": [{"path": "src"}],
+}
+
+
+def source(root: Path) -> Path:
+    files = {
+        "model/weights.bin": np.random.default_rng(1).bytes(300_000),
+        "model/config.json": b'{"layers": 2}',
+        "data/train.csv": b"a,b\n1,2\n" * 1000,
+        "src/train.py": b"print('train')\n",
+        "src/lib/util.py": b"X = 1\n",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    return source(tmp_path / "context")
+
+
+@pytest.fixture
+def artifact(context: Path) -> Artifact:
+    return build_modelkit(context, KITFILE)
+
+
+def layer_digest(artifact: Artifact, kind: str) -> str:
+    layers = json.loads(artifact.manifest)["layers"]
+    return next(d["digest"] for d in layers if f".{kind}." in d["mediaType"])
+
+
+async def walk(tree: KitTree, node: Node) -> dict[str, bytes | None]:
+    """Every path under ``node``: file contents, None for directories."""
+    found: dict[str, bytes | None] = {}
+    listed = await tree.listing(node.inode)
+    assert listed is not None
+    for inode in listed.children.values():
+        child = tree.node(inode)
+        assert child is not None
+        if child.is_dir:
+            found[child.path] = None
+            found.update(await walk(tree, child))
+        else:
+            found[child.path] = await tree.read(child, 0, child.size + 1)
+    return found
+
+
+def test_the_tree_is_the_unpacked_folder(tmp_path: Path, context: Path, artifact: Artifact) -> None:
+    async def main() -> dict[str, bytes | None]:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            root = memory.kit.tree.node(ROOT_INODE)
+            assert root is not None
+            return await walk(memory.kit.tree, root)
+
+    found = trio.run(main)
+    expected: dict[str, bytes | None] = {
+        p.relative_to(context).as_posix(): None if p.is_dir() else p.read_bytes()
+        for p in context.rglob("*")
+    }
+    assert found.pop("Kitfile") is not None
+    assert found == expected
+
+
+def test_looking_up_a_path_indexes_only_the_layers_that_may_hold_it(
+    tmp_path: Path, artifact: Artifact
+) -> None:
+    model, dataset, code = (layer_digest(artifact, k) for k in ("model", "dataset", "code"))
+
+    async def main() -> list[int]:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            tree = memory.kit.tree
+            src = await tree.lookup(ROOT_INODE, "src")
+            assert src is not None and src.is_dir
+            counts = [memory.requests_for(d) for d in (model, dataset, code)]
+            assert await tree.lookup(src.inode, "missing.py") is None
+            return counts
+
+    model_requests, dataset_requests, code_requests = trio.run(main)
+    assert model_requests == dataset_requests == 0 and code_requests > 0
+
+
+def test_readers_listing_at_once_index_each_layer_once(tmp_path: Path, artifact: Artifact) -> None:
+    async def main() -> list[int]:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            tree = memory.kit.tree
+            built = [0] * len(tree.layers)
+            for i, layer in enumerate(tree.layers):
+                layer.archive.index = counted(layer.archive.index, built, i)  # type: ignore[method-assign]
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(tree.listing, ROOT_INODE)
+            return built
+
+    assert trio.run(main) == [1, 1, 1]
+
+
+def counted(index: Callable[[], Awaitable[LayerIndex]], built: list[int], i: int):
+    async def count() -> LayerIndex:
+        built[i] += 1
+        return await index()
+
+    return count
+
+
+def test_an_indexing_failure_is_raised_then_retried(tmp_path: Path, artifact: Artifact) -> None:
+    code = layer_digest(artifact, "code")
+
+    async def main() -> list[str]:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            blobs = memory.registry.ranges.blobs
+            path = next(p for p in blobs if p.endswith(code))
+            data = blobs.pop(path)
+            with pytest.raises(NotFound):
+                await memory.kit.tree.lookup(ROOT_INODE, "src")
+            blobs[path] = data
+            src = await memory.kit.tree.lookup(ROOT_INODE, "src")
+            assert src is not None
+            listing = await memory.kit.tree.listing(src.inode)
+            assert listing is not None
+            return sorted(listing.children)
+
+    assert trio.run(main) == ["lib", "train.py"]
+
+
+def test_reads_of_a_safetensors_file_at_once_are_its_bytes(tmp_path: Path) -> None:
+    """Readers entering tensors at once, each learning where the tensors lie, get their
+    bytes."""
+    context = tmp_path / "context"
+    (context / "model").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    weights = {f"w{i}": rng.random((1024, 1024), dtype=np.float32) for i in range(5)}
+    save_file(weights, context / "model/model.safetensors")
+    data = (context / "model/model.safetensors").read_bytes()
+    assert len(data) >= tensor_layouts.MIN_FILE
+    kitfile = {"manifestVersion": "1.0.0", "model": {"path": "model"}}
+    offsets = [len(data) // 2, len(data) // 3, 5 * 1024 * 1024, len(data) - 4096]
+
+    async def main() -> dict[int, bytes]:
+        got: dict[int, bytes] = {}
+        async with memory_kit(tmp_path / "cache", build_modelkit(context, kitfile)) as memory:
+            tree = memory.kit.tree
+            directory = await tree.lookup(ROOT_INODE, "model")
+            assert directory is not None
+            node = await tree.lookup(directory.inode, "model.safetensors")
+            assert node is not None
+
+            async def read(offset: int) -> None:
+                got[offset] = await tree.read(node, offset, 128 * 1024)
+
+            async with trio.open_nursery() as nursery:
+                for offset in offsets:
+                    nursery.start_soon(read, offset)
+        return got
+
+    got = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert got == {offset: data[offset : offset + 128 * 1024] for offset in offsets}
