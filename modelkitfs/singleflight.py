@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-import outcome
 import trio
 
 K = TypeVar("K", bound=Hashable)
@@ -21,7 +20,9 @@ T = TypeVar("T")
 class _Flight(Generic[T]):
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.result: outcome.Outcome[T] | None = None
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.landed = False  # with a value or an error; else its runner was cancelled
 
 
 class SingleFlight(Generic[K, T]):
@@ -34,18 +35,20 @@ class SingleFlight(Generic[K, T]):
     async def run(self, key: K, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         while (flight := self._flights.get(key)) is not None:
             await flight.done.wait()
-            if flight.result is not None:
-                return flight.result.unwrap()
+            if flight.error is not None:
+                raise flight.error
+            if flight.landed:
+                return flight.value  # type: ignore[return-value]  # T, set with landed
         self._flights[key] = flight = _Flight()
         try:
             value = await work(*args)
         except trio.Cancelled:
             raise  # its waiters find no result and run the work themselves
         except BaseException as exc:
-            flight.result = outcome.Error(exc)
+            flight.error, flight.landed = exc, True
             raise
         else:
-            flight.result = outcome.Value(value)
+            flight.value, flight.landed = value, True
             return value
         finally:
             del self._flights[key]
