@@ -21,6 +21,7 @@ from modelkitfs.fuse import serve
 from modelkitfs.fuse.service import ServiceOperations
 from modelkitfs.fuse.session import mount_options
 from modelkitfs.kit import KitTree
+from modelkitfs.metrics import serve_metrics
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import Reference
 from modelkitfs.sources import Sources
@@ -61,8 +62,10 @@ async def serve_kits(
     tag_ttl: float = 60.0,
     negative_ttl: float = 30.0,
     idle: float = 600.0,
+    metrics: str | None = None,
 ) -> None:
-    """Serve every kit under ``root`` until unmounted."""
+    """Serve every kit under ``root`` until unmounted; with ``metrics`` (HOST:PORT), serve
+    Prometheus metrics there too."""
     async with Sources(options) as sources:
         operations = ServiceOperations(
             SourcesLoader(sources),
@@ -72,6 +75,11 @@ async def serve_kits(
             idle=idle,
         )
         sources.corrupt_handlers.append(operations.invalidate_blob)
+        stop_metrics = (
+            serve_metrics(metrics, sources, operations, lambda: len(operations.kits))
+            if metrics
+            else None
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(operations.unload_idle, pyfuse3.invalidate_entry)
@@ -85,5 +93,7 @@ async def serve_kits(
         except RuntimeError as exc:
             raise MountError(f"the kernel refused to mount {root} ({exc})") from None
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             await operations.aclose()
         log.info("stopped serving %s; fetched %d blob bytes", root, sources.fetched_bytes)

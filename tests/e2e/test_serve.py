@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelkitfs import MountOptions
 from modelkitfs.errors import MountError
@@ -247,3 +250,54 @@ def test_unmounting_the_root_with_files_open_is_as_for_a_mount(
     service.process.wait(timeout=60)  # the daemon stops once the last file is closed
     assert service.process.returncode == 0
     assert not os.path.ismount(service.root)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples at ``/metrics``: value by name and labels."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+METRICS_PORT = free_port()
+
+
+@pytest.mark.parametrize("service", [{"metrics": f"127.0.0.1:{METRICS_PORT}"}], indirect=True)
+def test_metrics_move_by_what_the_proxy_counted(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service
+) -> None:
+    _, data, digest = weights
+    before = scrape(METRICS_PORT)
+    assert sample(before, "modelkitfs_kits_loaded") == 0
+    proxy.reset()
+    path = service.root / proxy.address / "serve" / f"weights@{digest}" / "weights.bin"
+    assert path.read_bytes() == data
+    after = scrape(METRICS_PORT)
+    registry = {"registry": proxy.address}
+    assert sample(after, "modelkitfs_registry_blob_bytes_total", **registry) == proxy.blob_bytes
+    assert sample(after, "modelkitfs_registry_requests_total", **registry) == (
+        proxy.blob_requests + proxy.manifest_requests
+    )
+    store = {**registry, "repository": "serve/weights"}
+    network = sample(after, "modelkitfs_cache_blocks_total", **store, level="network")
+    assert network == -(-SIZE // MiB)  # every block of the layer once (1 MiB blocks)
+    assert sample(after, "modelkitfs_kits_loaded") == 1
+    reads = sample(after, "modelkitfs_fuse_operation_seconds_count", operation="read")
+    assert reads >= SIZE // MiB  # the kernel asks for at most 1 MiB a read
+    with pytest.raises(FileNotFoundError):
+        os.stat(path.parent / "missing")
+    errors = [key for key in scrape(METRICS_PORT) if key[0] == "modelkitfs_fuse_errors_total"]
+    assert errors == []  # a lookup that finds nothing is no error
