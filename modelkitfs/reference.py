@@ -20,6 +20,18 @@ LAYOUT_PREFIX = "oci-layout:"
 
 _REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
+_HOST = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*(?::[0-9]{1,5})?")
+
+
+def is_repository_component(name: str) -> bool:
+    """Whether ``name`` may be one ``/``-separated part of a repository (``team``, ``llm``)."""
+    return _REPO_COMPONENT.fullmatch(name) is not None
+
+
+def is_registry(name: str) -> bool:
+    """Whether a reference's first part ``name`` names a registry: a host, with a port or a
+    dot (``registry.example``, ``127.0.0.1:5000``), as kit tells them from repositories."""
+    return ("." in name or ":" in name) and _HOST.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

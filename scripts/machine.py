@@ -2,7 +2,8 @@
 process (a cold read on loopback shares two cores between the registry, the daemon and the
 reader), and the size of the page cache's folios (a re-read never reaches the daemon: the
 kernel copies from its own pages, and from pages of 4 KiB, all FUSE has before Linux gives it
-large folios, at well under half the speed it copies from a local file's 2 MiB folios)."""
+large folios, at well under half the speed it copies from a local file's 2 MiB folios), and
+how much the page cache grows per byte read."""
 
 from __future__ import annotations
 
@@ -103,3 +104,25 @@ def _address(mapped: mmap.mmap) -> int:
     address = ctypes.addressof(first)
     del first  # an exported buffer would keep the mapping from closing
     return address
+
+
+def page_cache_bytes() -> int:
+    """Bytes in the page cache now (``Cached:`` of /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Cached:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PageCacheGrowth:
+    """How much the page cache grew between construction and ``per_byte(n)``, per byte read:
+    1.0 when each byte read is cached once; 2.0 when the cache file's pages and the FUSE
+    file's pages both hold it. Other processes' files count too: a rough figure on a busy
+    machine, which is why the bench prints it beside its baseline."""
+
+    def __init__(self) -> None:
+        os.sync()
+        self._start = page_cache_bytes()
+
+    def per_byte(self, nbytes: float) -> float:
+        return (page_cache_bytes() - self._start) / nbytes

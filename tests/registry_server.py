@@ -93,6 +93,11 @@ def _ready(address: str, tls: bool, client_ca: bool) -> bool:
     return True
 
 
+def storage_folder(root: Path) -> Path:
+    """Where the registry started with ``root`` keeps its blobs and manifests."""
+    return root / "data"
+
+
 @contextlib.contextmanager
 def running_registry(
     root: Path,
@@ -101,12 +106,15 @@ def running_registry(
     token: TokenIssuer | None = None,
     tls: tuple[Path, Path] | None = None,
     client_ca: Path | None = None,
+    redirect: str | None = None,
 ) -> Iterator[str]:
     """Run a registry storing under ``root``; yields its ``host:port`` (always 127.0.0.1).
 
     ``htpasswd`` (user → password) or ``token`` turn on authentication; ``tls`` is a
     (certificate, key) pair to serve HTTPS with, and ``client_ca`` a CA whose certificates
-    clients must then present.
+    clients must then present. ``redirect`` (a base URL) turns on the ``redirect`` storage
+    middleware: blob GETs are answered with a redirect to ``redirect`` + the blob's path in
+    the storage folder (``storage_folder(root)``), as registries on object storage answer.
     """
     if client_ca is not None and tls is None:
         raise ValueError("client_ca needs tls")
@@ -124,11 +132,15 @@ def running_registry(
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {
-            "filesystem": {"rootdirectory": str(root / "data")},
+            "filesystem": {"rootdirectory": str(storage_folder(root))},
             "delete": {"enabled": True},
         },
         "http": http,
     }
+    if redirect is not None:
+        settings["middleware"] = {
+            "storage": [{"name": "redirect", "options": {"baseurl": redirect}}]
+        }
     if auth := _auth_config(root, htpasswd, token):
         settings["auth"] = auth
     config.write_text(json.dumps(settings))

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -39,10 +39,19 @@ class KitOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(
-        self, tree: KitTree, stats: Callable[[], dict[str, Any]], *, timeout: float
+        self,
+        tree: KitTree,
+        stats: Callable[[], dict[str, Any]],
+        *,
+        timeout: float,
+        inode_base: int = 0,
     ) -> None:
         super().__init__()
         self.tree = tree
+        # The kernel sees the tree's inodes shifted by this, so that one FUSE mount can serve
+        # many trees (``modelkitfs serve``); a mount of one kit keeps the tree's own numbers.
+        self.inode_base = inode_base
+        self.open_handles = 0  # files and folders open: while any is, the tree must stay
         self.stats = stats
         self.timeout = timeout  # seconds an operation may take before it fails with EIO
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -55,13 +64,13 @@ class KitOperations(pyfuse3.Operations):
         so their next reads come to us. From a thread: the call may block."""
         for inode in self.tree.inodes_of_blob(digest):
             try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, self.inode_base + inode)
             except OSError as exc:
                 log.debug("could not invalidate inode %d: %s", inode, exc)
 
     def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node.inode
+        attrs.st_ino = self.inode_base + node.inode
         attrs.generation = 0
         attrs.entry_timeout = FOREVER
         attrs.attr_timeout = FOREVER
@@ -75,7 +84,7 @@ class KitOperations(pyfuse3.Operations):
         return attrs
 
     def _node(self, inode: int) -> Node:
-        node = self.tree.node(inode)
+        node = self.tree.node(inode - self.inode_base)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -95,27 +104,33 @@ class KitOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self._attributes(self._node(parent_inode))
-        if name == b"..":
-            return self._attributes(self.tree.parent(self._node(parent_inode)))
-        decoded = os.fsdecode(name)
-        node = await self._guard(f"lookup of {decoded!r}", self.tree.lookup, parent_inode, decoded)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self._node(parent_inode)
+        elif name == b"..":
+            node = self.tree.parent(self._node(parent_inode))
+        else:
+            decoded = os.fsdecode(name)
+            local = parent_inode - self.inode_base
+            found = await self._guard(f"lookup of {decoded!r}", self.tree.lookup, local, decoded)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = found
         return self._attributes(node)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attributes(self._node(inode))
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        directory = await self._guard("listing", self.tree.listing, inode)
+        directory = await self._guard("listing", self.tree.listing, inode - self.inode_base)
         if directory is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not directory.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = sorted((os.fsencode(n), i) for n, i in directory.children.items())
+        self.open_handles += 1
+        self._listings[fh] = sorted(
+            (os.fsencode(n), self.inode_base + i) for n, i in directory.children.items()
+        )
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -129,6 +144,7 @@ class KitOperations(pyfuse3.Operations):
 
     async def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)
+        self.open_handles -= 1
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self._node(inode)
@@ -136,6 +152,7 @@ class KitOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        self.open_handles += 1
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -143,7 +160,7 @@ class KitOperations(pyfuse3.Operations):
         return await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
 
     async def release(self, fh: int) -> None:
-        pass
+        self.open_handles -= 1
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return not mode & os.W_OK
@@ -197,5 +214,5 @@ class KitOperations(pyfuse3.Operations):
         amount = await self.tree.cached_bytes(node)
         return "unknown (compressed layer)" if amount is None else f"{amount} of {node.size}"
 
-    async def forget(self, inode_list: Any) -> None:
-        pass  # nodes live as long as the mount: nothing to free
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        pass  # nodes live as long as the tree: nothing to free

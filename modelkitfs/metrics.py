@@ -1,0 +1,181 @@
+"""Prometheus metrics of a daemon (``--metrics HOST:PORT`` on ``mount`` and ``serve``).
+
+The layers already count what they do (each registry client its requests and bytes, each blob
+store its cache hits): the collector reads those counters when scraped, so the read path pays
+nothing for metrics. Only FUSE operations are timed as they happen, by wrapping the operations
+object pyfuse3 calls, and only when metrics are on. Labels are bounded: registry, repository,
+operation, error; never a file path or a tag.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import prometheus_client
+import pyfuse3
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from modelkitfs.errors import ModelKitFSError
+from modelkitfs.sources import Sources
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = (
+    "lookup", "getattr", "readlink", "opendir", "readdir", "open", "read", "statfs",
+    "listxattr", "getxattr",
+)  # fmt: skip
+# Seconds: a page-cache-cold 4 KiB lookup takes a fraction of a ms; a read that waits on the
+# network takes up to the timeout.
+LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+
+
+class SourcesCollector(Collector):
+    """What a daemon's sources counted, read at each scrape."""
+
+    def __init__(self, sources: Sources, kits_loaded: Callable[[], int]) -> None:
+        self.sources = sources
+        self.kits_loaded = kits_loaded
+
+    def collect(self) -> Iterator[Metric]:
+        registry = ["registry"]
+        requests = CounterMetricFamily(
+            "modelkitfs_registry_requests", "HTTP requests sent to registries", labels=registry
+        )
+        blob_bytes = CounterMetricFamily(
+            "modelkitfs_registry_blob_bytes", "Blob bytes fetched", labels=registry
+        )
+        ranges = CounterMetricFamily(
+            "modelkitfs_registry_ranges", "Range downloads of blobs", labels=registry
+        )
+        retries = CounterMetricFamily(
+            "modelkitfs_registry_retries", "Requests retried after a failure", labels=registry
+        )
+        for name, client in list(self.sources.clients.items()):
+            requests.add_metric([name], client.stats.requests)
+            blob_bytes.add_metric([name], client.stats.blob_bytes)
+            ranges.add_metric([name], client.stats.ranges)
+            retries.add_metric([name], client.stats.retries)
+        yield from (requests, blob_bytes, ranges, retries)
+
+        labels = ["registry", "repository"]
+        hits = CounterMetricFamily(
+            "modelkitfs_cache_blocks",
+            "Blocks read, by where they came from (the kernel's page cache cannot be seen)",
+            labels=[*labels, "level"],
+        )
+        write_failures = CounterMetricFamily(
+            "modelkitfs_cache_write_failures", "Blocks the disk cache could not keep", labels=labels
+        )
+        verified = CounterMetricFamily(
+            "modelkitfs_blobs_verified", "Blobs that matched their digest", labels=labels
+        )
+        corrupt = CounterMetricFamily(
+            "modelkitfs_blobs_corrupt", "Blobs that did not match their digest", labels=labels
+        )
+        for (registry_name, repository), store in list(self.sources.stores.items()):
+            key = [registry_name, repository]
+            hits.add_metric([*key, "memory"], store.stats.memory_hits)
+            hits.add_metric([*key, "disk"], store.stats.disk_hits)
+            hits.add_metric([*key, "network"], store.stats.downloaded_blocks)
+            write_failures.add_metric(key, store.stats.write_failures)
+            verified.add_metric(key, store.stats.verified_blobs)
+            corrupt.add_metric(key, store.stats.corrupt_blobs)
+        yield from (hits, write_failures, verified, corrupt)
+
+        budget = self.sources.budget
+        size = GaugeMetricFamily("modelkitfs_cache_bytes", "Bytes the disk cache holds (about)")
+        size.add_metric([], float(getattr(budget, "usage", 0)))
+        yield size
+        if budget.max_bytes is not None:
+            yield GaugeMetricFamily(
+                "modelkitfs_cache_max_bytes", "The disk cache's cap", value=budget.max_bytes
+            )
+        yield GaugeMetricFamily(
+            "modelkitfs_kits_loaded", "Kits this daemon serves now", value=self.kits_loaded()
+        )
+
+
+class FuseMetrics:
+    """Latency and errors of FUSE operations, by operation."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = prometheus_client.Histogram(
+            "modelkitfs_fuse_operation_seconds",
+            "Time to answer a FUSE request",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = prometheus_client.Counter(
+            "modelkitfs_fuse_errors",
+            "FUSE requests answered with an error, by errno name",
+            ["operation", "error"],
+            registry=registry,
+        )
+
+    def instrument(self, operations: pyfuse3.Operations) -> None:
+        """Time every operation pyfuse3 calls on ``operations`` (its instance attributes
+        shadow the class's methods)."""
+        for name in OPERATIONS:
+            setattr(operations, name, self._timed(name, getattr(operations, name)))
+
+    def _timed(
+        self, name: str, method: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        seconds = self.seconds.labels(name)
+
+        @functools.wraps(method)
+        async def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await method(*args)
+            except pyfuse3.FUSEError as exc:
+                if exc.errno != errno.ENOENT or name != "lookup":  # a miss is no error
+                    self.errors.labels(name, errno.errorcode.get(exc.errno, str(exc.errno))).inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return timed
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``:PORT`` for every address), or an error saying what to give."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ModelKitFSError(
+            f"--metrics {text!r}: give HOST:PORT to serve metrics on, e.g. 127.0.0.1:9464"
+        )
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve_metrics(
+    address: str,
+    sources: Sources,
+    operations: pyfuse3.Operations,
+    kits_loaded: Callable[[], int],
+) -> Callable[[], None]:
+    """Serve metrics at ``address`` (in a thread of its own); returns what stops it."""
+    host, port = parse_address(address)
+    registry = CollectorRegistry()
+    registry.register(SourcesCollector(sources, kits_loaded))
+    FuseMetrics(registry).instrument(operations)
+    try:
+        server, thread = prometheus_client.start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise ModelKitFSError(
+            f"cannot serve metrics on {address}: {exc.strerror}; choose another --metrics port"
+        ) from None
+    log.info("serving metrics at http://%s:%d/metrics", host, port)
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join()
+
+    return stop

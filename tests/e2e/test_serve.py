@@ -1,0 +1,303 @@
+"""``modelkitfs serve ROOT``: one daemon and one FUSE mount for every kit, each reference a
+folder loaded on first access. Real registries, real FUSE, requests counted at the proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelkitfs import MountOptions
+from modelkitfs.errors import MountError
+from modelkitfs.mount import unmount
+from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, write
+from tests.kitbuilder import build_modelkit, expected_tree, push, store_locally
+from tests.registry_proxy import CountingProxy
+
+SIZE = 24 * MiB + 7
+KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
+UNLOADED = "modelkitfs.fuse.service: unloaded"
+RUNNER = """
+import json, logging, sys, trio
+from modelkitfs.daemon import configure_logging
+from modelkitfs.options import MountOptions
+from modelkitfs.serve import serve_kits
+settings = json.loads(sys.stdin.readline())
+options = MountOptions(**settings.pop("options"))
+configure_logging("debug")
+trio.run(lambda: serve_kits(settings.pop("root"), options, lambda: print("ready", flush=True),
+                            **settings))
+"""
+
+
+class Service:
+    """A ``serve`` daemon of one test, on a root under the test's folder."""
+
+    def __init__(self, base: Path, cache_dir: Path, **settings: float) -> None:
+        self.root = base / "kits"
+        self.root.mkdir()
+        self.log_path = base / "serve.log"
+        options = MountOptions(cache_dir=str(cache_dir), plain_http=True, timeout=10)
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", RUNNER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        settings_line = {"root": str(self.root), "options": asdict(options), **settings}
+        self.process.stdin.write(json.dumps(settings_line) + "\n")
+        self.process.stdin.close()
+        ready = self.process.stdout.readline().strip()
+        assert ready == "ready", self.log
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
+    settings = getattr(request, "param", {})
+    handle = Service(tmp_path, tmp_path / "cache", **settings)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory, registry: str) -> tuple[str, bytes, str]:
+    """A one-file kit pushed to the registry: (repository:tag, the file's bytes, its digest)."""
+    directory = tmp_path_factory.mktemp("serve")
+    data = np.random.default_rng(31).bytes(SIZE)
+    write(directory / "weights.bin", data)
+    artifact = build_modelkit(directory, KITFILE)
+    push(registry, "serve/weights", "v1", artifact)
+    return "serve/weights:v1", data, artifact.digest
+
+
+def wait_for(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_any_reference_is_a_folder_identical_to_its_mount(
+    nested_source: Path,
+    registry: str,
+    proxy: CountingProxy,
+    service: Service,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kits from two registries (the registry itself and the proxy in front of it are two
+    addresses) through one root, each tree as ``kit unpack`` writes it."""
+    kit = build_modelkit(nested_source, NESTED_KITFILE)
+    push(registry, "serve/nested", "v1", kit)
+    expected = expected_tree(nested_source, NESTED_KITFILE)
+    for address in (registry, proxy.address):
+        folder = service.root / address / "serve" / f"nested@{kit.digest}"
+        assert_same_tree(folder, nested_source, expected)
+        tag = service.root / address / "serve" / "nested:v1"
+        assert os.readlink(tag) == f"nested@{kit.digest}"
+        assert_same_tree(tag, nested_source, expected)
+    # Folders list what was loaded under them, and nothing else.
+    assert sorted(os.listdir(service.root)) == sorted([registry, proxy.address])
+    assert sorted(os.listdir(service.root / registry / "serve")) == sorted(
+        ["nested:v1", f"nested@{kit.digest}"]
+    )
+
+
+def test_a_kit_in_kit_local_storage_is_a_folder_too(
+    nested_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "kitops"
+    monkeypatch.setenv("KITOPS_HOME", str(home))
+    kit = build_modelkit(nested_source, NESTED_KITFILE)
+    store_locally(home, "localhost", "nested", "v1", kit)
+    service = Service(tmp_path, tmp_path / "cache")  # started after KITOPS_HOME is set
+    try:
+        assert os.readlink(service.root / "nested:v1") == f"nested@{kit.digest}"
+        assert_same_tree(
+            service.root / "nested:v1", nested_source, expected_tree(nested_source, NESTED_KITFILE)
+        )
+    finally:
+        service.stop()
+
+
+def test_eight_readers_of_a_new_kit_cost_one_download(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service
+) -> None:
+    _, data, digest = weights
+    path = service.root / proxy.address / "serve" / f"weights@{digest}" / "weights.bin"
+    proxy.reset()
+    results: list[bytes] = []
+    start = threading.Barrier(8)
+
+    def read() -> None:
+        start.wait()
+        results.append(path.read_bytes())
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 8 and all(result == data for result in results)
+    assert proxy.manifest_requests == 1
+    assert SIZE <= proxy.blob_bytes <= SIZE + 2 * MiB  # the layer once, and the config
+
+
+@pytest.mark.parametrize("service", [{"tag_ttl": 1.0}], indirect=True)
+def test_a_moved_tag_points_new_lookups_at_the_new_kit(
+    tmp_path: Path, registry: str, proxy: CountingProxy, service: Service
+) -> None:
+    versions = []
+    for n in range(2):
+        directory = tmp_path / f"v{n}"
+        write(directory / "weights.bin", bytes([n]) * (2 * MiB))
+        versions.append(build_modelkit(directory, KITFILE))
+    push(registry, "serve/moving", "stable", versions[0])
+    tag = service.root / proxy.address / "serve" / "moving:stable"
+    assert os.readlink(tag) == f"moving@{versions[0].digest}"
+    with open(tag / "weights.bin", "rb") as opened:
+        push(registry, "serve/moving", "stable", versions[1])
+        wait_for(
+            lambda: os.readlink(tag) == f"moving@{versions[1].digest}", "the tag was re-resolved"
+        )
+        assert (tag / "weights.bin").read_bytes() == bytes([1]) * (2 * MiB)
+        assert opened.read() == bytes([0]) * (2 * MiB)  # an open file keeps its kit
+
+
+@pytest.mark.parametrize("service", [{"negative_ttl": 600.0}], indirect=True)
+def test_missing_references_and_impossible_names_cost_at_most_one_request(
+    proxy: CountingProxy, service: Service
+) -> None:
+    folder = service.root / proxy.address / "serve"
+    proxy.reset()
+    for _ in range(1000):
+        with pytest.raises(FileNotFoundError):
+            os.stat(folder / "nothing:here")
+    assert proxy.manifest_requests <= 2
+    said = [line for line in service.log.splitlines() if "nothing:here" in line]
+    assert len(said) == 1 and "not found" in said[0]  # said once, not a thousand times
+    proxy.reset()
+    for name in (".git", "__pycache__", "HEAD~1", "a..b", "x@y", "UPPER"):
+        for _ in range(100):
+            with pytest.raises(FileNotFoundError):
+                os.stat(folder / name)
+    assert proxy.counters == {k: 0 for k in proxy.counters}
+
+
+@pytest.mark.parametrize("service", [{"idle": 0.5}], indirect=True)
+def test_an_idle_kit_is_unloaded_and_loaded_again_but_never_while_open(
+    weights: tuple[str, bytes, str],
+    tmp_path: Path,
+    registry: str,
+    proxy: CountingProxy,
+    service: Service,
+) -> None:
+    _, data, digest = weights
+    write(tmp_path / "other" / "weights.bin", b"other")
+    other = build_modelkit(tmp_path / "other", KITFILE)
+    push(registry, "serve/other", "v1", other)
+    folder = service.root / proxy.address / "serve"
+    held = folder / f"weights@{digest}"
+    with open(held / "weights.bin", "rb") as f:
+        assert f.read(MiB) == data[:MiB]
+        assert (folder / f"other@{other.digest}" / "weights.bin").read_bytes() == b"other"
+        wait_for(lambda: f"{UNLOADED} {proxy.address}/serve/other@" in service.log, "unloaded")
+        assert f"{UNLOADED} {proxy.address}/serve/weights@" not in service.log  # held open
+        assert f.read(MiB) == data[MiB : 2 * MiB]
+    wait_for(lambda: f"{UNLOADED} {proxy.address}/serve/weights@" in service.log, "unloaded")
+    assert (held / "weights.bin").read_bytes() == data  # loaded again on its next lookup
+    assert service.log.count(f"service: loaded {proxy.address}/serve/weights@") == 2
+
+
+def test_unmounting_the_root_with_files_open_is_as_for_a_mount(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service
+) -> None:
+    _, data, digest = weights
+    path = service.root / proxy.address / "serve" / f"weights@{digest}" / "weights.bin"
+    with open(path, "rb") as f:
+        assert f.read(MiB) == data[:MiB]
+        with pytest.raises(MountError, match=f"is busy: pid {os.getpid()} "):
+            unmount(service.root)
+        unmount(service.root, lazy=True)  # detached: the open file reads on
+        assert f.read() == data[MiB:]
+    service.process.wait(timeout=60)  # the daemon stops once the last file is closed
+    assert service.process.returncode == 0
+    assert not os.path.ismount(service.root)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples at ``/metrics``: value by name and labels."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+METRICS_PORT = free_port()
+
+
+@pytest.mark.parametrize("service", [{"metrics": f"127.0.0.1:{METRICS_PORT}"}], indirect=True)
+def test_metrics_move_by_what_the_proxy_counted(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service
+) -> None:
+    _, data, digest = weights
+    before = scrape(METRICS_PORT)
+    assert sample(before, "modelkitfs_kits_loaded") == 0
+    proxy.reset()
+    path = service.root / proxy.address / "serve" / f"weights@{digest}" / "weights.bin"
+    assert path.read_bytes() == data
+    after = scrape(METRICS_PORT)
+    registry = {"registry": proxy.address}
+    assert sample(after, "modelkitfs_registry_blob_bytes_total", **registry) == proxy.blob_bytes
+    assert sample(after, "modelkitfs_registry_requests_total", **registry) == (
+        proxy.blob_requests + proxy.manifest_requests
+    )
+    store = {**registry, "repository": "serve/weights"}
+    network = sample(after, "modelkitfs_cache_blocks_total", **store, level="network")
+    assert network == -(-SIZE // MiB)  # every block of the layer once (1 MiB blocks)
+    assert sample(after, "modelkitfs_kits_loaded") == 1
+    reads = sample(after, "modelkitfs_fuse_operation_seconds_count", operation="read")
+    assert reads >= SIZE // MiB  # the kernel asks for at most 1 MiB a read
+    with pytest.raises(FileNotFoundError):
+        os.stat(path.parent / "missing")
+    errors = [key for key in scrape(METRICS_PORT) if key[0] == "modelkitfs_fuse_errors_total"]
+    assert errors == []  # a lookup that finds nothing is no error
