@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import cachetools
 import httpx
 import trio
 
@@ -59,6 +60,9 @@ Buffer = bytes | bytearray
 
 # sha256_digest and verify: for the layers that took them from here.
 __all__ = ["FetchStats", "Manifest", "RegistryClient", "sha256_digest", "verify"]
+
+
+MANIFESTS_KEPT = 4 * 1024 * 1024  # bytes of manifests kept by digest
 
 
 @dataclass
@@ -104,6 +108,11 @@ class RegistryClient:
         self._credentials = credentials
         self._auth: dict[str, Authenticator] = {}
         self._redirects = Redirects()
+        # A manifest named by its digest never changes: one fetched by tag (a tag resolved by
+        # ``serve``) is not fetched again when its kit is then opened by digest.
+        self._manifests: cachetools.LRUCache[tuple[str, str], Manifest] = cachetools.LRUCache(
+            MANIFESTS_KEPT, getsizeof=lambda manifest: len(manifest.raw)
+        )
         self.ignores_range: set[str] = set()  # hosts that answered a range with the whole blob
         self._limiter = trio.CapacityLimiter(max_in_flight)
         self._http = make_http_client(self.options, max_in_flight * 2, http_transport)
@@ -130,6 +139,8 @@ class RegistryClient:
 
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
         """Fetch a manifest or index by tag or digest and verify it."""
+        if (kept := self._manifests.get((repository, identifier))) is not None:
+            return kept
         sep = "@" if ":" in identifier else ":"
         what = f"{self.registry}/{repository}{sep}{identifier}"
 
@@ -138,7 +149,10 @@ class RegistryClient:
             response = await self._document(url, repository, {"Accept": MANIFEST_ACCEPT}, what)
             return check_manifest(response, identifier, what)
 
-        return await self._mirrors.via(fetch, what)
+        manifest = await self._mirrors.via(fetch, what)
+        if len(manifest.raw) <= MANIFESTS_KEPT:
+            self._manifests[(repository, manifest.digest)] = manifest
+        return manifest
 
     async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
         """Fetch a small blob (a config) whole and verify it."""

@@ -13,7 +13,15 @@ import trio.testing
 
 from modelkitfs.errors import GaveUp, NotFound, RegistryError
 from modelkitfs.registry import NetworkOptions, RegistryClient
-from modelkitfs.registry.testing import FailingRanges, MemoryRanges, cut, lie, reset, status
+from modelkitfs.registry.testing import (
+    FailingRanges,
+    MemoryRanges,
+    MemoryRegistry,
+    cut,
+    lie,
+    reset,
+    status,
+)
 
 DATA = np.random.default_rng(7).bytes(3 * 1024 * 1024 + 11)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -116,3 +124,23 @@ def test_a_redirect_loop_is_final() -> None:
     with pytest.raises(RegistryError, match="redirected more than 5 times") as failure:
         read(client_over(memory))
     assert not isinstance(failure.value, GaveUp) and len(memory.served) == 6
+
+
+def test_a_manifest_fetched_by_tag_is_not_fetched_again_by_its_digest() -> None:
+    registry = MemoryRegistry()
+    raw = b'{"schemaVersion": 2, "layers": []}'
+    digest = registry.push("team/kit", "v1", raw, "application/vnd.oci.image.manifest.v1+json", {})
+
+    async def main() -> None:
+        client = registry.client()
+        try:
+            by_tag = await client.get_manifest("team/kit", "v1")
+            by_digest = await client.get_manifest("team/kit", digest)
+            again = await client.get_manifest("team/kit", "v1")  # a tag may move: asked again
+        finally:
+            await client.aclose()
+        assert by_tag.digest == by_digest.digest == again.digest == digest
+        assert by_digest.raw == raw
+
+    trio.run(main)
+    assert registry.documents == ["/v2/team/kit/manifests/v1"] * 2
