@@ -16,7 +16,7 @@ from typing import Any
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import parse_filters, parse_labels
-from modelkitfs.reference import parse_reference
+from modelkitfs.reference import DEFAULT_REGISTRY, is_registry, parse_reference
 from modelkitfs.registry.credentials import Credential, from_auths
 
 POD_PREFIX = "csi.storage.k8s.io/"
@@ -69,6 +69,11 @@ def parse_volume(
             f"volume attribute 'reference' {text!r} names a folder of the node: a volume takes "
             "a registry reference (registry.example/team/llm:v1)"
         )
+    if reference.registry != DEFAULT_REGISTRY and not is_registry(reference.registry):
+        raise InvalidVolume(
+            f"volume attribute 'reference' {text!r}: {reference.registry!r} is no registry "
+            "host: write registry.example[:port]/repository:tag"
+        )
     filters = [f.strip() for f in context.get("filter", "").split(FILTER_SEPARATOR) if f.strip()]
     labels = [x.strip() for x in context.get("label", "").split(",") if x.strip()]
     try:
@@ -86,6 +91,16 @@ def parse_volume(
         credentials=credential is not None,
     )
     return spec, credential, pod
+
+
+def service_path(reference: str) -> str:
+    """Where ``modelkitfs serve`` shows the kit: ``registry/repository:tag`` (the tag spelled
+    out, ``latest`` when none is given), or without the registry for kit's local storage."""
+    parsed = parse_reference(reference)
+    text = str(parsed)
+    return (
+        text.removeprefix(f"{DEFAULT_REGISTRY}/") if parsed.registry == DEFAULT_REGISTRY else text
+    )
 
 
 def _boolean(context: dict[str, str], key: str) -> bool | None:

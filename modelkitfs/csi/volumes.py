@@ -25,7 +25,7 @@ import trio
 from modelkitfs.csi.binds import Target, bind_read_only, state, unmount
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.records import OWN, SHARED, Record, Records
-from modelkitfs.csi.volume_spec import InvalidVolume, VolumeSpec, parse_volume
+from modelkitfs.csi.volume_spec import InvalidVolume, VolumeSpec, parse_volume, service_path
 from modelkitfs.errors import (
     AuthenticationError,
     InvalidFilter,
@@ -180,7 +180,7 @@ class Volumes:
             self.service.ensure()
         except ModelKitFSError as exc:
             raise VolumeError("UNAVAILABLE", str(exc)) from None
-        path = os.path.join(self.service.root, spec.reference)
+        path = os.path.join(self.service.root, service_path(spec.reference))
         try:
             os.stat(path)
         except OSError as exc:
@@ -190,7 +190,13 @@ class Volumes:
                 credential,
                 VolumeError(code, f"the node service cannot show {spec.reference}: {exc.strerror}"),
             ) from None
-        return os.path.realpath(path)
+        folder = os.path.realpath(path)
+        root = os.path.realpath(self.service.root)
+        if os.path.commonpath([root, folder]) != root or folder == root:
+            raise VolumeError(  # parse_volume lets no such reference through: never bind it
+                "INVALID_ARGUMENT", f"{spec.reference} names no kit folder under {root}"
+            )
+        return folder
 
     def _mount_own(self, spec: VolumeSpec, credential: Credential | None, target: str) -> None:
         environment = (

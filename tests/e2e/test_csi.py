@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ def nested(nested_source: Path, registry: str, proxy: CountingProxy) -> tuple[st
     """The nested kit, as pods name it: through the counting proxy."""
     kit = build_modelkit(nested_source, NESTED_KITFILE)
     push(registry, "csi/nested", "v1", kit)
+    push(registry, "csi/nested", "latest", kit)
     return f"{proxy.address}/csi/nested:v1", kit
 
 
@@ -173,9 +175,9 @@ def test_two_pods_share_one_node_service_and_one_download(
     proxy.reset()
     a, b = (Pod(plugin.base, name, {"reference": reference}) for name in ("a", "b"))
     pods += [a, b]
-    for pod in (a, b):
-        plugin.node.NodePublishVolume(pod.publish_request(), timeout=120)
-        assert mounted(pod.target)
+    with futures.ThreadPoolExecutor(2) as pool:  # kubelet starts both pods at once
+        list(pool.map(lambda pod: plugin.node.NodePublishVolume(pod.publish_request()), (a, b)))
+    assert mounted(a.target) and mounted(b.target)
     # Publishing fetched the manifest (the tag resolved, then the kit by digest) and the
     # config, for both pods at once, and no layer.
     assert proxy.manifest_requests <= 2
@@ -232,7 +234,7 @@ def test_a_filtered_volume_is_what_kit_unpack_filter_writes(
 def test_publish_and_unpublish_are_idempotent_and_conflicts_refused(
     plugin: Plugin, pods: list[Pod], nested
 ) -> None:
-    reference, _ = nested
+    reference = nested[0].removesuffix(":v1")  # no tag: latest, as kit reads it
     pod = Pod(plugin.base, "idem", {"reference": reference})
     pods.append(pod)
     plugin.node.NodePublishVolume(pod.publish_request(), timeout=120)
@@ -257,6 +259,11 @@ def test_publish_and_unpublish_are_idempotent_and_conflicts_refused(
     [
         ({}, "INVALID_ARGUMENT", "the volume has no 'reference' attribute: set volumeAttributes"),
         ({"reference": "Not A/ref"}, "INVALID_ARGUMENT", "volume attribute 'reference': invalid"),
+        (
+            {"reference": "../etc/kit:v1"},
+            "INVALID_ARGUMENT",
+            "volume attribute 'reference' '../etc/kit:v1': '..' is no registry host",
+        ),
         (
             {"reference": "{proxy}/csi/nested:v1", "filter": "weights"},
             "INVALID_ARGUMENT",
