@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import grpc
 
 from modelkitfs import __version__
+from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.protocol import messages, services
 from modelkitfs.csi.records import Records
@@ -120,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", help="HTTP(S) proxy")
     p.add_argument("--mirror", action="append", default=[], help="mirror to try first")
     p.add_argument("--timeout", type=float, default=MountOptions().timeout, help="seconds")
-    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
@@ -146,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             key=arguments.key,
             proxy=arguments.proxy,
             mirrors=arguments.mirror,
-            cache_dir=arguments.cache_dir,
+            # One folder for the node service and every mount, whatever their working folder.
+            cache_dir=os.path.abspath(arguments.cache_dir or default_cache_dir()),
             cache_max_size=arguments.cache_max_size,
             timeout=arguments.timeout,
             log_level=arguments.log_level.upper(),

@@ -397,6 +397,7 @@ def test_a_restarted_plugin_keeps_volumes_readable_and_unpublishable(
         plugin.node.NodePublishVolume(pod.publish_request(), timeout=120)
     plugin.kill()
     plugin.start()
+    assert plugin.log.count("node service serving") == 1  # the restarted plugin kept using it
     train = nested_source / "main-dir/subdir/train.csv"
     assert (shared.target / "main-dir/subdir/train.csv").read_bytes() == train.read_bytes()
     assert (own.target / "main-dir/subdir/train.csv").read_bytes() == train.read_bytes()
