@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -159,18 +160,22 @@ def mount(
     reference: str,
     mountpoint: str | os.PathLike[str] | None = None,
     options: MountOptions | None = None,
+    *,
+    environment: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Mount:
     """Mount ``reference`` with a daemon in the background, at ``mountpoint`` or else at a new
     temporary folder; return once the folder is mounted, or raise a
     :class:`~modelkitfs.errors.ModelKitFSError` with nothing left mounted. ``overrides`` are
-    :class:`MountOptions` fields (``plain_http=True``, ``cache_dir=...``, ``filters=[...]``)."""
+    :class:`MountOptions` fields (``plain_http=True``, ``cache_dir=...``, ``filters=[...]``);
+    ``environment`` adds variables to the daemon's environment (credentials such as
+    ``MODELKITFS_USERNAME``/``MODELKITFS_PASSWORD``, kept off its command line)."""
     options = merged_options(options, overrides)
     temporary = mountpoint is None
     if mountpoint is None:
         mountpoint = tempfile.mkdtemp(prefix="modelkitfs-")
     try:
-        _start_daemon(reference, mountpoint, options)
+        _start_daemon(reference, mountpoint, options, environment)
     except BaseException:
         if temporary:
             with contextlib.suppress(OSError):
@@ -180,7 +185,10 @@ def mount(
 
 
 def _start_daemon(
-    reference: str, mountpoint: str | os.PathLike[str], options: MountOptions
+    reference: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions,
+    environment: Mapping[str, str] | None = None,
 ) -> None:
     reference, path, options = _prepare(reference, mountpoint, options)
     arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
@@ -191,6 +199,7 @@ def _start_daemon(
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,
+            env={**os.environ, **environment} if environment else None,
         )
     assert daemon.stdout is not None
     try:

@@ -64,6 +64,12 @@ def find_credential(registry: str) -> Credential | None:
     return None
 
 
+def from_auths(document: dict[str, Any], registry: str, source: str) -> Credential | None:
+    """Credentials for ``registry`` from the ``auths`` of a Docker config document given
+    rather than read (a Kubernetes pull secret's ``.dockerconfigjson``); runs no helper."""
+    return _from_config({"auths": document.get("auths")}, registry, Path(source))
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     try:
         document = json.loads(path.read_text())

@@ -1,0 +1,134 @@
+"""The node service the plugin's shared volumes are bound from: ``modelkitfs serve`` on a root.
+
+Told a root (``--serve-root``, a service run beside the plugin, as the DaemonSet does), the
+plugin only uses it. Otherwise it starts one daemon of its own on ``STATE/kits``, in a session
+of its own so that it outlives a restart of the plugin: a restarted plugin finds it serving and
+keeps using it (the pods' bind mounts point into it), and starts a new one only when it is gone.
+It never lets a kit go as idle: a pod's bind mount holds the kit's folder in a way the kernel
+cannot be asked to forget, and a kit let go under it would answer ESTALE from then on.
+``python -m modelkitfs.csi.node_service`` is that daemon: settings as one JSON line on standard
+input, ``ready`` on standard output once the root is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+from modelkitfs.csi.binds import Target, state, unmount
+from modelkitfs.errors import ModelKitFSError, MountError
+from modelkitfs.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120.0
+NEVER = float("inf")  # the daemon's idle time before it lets a kit go
+ENTRY = "modelkitfs.csi.node_service"
+
+
+class NodeService:
+    def __init__(self, root: str, options: MountOptions | None, log_path: Path | None) -> None:
+        """``options`` None: the service at ``root`` is someone else's, never started here."""
+        self.root = os.path.abspath(root)
+        self.options = options
+        self.log_path = log_path
+        self._lock = threading.Lock()
+
+    @property
+    def owned(self) -> bool:
+        return self.options is not None
+
+    def alive(self) -> bool:
+        return state(self.root) is Target.MOUNTED
+
+    def ensure(self) -> None:
+        """Make sure the root is served: start the daemon when it is this plugin's to start."""
+        with self._lock:
+            if self.alive():
+                return
+            if not self.owned:
+                raise MountError(
+                    f"the node service at {self.root} is not running: start 'modelkitfs serve "
+                    f"{self.root}' (the DaemonSet's node-service container)"
+                )
+            if state(self.root) is Target.DEAD:
+                log.warning("the node service at %s had stopped: starting it again", self.root)
+                unmount(self.root)
+            os.makedirs(self.root, exist_ok=True)
+            self._start()
+
+    def _start(self) -> None:
+        assert self.options is not None and self.log_path is not None
+        settings = {"root": self.root, "options": asdict(self.options)}
+        with open(self.log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", ENTRY],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,  # outlives the plugin: pods' volumes point into it
+            )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write((json.dumps(settings) + "\n").encode())
+        process.stdin.close()
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            line = (
+                process.stdout.readline().decode().strip() if selector.select(READY_TIMEOUT) else ""
+            )
+        process.stdout.close()
+        if line == "ready":
+            log.info("node service serving %s (pid %d)", self.root, process.pid)
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        raise MountError(
+            f"the node service did not start at {self.root}: "
+            f"{line.partition(chr(9))[2] or f'see {self.log_path}'}"
+        )
+
+    def stop(self) -> None:
+        """Stop the daemon this plugin started (for tests and uninstall; never at exit)."""
+        if self.owned and state(self.root) in (Target.MOUNTED, Target.DEAD):
+            unmount(self.root)
+
+
+def main() -> int:
+    """The daemon's entry (see the module docstring)."""
+    import trio
+
+    from modelkitfs.daemon import configure_logging
+    from modelkitfs.serve import serve_kits
+
+    settings = json.loads(sys.stdin.readline())
+    options = MountOptions(**settings["options"])
+    configure_logging(options.log_level)
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints go to the log, never into the report pipe
+
+    def ready() -> None:
+        report.write("ready\n")
+        report.close()
+
+    try:
+        trio.run(partial(serve_kits, settings["root"], options, ready, idle=NEVER))
+    except ModelKitFSError as exc:
+        logging.getLogger("modelkitfs").error("%s", exc)
+        if not report.closed:
+            report.write(f"error\t{exc}\n")
+            report.close()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The CSI plugin's gRPC side: the Identity and Node services over :class:`Volumes`, and its
+command line. Requests are logged by volume and target, never with their secrets."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from modelkitfs import __version__
+from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.csi.node_service import NodeService
+from modelkitfs.csi.protocol import messages, services
+from modelkitfs.csi.records import Records
+from modelkitfs.csi.volumes import VolumeError, Volumes, code_of
+from modelkitfs.daemon import configure_logging
+from modelkitfs.errors import ModelKitFSError
+from modelkitfs.options import MountOptions
+
+log = logging.getLogger("modelkitfs.csi")
+
+PLUGIN_NAME = "modelkitfs.csi.kitops.org"
+DEFAULT_STATE_DIR = "/var/lib/modelkitfs-csi"
+WORKERS = 8
+STOP_GRACE = 5.0
+
+
+def _fail(context: grpc.ServicerContext, error: ModelKitFSError) -> NoReturn:
+    code = code_of(error)
+    log.warning("%s: %s", code, error)
+    context.abort(grpc.StatusCode[code], str(error))
+    raise AssertionError("abort returns by raising")  # pragma: no cover
+
+
+class Identity(services.IdentityServicer):  # type: ignore[misc,name-defined]
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    def GetPluginInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return messages.GetPluginInfoResponse(name=PLUGIN_NAME, vendor_version=__version__)
+
+    def GetPluginCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return messages.GetPluginCapabilitiesResponse()  # a node plugin only: no controller
+
+    def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return messages.ProbeResponse(ready={"value": self.service.alive()})
+
+
+class Node(services.NodeServicer):  # type: ignore[misc,name-defined]
+    def __init__(self, volumes: Volumes, node_id: str) -> None:
+        self.volumes = volumes
+        self.node_id = node_id
+
+    def NodeGetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return messages.NodeGetInfoResponse(node_id=self.node_id)
+
+    def NodeGetCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return messages.NodeGetCapabilitiesResponse()  # no staging, stats or expansion
+
+    def NodePublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
+        log.debug("publish %s at %s", request.volume_id, request.target_path)
+        try:
+            capability = request.volume_capability
+            if not request.HasField("volume_capability"):
+                raise VolumeError("INVALID_ARGUMENT", "the request has no volume_capability")
+            if capability.HasField("block"):
+                raise VolumeError(
+                    "INVALID_ARGUMENT", "a kit is a folder: use a mount volume, not a block one"
+                )
+            self.volumes.publish(
+                request.volume_id,
+                request.target_path,
+                dict(request.volume_context),
+                dict(request.secrets),
+            )
+        except ModelKitFSError as exc:
+            _fail(context, exc)
+        except OSError as exc:
+            _fail(context, VolumeError("INTERNAL", f"publishing {request.target_path}: {exc}"))
+        return messages.NodePublishVolumeResponse()
+
+    def NodeUnpublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
+        log.debug("unpublish %s from %s", request.volume_id, request.target_path)
+        try:
+            self.volumes.unpublish(request.volume_id, request.target_path)
+        except ModelKitFSError as exc:
+            _fail(context, exc)
+        except OSError as exc:
+            _fail(context, VolumeError("INTERNAL", f"unpublishing {request.target_path}: {exc}"))
+        return messages.NodeUnpublishVolumeResponse()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelkitfs csi",
+        description="Kubernetes CSI node plugin: a kit as a pod's ephemeral inline volume.",
+    )
+    p.add_argument("--endpoint", required=True, help="where to listen: unix:///csi/csi.sock")
+    p.add_argument("--node-id", required=True, help="this node's name (spec.nodeName)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="records of the volumes")
+    p.add_argument(
+        "--serve-root",
+        help="the root of a running 'modelkitfs serve' to bind shared volumes from "
+        "(default: start one on STATE_DIR/kits)",
+    )
+    p.add_argument("--cache-dir", help="the shared cache (default as for mount)")
+    p.add_argument("--cache-max-size", help="evict beyond this (500M, 20G)")
+    p.add_argument("--plain-http", action="store_true", help="plain HTTP to registries")
+    p.add_argument("--tls-verify", default="true", choices=["true", "false"])
+    p.add_argument("--tls-cert", help="also trust these CAs")
+    p.add_argument("--cert", help="client certificate")
+    p.add_argument("--key", help="client certificate's key")
+    p.add_argument("--proxy", help="HTTP(S) proxy")
+    p.add_argument("--mirror", action="append", default=[], help="mirror to try first")
+    p.add_argument("--timeout", type=float, default=MountOptions().timeout, help="seconds")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _socket_path(endpoint: str) -> str:
+    if not endpoint.startswith("unix://"):
+        raise ModelKitFSError(
+            f"--endpoint {endpoint!r} is not a unix socket: write unix:///csi/csi.sock"
+        )
+    path = "/" + endpoint.removeprefix("unix://").lstrip("/")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    configure_logging(arguments.log_level)
+    try:
+        socket_path = _socket_path(arguments.endpoint)
+        options = MountOptions(
+            plain_http=arguments.plain_http,
+            tls_verify=arguments.tls_verify == "true",
+            tls_cert=arguments.tls_cert,
+            cert=arguments.cert,
+            key=arguments.key,
+            proxy=arguments.proxy,
+            mirrors=arguments.mirror,
+            # One folder for the node service and every mount, whatever their working folder.
+            cache_dir=os.path.abspath(arguments.cache_dir or default_cache_dir()),
+            cache_max_size=arguments.cache_max_size,
+            timeout=arguments.timeout,
+            log_level=arguments.log_level.upper(),
+            allow_other=True,  # the pods' processes run as any user
+        )
+        options.check()
+    except ModelKitFSError as exc:
+        log.error("%s", exc)
+        return 2
+    state = Path(arguments.state_dir)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if arguments.serve_root:
+        service = NodeService(arguments.serve_root, None, None)
+    else:
+        service = NodeService(str(state / "kits"), options, state / "node-service.log")
+    if service.owned:
+        try:
+            service.ensure()
+        except ModelKitFSError as exc:  # publish tries again; Probe says not ready meanwhile
+            log.error("%s", exc)
+    volumes = Volumes(Records(state / "volumes"), service, options)
+    volumes.recover()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
+    services.add_IdentityServicer_to_server(Identity(service), server)
+    services.add_NodeServicer_to_server(Node(volumes, arguments.node_id), server)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)  # left by a plugin that was killed
+    os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    log.info("CSI plugin %s listening on %s (node %s)", PLUGIN_NAME, socket_path, arguments.node_id)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    server.stop(STOP_GRACE).wait()
+    log.info("stopped; published volumes stay readable")
+    return 0

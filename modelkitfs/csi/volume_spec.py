@@ -1,0 +1,158 @@
+"""What a publish request asks for, checked: the kit, its options and its credentials.
+
+A pod's inline volume names the kit in ``volumeAttributes`` (``reference``, and optionally
+``filter``, ``label``, ``plainHTTP``, ``timeout``), which kubelet passes as the request's
+``volume_context`` beside the pod's own keys (``csi.storage.k8s.io/...``); its
+``nodePublishSecretRef`` arrives as ``secrets``: ``username``/``password``, or a
+``.dockerconfigjson`` as in an image pull secret. Anything malformed is an
+:class:`InvalidVolume` whose message says which attribute and what to write instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modelkitfs.errors import ModelKitFSError
+from modelkitfs.kit import parse_filters, parse_labels
+from modelkitfs.reference import DEFAULT_REGISTRY, is_registry, parse_reference
+from modelkitfs.registry.credentials import Credential, from_auths
+
+POD_PREFIX = "csi.storage.k8s.io/"
+ATTRIBUTES = ("reference", "filter", "label", "plainHTTP", "timeout")
+FILTER_SEPARATOR = ";"  # kit's filter syntax has commas of its own: filters are split on this
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+
+
+class InvalidVolume(ModelKitFSError):
+    """The request's attributes or secrets are malformed (INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """The kit a volume shows and how: what a repeated publish must ask for again."""
+
+    reference: str
+    filters: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    plain_http: bool | None = None  # None: as the plugin was told
+    timeout: float | None = None
+    credentials: bool = False  # whether the secrets carried credentials (never which)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_volume(
+    context: dict[str, str], secrets: dict[str, str]
+) -> tuple[VolumeSpec, Credential | None, dict[str, str]]:
+    """The spec, the credential for the kit's registry, and the pod's keys of ``context``."""
+    pod = {k.removeprefix(POD_PREFIX): v for k, v in context.items() if k.startswith(POD_PREFIX)}
+    unknown = sorted(k for k in context if not k.startswith(POD_PREFIX) and k not in ATTRIBUTES)
+    if unknown:
+        raise InvalidVolume(
+            f"unknown volume attribute(s) {', '.join(unknown)}: use {', '.join(ATTRIBUTES)}"
+        )
+    text = context.get("reference", "").strip()
+    if not text:
+        raise InvalidVolume(
+            "the volume has no 'reference' attribute: set volumeAttributes.reference to the kit, "
+            "e.g. registry.example/team/llm:v1"
+        )
+    try:
+        reference = parse_reference(text)
+    except ModelKitFSError as exc:
+        raise InvalidVolume(f"volume attribute 'reference': {exc}") from None
+    if reference.is_layout:
+        raise InvalidVolume(
+            f"volume attribute 'reference' {text!r} names a folder of the node: a volume takes "
+            "a registry reference (registry.example/team/llm:v1)"
+        )
+    if reference.registry != DEFAULT_REGISTRY and not is_registry(reference.registry):
+        raise InvalidVolume(
+            f"volume attribute 'reference' {text!r}: {reference.registry!r} is no registry "
+            "host: write registry.example[:port]/repository:tag"
+        )
+    filters = [f.strip() for f in context.get("filter", "").split(FILTER_SEPARATOR) if f.strip()]
+    labels = [x.strip() for x in context.get("label", "").split(",") if x.strip()]
+    try:
+        parse_filters(filters)
+        parse_labels(labels)
+    except ModelKitFSError as exc:
+        raise InvalidVolume(f"volume attribute 'filter' or 'label': {exc}") from None
+    credential = _credential(secrets, reference.registry)
+    spec = VolumeSpec(
+        reference=text,
+        filters=filters,
+        labels=labels,
+        plain_http=_boolean(context, "plainHTTP"),
+        timeout=_seconds(context, "timeout"),
+        credentials=credential is not None,
+    )
+    return spec, credential, pod
+
+
+def service_path(reference: str) -> str:
+    """Where ``modelkitfs serve`` shows the kit: ``registry/repository:tag`` (the tag spelled
+    out, ``latest`` when none is given), or without the registry for kit's local storage."""
+    parsed = parse_reference(reference)
+    text = str(parsed)
+    return (
+        text.removeprefix(f"{DEFAULT_REGISTRY}/") if parsed.registry == DEFAULT_REGISTRY else text
+    )
+
+
+def _boolean(context: dict[str, str], key: str) -> bool | None:
+    if key not in context:
+        return None
+    value = context[key].strip().lower()
+    if value not in ("true", "false"):
+        raise InvalidVolume(f"volume attribute {key!r} is {context[key]!r}: write true or false")
+    return value == "true"
+
+
+def _seconds(context: dict[str, str], key: str) -> float | None:
+    if key not in context:
+        return None
+    try:
+        value = float(context[key])
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidVolume(
+            f"volume attribute {key!r} is {context[key]!r}: write a positive number of seconds"
+        )
+    return value
+
+
+def _credential(secrets: dict[str, str], registry: str) -> Credential | None:
+    """The credential the secrets hold for ``registry``; their values are never in a message."""
+    if not secrets:
+        return None
+    source = "the volume's nodePublishSecretRef"
+    if DOCKER_CONFIG_KEY in secrets:
+        try:
+            document = json.loads(secrets[DOCKER_CONFIG_KEY])
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise InvalidVolume(
+                f"{source}: {DOCKER_CONFIG_KEY} is not a JSON object: use a secret of type "
+                "kubernetes.io/dockerconfigjson"
+            )
+        found = from_auths(document, registry, source)
+        if found is not None and found.identity_token:
+            raise InvalidVolume(
+                f"{source}: the entry for {registry} holds an identity token: give a username "
+                "and password (or a token as the password) instead"
+            )
+        return found
+    if "username" in secrets or "password" in secrets:
+        if not secrets.get("username") or "password" not in secrets:
+            raise InvalidVolume(f"{source}: give both 'username' and 'password'")
+        return Credential(secrets["username"], secrets["password"], source)
+    raise InvalidVolume(
+        f"{source} holds neither 'username'/'password' nor {DOCKER_CONFIG_KEY}: "
+        "put the registry's credentials under those keys"
+    )

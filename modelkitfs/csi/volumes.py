@@ -1,0 +1,279 @@
+"""Publishing and unpublishing volumes: the Node service's work, without gRPC.
+
+A volume that asks for the kit as the node service shows it (no filter, no index labels, no
+credentials of its own, the plugin's own plain-HTTP and timeout settings) is the node service's
+kit folder bound read-only at the target: the tag resolved once, the bind pinned to the
+digest, so a moved tag never changes a running pod's files. Any other volume is a ``mount`` of
+its own at the target, over the same cache, with the secrets' credentials given to its daemon
+in its environment (never its command line or a file).
+
+Every failure is a :class:`VolumeError` carrying the gRPC status code the CSI spec asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+import trio
+
+from modelkitfs.csi.binds import Target, bind_read_only, state, unmount
+from modelkitfs.csi.node_service import NodeService
+from modelkitfs.csi.records import OWN, SHARED, Record, Records
+from modelkitfs.csi.volume_spec import InvalidVolume, VolumeSpec, parse_volume, service_path
+from modelkitfs.errors import (
+    AuthenticationError,
+    InvalidFilter,
+    InvalidReference,
+    ModelKitFSError,
+    NotAModelKit,
+    NotFound,
+    RegistryError,
+    SelectionError,
+)
+from modelkitfs.mount import mount
+from modelkitfs.options import MountOptions
+from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
+from modelkitfs.registry import RegistryClient
+from modelkitfs.registry.credentials import Credential, find_credential
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 10.0  # seconds the registry is given to say why a kit could not be shown
+ERRNO_CODES = {
+    errno.ENOENT: "NOT_FOUND",
+    errno.EACCES: "PERMISSION_DENIED",
+    errno.EPERM: "PERMISSION_DENIED",
+}
+
+
+class VolumeError(ModelKitFSError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # a grpc.StatusCode name
+
+
+def code_of(error: ModelKitFSError) -> str:
+    if isinstance(error, VolumeError):
+        return error.code
+    if isinstance(error, (InvalidVolume, InvalidReference, InvalidFilter)):
+        return "INVALID_ARGUMENT"
+    if isinstance(error, (NotFound, NotAModelKit, SelectionError)):
+        return "NOT_FOUND"
+    if isinstance(error, AuthenticationError):
+        return "PERMISSION_DENIED"
+    if isinstance(error, RegistryError):
+        return "UNAVAILABLE"
+    return "INTERNAL"
+
+
+class Volumes:
+    def __init__(self, records: Records, service: NodeService, options: MountOptions) -> None:
+        self.records = records
+        self.service = service
+        self.options = options
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self, target: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(target, threading.Lock())
+        with lock:
+            yield
+
+    def recover(self) -> None:
+        """After a restart: what is published (the records), and what of it still serves."""
+        for record in self.records.all():
+            now = state(record.target_path)
+            log.info(
+                "volume %s at %s (%s): %s",
+                record.volume_id,
+                record.target_path,
+                record.how,
+                now.value,
+            )
+
+    # --- publish ----------------------------------------------------------------------------
+
+    def publish(
+        self,
+        volume_id: str,
+        target: str,
+        context: dict[str, str],
+        secrets: dict[str, str],
+    ) -> None:
+        if not volume_id or not target:
+            raise VolumeError("INVALID_ARGUMENT", "the request needs a volume_id and a target_path")
+        if not os.path.isabs(target):
+            raise VolumeError("INVALID_ARGUMENT", f"target_path {target!r} is not absolute")
+        spec, credential, pod = parse_volume(context, secrets)
+        with self._locked(target):
+            existing = self.records.get(target)
+            now = state(target)
+            if existing is not None:
+                if existing.volume_id != volume_id or existing.spec != spec.as_dict():
+                    raise VolumeError(
+                        "ALREADY_EXISTS",
+                        f"{target} is published as volume {existing.volume_id} of "
+                        f"{existing.spec['reference']}, with other attributes: unpublish it first",
+                    )
+                if now is Target.MOUNTED:
+                    return  # published already: the same call again succeeds
+                if now is Target.DEAD:
+                    unmount(target)
+            elif now in (Target.MOUNTED, Target.DEAD):
+                raise VolumeError(
+                    "ALREADY_EXISTS", f"something else is mounted at {target}: unmount it first"
+                )
+            os.makedirs(target, exist_ok=True)
+            record = Record(volume_id, target, spec.as_dict(), OWN, pod=pod)
+            if self._shares(spec):
+                record.how, record.source = SHARED, self._kit_folder(spec, credential)
+            self.records.put(record)  # before mounting: a crash in between is redone
+            try:
+                if record.how == SHARED:
+                    bind_read_only(record.source, target)
+                else:
+                    self._mount_own(spec, credential, target)
+            except BaseException:
+                self.records.delete(target)
+                raise
+        log.info(
+            "published %s (%s) at %s for pod %s/%s",
+            spec.reference,
+            record.how,
+            target,
+            pod.get("pod.namespace", "?"),
+            pod.get("pod.name", "?"),
+        )
+
+    def _shares(self, spec: VolumeSpec) -> bool:
+        return (
+            not spec.filters
+            and not spec.labels
+            and not spec.credentials
+            and spec.plain_http in (None, self.options.plain_http)
+            and spec.timeout in (None, self.options.timeout)
+        )
+
+    def _volume_options(self, spec: VolumeSpec) -> MountOptions:
+        return replace(
+            self.options,
+            filters=list(spec.filters),
+            labels=list(spec.labels),
+            plain_http=self.options.plain_http if spec.plain_http is None else spec.plain_http,
+            timeout=spec.timeout or self.options.timeout,
+            allow_other=True,  # the pod's processes run as any user
+            prefetch="none",
+        )
+
+    def _kit_folder(self, spec: VolumeSpec, credential: Credential | None) -> str:
+        """The node service's folder of the kit, pinned by digest; looking it up loads the kit
+        (its manifest and config, nothing more)."""
+        try:
+            self.service.ensure()
+        except ModelKitFSError as exc:
+            raise VolumeError("UNAVAILABLE", str(exc)) from None
+        path = os.path.join(self.service.root, service_path(spec.reference))
+        try:
+            os.stat(path)
+        except OSError as exc:
+            code = ERRNO_CODES.get(exc.errno or 0, "UNAVAILABLE")
+            raise self._diagnosed(
+                spec,
+                credential,
+                VolumeError(code, f"the node service cannot show {spec.reference}: {exc.strerror}"),
+            ) from None
+        folder = os.path.realpath(path)
+        root = os.path.realpath(self.service.root)
+        if os.path.commonpath([root, folder]) != root or folder == root:
+            raise VolumeError(  # parse_volume lets no such reference through: never bind it
+                "INVALID_ARGUMENT", f"{spec.reference} names no kit folder under {root}"
+            )
+        return folder
+
+    def _mount_own(self, spec: VolumeSpec, credential: Credential | None, target: str) -> None:
+        environment = (
+            {"MODELKITFS_USERNAME": credential.username, "MODELKITFS_PASSWORD": credential.secret}
+            if credential is not None
+            else None
+        )
+        try:
+            mount(spec.reference, target, self._volume_options(spec), environment=environment)
+        except ModelKitFSError as exc:
+            raise self._diagnosed(spec, credential, exc) from None
+
+    def _diagnosed(
+        self, spec: VolumeSpec, credential: Credential | None, error: ModelKitFSError
+    ) -> VolumeError:
+        """Why the kit could not be shown, as the registry tells it when asked for the
+        manifest once more (a daemon reports only its message); else ``error`` itself."""
+        reference = parse_reference(spec.reference)
+        if reference.registry != DEFAULT_REGISTRY:
+            options = self._volume_options(spec)
+            options.timeout = min(options.timeout, PROBE_TIMEOUT)
+            found = _probe(
+                reference.registry, reference.repository, reference.identifier, options, credential
+            )
+            if found is not None:
+                code = code_of(found)
+                if code == "PERMISSION_DENIED" and credential is None:
+                    return VolumeError(
+                        code,
+                        f"{spec.reference}: registry {reference.registry} requires login: give "
+                        "the volume a nodePublishSecretRef with 'username' and 'password' (or "
+                        "a .dockerconfigjson)",
+                    )
+                return VolumeError(code, f"{spec.reference}: {found}")
+        return VolumeError(code_of(error), str(error))
+
+    # --- unpublish --------------------------------------------------------------------------
+
+    def unpublish(self, volume_id: str, target: str) -> None:
+        if not volume_id or not target:
+            raise VolumeError("INVALID_ARGUMENT", "the request needs a volume_id and a target_path")
+        with self._locked(target):
+            record = self.records.get(target)
+            if record is not None and record.volume_id != volume_id:
+                raise VolumeError(
+                    "NOT_FOUND", f"{target} holds volume {record.volume_id}, not {volume_id}"
+                )
+            if state(target) in (Target.MOUNTED, Target.DEAD):
+                unmount(target)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(target)
+            self.records.delete(target)
+        log.info("unpublished volume %s from %s", volume_id, target)
+
+
+def _probe(
+    registry: str,
+    repository: str,
+    identifier: str,
+    options: MountOptions,
+    credential: Credential | None,
+) -> ModelKitFSError | None:
+    """What the registry answers for the manifest: None when it serves it."""
+
+    async def ask() -> None:
+        client = RegistryClient(
+            registry,
+            options.network(registry),
+            credentials=(lambda _: credential) if credential is not None else find_credential,
+        )
+        try:
+            await client.get_manifest(repository, identifier)
+        finally:
+            await client.aclose()
+
+    try:
+        trio.run(ask)
+    except ModelKitFSError as exc:
+        return exc
+    return None
