@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pyfuse3
 import trio
 
 from modelkitfs.errors import MountError
@@ -82,7 +81,7 @@ async def serve_kits(
         )
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(operations.unload_idle, pyfuse3.invalidate_entry)
+                nursery.start_soon(operations.unload_idle)
                 await serve(
                     operations,
                     root,

@@ -4,8 +4,8 @@ Told a root (``--serve-root``, a service run beside the plugin, as the DaemonSet
 plugin only uses it. Otherwise it starts one daemon of its own on ``STATE/kits``, in a session
 of its own so that it outlives a restart of the plugin: a restarted plugin finds it serving and
 keeps using it (the pods' bind mounts point into it), and starts a new one only when it is gone.
-It never lets a kit go as idle: a pod's bind mount holds the kit's folder in a way the kernel
-cannot be asked to forget, and a kit let go under it would answer ESTALE from then on.
+A kit idle under a pod's bind mount is unloaded like any other: the service keeps its inode
+numbers and builds its tree again when the pod reads on.
 ``python -m modelkitfs.csi.node_service`` is that daemon: settings as one JSON line on standard
 input, ``ready`` on standard output once the root is mounted.
 """
@@ -30,7 +30,6 @@ from modelkitfs.options import MountOptions
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 120.0
-NEVER = float("inf")  # the daemon's idle time before it lets a kit go
 ENTRY = "modelkitfs.csi.node_service"
 
 
@@ -120,7 +119,7 @@ def main() -> int:
         report.close()
 
     try:
-        trio.run(partial(serve_kits, settings["root"], options, ready, idle=NEVER))
+        trio.run(partial(serve_kits, settings["root"], options, ready))
     except ModelKitFSError as exc:
         logging.getLogger("modelkitfs").error("%s", exc)
         if not report.closed:

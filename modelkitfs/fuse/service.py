@@ -6,8 +6,9 @@ kernel sees shifted into a slot (``slot << 32``), so a request finds its kit fro
 alone. A kit is loaded on the first lookup of its folder, once however many ask at the same
 moment; a tag is resolved at most once per ``tag_ttl``; a reference the registry does not know
 is remembered as such for ``negative_ttl``. A kit nobody used for ``idle`` is let go: the
-kernel is asked to forget its entries, and once it holds none of its inodes (open files hold
-theirs) the tree goes; the disk cache keeps its blocks.
+tree and indexes go (the disk cache keeps its blocks) but its slot and the numbers of the paths
+the kernel saw stay: a request for one of them (a bind mount of the kit's folder, a shell's
+working directory) builds the tree again under the same numbers. A kit with a file open stays.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cachetools
@@ -51,12 +52,17 @@ class KitLoader(Protocol):
 class _Kit:
     slot: int
     entry: Entry  # its place in the namespace
-    operations: KitOperations
+    operations: KitOperations | None  # None while unloaded
     last_used: float
+    numbers: dict[str, int] = field(default_factory=dict)  # the tree's inodes, once unloaded
+
+    @property
+    def base(self) -> int:
+        return self.slot << SLOT_BITS
 
     @property
     def root(self) -> int:
-        return self.operations.inode_base + ROOT_INODE
+        return self.base + ROOT_INODE
 
 
 class ServiceOperations(pyfuse3.Operations):
@@ -85,6 +91,7 @@ class ServiceOperations(pyfuse3.Operations):
         self._slots: dict[int, int] = {}  # namespace inode of a kit's entry -> its slot
         self._next_slot = 1
         self._loading: SingleFlight[str, _Kit] = SingleFlight()
+        self._reloading: SingleFlight[int, None] = SingleFlight()
         self._resolving: SingleFlight[str, None] = SingleFlight()
         self._unknown: cachetools.TTLCache[str, int] = cachetools.TTLCache(
             NEGATIVE_ENTRIES, negative_ttl, timer=trio.current_time
@@ -96,12 +103,17 @@ class ServiceOperations(pyfuse3.Operations):
 
     # --- routing --------------------------------------------------------------------------------
 
-    def _kit(self, inode: int) -> _Kit:
+    async def _kit(self, inode: int) -> KitOperations:
+        """The operations of the kit ``inode`` belongs to, its tree built again if it was
+        unloaded."""
         kit = self.kits.get(inode >> SLOT_BITS)
         if kit is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)  # a kit let go while the kernel held it
+            raise pyfuse3.FUSEError(errno.ESTALE)  # no kit ever had this slot
         kit.last_used = trio.current_time()
-        return kit
+        if kit.operations is None:
+            await self._reloading.run(kit.slot, self._reload, kit)
+        assert kit.operations is not None
+        return kit.operations
 
     def _entry(self, inode: int) -> Entry:
         entry = self.namespace.get(inode)
@@ -111,18 +123,19 @@ class ServiceOperations(pyfuse3.Operations):
 
     async def invalidate_blob(self, digest: str) -> None:
         for kit in list(self.kits.values()):
-            await kit.operations.invalidate_blob(digest)
+            if kit.operations is not None:
+                await kit.operations.invalidate_blob(digest)
 
     # --- lookups --------------------------------------------------------------------------------
 
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
-        if parent_inode >> SLOT_BITS:
-            kit = self._kit(parent_inode)
-            if parent_inode == kit.root and name == b"..":
-                return self._attributes(self._entry(kit.entry.parent))
-            return await kit.operations.lookup(parent_inode, name, ctx)
+        if slot := parent_inode >> SLOT_BITS:
+            operations = await self._kit(parent_inode)
+            if parent_inode == self.kits[slot].root and name == b"..":
+                return self._attributes(self._entry(self.kits[slot].entry.parent))
+            return await operations.lookup(parent_inode, name, ctx)
         parent = self._entry(parent_inode)
         if name == b".":
             return self._attributes(parent)
@@ -135,7 +148,7 @@ class ServiceOperations(pyfuse3.Operations):
             await self._resolved(entry)
         elif entry.kind is Kind.KIT:
             kit = await self._loaded(entry)
-            return await kit.operations.getattr(kit.root)
+            return await (await self._kit(kit.root)).getattr(kit.root)
         return self._attributes(entry)
 
     async def _resolved(self, entry: Entry) -> None:
@@ -168,6 +181,21 @@ class ServiceOperations(pyfuse3.Operations):
         self._slots[entry.inode] = slot
         log.info("loaded %s", entry.path)
         return kit
+
+    async def _reload(self, kit: _Kit) -> None:
+        """Build an unloaded kit's tree again, numbering its paths as before."""
+        if kit.operations is not None:
+            return
+        assert kit.entry.reference is not None
+        tree, stats = await self._guarded(kit.entry.path, self.loader.load, kit.entry.reference)
+        try:
+            await tree.adopt_inodes(kit.numbers)
+        except ValueError:
+            log.error("%s changed while unloaded: what was open of it is stale", kit.entry.path)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        kit.operations = KitOperations(tree, stats, timeout=self.timeout, inode_base=kit.base)
+        kit.numbers = {}
+        log.info("loaded %s again", kit.entry.path)
 
     async def _guarded(self, path: str, function: Callable[..., Any], *args: Any) -> Any:
         """Ask the loader within the deadline; a failure becomes the errno a user expects
@@ -205,7 +233,7 @@ class ServiceOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if inode >> SLOT_BITS:
-            return await self._kit(inode).operations.getattr(inode, ctx)
+            return await (await self._kit(inode)).getattr(inode, ctx)
         return self._attributes(self._entry(inode))
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -215,14 +243,14 @@ class ServiceOperations(pyfuse3.Operations):
         return os.fsencode(entry.target)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        pass  # entries live until their kit is let go (see sweep)
+        pass  # a kit's inodes keep their numbers for as long as the service runs
 
     # --- folders ----------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         if inode >> SLOT_BITS:
-            operations = self._kit(inode).operations
+            operations = await self._kit(inode)
             self._kit_dirs[fh] = (operations, await operations.opendir(inode, ctx))
             return fh
         entry = self._entry(inode)
@@ -256,7 +284,7 @@ class ServiceOperations(pyfuse3.Operations):
             entry = self.namespace.entries[inode]
             kit = self.kits.get(self._slots.get(inode, 0))
             if kit is not None:
-                attributes = await kit.operations.getattr(kit.root)
+                attributes = await (await self._kit(kit.root)).getattr(kit.root)
             else:
                 attributes = self._attributes(entry)
             if not pyfuse3.readdir_reply(token, name, attributes, position + 1):
@@ -272,13 +300,14 @@ class ServiceOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if not inode >> SLOT_BITS:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return await self._kit(inode).operations.open(inode, flags, ctx)
+        return await (await self._kit(inode)).open(inode, flags, ctx)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._kit(fh).operations.read(fh, off, size)  # a file's fh is its inode
+        return await (await self._kit(fh)).read(fh, off, size)  # a file's fh is its inode
 
     async def release(self, fh: int) -> None:
-        if (kit := self.kits.get(fh >> SLOT_BITS)) is not None:
+        kit = self.kits.get(fh >> SLOT_BITS)
+        if kit is not None and kit.operations is not None:  # a kit with a file open stays
             await kit.operations.release(fh)
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
@@ -293,43 +322,35 @@ class ServiceOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if not inode >> SLOT_BITS:
             return []
-        return await self._kit(inode).operations.listxattr(inode, ctx)
+        return await (await self._kit(inode)).listxattr(inode, ctx)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if not inode >> SLOT_BITS:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await self._kit(inode).operations.getxattr(inode, name, ctx)
+        return await (await self._kit(inode)).getxattr(inode, name, ctx)
 
     # --- letting kits go ------------------------------------------------------------------------
 
-    async def unload_idle(self, invalidate: Callable[[int, bytes], None]) -> None:
-        """Forever: let go of kits idle for ``idle``. ``invalidate(parent, name)`` asks the
-        kernel to forget an entry (pyfuse3.invalidate_entry; a parameter so tests can watch)."""
+    async def unload_idle(self) -> None:
+        """Forever: unload kits idle for ``idle``."""
         while True:
             await trio.sleep(max(self.idle / 4, 0.05))
-            await self.sweep(invalidate)
+            await self.sweep()
 
-    async def sweep(self, invalidate: Callable[[int, bytes], None]) -> None:
-        """Let go of each kit idle for ``idle`` with nothing of it open (a mapped file is
-        open until unmapped): the kernel forgets its folder's entry and all below it, so
-        that a later lookup comes here and loads it again, under inodes of a new slot (an
-        inode the kernel still holds can never name a file of another kit)."""
+    async def sweep(self) -> None:
+        """Unload each kit idle for ``idle`` with nothing of it open (a mapped file is open
+        until unmapped): its tree goes, the numbers of its paths stay."""
         now = trio.current_time()
         for kit in list(self.kits.values()):
-            if now - kit.last_used < self.idle or kit.operations.open_handles:
+            operations = kit.operations
+            if operations is None or operations.open_handles or now - kit.last_used < self.idle:
                 continue
-            try:
-                await trio.to_thread.run_sync(
-                    invalidate, kit.entry.parent, os.fsencode(kit.entry.name)
-                )
-            except OSError as exc:  # the kernel held no entry: nothing to forget
-                log.debug("invalidating %s: %s", kit.entry.path, exc)
-            del self.kits[kit.slot]
-            del self._slots[kit.entry.inode]
-            await kit.operations.tree.aclose()
+            kit.numbers, kit.operations = operations.tree.inode_numbers, None
+            await operations.tree.aclose()
             log.info("unloaded %s (idle for %.0f s)", kit.entry.path, now - kit.last_used)
 
     async def aclose(self) -> None:
         for kit in self.kits.values():
-            await kit.operations.tree.aclose()
+            if kit.operations is not None:
+                await kit.operations.tree.aclose()
         self.kits.clear()

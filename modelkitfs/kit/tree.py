@@ -93,6 +93,7 @@ class KitTree:
         self._indexing: SingleFlight[int, None] = SingleFlight()
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
+        self._next_inode = ROOT_INODE + 1
         self._nodes: dict[int, Node] = {}
         self._layouts: dict[tuple[str, int], TensorLayout | None] = {}
         self._reading_layout: SingleFlight[tuple[str, int], TensorLayout | None] = SingleFlight()
@@ -319,5 +320,25 @@ class KitTree:
     def _inode(self, path: str) -> int:
         inode = self._inodes.get(path)
         if inode is None:
-            inode = self._inodes[path] = len(self._inodes) + 1
+            inode = self._inodes[path] = self._next_inode
+            self._next_inode += 1
         return inode
+
+    @property
+    def inode_numbers(self) -> dict[str, int]:
+        """The number of each path numbered so far. Paths are numbered as they are found
+        (layers are indexed lazily), so the same kit built again numbers them otherwise,
+        unless it adopts these (:meth:`adopt_inodes`)."""
+        return dict(self._inodes)
+
+    async def adopt_inodes(self, numbers: dict[str, int]) -> None:
+        """Number paths as an earlier tree of the same kit did, and index the layers that
+        hold them, so that inodes the kernel still holds name the same files at once
+        (``serve`` drops idle kits' trees and builds them again on demand). Raises ValueError
+        when the trees disagree on a number."""
+        if any(numbers.get(path, inode) != inode for path, inode in self._inodes.items()):
+            raise ValueError("the inode numbers belong to another tree")
+        self._inodes = {**numbers, **self._inodes}
+        self._next_inode = max(self._next_inode, max(self._inodes.values()) + 1)
+        for path in numbers:
+            await self._index_layers_for(path)  # each layer once; indexes are on disk

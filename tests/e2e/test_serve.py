@@ -301,3 +301,24 @@ def test_metrics_move_by_what_the_proxy_counted(
         os.stat(path.parent / "missing")
     errors = [key for key in scrape(METRICS_PORT) if key[0] == "modelkitfs_fuse_errors_total"]
     assert errors == []  # a lookup that finds nothing is no error
+
+
+@pytest.mark.parametrize("service", [{"idle": 0.5}], indirect=True)
+def test_a_bind_mount_of_a_kit_reads_on_after_the_kit_was_unloaded(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service, tmp_path: Path
+) -> None:
+    """As the CSI driver binds a kit's folder into a pod: the kernel holds the folder's inode
+    for as long as the bind mount lives, however long the kit stays unloaded."""
+    _, data, digest = weights
+    folder = service.root / proxy.address / "serve" / f"weights@{digest}"
+    target = tmp_path / "pod-volume"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(folder), str(target)], check=True)
+    try:
+        assert (target / "weights.bin").read_bytes()[:MiB] == data[:MiB]
+        wait_for(lambda: UNLOADED in service.log, "the idle kit was unloaded")
+        assert (target / "weights.bin").read_bytes() == data
+        assert sorted(os.listdir(target)) == ["Kitfile", "weights.bin"]
+        assert f"{digest} again" in service.log  # loaded again, under the same inodes
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
