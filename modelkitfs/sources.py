@@ -16,18 +16,15 @@ import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.budget import CacheBudget, check_max_size
+from modelkitfs.blobs.configs import CachedConfigs
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotFound
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters, parse_labels
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
-from modelkitfs.registry import (
-    LayoutSource,
-    RegistryClient,
-    from_kit_storage,
-    from_layout_folder,
-)
+from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
 from modelkitfs.registry.layout import kit_storage
+from modelkitfs.registry.source import BlobSource
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +73,9 @@ class Sources:
     def store_for(self, target: Reference) -> BlobStore:
         key = (target.registry, target.repository)
         if key not in self.stores:
+            source = self._source_for(target)
             self.stores[key] = BlobStore(
-                self._source_for(target),
+                source if source.in_place else CachedConfigs(source, self.cache),
                 target.repository,
                 self.cache,
                 budget=self.budget,
@@ -86,7 +84,7 @@ class Sources:
             )
         return self.stores[key]
 
-    def _source_for(self, target: Reference) -> RegistryClient | LayoutSource:
+    def _source_for(self, target: Reference) -> BlobSource:
         """kit's local storage first, as kit looks; ``localhost`` refs live only there."""
         if target.is_layout:
             return from_layout_folder(target.repository)

@@ -17,20 +17,20 @@ import errno
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from modelkitfs.blobs.block_cache import BlockCache, BlockClaim
 from modelkitfs.blobs.budget import CacheBudget
-from modelkitfs.blobs.cache import CHECKSUM, BlockLocks, Buffer, DiskCache
+from modelkitfs.blobs.cache import CHECKSUM, Buffer
 from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.memory import BlockMemory
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import cannot_keep, complete_blob, hash_streaming
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
-from modelkitfs.registry import LayoutSource, Manifest, RegistryClient
-from modelkitfs.registry.client import sha256_digest
+from modelkitfs.registry.source import BlobSource
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ MAX_BLOCKS_PER_REQUEST = 16
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 SMALL_BLOB = 1024 * 1024
 STREAM_CHUNK = 8 * 1024 * 1024
-WHOLE_BLOB = "blob"
 DERIVED_RECORD = "derived.v1.json"
 VERIFIED_RECORD = "verified.v1.json"
 LOCK_POLL_MAX = 0.1
@@ -71,9 +70,9 @@ class BlobStore:
 
     def __init__(
         self,
-        client: RegistryClient | LayoutSource,
+        source: BlobSource,
         repository: str,
-        cache: DiskCache,
+        cache: BlockCache,
         *,
         budget: CacheBudget | None = None,
         verify: str = "complete",
@@ -81,7 +80,7 @@ class BlobStore:
         block_size: int = DEFAULT_BLOCK_SIZE,
         memory_bytes: int = MEMORY_CACHE_BYTES,
     ) -> None:
-        self.client = client
+        self.source = source
         self.repository = repository
         self.cache = cache
         self.budget = budget
@@ -92,8 +91,6 @@ class BlobStore:
         # Blocks in memory are in use: pinned in the shared cache, so no process evicts them.
         self._memory = BlockMemory(memory_bytes, self._pin, self._unpin)
         self._flights: dict[tuple[str, int], _Flight] = {}
-        # Blobs already on the machine (kit's storage) are read in place, never copied.
-        self.local = isinstance(client, LayoutSource)
         self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
         self._hashes: dict[str, list[str]] = {}  # per-block sha256 of verified blobs
         self._checked_record: set[str] = set()
@@ -103,28 +100,12 @@ class BlobStore:
         self._write_slots = trio.Semaphore(WRITE_BEHIND)
 
     def _pin(self, key: tuple[str, int]) -> None:
-        if not self.local:
-            self.cache.pins.pin(self.cache.lock_path(key[0], self.block_size), key[1])
+        if not self.source.in_place:
+            self.cache.pin(key[0], self.block_size, key[1])
 
     def _unpin(self, key: tuple[str, int]) -> None:
-        if not self.local:
-            self.cache.pins.unpin(self.cache.lock_path(key[0], self.block_size), key[1])
-
-    async def manifest(self, identifier: str) -> Manifest:
-        """The repository's manifest for a tag or digest (never cached: tags move)."""
-        return await self.client.get_manifest(self.repository, identifier)
-
-    async def small_blob(self, digest: str, size: int) -> bytes:
-        """A whole small blob, such as a config: from the cache when a mount has fetched it
-        before (checked against its digest again), else fetched, verified and cached."""
-        if self.local:
-            return await self.client.get_blob(self.repository, digest, size)
-        cached = await self.load_meta(digest, WHOLE_BLOB)
-        if cached is not None and len(cached) == size and sha256_digest(cached) == digest:
-            return cached
-        data = await self.client.get_blob(self.repository, digest, size)
-        await self.save_meta(digest, WHOLE_BLOB, data)
-        return data
+        if not self.source.in_place:
+            self.cache.unpin(key[0], self.block_size, key[1])
 
     def blob(self, digest: str, size: int) -> Blob:
         return Blob(self, digest, size)
@@ -147,8 +128,8 @@ class BlobStore:
         end = min(offset + length, size)
         if offset >= end:
             return b""
-        if self.local:
-            return await self.client.get_range(self.repository, digest, offset, end)
+        if self.source.in_place:
+            return await self.source.get_range(self.repository, digest, offset, end)
         if self.must_verify(digest):
             await self.verified(digest, size)
         if ahead:
@@ -305,7 +286,7 @@ class BlobStore:
         end = size if end is None else min(end, size)
         if start >= end:
             return 0
-        if self.local:
+        if self.source.in_place:
             return end - start
         first, last = start // self.block_size, (end - 1) // self.block_size
         cached = await trio.to_thread.run_sync(
@@ -338,7 +319,7 @@ class BlobStore:
         index: int,
         data: Buffer,
         *,
-        lock: BlockLocks | None = None,
+        lock: BlockClaim | None = None,
         size: int | None = None,
         behind: bool = True,
     ) -> None:
@@ -360,7 +341,7 @@ class BlobStore:
         trio.lowlevel.spawn_system_task(self._write_behind, digest, index, data, lock, size)
 
     async def _write_behind(
-        self, digest: str, index: int, data: Buffer, lock: BlockLocks | None, size: int | None
+        self, digest: str, index: int, data: Buffer, lock: BlockClaim | None, size: int | None
     ) -> None:
         try:
             if await self._store(digest, index, data) and size is not None:
@@ -435,7 +416,7 @@ class BlobStore:
         hashes = await self._known_hashes(digest) or []
         start, end = first * self.block_size, min((last + 1) * self.block_size, size)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            pieces = await self.client.get_range_pieces(
+            pieces = await self.source.get_range_pieces(
                 self.repository, digest, start, end, self.block_size
             )
             blocks = _as_blocks(pieces, self.block_size)
@@ -455,12 +436,12 @@ class BlobStore:
                 DOWNLOAD_ATTEMPTS,
             )
         raise DigestMismatch(
-            f"block {wrong[0]} of blob {digest} from {self.client.registry} differs from the "
+            f"block {wrong[0]} of blob {digest} from {self.source.registry} differs from the "
             f"bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a proxy serves "
             "wrong bytes; try again later or report it to the registry owner"
         )
 
-    async def _claim(self, digest: str, first: int, last: int) -> BlockLocks | None:
+    async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
         """Download locks of block ``first`` and of the absent blocks after it up to ``last``,
         waiting while another process holds the first; None when it turned up in the cache
         meanwhile."""
@@ -588,7 +569,7 @@ class BlobStore:
     def _mismatch(self, digest: str, actual: str | None = None) -> str:
         got = f" (its bytes hash to {actual})" if actual else ""
         return (
-            f"blob {digest} from {self.client.registry}/{self.repository} failed verification"
+            f"blob {digest} from {self.source.registry}/{self.repository} failed verification"
             f"{got}: evicted from the cache; reads of it fail until a new download verifies; "
             "the registry or a proxy served wrong bytes"
         )
@@ -650,13 +631,13 @@ def _for_waiters(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, trio.Cancelled) else exc
 
 
-def _as_blocks(pieces: list[Buffer], block_size: int) -> list[Buffer]:
+def _as_blocks(pieces: Sequence[Buffer], block_size: int) -> list[Buffer]:
     """The pieces of a range as blocks: as they are when cut at block boundaries (the rule),
     else joined and cut again (after a transfer resumed in the middle of a block)."""
     if not pieces or (
         all(len(p) == block_size for p in pieces[:-1]) and len(pieces[-1]) <= block_size
     ):
-        return pieces
+        return list(pieces)
     with memoryview(b"".join(pieces)) as whole:
         return [bytes(whole[i : i + block_size]) for i in range(0, len(whole), block_size)]
 
@@ -683,7 +664,7 @@ class Blob:
     @property
     def cached(self) -> bool:
         """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
-        return not self.store.local
+        return not self.store.source.in_place
 
     @property
     def verify_full(self) -> bool:
@@ -714,7 +695,7 @@ class Blob:
 
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
-        if not self.store.local:
+        if not self.store.source.in_place:
             await self.store.verified(self.digest, self.size, complete=True)
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
@@ -727,7 +708,7 @@ class Blob:
         if offset >= end:
             return b""
         return bytes(
-            await self.store.client.get_range(self.store.repository, self.digest, offset, end)
+            await self.store.source.get_range(self.store.repository, self.digest, offset, end)
         )
 
     async def stream(self, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[bytes]:
@@ -735,7 +716,7 @@ class Blob:
         blob itself: chunks come straight from the registry and are not cached."""
         for start in range(0, self.size, chunk_size):
             end = min(start + chunk_size, self.size)
-            yield await self.store.client.get_range(self.store.repository, self.digest, start, end)
+            yield await self.store.source.get_range(self.store.repository, self.digest, start, end)
 
     def derived(self, key: str) -> DerivedBlob:
         """Storage in the shared cache for bytes computed from this blob, under ``key``."""

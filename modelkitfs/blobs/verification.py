@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from modelkitfs.blobs.health import advice, describe
 from modelkitfs.errors import ModelKitFSError
 
 if TYPE_CHECKING:
@@ -60,10 +59,9 @@ async def complete_blob(store: BlobStore, digest: str, size: int) -> None:
 
 def cannot_keep(store: BlobStore, digest: str, size: int) -> ModelKitFSError:
     """The error of a blob the cache cannot hold whole: why, and what to do."""
-    root = store.cache.root
-    fault = store.cache.health.fault
-    if fault is not None:
-        why = f"it cannot be written ({describe(fault)}); {advice(root, fault)}"
+    root = store.cache.name
+    if (unwritable := store.cache.cannot_write()) is not None:
+        why = unwritable
     else:
         cap = store.budget.max_bytes if store.budget is not None else None
         shown = f"{cap / 2**20:.0f} MiB" if cap else "its size"

@@ -113,6 +113,8 @@ class RegistryClient:
     """Talks to ``registry`` (through its mirrors first, if any), ``max_in_flight`` requests
     at once."""
 
+    in_place = False  # a BlobSource whose blobs travel: they go through the block cache
+
     def __init__(
         self,
         registry: str,

@@ -3,7 +3,6 @@ than a blob, or with blocks evicted since a blob verified (issue cases 9, 10 and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -14,27 +13,19 @@ import trio
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.registry.memory_source import MemorySource
 from tests.tmpfs import small_fs
 
 BLOCK = 64 * 1024
 
 
-class FakeRegistry:
+class FakeRegistry(MemorySource):
     """Serves one blob by ranges, counting the bytes it sends."""
 
-    registry = "fake.registry"
-
     def __init__(self, data: bytes) -> None:
+        super().__init__()
         self.data = data
-        self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self.sent = 0
-
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, block_size: int
-    ) -> list[bytes]:
-        await trio.sleep(0)
-        self.sent += end - start
-        return [self.data[i : min(i + block_size, end)] for i in range(start, end, block_size)]
+        self.digest = self.add(data)
 
 
 def store_for(
