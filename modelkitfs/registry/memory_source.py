@@ -3,10 +3,11 @@ Mountpoint-s3 ships a mock client and a ``failure_client`` beside ``ObjectClient
 manifests served from memory, counting what they send, and a wrapper that breaks chosen
 requests. With them the block store runs in milliseconds, without sockets or a kernel mount.
 
-:class:`MemorySource` can also play a server that ignores ``Range`` (``ignoring=True``): each
-request then costs the bytes from the start of the blob to its end of range, unless it carries
-on where the previous one of the same blob stopped (as the real transport carries on reading a
-whole-blob answer it kept open); ``sent`` counts what such a server would send.
+:class:`MemorySource` can also play a server that ignores ``Range`` (``ignoring=True``), as the
+real transport meets one: a request carries on the blob's whole answer where the previous one
+stopped, if it starts there or later (costing the bytes in between); a request from the start
+costs the bytes up to its end; any other raises :class:`~modelkitfs.errors.RangeIgnored`,
+keeping the answer open at the start. ``sent`` counts what such a server would send.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from modelkitfs.digests import sha256_digest
-from modelkitfs.errors import NotFound
+from modelkitfs.errors import NotFound, RangeIgnored
 from modelkitfs.registry.client import FetchStats, Manifest
 
 Buffer = bytes | bytearray
@@ -77,8 +78,11 @@ class MemorySource:
         await trio.sleep(0)
         self.requests.append((digest, start, end))
         if self.ignoring:
-            carried_on = self._positions.get(digest, -1)
-            self.sent += end - (carried_on if 0 <= carried_on <= start else 0)
+            kept = self._positions.get(digest, -1)
+            if not 0 <= kept <= start and start > 0:
+                self._positions[digest] = 0  # the answer, kept open at the blob's start
+                raise RangeIgnored(f"{self.registry} answered with the whole blob {digest}")
+            self.sent += end - max(kept, 0)
             self._positions[digest] = end
         else:
             self.sent += end - start
