@@ -29,6 +29,7 @@ from modelkitfs.errors import (
     GaveUp,
     NotFound,
     ObjectStorageError,
+    RangeIgnored,
     RegistryError,
     TransientError,
     Unreachable,
@@ -37,7 +38,7 @@ from modelkitfs.registry.auth import Authenticator, login_hint
 from modelkitfs.registry.credentials import Credential, find_credential
 from modelkitfs.registry.partial import MAX_DOCUMENT_SIZE
 from modelkitfs.registry.range_transport import HttpxRanges, RangeTransport, ThreadedRanges
-from modelkitfs.registry.ranges import REDIRECTS, RangeFetcher, RangeResult
+from modelkitfs.registry.ranges import REDIRECTS, WHOLE_BLOB_KEPT, RangeFetcher, RangeResult
 from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retry_after_seconds, retrying
 from modelkitfs.registry.transport import (
     NetworkOptions,
@@ -364,13 +365,15 @@ class RegistryClient:
         if result.status not in (200, 206):
             self._raise_for_range_status(result, what, storage=repository is None)
         where = f"object storage {_host(url)}" if repository is None else f"registry {_host(url)}"
+        if result.status == 200 and _host(url) not in self.ignores_range:
+            log.warning("%s ignores Range requests: blobs are read in order, once", where)
+            self.ignores_range.add(_host(url))
+        if result.problem == WHOLE_BLOB_KEPT:
+            raise RangeIgnored(f"{where} answered a range of {what} with the whole blob")
         if result.problem:
             raise (ObjectStorageError if repository is None else TransientError)(
                 f"{where} answered {result.problem}"
             )
-        if result.status == 200 and _host(url) not in self.ignores_range:
-            log.warning("%s ignores Range requests: blobs are read from their start", where)
-            self.ignores_range.add(_host(url))
         got = sum(len(p) for p in result.data)
         if result.broken or got != end - start:
             raise _Partial(
