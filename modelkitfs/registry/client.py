@@ -313,11 +313,16 @@ class RegistryClient:
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             storage = _origin(url) != origin
-            result = await self._get(
-                url, None if storage else repository, start, end, piece, what, deadline, raw=True
-            )
+            keep, who = storage and base == self.base_url, None if storage else repository
+            try:
+                result = await self._get(url, who, start, end, piece, what, deadline, raw=True)
+            except RangeIgnored:  # the URL served: its whole answer is kept open there
+                if keep:
+                    self._redirects[digest] = _Redirect(url)
+                    self._redirected.add(digest)
+                raise
             if not isinstance(result, RangeResult):
-                if storage and base == self.base_url:
+                if keep:
                     self._redirects[digest] = _Redirect(url)
                     self._redirected.add(digest)
                 return result

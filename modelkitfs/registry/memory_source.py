@@ -79,10 +79,13 @@ class MemorySource:
         self.requests.append((digest, start, end))
         if self.ignoring:
             kept = self._positions.get(digest, -1)
-            if not 0 <= kept <= start and start > 0:
-                self._positions[digest] = 0  # the answer, kept open at the blob's start
+            if 0 <= kept <= start:
+                self.sent += end - kept  # carried on the answer kept open
+            elif start == 0:
+                self.sent += end  # a new answer, read up to the range's end
+            else:
+                self._positions[digest] = 0  # a new answer, kept open at the blob's start
                 raise RangeIgnored(f"{self.registry} answered with the whole blob {digest}")
-            self.sent += end - max(kept, 0)
             self._positions[digest] = end
         else:
             self.sent += end - start

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs import BlobStore, DiskCache, MemoryCache
 from modelkitfs.blobs.budget import CacheBudget
-from modelkitfs.errors import ModelKitFSError
+from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from tests.tmpfs import small_fs
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
@@ -111,3 +112,45 @@ def test_a_prefetch_the_cache_cannot_keep_says_so(tmp_path: Path) -> None:
                     await store.blob(registry.digest, len(registry.data)).fetch_verified()
 
         trio.run(main)
+
+
+def test_a_blob_with_wrong_bytes_is_evicted_and_refused_until_a_download_verifies() -> None:
+    source = OneBlob(size=6 * BLOCK)
+    good, digest, size = source.data, source.digest, source.size
+    source.blobs[digest] = good[:100] + bytes([good[100] ^ 1]) + good[101:]  # a proxy's glitch
+    told: list[str] = []
+
+    async def on_corrupt(blob: str) -> None:
+        told.append(blob)
+
+    async def main() -> None:
+        cache = MemoryCache()
+        async with opened(source, cache, memory_bytes=64 * BLOCK, on_corrupt=on_corrupt) as store:
+            await store.read(digest, size, 0, size)
+            await store.flush()  # joins the verification that the last block started
+            assert told == [digest] and store.stats.corrupt_blobs == 1
+            assert not cache.cached_blocks(digest, BLOCK, 0, 5)  # evicted
+            with pytest.raises(DigestMismatch, match="failed verification"):
+                await store.read(digest, size, 0, 10)  # downloaded again: still wrong
+            source.blobs[digest] = good
+            assert await store.read(digest, size, 0, size) == good
+            assert store.verifier.is_verified(digest)
+        async with opened(source, cache) as again:  # its record: known to any later store
+            assert await again.verifier.known_hashes(digest) is not None
+
+    trio.run(main)
+
+
+def test_waiting_for_a_verification_that_did_not_fetch_runs_one_that_does() -> None:
+    source = OneBlob(size=4 * BLOCK)
+
+    async def main() -> None:
+        async with opened(source, MemoryCache(), memory_bytes=64 * BLOCK) as store:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(store.verifier.verified, source.digest, source.size, fetch=False)
+                )
+                nursery.start_soon(store.verifier.verified, source.digest, source.size)
+            assert store.verifier.is_verified(source.digest)
+
+    trio.run(main)
