@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_BLOCKS_PER_REQUEST = 16
 STREAM_WINDOW = 4  # blocks per request of a blob streamed from a server that ignores Range
 DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
+IN_ORDER_ATTEMPTS = 3  # of a range read in order whose whole-blob answer was not kept
 LOCK_POLL_MAX = 0.1
 
 
@@ -110,16 +112,7 @@ class Downloads:
         hashes = await store.verifier.known_hashes(digest) or []
         start, end = first * store.block_size, min((last + 1) * store.block_size, size)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                pieces = await store.source.get_range_pieces(
-                    store.repository, digest, start, end, store.block_size
-                )
-            except RangeIgnored:
-                if not in_order:
-                    raise
-                pieces = await store.source.get_range_pieces(
-                    store.repository, digest, start, end, store.block_size
-                )
+            pieces = await self._range(digest, start, end, in_order)
             got = sum(len(p) for p in pieces)
             if got != end - start:
                 raise RegistryError(
@@ -147,6 +140,22 @@ class Downloads:
             f"block {wrong[0]} of blob {digest} from {store.source.registry} differs from the "
             f"bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a proxy serves "
             "wrong bytes; try again later or report it to the registry owner"
+        )
+
+    async def _range(self, digest: str, start: int, end: int, in_order: bool) -> Sequence[Buffer]:
+        """The bytes from the source; ``in_order``, asked again while the answer is a whole
+        blob kept open at its start (another blob's answer may have pushed it out meanwhile:
+        at most ``MAX_KEPT`` are kept)."""
+        store = self.store
+        for _ in range(IN_ORDER_ATTEMPTS - 1 if in_order else 0):
+            try:
+                return await store.source.get_range_pieces(
+                    store.repository, digest, start, end, store.block_size
+                )
+            except RangeIgnored:
+                pass
+        return await store.source.get_range_pieces(
+            store.repository, digest, start, end, store.block_size
         )
 
     async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
