@@ -13,8 +13,9 @@ in 16 MiB runs moves terabytes. Once the source has met such a host (or a reques
 :class:`~modelkitfs.errors.RangeIgnored`), a blob's missing blocks are instead fetched by one
 background stream per blob, from its first missing block to its last, a window at a time, in
 order: the transport carries on reading the whole-blob answer it kept open where the last
-window stopped, so the blob crosses the network once. Every reader that wants a block of it
-waits on its flight; the stream lands each block as its window arrives.
+window stopped, so the blob crosses the network once (through a proxy no answer is kept open:
+each window costs the blob up to it, as each run did before). Every reader that wants a block
+of it waits on its flight; the stream lands each block as its window arrives.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BLOCKS_PER_REQUEST = 16
-STREAM_WINDOW = 4  # blocks per request of a blob streamed from a server that ignores Range
+# Blocks per request of a blob streamed from a server that ignores Range: a small first window
+# lands the first blocks soon, then windows as large as runs (through a proxy, where the
+# transport keeps no answer open, each window costs the blob up to it, as each run did).
+FIRST_STREAM_WINDOW = 4
 DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
 IN_ORDER_ATTEMPTS = 3  # of a range read in order whose whole-blob answer was not kept
 LOCK_POLL_MAX = 0.1
@@ -201,11 +205,13 @@ class Downloads:
                 if index not in cached:
                     flights.update(store.flights.reserve(digest, index, index, store.memory))
             # Each pass lands at least its first block; readers may add blocks behind it.
+            window = FIRST_STREAM_WINDOW
             for _ in range(4 * count + 16):
                 if not flights:
                     return
                 first = min(flights)
-                last = min(first + STREAM_WINDOW, count) - 1
+                last = min(first + window, count) - 1
+                window = MAX_BLOCKS_PER_REQUEST
                 done = await self.fetch_run(digest, size, first, last, in_order=True)
                 landed = {i: flights.pop(i) for i in [first, *done] if i in flights}
                 store.flights.land(digest, landed)
