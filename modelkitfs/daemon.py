@@ -54,7 +54,7 @@ async def serve_modelkit(
         operations = KitOperations(kit.tree, stats, timeout=options.timeout)
         sources.corrupt_handlers.append(operations.invalidate_blob)
         if options.prefetch != "none":
-            trio.lowlevel.spawn_system_task(_fill_cache, kit.tree, options.prefetch)
+            sources.start_soon(_fill_cache, kit.tree, options.prefetch)
         try:
             await serve(
                 operations,

@@ -52,6 +52,12 @@ class SelectionError(ModelKitFSError):
     ``model.path`` references that cycle or chain too deep."""
 
 
+class RangeIgnored(RegistryError):
+    """The server answered a range request with the whole blob (200), and the answer is kept
+    open at the blob's start: read the blob in order from its start (the next request of it
+    carries on that answer) rather than ask for ranges that each cost the blob up to them."""
+
+
 class TransientError(RegistryError):
     """A failure that another attempt may cure: a transport error, HTTP 5xx or 429, an answer
     that breaks the protocol, object storage or the token service failing. ``retry_after``:

@@ -35,7 +35,8 @@ class SourcesLoader:
         self.sources = sources
 
     async def resolve(self, reference: Reference) -> str:
-        fetched = await self.sources.store_for(reference).manifest(reference.identifier)
+        store = self.sources.store_for(reference)
+        fetched = await store.source.get_manifest(store.repository, reference.identifier)
         return fetched.digest
 
     async def load(self, reference: Reference) -> tuple[KitTree, Callable[[], dict[str, Any]]]:

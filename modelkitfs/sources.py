@@ -1,12 +1,18 @@
-"""Where a kit's manifests and blobs come from, and the cache they go through.
+"""Where a kit's manifests and blobs come from, the cache they go through, and the owner of
+the background work they cause.
 
-One :class:`Sources` per daemon (or prefetch): kit's local storage first, as kit looks, then a
-registry client per registry (``model.path`` may name kits elsewhere), one blob store per
-repository, all over one shared disk cache and its budget.
+One :class:`Sources` per daemon (or prefetch, or command) is the session: kit's local storage
+first, as kit looks, then a registry client per registry (``model.path`` may name kits
+elsewhere), one blob store per repository, all over one shared disk cache and its budget. It
+is an async context manager holding a nursery: every task started behind a reader (blocks
+written to the cache, blobs verified, blocks fetched ahead, the budget's measuring) runs
+there, so that leaving the session joins them (fetching ahead is cancelled, writes and
+verifications get ``FLUSH_TIMEOUT`` to finish) and a failure in one is logged, never lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -16,18 +22,16 @@ import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.budget import CacheBudget, check_max_size
+from modelkitfs.blobs.configs import CachedConfigs
+from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotFound
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters, parse_labels
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
-from modelkitfs.registry import (
-    LayoutSource,
-    RegistryClient,
-    from_kit_storage,
-    from_layout_folder,
-)
+from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
 from modelkitfs.registry.layout import kit_storage
+from modelkitfs.registry.source import BlobSource
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,30 @@ class Sources:
         self.corrupt_handlers: list[Callable[[str], Awaitable[None]]] = []
 
     async def __aenter__(self) -> Sources:
-        trio.lowlevel.spawn_system_task(self.budget.start)
+        self._exit = contextlib.AsyncExitStack()
+        self.nursery = await self._exit.enter_async_context(trio.open_nursery())
+        self._exit.callback(self.nursery.cancel_scope.cancel)  # runs before the nursery joins
+        self._work = Jobs(self.nursery, "background work of the session")
+        self._work.start(self.budget.start)
         return self
 
+    def start_soon(self, work: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``work(*args)`` in the session's background (``--prefetch``, say): cancelled
+        when the session ends."""
+        self._work.start(work, *args)
+
     async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._finish()
+        finally:
+            # What ended the session is not the nursery's to wrap in an exception group: it
+            # leaves this with as it came.
+            await self._exit.aclose()
+
+    async def _finish(self) -> None:
+        self._work.cancel()
+        for store in self.stores.values():
+            store.stop_ahead()
         for store in self.stores.values():
             with trio.move_on_after(FLUSH_TIMEOUT):
                 await store.flush()
@@ -76,17 +100,19 @@ class Sources:
     def store_for(self, target: Reference) -> BlobStore:
         key = (target.registry, target.repository)
         if key not in self.stores:
+            source = self._source_for(target)
             self.stores[key] = BlobStore(
-                self._source_for(target),
+                source if source.in_place else CachedConfigs(source, self.cache),
                 target.repository,
                 self.cache,
+                self.nursery,
                 budget=self.budget,
                 verify=self.options.verify,
                 on_corrupt=self._corrupt,
             )
         return self.stores[key]
 
-    def _source_for(self, target: Reference) -> RegistryClient | LayoutSource:
+    def _source_for(self, target: Reference) -> BlobSource:
         """kit's local storage first, as kit looks; ``localhost`` refs live only there."""
         if target.is_layout:
             return from_layout_folder(target.repository)

@@ -45,7 +45,7 @@ KINDS = (
     "no_content_range",  # a 206 without Content-Range whose bytes start one byte later
     "wrong_content_range",  # a 206 for the range one byte later, saying so
     "longer",  # a 206 whose body and Content-Range run 100 bytes past the range
-    "ignore_range",  # 200 with the whole blob
+    "ignore_range",  # 200 with the whole blob (bytes sent counted as `whole_blob_bytes`)
     "endless",  # `status` (500) with a body that never ends
     "endless_redirect",  # a redirect to the object store with a body that never ends
 )
@@ -256,7 +256,13 @@ class Handler(socketserver.BaseRequestHandler):
             if lie:
                 out["Content-Range"] = lie
             self.send(head(status, out))
-            self.send(served)
+            if kind != "ignore_range":
+                self.send(served)
+                return True
+            # Counted as it goes: a client that has read what it wanted closes the connection.
+            for i in range(0, len(served), 65536):
+                self.send(served[i : i + 65536])
+                self.state.count("whole_blob_bytes", len(served[i : i + 65536]))
             return True
         if kind == "stall_body":
             self.send(head(status, {**headers, "Content-Length": str(len(body))}))

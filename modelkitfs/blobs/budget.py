@@ -171,4 +171,5 @@ class CacheBudget:
                     return
                 if usage_before is not None and self.usage >= usage_before:
                     break  # nothing could go: the rest is in use
-            self._prune_again_at = self.usage + max(self.max_bytes // 10, 1)
+            if self.usage is not None and self.max_bytes is not None:
+                self._prune_again_at = self.usage + max(self.max_bytes // 10, 1)

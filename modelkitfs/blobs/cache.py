@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelkitfs.blobs import records
 from modelkitfs.blobs.blockfile import (
     CHECKSUM,
     TEMP_PREFIX,
@@ -41,7 +41,7 @@ from modelkitfs.blobs.blockfile import (
     write_atomic,
 )
 from modelkitfs.blobs.eviction import evict
-from modelkitfs.blobs.health import WriteHealth
+from modelkitfs.blobs.health import WriteHealth, advice, describe
 from modelkitfs.blobs.locks import (
     BlockLocks,
     BlockPins,
@@ -57,7 +57,6 @@ __all__ = ["CHECKSUM", "BlobEntry", "BlockLocks", "Buffer", "DiskCache", "defaul
 log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 60  # a block's use is recorded once a minute at most
-CONFIG = "cache.json"
 
 
 def default_cache_dir() -> Path:
@@ -118,9 +117,25 @@ class DiskCache:
         return self._blob_dir("locks", digest) / f"{block_size}.lock"
 
     @property
+    def name(self) -> str:
+        return str(self.root)
+
+    @property
     def writable(self) -> bool:
         """False for a while after a write failed: skip writing meanwhile."""
         return self.health.writable
+
+    def cannot_write(self) -> str | None:
+        fault = self.health.fault
+        if fault is None:
+            return None
+        return f"it cannot be written ({describe(fault)}); {advice(self.root, fault)}"
+
+    def pin(self, digest: str, block_size: int, index: int) -> None:
+        self.pins.pin(self.lock_path(digest, block_size), index)
+
+    def unpin(self, digest: str, block_size: int, index: int) -> None:
+        self.pins.unpin(self.lock_path(digest, block_size), index)
 
     def register(self) -> None:
         """Take this process's lock: others then know it uses the cache (and keep its
@@ -143,7 +158,7 @@ class DiskCache:
         """Ids of the other processes that use this cache now."""
         return [p for p in live_processes(self.root) if p != self.process.id]
 
-    def _write(self, path: Path, *parts: Buffer) -> None:
+    def write_file(self, path: Path, *parts: Buffer) -> None:
         try:
             write_atomic(path, *parts, owner=self.process.acquire())
         except OSError as exc:
@@ -221,7 +236,7 @@ class DiskCache:
 
     def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
         """Raises OSError when the cache cannot be written (warned about once)."""
-        self._write(self.block_path(digest, block_size, index), data, checksum(data))
+        self.write_file(self.block_path(digest, block_size, index), data, checksum(data))
 
     def remove_blocks(self, digest: str) -> None:
         """Forget every cached block of ``digest`` (bytes found to be wrong)."""
@@ -261,7 +276,7 @@ class DiskCache:
         return read_file(self.meta_path(digest, name))
 
     def write_meta(self, digest: str, name: str, data: bytes) -> None:
-        self._write(self.meta_path(digest, name), data)
+        self.write_file(self.meta_path(digest, name), data)
 
     def remove_meta(self, digest: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -342,38 +357,12 @@ class DiskCache:
         finally:
             os.close(lock)  # releases the flock
 
-    # --- records of the whole cache ---------------------------------------------------------
+    # --- records of the whole cache (see modelkitfs.blobs.records) -------------------------
 
-    def read_config(self) -> dict[str, int]:
-        """What every process on this cache agrees on (its size cap), from ``cache.json``."""
-        return _int_dict(read_file(self.root / CONFIG))
-
-    def write_config(self, config: dict[str, int]) -> None:
-        self._write(self.root / CONFIG, json.dumps(config).encode())
-
-    def add_stats(self, counters: dict[str, int]) -> None:
-        """Add a finished mount's counters to the cache's running totals (``stats.json``).
-        Skipped, with the cache's one warning, when the cache cannot be written."""
-        try:
-            lock = None
-            while lock is None:
-                lock = try_flock(self.root / "locks" / "stats")
-                if lock is None:
-                    time.sleep(0.01)
-        except OSError as exc:
-            self.health.failed(exc)
-            return
-        try:
-            totals = self.read_stats()
-            for key, value in counters.items():
-                totals[key] = totals.get(key, 0) + int(value)
-            with contextlib.suppress(OSError):  # warned about by _write
-                self._write(self.root / "stats.json", json.dumps(totals).encode())
-        finally:
-            os.close(lock)  # releases the flock
-
-    def read_stats(self) -> dict[str, int]:
-        return _int_dict(read_file(self.root / "stats.json"))
+    read_config = records.read_config
+    write_config = records.write_config
+    add_stats = records.add_stats
+    read_stats = records.read_stats
 
     def clear(self) -> None:
         """Remove everything cached (what open mounts still need is downloaded again); the
@@ -389,23 +378,13 @@ class DiskCache:
             if (self.root / kind).exists():
                 shutil.rmtree(self.root / kind, onerror=failed)
         try:
-            (self.root / "stats.json").unlink()
+            (self.root / records.STATS).unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
             errors.append(exc)
         if errors:
             raise errors[0]
-
-
-def _int_dict(raw: bytes | None) -> dict[str, int]:
-    try:
-        document = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    return {k: int(v) for k, v in document.items() if isinstance(v, (int, float))}
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

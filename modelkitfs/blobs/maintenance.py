@@ -12,8 +12,10 @@ import json
 import logging
 from dataclasses import dataclass
 
+from modelkitfs.blobs.blob import DERIVED_RECORD
 from modelkitfs.blobs.cache import BlobEntry, DiskCache
-from modelkitfs.blobs.store import DEFAULT_BLOCK_SIZE, DERIVED_RECORD, VERIFIED_RECORD
+from modelkitfs.blobs.store import DEFAULT_BLOCK_SIZE
+from modelkitfs.blobs.verification import VERIFIED_RECORD
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,10 @@ page cache). :meth:`BlockMemory.passed` marks such a block as the next to go.
 
 A block in memory is in use: ``on_add`` and ``on_drop`` tell the owner when one comes and goes
 (the store pins it in the shared cache meanwhile, so that no process evicts it from disk).
+
+:class:`MemoryCache` is the block cache (:mod:`~modelkitfs.blobs.block_cache`) built on the
+same LRU: the store's tier below this memory, for tests and where no cache folder can be
+written.
 """
 
 from __future__ import annotations
@@ -72,3 +76,90 @@ class BlockMemory:
     def forget(self, digest: str) -> None:
         for key in [k for k in self._blocks if k[0] == digest]:
             self.pop(key)
+
+
+class _Claim:
+    """This process's claims on blocks of one blob (no other process sees a memory cache)."""
+
+    def __init__(self, owner: MemoryCache, digest: str, block_size: int) -> None:
+        self._owner, self._key = owner, (digest, block_size)
+        self.held: set[int] = set()
+
+    def release(self, index: int) -> None:
+        self.held.discard(index)
+        self._owner._claimed.get(self._key, set()).discard(index)
+
+    def release_from(self, first: int) -> None:
+        for index in [i for i in self.held if i >= first]:
+            self.release(index)
+
+    def close(self) -> None:
+        self.release_from(0)
+
+
+class MemoryCache:
+    """A :class:`~modelkitfs.blobs.block_cache.BlockCache` in this process's memory, blocks
+    bounded by ``max_bytes`` (least recently used out first), sidecar files unbounded (they
+    are small). For tests, and for a process that can write no cache folder."""
+
+    name = "memory"
+    writable = True
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.blocks = BlockMemory(max_bytes)
+        self.meta: dict[tuple[str, str], bytes] = {}
+        self.pinned: dict[tuple[str, int, int], int] = {}
+        self._claimed: dict[tuple[str, int], set[int]] = {}
+        self._block_sizes: dict[str, set[int]] = {}
+
+    def cannot_write(self) -> str | None:
+        return None
+
+    def read_block(
+        self, digest: str, block_size: int, index: int, expected_size: int, *, nowait: bool = False
+    ) -> bytearray | None:
+        data = self.blocks.get((f"{digest}/{block_size}", index))
+        if data is None or len(data) != expected_size:
+            return None
+        return bytearray(data)  # the reader's own copy, as a disk read would be
+
+    def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
+        key = f"{digest}/{block_size}"
+        return {i for i in range(first, last + 1) if (key, i) in self.blocks}
+
+    def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
+        self._block_sizes.setdefault(digest, set()).add(block_size)
+        self.blocks.put((f"{digest}/{block_size}", index), bytes(data))
+
+    def remove_blocks(self, digest: str) -> None:
+        for block_size in self._block_sizes.pop(digest, set()):
+            self.blocks.forget(f"{digest}/{block_size}")
+
+    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> _Claim | None:
+        if self.cached_blocks(digest, block_size, first, first):
+            return None
+        claimed = self._claimed.setdefault((digest, block_size), set())
+        claim = _Claim(self, digest, block_size)
+        for index in range(first, last + 1):
+            if index in claimed or self.cached_blocks(digest, block_size, index, index):
+                break
+            claimed.add(index)
+            claim.held.add(index)
+        return claim
+
+    def pin(self, digest: str, block_size: int, index: int) -> None:
+        key = (digest, block_size, index)
+        self.pinned[key] = self.pinned.get(key, 0) + 1
+
+    def unpin(self, digest: str, block_size: int, index: int) -> None:
+        key = (digest, block_size, index)
+        if self.pinned.get(key, 0) <= 1:
+            self.pinned.pop(key, None)
+        else:
+            self.pinned[key] -= 1
+
+    def read_meta(self, digest: str, name: str) -> bytes | None:
+        return self.meta.get((digest, name))
+
+    def write_meta(self, digest: str, name: str, data: bytes) -> None:
+        self.meta[(digest, name)] = bytes(data)

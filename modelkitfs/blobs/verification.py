@@ -1,8 +1,15 @@
-"""What "verified" and "cached" promise, kept true when the cache cannot hold a whole blob.
+"""Verification: every blob is checked against its digest, and what "verified" promises stays
+true when the cache cannot hold a whole blob.
 
-A blob's record of per-block hashes (``verified.v1.json``) outlives its blocks: evicting a
-block must not make the record lie, so nothing here takes the record for the blocks. It only
-says how to check a block downloaded again. Hence:
+:class:`Verifier` is the state machine. Once all of a blob's blocks are cached it is hashed in
+the background, off the event loop; its per-block hashes are then kept (in memory and in the
+record ``verified.v1.json``, shared with every process), so a block downloaded again later is
+checked on its own. A blob that fails is evicted, marked bad, and served again only once a new
+download verifies. With ``--verify full`` a blob is downloaded and verified whole before any
+byte of it is served. One verification per blob runs at a time (a keyed single flight).
+
+The record outlives the blocks: evicting a block must not make it lie, so nothing here takes
+the record for the blocks. It only says how to check a block downloaded again. Hence:
 
 - :func:`complete_blob` (``prefetch``, ``--prefetch``): every block on disk when it returns,
   fetching what eviction took (each block checked against its hash), or an error saying why
@@ -15,22 +22,203 @@ says how to check a block downloaded again. Hence:
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from modelkitfs.blobs.health import advice, describe
-from modelkitfs.errors import ModelKitFSError
+from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.blobs.eviction import PRUNE_TO
+from modelkitfs.blobs.jobs import Jobs
+from modelkitfs.errors import DigestMismatch, ModelKitFSError
+from modelkitfs.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore
 
+log = logging.getLogger(__name__)
+
 RUN = 16  # blocks fetched or hashed together
+VERIFIED_RECORD = "verified.v1.json"
+Hashes = tuple[str, list[str]]  # the blob's digest, and each block's sha256
+
+
+class Verifier:
+    def __init__(
+        self,
+        store: BlobStore,
+        jobs: Jobs,
+        *,
+        full: bool = False,
+        on_corrupt: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.full = full  # --verify full: nothing served before its blob verified
+        self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
+        self.hashes: dict[str, list[str]] = {}  # per-block sha256 of verified blobs
+        self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
+        self._checked_record: set[str] = set()
+        self._flight: SingleFlight[str, None] = SingleFlight()
+        self._bad: set[str] = set()  # failed verification: served only once verified anew
+        self._background: set[str] = set()  # blobs a background job verifies now
+
+    def must_verify(self, digest: str) -> bool:
+        """Whether ``digest`` is served only once verified whole: always with ``--verify
+        full``, and after it failed verification."""
+        return self.full or digest in self._bad
+
+    def is_verified(self, digest: str) -> bool:
+        return digest in self.hashes and digest not in self._bad
+
+    def seen(self, digest: str, size: int, index: int) -> None:
+        """Note a cached block; once all of a blob are, verify it in the background."""
+        present = self._present.setdefault(digest, set())
+        present.add(index)
+        if (
+            len(present) == self.store.block_count(size)
+            and digest not in self.hashes
+            and digest not in self._background
+            and self.store.cache.writable
+        ):
+            self._background.add(digest)
+            self.jobs.start(self._quietly, digest, size)
+
+    def forget(self, digest: str) -> None:
+        self._present.pop(digest, None)
+
+    async def _quietly(self, digest: str, size: int) -> None:
+        try:
+            await self.verified(digest, size, fetch=False)
+        except ModelKitFSError:
+            pass  # logged where it was found; reads of the blob now fail until it verifies
+        finally:
+            self._background.discard(digest)
+
+    async def verified(
+        self, digest: str, size: int, *, fetch: bool = True, complete: bool = False
+    ) -> None:
+        """Make sure ``digest`` hashes to the digest, downloading what is missing (unless
+        ``fetch`` is False); raise if it does not. Its per-block hashes are then known, so
+        every block downloaded later is checked on its own. With ``complete`` (a prefetch),
+        every block must also be in the disk cache when this returns: blocks evicted since are
+        fetched again; raises when the cache cannot keep them all. Without it, a blob the
+        cache cannot keep whole is hashed as it streams by (``--verify full``)."""
+        # A flight that did not fetch (one started when the last block was cached) may end
+        # unverified: a reader that needs the blob verified then runs one that fetches.
+        for _ in range(3):
+            if self.is_verified(digest):
+                break
+            await self._flight.run(digest, self._verify, digest, size, fetch, not complete)
+            if not fetch:
+                return
+        else:
+            raise DigestMismatch(self._mismatch(digest))
+        if complete:
+            await complete_blob(self.store, digest, size)
+
+    async def _verify(self, digest: str, size: int, fetch: bool, stream: bool) -> None:
+        store = self.store
+        if await self.known_hashes(digest) is not None and digest not in self._bad:
+            return
+        hashes: Hashes | None
+        if fetch and not self._can_keep(size):
+            if not stream:  # a prefetch: what it fetched would not stay
+                raise cannot_keep(store, digest, size)
+            hashes = await hash_streaming(store, digest, size)  # else downloaded twice
+        else:
+            if fetch:
+                await self._fetch_all(digest, size)
+                await store.writes.join()
+            hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
+        if hashes is None:
+            if not fetch:
+                return  # a block left the cache meanwhile: verify when it is back
+            if not stream:
+                raise cannot_keep(store, digest, size)
+            hashes = await hash_streaming(store, digest, size)
+        whole, per_block = hashes
+        if whole != digest:
+            store.stats.corrupt_blobs += 1
+            self._bad.add(digest)
+            self.hashes.pop(digest, None)
+            await store.forget(digest)
+            log.error("%s", self._mismatch(digest, whole))
+            if self.on_corrupt is not None:
+                await self.on_corrupt(digest)
+            raise DigestMismatch(self._mismatch(digest, whole))
+        self._bad.discard(digest)
+        self.hashes[digest] = per_block
+        store.stats.verified_blobs += 1
+        record = {"size": size, "block_size": store.block_size, "blocks": per_block}
+        await store.save_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+        log.info("verified %s (%d bytes)", digest, size)
+
+    def _can_keep(self, size: int) -> bool:
+        """Whether the disk cache may hold a blob of ``size`` whole now."""
+        store = self.store
+        if not store.cache.writable:
+            return False
+        cap = store.budget.max_bytes if store.budget is not None else None
+        return cap is None or size <= cap * PRUNE_TO
+
+    def _mismatch(self, digest: str, actual: str | None = None) -> str:
+        got = f" (its bytes hash to {actual})" if actual else ""
+        return (
+            f"blob {digest} from {self.store.describe()} failed verification{got}: evicted "
+            "from the cache; reads of it fail until a new download verifies; the registry or a "
+            "proxy served wrong bytes"
+        )
+
+    async def known_hashes(self, digest: str) -> list[str] | None:
+        """Per-block hashes of a blob verified before (by any process), if any."""
+        if digest not in self.hashes and digest not in self._checked_record:
+            self._checked_record.add(digest)
+            record = await self.store.load_meta(digest, VERIFIED_RECORD)
+            try:
+                document = json.loads(record) if record else None
+                if document and document["block_size"] == self.store.block_size:
+                    self.hashes[digest] = [str(h) for h in document["blocks"]]
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable %s of %s", VERIFIED_RECORD, digest)
+        return self.hashes.get(digest)
+
+    async def _fetch_all(self, digest: str, size: int) -> None:
+        store = self.store
+        count = store.block_count(size)
+        self._bad.discard(digest)  # a fresh download gets its chance
+
+        async def fetch(first: int) -> None:
+            last = min(first + RUN, count) - 1
+            for index in range(first, last + 1):
+                await store.block(digest, size, index, last)
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, count, RUN):
+                nursery.start_soon(fetch, first)
+
+    def _hash_blocks(self, digest: str, size: int) -> Hashes | None:
+        """The blob's digest and per-block sha256 from the disk cache; None if a block is
+        missing. Runs in a worker thread."""
+        store = self.store
+        whole = hashlib.sha256()
+        per_block = []
+        for index in range(store.block_count(size)):
+            block = store.cache.read_block(
+                digest, store.block_size, index, store.block_len(size, index)
+            )
+            if block is None:
+                return None
+            whole.update(block)
+            per_block.append(hashlib.sha256(block).hexdigest())
+        return f"sha256:{whole.hexdigest()}", per_block
 
 
 async def missing_blocks(store: BlobStore, digest: str, size: int) -> list[int]:
     """Blocks of the blob that are not in the disk cache now."""
-    count = store._block_count(size)
+    count = store.block_count(size)
     present = await trio.to_thread.run_sync(
         store.cache.cached_blocks, digest, store.block_size, 0, count - 1
     )
@@ -44,26 +232,24 @@ async def complete_blob(store: BlobStore, digest: str, size: int) -> None:
     if not missing:
         return
     for index in missing:  # held in memory only: fetch it (or take it from disk) to write
-        store._memory.pop((digest, index))
+        store.memory.pop((digest, index))
 
     async def fetch(run: list[int]) -> None:
         for index in run:
-            await store._block(digest, size, index, run[-1])
+            await store.block(digest, size, index, run[-1])
 
     async with trio.open_nursery() as nursery:
         for start in range(0, len(missing), RUN):
             nursery.start_soon(fetch, missing[start : start + RUN])
-    await store._written()
+    await store.writes.join()
     if await missing_blocks(store, digest, size):
         raise cannot_keep(store, digest, size)
 
 
 def cannot_keep(store: BlobStore, digest: str, size: int) -> ModelKitFSError:
     """The error of a blob the cache cannot hold whole: why, and what to do."""
-    root = store.cache.root
-    fault = store.cache.health.fault
-    if fault is not None:
-        why = f"it cannot be written ({describe(fault)}); {advice(root, fault)}"
+    if (unwritable := store.cache.cannot_write()) is not None:
+        why = unwritable
     else:
         cap = store.budget.max_bytes if store.budget is not None else None
         shown = f"{cap / 2**20:.0f} MiB" if cap else "its size"
@@ -73,11 +259,11 @@ def cannot_keep(store: BlobStore, digest: str, size: int) -> ModelKitFSError:
             "with --filter, or choose a larger cache with --cache-dir"
         )
     return ModelKitFSError(
-        f"cache {root} could not keep all of blob {digest} ({size} bytes): {why}"
+        f"cache {store.cache.name} could not keep all of blob {digest} ({size} bytes): {why}"
     )
 
 
-def _hash_run(blocks: list[bytes | bytearray | memoryview], whole: hashlib._Hash) -> list[str]:
+def _hash_run(blocks: list[Buffer], whole: hashlib._Hash) -> list[str]:
     per_block = []
     for block in blocks:
         whole.update(block)
@@ -85,18 +271,18 @@ def _hash_run(blocks: list[bytes | bytearray | memoryview], whole: hashlib._Hash
     return per_block
 
 
-async def hash_streaming(store: BlobStore, digest: str, size: int) -> tuple[str, list[str]]:
+async def hash_streaming(store: BlobStore, digest: str, size: int) -> Hashes:
     """The blob's digest and per-block sha256, from the blocks on disk and the rest
     downloaded ``RUN`` blocks at a time and dropped once hashed."""
     whole = hashlib.sha256()
     per_block: list[str] = []
-    count = store._block_count(size)
+    count = store.block_count(size)
     for first in range(0, count, RUN):
         last = min(first + RUN, count) - 1
         found, _ = await trio.to_thread.run_sync(
-            store._read_cached, digest, size, list(range(first, last + 1))
+            store.read_cached, digest, size, list(range(first, last + 1))
         )
-        blocks = []
+        blocks: list[Buffer] = []
         index = first
         while index <= last:
             if index in found:
@@ -106,7 +292,7 @@ async def hash_streaming(store: BlobStore, digest: str, size: int) -> tuple[str,
             stop = index
             while stop + 1 <= last and stop + 1 not in found:
                 stop += 1
-            downloaded = await store._download(digest, size, index, stop)
+            downloaded = await store.downloads.download(digest, size, index, stop, in_order=True)
             store.stats.downloaded_blocks += len(downloaded)
             blocks.extend(downloaded)
             index = stop + 1

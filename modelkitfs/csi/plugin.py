@@ -40,7 +40,7 @@ def _fail(context: grpc.ServicerContext, error: ModelKitFSError) -> NoReturn:
     raise AssertionError("abort returns by raising")  # pragma: no cover
 
 
-class Identity(services.IdentityServicer):  # type: ignore[misc,name-defined]
+class Identity(services.IdentityServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
 
@@ -54,7 +54,7 @@ class Identity(services.IdentityServicer):  # type: ignore[misc,name-defined]
         return messages.ProbeResponse(ready={"value": self.service.alive()})
 
 
-class Node(services.NodeServicer):  # type: ignore[misc,name-defined]
+class Node(services.NodeServicer):
     def __init__(self, volumes: Volumes, node_id: str) -> None:
         self.volumes = volumes
         self.node_id = node_id

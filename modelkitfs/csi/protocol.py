@@ -23,7 +23,7 @@ def _compile() -> tuple[Any, Any]:
     top = str(Path(__file__).resolve().parents[2])
     sys.path.insert(0, top)
     try:
-        return grpc.protos_and_services(PROTO)  # type: ignore[no-any-return]
+        return grpc.protos_and_services(PROTO)
     finally:
         sys.path.remove(top)
 

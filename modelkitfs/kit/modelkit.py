@@ -81,11 +81,11 @@ async def open_modelkit(
 
 async def _resolve(store_for: StoreFor, ref: Reference, labels: Mapping[str, str]) -> _Resolved:
     store = store_for(ref)
-    fetched = await store.manifest(ref.identifier)
+    fetched = await store.source.get_manifest(store.repository, ref.identifier)
     parsed = parse_manifest(fetched.raw, fetched.media_type, str(ref))
     if isinstance(parsed, ModelKitIndex):
         entry = select_entry(parsed, dict(labels), str(ref))
-        fetched = await store.manifest(entry.digest)
+        fetched = await store.source.get_manifest(store.repository, entry.digest)
         parsed = parse_manifest(fetched.raw, fetched.media_type, f"{ref}@{entry.digest}")
         if isinstance(parsed, ModelKitIndex):
             raise NotAModelKit(f"{ref}: index entry {entry.digest} is an index itself")
@@ -121,7 +121,8 @@ async def _config(store: BlobStore, manifest: ModelKitManifest, reference: str) 
         raise NotAModelKit(
             f"{reference}: config of {manifest.config.size} bytes is implausibly large"
         )
-    raw = await store.small_blob(manifest.config.digest, manifest.config.size)
+    config = manifest.config
+    raw = await store.source.get_blob(store.repository, config.digest, config.size)
     return _json_object(raw, f"{reference}: the config")
 
 

@@ -22,7 +22,7 @@ import httpx
 import trio
 
 from modelkitfs.digests import sha256_digest, verify
-from modelkitfs.errors import ObjectStorageError, TransientError
+from modelkitfs.errors import ObjectStorageError, RangeIgnored, TransientError
 from modelkitfs.registry.auth import Authenticator
 from modelkitfs.registry.credentials import Credential, find_credential
 from modelkitfs.registry.documents import (
@@ -34,7 +34,7 @@ from modelkitfs.registry.documents import (
 )
 from modelkitfs.registry.mirrors import Mirrors
 from modelkitfs.registry.range_transport import HttpxRanges, RangeTransport, ThreadedRanges
-from modelkitfs.registry.ranges import REDIRECTS, RangeFetcher, RangeResult
+from modelkitfs.registry.ranges import REDIRECTS, WHOLE_BLOB_KEPT, RangeFetcher, RangeResult
 from modelkitfs.registry.redirects import MAX_REDIRECTS, Redirects, origin, too_many
 from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retrying
 from modelkitfs.registry.status import at_storage, host, registry_error, storage_error
@@ -87,6 +87,8 @@ class RegistryClient:
     """Talks to ``registry`` (through its mirrors first, if any), ``max_in_flight`` requests
     at once. ``transport`` carries blob ranges and ``http_transport`` everything else, in place
     of the network (see :mod:`modelkitfs.registry.testing`)."""
+
+    in_place = False  # a BlobSource whose blobs travel: they go through the block cache
 
     def __init__(
         self,
@@ -298,11 +300,15 @@ class RegistryClient:
         registry = origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             storage = origin(url) != registry
-            result = await self._get(
-                url, None if storage else repository, start, end, piece, what, deadline, raw=True
-            )
+            keep, who = storage and base == self.base_url, None if storage else repository
+            try:
+                result = await self._get(url, who, start, end, piece, what, deadline, raw=True)
+            except RangeIgnored:  # the URL served: its whole answer is kept open there
+                if keep:
+                    self._redirects.remember(digest, url)
+                raise
             if not isinstance(result, RangeResult):
-                if storage and base == self.base_url:
+                if keep:
                     self._redirects.remember(digest, url)
                 return result
             url = urllib.parse.urljoin(url, result.location)
@@ -348,13 +354,15 @@ class RegistryClient:
                 raise storage_error(result.url, result.status, what, result.retry_after)
             raise registry_error(self.registry, result.status, what, result.retry_after)
         where = f"object storage {host(url)}" if repository is None else f"registry {host(url)}"
+        if result.status == 200 and host(url) not in self.ignores_range:
+            log.warning("%s ignores Range requests: blobs are read in order, once", where)
+            self.ignores_range.add(host(url))
+        if result.problem == WHOLE_BLOB_KEPT:
+            raise RangeIgnored(f"{where} answered a range of {what} with the whole blob")
         if result.problem:
             raise (ObjectStorageError if repository is None else TransientError)(
                 f"{where} answered {result.problem}"
             )
-        if result.status == 200 and host(url) not in self.ignores_range:
-            log.warning("%s ignores Range requests: blobs are read from their start", where)
-            self.ignores_range.add(host(url))
         got = sum(len(p) for p in result.data)
         if result.broken or got != end - start:
             raise _Partial(

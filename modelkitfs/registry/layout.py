@@ -5,9 +5,10 @@ kit keeps every repository in one OCI layout, ``<kit home>/storage``: blobs shar
 manifests) and ``-tags.json`` (tag -> manifest descriptor). A plain OCI image layout names its
 manifests in ``index.json``, tagged by ``org.opencontainers.image.ref.name``.
 
-:class:`LayoutSource` answers like :class:`~modelkitfs.registry.RegistryClient` but never
-touches the network, and its blobs are read where they lie: they are complete and were verified
-when kit stored them, so the cache copies none of them.
+:class:`LayoutSource` is a :class:`~modelkitfs.registry.source.BlobSource` like
+:class:`~modelkitfs.registry.RegistryClient` but never touches the network, and its blobs are
+read where they lie (``in_place``): they are complete and were verified when kit stored them, so
+the cache copies none of them.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class LayoutSource:
     ``manifests`` lists the digests this source may serve. Errors name the source by
     ``label``."""
 
-    local = True
+    in_place = True  # complete and verified blobs: read where they lie, never cached
+    ignores_range: frozenset[str] = frozenset()  # a file: every range is cheap
 
     def __init__(
         self, root: Path, label: str, tags: dict[str, dict[str, Any]], manifests: set[str]
@@ -63,6 +65,10 @@ class LayoutSource:
         self.tags = tags
         self.manifests = manifests
         self.stats = FetchStats()
+
+    @property
+    def registry(self) -> str:
+        return self.label
 
     def resolve(self, identifier: str) -> str | None:
         """The manifest digest a tag or digest names here, or None."""

@@ -87,7 +87,7 @@ class ThreadedRanges:
         raise transport_failure(_netloc(url), failure, self._plain_http) from failure
 
     async def aclose(self) -> None:
-        pass
+        self._fetcher.close()
 
 
 async def _abort_at(deadline: float, transfer: Transfer) -> None:

@@ -16,6 +16,15 @@ Two rules keep one bad response from spoiling the next request:
   server trickling a byte a second would hold a thread for days. Each call carries a
   :class:`Transfer` whose deadline the event loop enforces by shutting the socket down; the
   thread then reports what arrived, so that the caller resumes from there on a new connection.
+
+A server that ignores ``Range`` answers 200 with the whole blob. Rather than drop the rest
+of such an answer, it is **kept open** (up to ``MAX_KEPT`` of them, the oldest closed first),
+and a later request of the same URL starting where it stands, or after, carries on reading it
+instead of asking for the blob from its start once more: a blob read in order then crosses
+the network once. A range from the start is read and the answer kept where the range ended; a
+range further in is not skipped to (that would cost the blob up to it, for one range): the
+answer is kept at the start, and the result says so (``WHOLE_BLOB_KEPT``), so that the caller
+reads the blob in order from there.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from dataclasses import dataclass, field
 from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
 
 READ_CHUNK = 1024 * 1024
+MAX_KEPT = 8  # whole-blob answers kept open to carry on reading
+WHOLE_BLOB_KEPT = "the whole blob, kept open at its start"  # a RangeResult.problem
 REDIRECTS = (301, 302, 303, 307, 308)
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -79,12 +90,23 @@ class Transfer:
                     self._socket.shutdown(socket.SHUT_RDWR)
 
 
+@dataclass
+class _Kept:
+    """A whole-blob answer kept open, read up to ``position`` of the blob."""
+
+    connection: http.client.HTTPConnection
+    response: http.client.HTTPResponse
+    position: int
+
+
 class RangeFetcher:
     def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
         """``timeout``: how long a connection may stay silent before it counts as failed."""
         self.context = context
         self.timeout = timeout
         self._local = threading.local()
+        self._kept: dict[str, _Kept] = {}  # by URL, oldest first
+        self._kept_lock = threading.Lock()
 
     def fetch(
         self,
@@ -100,16 +122,82 @@ class RangeFetcher:
         decide what goes there. Blocking: call from a worker thread. Raises OSError or
         ``http.client.HTTPException`` when the connection fails before the body."""
         transfer = transfer or Transfer()
+        kept = self._take_kept(url, start)
+        if kept is not None:
+            return self._carry_on(kept, url, start, end, piece, transfer)
         response, connection = self._get(url, headers, transfer)
+        if (
+            response.status == 200
+            and start > 0
+            and self._keep(url, connection, response, 0, transfer)
+        ):
+            return RangeResult(200, url, problem=WHOLE_BLOB_KEPT)
         try:
             result = self._answer(response, url, start, end, piece, transfer)
         except BaseException:
             self._discard(url, connection)
             raise
         clean = not (result.broken or result.problem)
+        if clean and result.status == 200 and self._keep(url, connection, response, end, transfer):
+            return result
         if not (clean and _read_to_end(response) and transfer.finish()):
             self._discard(url, connection)
         return result
+
+    def _carry_on(
+        self, kept: _Kept, url: str, start: int, end: int, piece: int, transfer: Transfer
+    ) -> RangeResult:
+        """Bytes ``[start, end)`` from a whole-blob answer kept open before ``start``."""
+        try:
+            transfer.use(kept.connection.sock)
+            _skip(kept.response, start - kept.position, transfer)
+            data, broken = _read_exactly(kept.response, end - start, piece, transfer)
+        except BaseException:
+            kept.connection.close()
+            raise
+        result = RangeResult(200, url, data, broken=broken)
+        if broken or not self._keep(url, kept.connection, kept.response, end, transfer):
+            kept.connection.close()  # at its end, or broken: never pooled again
+        return result
+
+    def _take_kept(self, url: str, start: int) -> _Kept | None:
+        """The whole-blob answer of ``url`` kept open at or before ``start``, if any."""
+        with self._kept_lock:
+            kept = self._kept.get(url)
+            if kept is None or kept.position > start:
+                return None
+            del self._kept[url]
+            return kept
+
+    def _keep(
+        self,
+        url: str,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        position: int,
+        transfer: Transfer,
+    ) -> bool:
+        """Keep a whole-blob answer read up to ``position`` open, if more of it is left and
+        its length is known; False when it is not kept."""
+        if response.chunked or not response.length or not transfer.finish():
+            return False
+        if self._pool().get(_origin(url)) is connection:
+            del self._pool()[_origin(url)]  # no other request may use it meanwhile
+        with self._kept_lock:
+            if (replaced := self._kept.pop(url, None)) is not None:
+                replaced.connection.close()
+            self._kept[url] = _Kept(connection, response, position)
+            while len(self._kept) > MAX_KEPT:
+                oldest = next(iter(self._kept))
+                self._kept.pop(oldest).connection.close()
+        return True
+
+    def close(self) -> None:
+        """Close the answers kept open (a thread's pooled connections close with it)."""
+        with self._kept_lock:
+            for kept in self._kept.values():
+                kept.connection.close()
+            self._kept.clear()
 
     def _answer(
         self,

@@ -222,12 +222,16 @@ def test_redirects_to_object_storage_never_carry_credentials(
         with open(mountpoint / "model/weights.bin", "rb", buffering=0) as f:
             assert f.read(4 * MiB) == weights[: 4 * MiB]  # in order: what follows comes ahead
             assert proxy.redirects <= len(kit.blobs)  # one per blob, reused for later ranges
-            assert proxy.blob_requests > proxy.redirects
-            redirects = proxy.redirects
-            proxy.expire_urls()  # signed URLs time out: resolve once more, then go on
+            if honour_range:
+                assert proxy.blob_requests > proxy.redirects
+                redirects = proxy.redirects
+                proxy.expire_urls()  # signed URLs time out: resolve once more, then go on
             f.seek(20 * MiB)
             assert f.read() == weights[20 * MiB :]
-            assert proxy.redirects == redirects + 1
+            if honour_range:
+                assert proxy.redirects == redirects + 1
+        if not honour_range:  # a store that ignores Range: each blob crosses once, in order
+            assert proxy.blob_bytes < sum(len(b) for b in kit.blobs.values()) + 16 * MiB
         assert proxy.authorizations_seen == []
 
 

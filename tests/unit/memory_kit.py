@@ -15,6 +15,7 @@ from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
 from tests.kitbuilder import Artifact
+from tests.unit.blobs.stores import opened
 
 REPOSITORY = "team/kit"
 BLOCK = 64 * 1024
@@ -47,11 +48,10 @@ class MemoryBlob:
 async def _store(cache: Path, registry: MemoryRegistry) -> AsyncIterator[BlobStore]:
     client = registry.client()
     disk = DiskCache(cache)
-    store = BlobStore(client, REPOSITORY, disk, block_size=BLOCK, memory_bytes=64 * BLOCK)
     try:
-        yield store
+        async with opened(client, disk, REPOSITORY, memory_bytes=64 * BLOCK) as store:
+            yield store
     finally:
-        await store.flush()
         await client.aclose()
         disk.pins.close()
         disk.process.release()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.maintenance import cached_blobs, verify_blob
-from modelkitfs.blobs.store import VERIFIED_RECORD
+from modelkitfs.blobs.verification import VERIFIED_RECORD
 
 BLOCK = 1024
 

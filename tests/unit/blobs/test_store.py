@@ -1,134 +1,161 @@
-"""The blob store over a cache that cannot keep everything: read-only, out of space, smaller
-than a blob, or with blocks evicted since a blob verified (issue cases 9, 10 and 12)."""
+"""The read path of the block store, over a memory cache and a source that fails chosen
+requests: the right bytes after a retry, or a clear error, never a wrong byte; each block
+fetched once however many readers want it."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 
-import numpy as np
 import pytest
 import trio
 
-from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs.budget import CacheBudget
-from modelkitfs.errors import ModelKitFSError
-from tests.tmpfs import small_fs
-
-BLOCK = 64 * 1024
+from modelkitfs.blobs import MemoryCache
+from modelkitfs.errors import RegistryError, TransientError
+from modelkitfs.registry.memory_source import FailingSource, MemorySource, flip, short
+from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 
-class FakeRegistry:
-    """Serves one blob by ranges, counting the bytes it sends."""
-
-    registry = "fake.registry"
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self.sent = 0
-
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, block_size: int
-    ) -> list[bytes]:
-        await trio.sleep(0)
-        self.sent += end - start
-        return [self.data[i : min(i + block_size, end)] for i in range(start, end, block_size)]
-
-
-def store_for(
-    registry: FakeRegistry, root: Path, cap: int | None = None, **options: object
-) -> BlobStore:
-    cache = DiskCache(root)
-    budget = CacheBudget(cache, cap) if cap is not None else None
-    return BlobStore(
-        registry, "repo", cache, budget=budget, block_size=BLOCK, memory_bytes=4 * BLOCK, **options
-    )  # type: ignore[arg-type]
-
-
-def blob(size: int = 40 * BLOCK + 3, seed: int = 5) -> FakeRegistry:
-    return FakeRegistry(np.random.default_rng(seed).bytes(size))
-
-
-def test_reads_on_a_read_only_cache_are_right_and_warned_about_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Case 9: every download used to fail on the lock file."""
-    registry = blob()
-    with small_fs(tmp_path / "fs", "16m") as fs:
-        store = store_for(registry, fs.path / "cache")
-
-        async def main() -> None:
-            assert (
-                await store.read(registry.digest, len(registry.data), 0, BLOCK)
-                == (registry.data[:BLOCK])
-            )
-            await store.flush()
-            fs.remount("ro")
-            size = len(registry.data)
-            with caplog.at_level(logging.WARNING):
-                for offset in range(0, size, 3 * BLOCK):
-                    got = await store.read(registry.digest, size, offset, 3 * BLOCK)
-                    assert got == registry.data[offset : offset + 3 * BLOCK]
-                await store.flush()
-            assert await store.read(registry.digest, size, 0, BLOCK) == registry.data[:BLOCK]
-
-        trio.run(main)
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    assert "cannot be written" in warnings[0].getMessage()
-    assert str(fs.path / "cache") in warnings[0].getMessage()
-    assert "remount" in warnings[0].getMessage()
-
-
-def test_verify_full_on_a_cache_smaller_than_the_blob_verifies_as_it_streams(
-    tmp_path: Path,
-) -> None:
-    """Case 10: a blob larger than the cap could never verify; now it is hashed as it is
-    downloaded, and each block read later is checked against its hash."""
-    registry = blob(size=30 * BLOCK)
-    store = store_for(registry, tmp_path, cap=8 * BLOCK, verify="full")
+def test_reads_anywhere_are_the_bytes_of_the_blob() -> None:
+    source = OneBlob()
 
     async def main() -> None:
-        await store.budget.start()  # type: ignore[union-attr]
-        size = len(registry.data)
-        assert await store.read(registry.digest, size, 0, size) == registry.data
-        assert registry.digest in store._hashes
+        async with opened(source, MemoryCache()) as store:
+            for offset, length in [(0, 10), (BLOCK - 3, 7), (5 * BLOCK, 3 * BLOCK), (0, 10**9)]:
+                got = await store.read(source.digest, source.size, offset, length)
+                assert got == source.data[offset : offset + length]
+            assert await store.read(source.digest, source.size, source.size, 10) == b""
 
     trio.run(main)
 
 
-def test_prefetching_a_verified_blob_fetches_what_eviction_took(tmp_path: Path) -> None:
-    """Case 12: a blob verified once stayed "verified" after its blocks were evicted, so a
-    prefetch fetched nothing."""
-    registry = blob()
-    size = len(registry.data)
+def test_readers_of_the_same_blocks_at_once_share_one_download() -> None:
+    source = OneBlob()
 
-    async def prefetch(root: Path) -> int:
-        store = store_for(registry, root)
-        before = registry.sent
-        await store.blob(registry.digest, size).fetch_verified()
-        await store.flush()
-        store.cache.pins.close()
-        return registry.sent - before
+    async def main() -> None:
+        async with opened(source, MemoryCache(), memory_bytes=64 * BLOCK) as store:
+            got: list[bytes] = []
 
-    assert trio.run(prefetch, tmp_path) == size
-    cache = DiskCache(tmp_path)
-    for index in (0, 7, 40):
-        cache.block_path(registry.digest, BLOCK, index).unlink()
-    assert trio.run(prefetch, tmp_path) == 2 * BLOCK + 3  # the three blocks, no more
-    assert cache.cached_blocks(registry.digest, BLOCK, 0, 40) == set(range(41))
+            async def reader() -> None:
+                got.append(await store.read(source.digest, source.size, 0, 8 * BLOCK, ahead=False))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(reader)
+            assert got == [source.data[: 8 * BLOCK]] * 10
+            assert source.sent == 8 * BLOCK  # once, not ten times
+
+    trio.run(main)
 
 
-def test_a_prefetch_the_cache_cannot_keep_says_so(tmp_path: Path) -> None:
-    registry = blob()
-    with small_fs(tmp_path / "fs", "16m") as fs:
-        store = store_for(registry, fs.path / "cache")
-        fs.remount("ro")
+def test_a_failed_request_fails_the_read_clearly_and_the_next_read_succeeds() -> None:
+    inner = OneBlob()
+    source = FailingSource(inner, {1: TransientError("connection reset by peer")})
 
-        async def main() -> None:
-            with pytest.raises(ModelKitFSError, match=r"could not keep all of blob .* remount"):
-                await store.blob(registry.digest, len(registry.data)).fetch_verified()
+    async def main() -> None:
+        async with opened(source, MemoryCache()) as store:
+            with pytest.raises(TransientError, match="connection reset"):
+                await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+            assert await store.read(inner.digest, inner.size, 0, BLOCK) == inner.data[:BLOCK]
 
-        trio.run(main)
+    trio.run(main)
+
+
+def test_readers_waiting_on_a_failed_download_share_its_failure() -> None:
+    inner = OneBlob()
+    source = FailingSource(inner, {1: TransientError("gave up")})
+
+    async def main() -> None:
+        async with opened(source, MemoryCache()) as store:
+            failures: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                except TransientError as exc:
+                    failures.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(reader)
+            assert len(failures) == 3 and source.count == 1  # one request, one failure
+
+    trio.run(main)
+
+
+def test_an_answer_shorter_than_the_range_is_an_error_never_a_short_block() -> None:
+    inner = OneBlob()
+    source = FailingSource(inner, {1: short(5)})
+
+    async def main() -> None:
+        async with opened(source, MemoryCache()) as store:
+            with pytest.raises(RegistryError, match=r"answered \d+ bytes for \d+ of blob"):
+                await store.read(inner.digest, inner.size, 0, 2 * BLOCK, ahead=False)
+            again = await store.read(inner.digest, inner.size, 0, 2 * BLOCK, ahead=False)
+            assert again == inner.data[: 2 * BLOCK]
+
+    trio.run(main)
+
+
+def test_wrong_bytes_of_a_verified_blob_are_fetched_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once a blob verified, each block downloaded later is checked on its own."""
+    inner = OneBlob(size=4 * BLOCK)
+    source = FailingSource(inner, {})
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            await store.blob(inner.digest, inner.size).fetch_verified()
+            assert store.verifier.is_verified(inner.digest)
+            cache.remove_blocks(inner.digest)
+            store.memory.forget(inner.digest)
+            source.faults[source.count + 1] = flip(10)
+            with caplog.at_level(logging.WARNING):
+                got = await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+            assert got == inner.data[:BLOCK]
+        assert "differ from those verified before (attempt 1 of 3)" in caplog.text
+
+    trio.run(main)
+
+
+def test_a_source_read_in_place_is_not_copied_into_the_cache() -> None:
+    source = OneBlob(in_place=True)
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            got = await store.read(source.digest, source.size, BLOCK, 3 * BLOCK)
+            assert got == source.data[BLOCK : 4 * BLOCK]
+            assert await store.cached_bytes(source.digest, source.size) == source.size
+        assert not cache.cached_blocks(source.digest, BLOCK, 0, 40)
+
+    trio.run(main)
+
+
+def test_blocks_read_are_kept_in_the_cache_and_served_from_it() -> None:
+    source = OneBlob(size=6 * BLOCK)
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            assert await store.read(source.digest, source.size, 0, source.size) == source.data
+            await store.flush()
+            assert cache.cached_blocks(source.digest, BLOCK, 0, 5) == set(range(6))
+        sent = source.sent
+        async with opened(source, cache) as again:  # a new store: its memory is empty
+            assert await again.read(source.digest, source.size, 0, source.size) == source.data
+            assert again.stats.disk_hits == 6
+        assert source.sent == sent
+
+    trio.run(main)
+
+
+def test_messages_name_the_source_and_repository() -> None:
+    source = MemorySource(registry="registry.example")
+
+    async def main() -> None:
+        async with opened(source, MemoryCache()) as store:
+            assert store.describe() == "registry.example/repo"
+
+    trio.run(main)

@@ -1,0 +1,86 @@
+"""What the block store needs from a cache of blocks: a protocol, as Mountpoint-s3's
+``DataCache`` trait.
+
+Two caches implement it: :class:`~modelkitfs.blobs.cache.DiskCache`, shared by every process
+on the machine through a folder (its download claims and pins are kernel locks), and
+:class:`~modelkitfs.blobs.memory.MemoryCache`, this process's alone, bounded, for tests and for
+running where no folder can be written. Blocks are named by blob digest, block size and index;
+sidecar files ("meta") hold what is derived from a blob (a tar index, a verification record).
+
+Methods block: the store calls them from worker threads, except ``read_block`` with ``nowait``
+(it raises ``BlockingIOError`` rather than wait for a disk), ``pin`` and ``unpin``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from modelkitfs.blobs.blockfile import Buffer
+
+
+class BlockClaim(Protocol):
+    """Download claims on blocks of one blob: others wait for them rather than download."""
+
+    held: set[int]
+
+    def release(self, index: int) -> None: ...
+
+    def release_from(self, first: int) -> None:
+        """Release every held block from ``first`` on."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BlockCache(Protocol):
+    @property
+    def name(self) -> str:
+        """The cache, for messages (its folder)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False while writes would fail (a read-only or full disk): skip them meanwhile."""
+        ...
+
+    def cannot_write(self) -> str | None:
+        """Why the cache cannot be written now and what to do ("it cannot be written (...);
+        ..."), for messages; None when it can."""
+        ...
+
+    def read_block(
+        self, digest: str, block_size: int, index: int, expected_size: int, *, nowait: bool = False
+    ) -> bytearray | None:
+        """The block's bytes, or None when absent (or damaged: then it is dropped). With
+        ``nowait``, raises ``BlockingIOError`` rather than wait for a disk."""
+        ...
+
+    def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
+        """Which of blocks ``first`` to ``last`` are cached (not read, nor checked)."""
+        ...
+
+    def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
+        """Raises OSError when the cache cannot be written."""
+        ...
+
+    def remove_blocks(self, digest: str) -> None:
+        """Forget every block of ``digest`` (its bytes proved wrong)."""
+        ...
+
+    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> BlockClaim | None:
+        """Claims on blocks ``first``, ``first + 1``... up to ``last``, stopping at one claimed
+        elsewhere or cached; None when block ``first`` is cached; none held while it is
+        claimed elsewhere (the caller waits and asks again)."""
+        ...
+
+    def pin(self, digest: str, block_size: int, index: int) -> None:
+        """The block is in use here: eviction (by any process) spares it until :meth:`unpin`."""
+        ...
+
+    def unpin(self, digest: str, block_size: int, index: int) -> None: ...
+
+    def read_meta(self, digest: str, name: str) -> bytes | None: ...
+
+    def write_meta(self, digest: str, name: str, data: bytes) -> None:
+        """Raises OSError when the cache cannot be written."""
+        ...

@@ -1,0 +1,226 @@
+"""Downloading reserved blocks from the source, once across every process on the cache.
+
+Blocks go out a range request per run of adjacent ones (up to ``MAX_BLOCKS_PER_REQUEST``).
+Before a run is asked for, its blocks are claimed in the cache: a block another process is
+downloading is waited for and then read from disk, never downloaded twice. Of a blob verified
+before, every block is checked against its hash as it arrives and asked for again when wrong
+(a glitch of a registry or a proxy), up to ``DOWNLOAD_ATTEMPTS`` times: wrong bytes are never
+kept. An answer shorter or longer than the range is an error, never a block.
+
+**Sources that ignore Range** (issue 18, case 7): a server that answers every range with the
+whole blob (200) would send the blob from its start for each run, so that reading a 10 GiB blob
+in 16 MiB runs moves terabytes. Once the source has met such a host (or a request raises
+:class:`~modelkitfs.errors.RangeIgnored`), a blob's missing blocks are instead fetched by one
+background stream per blob, from its first missing block to its last, a window at a time, in
+order: the transport carries on reading the whole-blob answer it kept open where the last
+window stopped, so the blob crosses the network once (through a proxy no answer is kept open:
+each window costs the blob up to it, as each run did before). Every reader that wants a block
+of it waits on its flight; the stream lands each block as its window arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from modelkitfs.blobs.block_cache import BlockClaim
+from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.blobs.flights import Flight, as_blocks, for_waiters
+from modelkitfs.errors import DigestMismatch, RangeIgnored, RegistryError
+
+if TYPE_CHECKING:
+    from modelkitfs.blobs.store import BlobStore
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCKS_PER_REQUEST = 16
+# Blocks per request of a blob streamed from a server that ignores Range: a small first window
+# lands the first blocks soon, then windows as large as runs (through a proxy, where the
+# transport keeps no answer open, each window costs the blob up to it, as each run did).
+FIRST_STREAM_WINDOW = 4
+DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
+IN_ORDER_ATTEMPTS = 3  # of a range read in order whose whole-blob answer was not kept
+LOCK_POLL_MAX = 0.1
+
+
+class Downloads:
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._streams: dict[str, dict[int, Flight]] = {}  # blobs streamed: flights they land
+
+    async def fetch(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
+        """Download reserved blocks and land their flights (those left out: their readers look
+        again, and find them on disk or fetch them)."""
+        try:
+            if not self.store.source.ignores_range:
+                try:
+                    await self._by_runs(digest, size, flights)
+                    return
+                except RangeIgnored:
+                    pass  # the server's habit, learnt now: what is left comes by the stream
+            left = {i: f for i, f in flights.items() if f.data is None and not f.done.is_set()}
+            await self._by_stream(digest, size, left)
+        except BaseException as exc:
+            self.store.flights.land(digest, flights, for_waiters(exc))
+            raise
+        finally:
+            self.store.flights.land(digest, flights)
+
+    async def _by_runs(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
+        runs: list[list[int]] = []
+        for index in sorted(flights):
+            if runs and index == runs[-1][-1] + 1 and len(runs[-1]) < MAX_BLOCKS_PER_REQUEST:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        for run in runs:
+            await self.fetch_run(digest, size, run[0], run[-1])
+
+    async def fetch_run(
+        self, digest: str, size: int, first: int, last: int, *, in_order: bool = False
+    ) -> list[int]:
+        """Claim blocks ``first`` to ``last`` (as far as no other process holds them) and
+        download them; the indexes downloaded. ``in_order``: see :meth:`download`."""
+        store = self.store
+        claim = await self._claim(digest, first, last)
+        if claim is None:
+            return []  # another process cached it meanwhile
+        unwritten = set(claim.held)
+        done = []
+        try:
+            blocks = await self.download(digest, size, first, max(unwritten), in_order=in_order)
+            for index, block in enumerate(blocks, first):
+                store.stats.downloaded_blocks += 1
+                if (flight := store.flights.get((digest, index))) is not None:
+                    flight.data = block
+                await store.writes.put(digest, index, block, claim=claim, size=size)
+                unwritten.discard(index)  # its claim went along, released once on disk
+                done.append(index)
+        finally:
+            for index in unwritten:
+                claim.release(index)
+        return done
+
+    async def download(
+        self, digest: str, size: int, first: int, last: int, *, in_order: bool = False
+    ) -> list[Buffer]:
+        """Blocks ``first`` to ``last`` from the source, each checked against its hash when
+        the blob was verified before. ``in_order``: the caller reads the blob in order (a
+        stream, a hash): when the server answers with the whole blob, ask again at once, to
+        carry on that answer, rather than raise :class:`RangeIgnored`."""
+        store = self.store
+        hashes = await store.verifier.known_hashes(digest) or []
+        start, end = first * store.block_size, min((last + 1) * store.block_size, size)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            pieces = await self._range(digest, start, end, in_order)
+            got = sum(len(p) for p in pieces)
+            if got != end - start:
+                raise RegistryError(
+                    f"{store.describe()} answered {got} bytes for {end - start} of blob {digest}"
+                    f" (bytes {start}-{end - 1}): a broken registry or proxy; report it to its "
+                    "owner"
+                )
+            blocks = as_blocks(pieces, store.block_size)
+            wrong = [
+                index
+                for index, block in enumerate(blocks, first)
+                if index < len(hashes) and hashlib.sha256(block).hexdigest() != hashes[index]
+            ]
+            if not wrong:
+                return blocks
+            log.warning(
+                "block %d of blob %s came with bytes that differ from those verified before "
+                "(attempt %d of %d)",
+                wrong[0],
+                digest,
+                attempt,
+                DOWNLOAD_ATTEMPTS,
+            )
+        raise DigestMismatch(
+            f"block {wrong[0]} of blob {digest} from {store.source.registry} differs from the "
+            f"bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a proxy serves "
+            "wrong bytes; try again later or report it to the registry owner"
+        )
+
+    async def _range(self, digest: str, start: int, end: int, in_order: bool) -> Sequence[Buffer]:
+        """The bytes from the source; ``in_order``, asked again while the answer is a whole
+        blob kept open at its start (another blob's answer may have pushed it out meanwhile:
+        at most ``MAX_KEPT`` are kept)."""
+        store = self.store
+        for _ in range(IN_ORDER_ATTEMPTS - 1 if in_order else 0):
+            try:
+                return await store.source.get_range_pieces(
+                    store.repository, digest, start, end, store.block_size
+                )
+            except RangeIgnored:
+                pass
+        return await store.source.get_range_pieces(
+            store.repository, digest, start, end, store.block_size
+        )
+
+    async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
+        """Claims of block ``first`` and of the absent blocks after it up to ``last``, waiting
+        while another process holds the first; None when it turned up in the cache
+        meanwhile."""
+        store = self.store
+        delay = 0.005
+        while True:
+            claim = await trio.to_thread.run_sync(
+                store.cache.claim_run, digest, store.block_size, first, last
+            )
+            if claim is None or claim.held:
+                return claim
+            await trio.sleep(delay)
+            delay = min(delay * 2, LOCK_POLL_MAX)
+
+    # --- one stream per blob, for sources that ignore Range ---------------------------------
+
+    async def _by_stream(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
+        """Hand reserved flights to the blob's stream (starting it if none runs) and wait
+        until they have landed."""
+        stream = self._streams.get(digest)
+        if stream is None:
+            stream = self._streams[digest] = {}
+            self.store.background.start(self._stream, digest, size)
+        stream.update(flights)
+        for flight in flights.values():
+            await flight.done.wait()
+
+    async def _stream(self, digest: str, size: int) -> None:
+        """Land the blob's missing blocks in order, a window at a time, until no reader waits
+        for one; the flights of the blocks not yet in the cache are taken up front, so that
+        every reader waits for this one download."""
+        store = self.store
+        flights = self._streams[digest]
+        try:
+            count = store.block_count(size)
+            cached = await trio.to_thread.run_sync(
+                store.cache.cached_blocks, digest, store.block_size, 0, count - 1
+            )
+            for index in range(count):
+                if index not in cached:
+                    flights.update(store.flights.reserve(digest, index, index, store.memory))
+            # Each pass lands at least its first block; readers may add blocks behind it.
+            window = FIRST_STREAM_WINDOW
+            for _ in range(4 * count + 16):
+                if not flights:
+                    return
+                first = min(flights)
+                last = min(first + window, count) - 1
+                window = MAX_BLOCKS_PER_REQUEST
+                done = await self.fetch_run(digest, size, first, last, in_order=True)
+                landed = {i: flights.pop(i) for i in [first, *done] if i in flights}
+                store.flights.land(digest, landed)
+            raise RegistryError(f"streaming blob {digest} made no progress")  # a bug: say so
+        except BaseException as exc:
+            store.flights.land(digest, flights, for_waiters(exc))
+            if not isinstance(exc, Exception):
+                raise
+            log.debug("streaming %s failed: %s", digest, exc)  # its readers were told
+        finally:
+            del self._streams[digest]
+            store.flights.land(digest, flights)

@@ -1,0 +1,67 @@
+"""What the blob store and the kit need from wherever a kit's bytes come from: a protocol.
+
+Three sources implement it, structurally (none inherits from it): the registry client
+(:class:`~modelkitfs.registry.RegistryClient`, over the network), an OCI layout folder and kit's
+local storage (:class:`~modelkitfs.registry.LayoutSource`, on this machine). Test doubles live
+beside it in :mod:`modelkitfs.registry.testing`. The differences the store cares about are
+properties of the source, never tests of its type:
+
+- ``in_place``: its blobs lie complete and verified on this machine; they are read where they
+  are and never copied into the block cache (kit's storage);
+- ``ignores_range``: hosts of the source that answered a range request with the whole blob;
+  once there is one, a blob is best read from its start to its end, once (issue 18, case 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from modelkitfs.registry.client import FetchStats, Manifest
+
+Buffer = bytes | bytearray
+
+
+class BlobSource(Protocol):
+    """Manifests, small blobs and byte ranges of blobs, by repository and digest."""
+
+    @property
+    def registry(self) -> str:
+        """The name messages give the source (a registry host, a layout folder)."""
+        ...
+
+    @property
+    def in_place(self) -> bool:
+        """Whether blobs are read where they lie (complete, verified): never cached."""
+        ...
+
+    @property
+    def ignores_range(self) -> Collection[str]:
+        """Hosts that answered a range with the whole blob (empty when ranges are honoured)."""
+        ...
+
+    @property
+    def stats(self) -> FetchStats:
+        """What the source has fetched so far."""
+        ...
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        """A manifest or index by tag or digest, verified."""
+        ...
+
+    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
+        """A small blob (a config) whole, verified."""
+        ...
+
+    async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a blob in one buffer (not verified: the store checks)."""
+        ...
+
+    async def get_range_pieces(
+        self, repository: str, digest: str, start: int, end: int, piece: int
+    ) -> Sequence[Buffer]:
+        """Bytes ``[start, end)`` of a blob in buffers of ``piece`` bytes as a rule (the last
+        one shorter; after a transfer resumed midway they may be cut anywhere)."""
+        ...
+
+    async def aclose(self) -> None: ...

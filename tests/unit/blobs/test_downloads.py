@@ -1,0 +1,85 @@
+"""Downloads: one request per run of adjacent blocks, claims that make another process's
+download be waited for, and one stream per blob from a server that ignores Range."""
+
+from __future__ import annotations
+
+import numpy as np
+import trio
+import trio.testing
+
+from modelkitfs.blobs import MemoryCache
+from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
+from tests.unit.blobs.stores import BLOCK, OneBlob, opened
+
+
+def test_adjacent_missing_blocks_go_out_as_one_request_per_run() -> None:
+    source = OneBlob(size=40 * BLOCK)
+
+    async def main() -> None:
+        async with opened(source, MemoryCache(), memory_bytes=64 * BLOCK) as store:
+            got = await store.read(source.digest, source.size, 0, 40 * BLOCK, ahead=False)
+            assert got == source.data
+        runs = [(start, end) for _, start, end in source.requests]
+        assert runs[0] == (0, MAX_BLOCKS_PER_REQUEST * BLOCK)
+        assert len(runs) == -(-40 // MAX_BLOCKS_PER_REQUEST)
+        assert source.sent == source.size
+
+    trio.run(main)
+
+
+def test_a_block_another_process_downloads_is_waited_for_not_downloaded() -> None:
+    source = OneBlob(size=4 * BLOCK)
+    cache = MemoryCache()
+    other = cache.claim_run(source.digest, BLOCK, 0, 0)  # "another process" has block 0
+    assert other is not None and other.held == {0}
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            async with trio.open_nursery() as nursery:
+                got: list[bytes] = []
+
+                async def reader() -> None:
+                    got.append(await store.read(source.digest, source.size, 0, 10, ahead=False))
+
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.sleep(1)  # the reader polls the claim meanwhile
+                assert not got and source.sent == 0
+                cache.write_block(source.digest, BLOCK, 0, source.data[:BLOCK])
+                other.release(0)
+            assert got == [source.data[:10]]
+            assert source.sent == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_server_that_ignores_range_sends_the_blob_once_however_it_is_read() -> None:
+    """Issue 18, case 7: each range used to cost the blob from its start."""
+    source = OneBlob(size=100 * BLOCK + 17, ignoring=True)
+    order = np.random.default_rng(1).permutation(100)
+
+    async def main() -> None:
+        async with opened(source, MemoryCache(), memory_bytes=128 * BLOCK) as store:
+            for index in order[:20]:
+                offset = int(index) * BLOCK + 5
+                got = await store.read(source.digest, source.size, offset, BLOCK)
+                assert got == source.data[offset : offset + BLOCK]
+            assert await store.read(source.digest, source.size, 0, source.size) == source.data
+        assert source.sent == source.size
+
+    trio.run(main)
+
+
+def test_a_sparse_read_from_such_a_server_goes_through_the_one_stream() -> None:
+    source = OneBlob(size=64 * BLOCK, ignoring=True)
+
+    async def main() -> None:
+        async with opened(source, MemoryCache(), memory_bytes=128 * BLOCK) as store:
+            blob = store.blob(source.digest, source.size)
+            assert await blob.read_sparse(0, 512) == source.data[:512]
+            tail = source.size - 1024
+            assert await blob.read_sparse(tail, 1024) == source.data[tail:]
+            assert await blob.read(0, source.size) == source.data
+        assert source.sent == source.size + 512  # the first header, then the blob once
+
+    trio.run(main)

@@ -1,0 +1,54 @@
+"""Flights of blocks, and cutting and joining blocks."""
+
+from __future__ import annotations
+
+import trio
+
+from modelkitfs.blobs.flights import Flights, as_blocks, for_waiters, join_blocks
+from modelkitfs.blobs.memory import BlockMemory
+
+
+def test_reserving_skips_blocks_in_memory_or_on_their_way() -> None:
+    async def main() -> None:
+        flights = Flights()
+        memory = BlockMemory(1 << 20)
+        memory.put(("d", 2), b"x")
+        first = flights.reserve("d", 0, 1, memory)
+        assert sorted(first) == [0, 1]
+        assert sorted(flights.reserve("d", 0, 3, memory)) == [3]
+        flights.land("d", first)
+        assert all(f.done.is_set() and f.error is None for f in first.values())
+        assert ("d", 0) not in flights
+        assert sorted(flights.reserve("d", 0, 1, memory)) == [0, 1]
+
+    trio.run(main)
+
+
+def test_waiters_get_the_error_but_not_the_cancellation_of_the_flier() -> None:
+    async def main() -> None:
+        flights = Flights()
+        mine = flights.reserve("d", 0, 0)
+        flights.land("d", mine, for_waiters(OSError("reset")))
+        assert isinstance(mine[0].error, OSError)
+        assert for_waiters(trio.Cancelled._create()) is None
+
+    trio.run(main)
+
+
+def test_pieces_cut_anywhere_come_back_as_blocks() -> None:
+    data = bytes(range(256)) * 10  # two blocks and a half
+    assert as_blocks([data[:1024], data[1024:2048], data[2048:]], 1024) == [
+        data[:1024],
+        data[1024:2048],
+        data[2048:],
+    ]
+    resumed = as_blocks([data[:1500], data[1500:]], 1024)
+    assert [bytes(b) for b in resumed] == [data[i : i + 1024] for i in range(0, len(data), 1024)]
+    assert as_blocks([], 1024) == []
+
+
+def test_a_read_across_blocks_is_joined_once() -> None:
+    blocks = [b"abcd", b"efgh", b"ij"]
+    assert join_blocks(blocks, 2, 7) == b"cdefghi"
+    assert join_blocks(blocks, 0, 10) == b"abcdefghij"
+    assert join_blocks(blocks[1:], 3, 1) == b"h"
