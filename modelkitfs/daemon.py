@@ -1,23 +1,26 @@
 """The mount daemon: wires registry, cache, archives, tree and FUSE together and serves.
 
-:func:`main` with one JSON argument is what :func:`modelkitfs.mount.mount` starts in the
-background. It reports on standard output, once, either ``ready`` or ``error<TAB>message``, then
-logs to the log file only.
+:func:`main` is what :func:`modelkitfs.mount.mount` starts in the background. It reads what to
+mount from its standard input (a pipe: options, a proxy's credentials among them, never appear
+on a command line that every user can read), takes the title ``modelkitfs: REFERENCE on
+MOUNTPOINT`` (``ps``, ``pgrep modelkitfs``), reports on standard output, once, either ``ready``
+or ``error<TAB>message``, then logs to the log file only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
+import pickle
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import setproctitle
 import trio
 
 from modelkitfs.errors import ModelKitFSError, MountError
@@ -31,12 +34,22 @@ from modelkitfs.sources import Sources
 log = logging.getLogger("modelkitfs")
 
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
+FUSE_DEVICE = "/dev/fuse"
+
+
+def process_title(reference: str, mountpoint: str) -> str:
+    return f"modelkitfs: {reference} on {mountpoint}"
 
 
 async def serve_modelkit(
-    reference: str, mountpoint: str, options: MountOptions, on_ready: Callable[[], None]
+    reference: str,
+    mountpoint: str,
+    options: MountOptions,
+    on_ready: Callable[[], None],
+    log_file: str | None = None,
 ) -> None:
-    """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
+    """Open ``reference`` and serve it at ``mountpoint`` until unmounted; ``log_file`` is
+    where this process logs (None: standard error), as ``modelkitfs mounts`` shows it."""
     ref = parse_reference(reference)
     async with Sources(options) as sources:
         kit = await sources.open_kit(ref)
@@ -49,6 +62,9 @@ async def serve_modelkit(
                 **sources.stats(),
                 **_task_counts(),
                 "threads": threading.active_count(),
+                "pid": os.getpid(),
+                "log": log_file,
+                "cache_dir": options.cache_dir,
             }
 
         operations = KitOperations(kit.tree, stats, timeout=options.timeout)
@@ -63,13 +79,32 @@ async def serve_modelkit(
                 on_ready,
             )
         except RuntimeError as exc:
-            raise MountError(
-                f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
-                "and that fuse3 is installed (apt-get install fuse3)"
-            ) from None
+            raise MountError(kernel_refusal(mountpoint, exc)) from None
         finally:
             await kit.tree.aclose()
         log.info("unmounted %s; fetched %d blob bytes", mountpoint, sources.fetched_bytes)
+
+
+def kernel_refusal(mountpoint: str, exc: BaseException) -> str:
+    """Why the kernel refused the mount, told apart by what can be checked: no /dev/fuse, a
+    /dev/fuse this user cannot open, else (the usual case in a container) no CAP_SYS_ADMIN."""
+    if not os.path.exists(FUSE_DEVICE):
+        return (
+            f"cannot mount {mountpoint}: {FUSE_DEVICE} does not exist; install fuse3 "
+            "(apt-get install fuse3), or give a container --device /dev/fuse"
+        )
+    try:
+        os.close(os.open(FUSE_DEVICE, os.O_RDWR))
+    except OSError as error:
+        return (
+            f"cannot mount {mountpoint}: {FUSE_DEVICE} cannot be opened ({error.strerror}); "
+            "run as root or as a member of the group that owns it"
+        )
+    return (
+        f"cannot mount {mountpoint}: permission denied by the kernel ({exc}), mounting needs "
+        "CAP_SYS_ADMIN: run as root, give a container --cap-add SYS_ADMIN --device /dev/fuse, "
+        "or read without mounting (modelkitfs cat, modelkitfs cp, modelkitfs.open())"
+    )
 
 
 def _tasks(task: trio.lowlevel.Task) -> list[str]:
@@ -124,8 +159,9 @@ def configure_logging(level: str) -> None:
 def main() -> int:
     """Entry of the background daemon (see the module docstring for the protocol)."""
     _one_malloc_arena()
-    arguments = json.loads(sys.argv[1])
-    options = MountOptions(**arguments["options"])
+    arguments = pickle.loads(sys.stdin.buffer.read())  # from our parent, through a pipe
+    options: MountOptions = arguments["options"]
+    setproctitle.setproctitle(process_title(arguments["reference"], arguments["mountpoint"]))
     configure_logging(options.log_level)
     report = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -138,7 +174,14 @@ def main() -> int:
         report.close()
 
     try:
-        trio.run(serve_modelkit, arguments["reference"], arguments["mountpoint"], options, ready)
+        trio.run(
+            serve_modelkit,
+            arguments["reference"],
+            arguments["mountpoint"],
+            options,
+            ready,
+            arguments["log"],
+        )
     except ModelKitFSError as exc:
         log.error("%s", exc)
         _report_error(report, str(exc))

@@ -14,22 +14,24 @@ import errno
 import json
 import logging
 import os
+import pickle
 import re
 import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import setproctitle
 import trio
 
 from modelkitfs.blobs.budget import check_max_size, settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
-from modelkitfs.daemon import configure_logging, log_path, serve_modelkit
+from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
 from modelkitfs.errors import MountError
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
@@ -183,17 +185,23 @@ def _start_daemon(
     reference: str, mountpoint: str | os.PathLike[str], options: MountOptions
 ) -> None:
     reference, path, options = _prepare(reference, mountpoint, options)
-    arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
-    with open(daemon_log(options.cache_dir or "")[0], "ab") as log_file:
+    where = daemon_log(options.cache_dir or "")[0]
+    # Through a pipe, not the command line: every user can read a process's arguments.
+    arguments = {"reference": reference, "mountpoint": path, "options": options, "log": str(where)}
+    with open(where, "ab") as log_file:
         daemon = subprocess.Popen(
-            [sys.executable, "-c", DAEMON_ENTRY, arguments],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", DAEMON_ENTRY],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,
         )
-    assert daemon.stdout is not None
+    assert daemon.stdout is not None and daemon.stdin is not None
     try:
+        with contextlib.suppress(BrokenPipeError):  # a daemon that died says so below
+            daemon.stdin.write(pickle.dumps(arguments))
+        with contextlib.suppress(BrokenPipeError):
+            daemon.stdin.close()
         line = _read_line(daemon, READY_TIMEOUT)
     finally:
         daemon.stdout.close()
@@ -227,15 +235,29 @@ def mount_foreground(
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> None:
-    """Mount and serve in this process, logging to stderr, until unmounted or interrupted."""
+    """Mount and serve in this process, logging to stderr, until unmounted or interrupted;
+    once mounted, one line on standard output says so."""
     reference, path, options = _prepare(reference, mountpoint, options)
     configure_logging(options.log_level)
-    trio.run(serve_modelkit, reference, path, options, lambda: None)
+    setproctitle.setproctitle(process_title(reference, path))
+
+    def ready() -> None:
+        print(f"mounted {reference} at {path}; Ctrl-C to unmount", flush=True)
+
+    trio.run(serve_modelkit, reference, path, options, ready)
 
 
 def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
-    """Unmount a modelkitfs folder, including a dead one whose daemon was killed."""
+    """Unmount a modelkitfs folder, including a dead one whose daemon was killed; refuse any
+    other file system (that is umount(8)'s job, not ours)."""
     path = os.path.abspath(mountpoint)
+    entry = mount_entry(path)
+    if entry is None:
+        if not os.path.lexists(path):
+            raise MountError(f"{path} does not exist: give the folder a kit is mounted at")
+        raise MountError(f"{path} is not mounted: 'modelkitfs mounts' lists the mounts")
+    if entry.fstype != f"fuse.{FSTYPE}":
+        raise MountError(f"{path} is not a modelkitfs mount ({entry.fstype}); use umount(8)")
     command = ["fusermount3", "-u", *(["-z"] if lazy else []), path]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -244,10 +266,6 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
     if result.returncode == 0:
         return
     detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown error"
-    if not os.path.ismount(path) and not any(
-        os.strerror(code).lower() in detail.lower() for code in DEAD_MOUNT
-    ):
-        raise MountError(f"{path} is not mounted")
     if "busy" in detail.lower():
         holders = ", ".join(busy_holders(path)[:MAX_HOLDERS_NAMED]) or "a process"
         raise MountError(
@@ -255,6 +273,34 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
             f"--lazy {path}' (the daemon then stops once the last file is closed)"
         )
     raise MountError(f"cannot unmount {path}: {detail}")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def mount_table() -> list[MountEntry]:
+    """The mounts this process sees, in mount order."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields, _, tail = line.partition(" - ")
+            fstype, source = ([*tail.split(), "", ""])[:2]
+            found.append(MountEntry(_unescape(fields.split()[4]), fstype, _unescape(source)))
+    return found
+
+
+def mount_entry(path: str) -> MountEntry | None:
+    """What is mounted at ``path`` (the topmost mount), or None; the path as given or with
+    its links resolved (a dead mount cannot be resolved through, so both are tried)."""
+    names = {os.path.abspath(path), os.path.realpath(path)}
+    matching = [entry for entry in mount_table() if entry.mountpoint in names]
+    return matching[-1] if matching else None
 
 
 def busy_holders(mountpoint: str) -> list[str]:
@@ -289,25 +335,22 @@ def busy_holders(mountpoint: str) -> list[str]:
 
 def active_mounts() -> list[dict[str, Any]]:
     """The modelkitfs mounts of this machine, with what each daemon reports of itself
-    (reference, bytes fetched, cache hits); ``"dead": True`` where the daemon has stopped."""
+    (reference, bytes fetched, cache hits, pid, log, cache); ``"dead": True`` where the daemon
+    has stopped."""
     found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields, _, tail = line.partition(" - ")
-            fstype, source = ([*tail.split(), "", ""])[:2]
-            if fstype != f"fuse.{FSTYPE}":
-                continue
-            path = _unescape(fields.split()[4])
-            entry: dict[str, Any] = {
-                "mountpoint": path,
-                "reference": source.removeprefix(f"{FSTYPE}:"),
-            }
-            try:
-                entry.update(json.loads(os.getxattr(path, STATS_ATTRIBUTE)))
-                entry["dead"] = False
-            except OSError as exc:
-                entry["dead"] = exc.errno in DEAD_MOUNT
-            found.append(entry)
+    for mounted in mount_table():
+        if mounted.fstype != f"fuse.{FSTYPE}":
+            continue
+        entry: dict[str, Any] = {
+            "mountpoint": mounted.mountpoint,
+            "reference": mounted.source.removeprefix(f"{FSTYPE}:"),
+        }
+        try:
+            entry.update(json.loads(os.getxattr(mounted.mountpoint, STATS_ATTRIBUTE)))
+            entry["dead"] = False
+        except OSError as exc:
+            entry["dead"] = exc.errno in DEAD_MOUNT
+        found.append(entry)
     return found
 
 

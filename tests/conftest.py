@@ -93,7 +93,9 @@ def daemon_pid(mountpoint: Path) -> int:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"modelkitfs.daemon" in command and str(mountpoint).encode() in command:
+            if command.startswith(b"modelkitfs: ") and command.rstrip(b"\0").endswith(
+                f" on {mountpoint}".encode()
+            ):
                 return int(entry.name)
     raise AssertionError(f"no daemon serves {mountpoint}")
 

@@ -8,35 +8,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import assert_one_line_error, run_cli
 from tests.conftest import MiB, Mounts, daemon_pid
 from tests.kitbuilder import Artifact, build_modelkit, sha256
 from tests.registry_server import free_port
-
-
-def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelkitfs.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MODELKITFS_CACHE_DIR": str(cache)},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("modelkitfs: error: ")
-    for phrase in phrases:
-        assert phrase in lines[0]
 
 
 @pytest.fixture(scope="module")
