@@ -64,7 +64,7 @@ class _ProgressBar:
 
 
 def run_prefetch(reference: str, options: MountOptions) -> None:
-    options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
+    options = options.replace(cache_dir=os.path.abspath(options.cache_dir or default_cache_dir()))
     bar = _ProgressBar()
     result = trio.run(prefetch, reference, options, bar)
     if bar.tty:

@@ -21,14 +21,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import setproctitle
 import trio
 
-from modelkitfs.blobs.budget import check_max_size, settle_cap
+from modelkitfs.blobs.budget import settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
 from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
@@ -81,10 +81,10 @@ def _prepare(
     reference: str, mountpoint: str | os.PathLike[str], options: MountOptions | None
 ) -> tuple[str, str, MountOptions]:
     ref = parse_reference(reference)
-    options = MountOptions(**asdict(options or MountOptions()))
+    options = options or MountOptions()
     options.check()
     path = check_mountpoint(mountpoint)
-    options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
+    options = options.replace(cache_dir=os.path.abspath(options.cache_dir or default_cache_dir()))
     _check_cache(options)
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)")
@@ -120,9 +120,8 @@ def _check_cache(options: MountOptions) -> None:
             advice(Path(cache_dir), fault),
         )
         return
-    requested = check_max_size(options.cache_max_size) if options.cache_max_size else None
     cache = DiskCache(cache_dir)
-    _, warning = settle_cap(cache, requested)
+    _, warning = settle_cap(cache, options.cache_max_size)
     cache.process.release()
     if warning:
         log.warning("%s", warning)

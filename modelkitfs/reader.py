@@ -54,7 +54,7 @@ class KitReader:
         self, reference: str, options: MountOptions | None = None, **overrides: Any
     ) -> None:
         self.options = merged_options(options, overrides)
-        self.options.cache_dir = self.options.cache_dir or default_cache_dir()
+        self.options = self.options.replace(cache_dir=self.options.cache_dir or default_cache_dir())
         self.reference = str(parse_reference(reference))
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
