@@ -23,12 +23,14 @@ from typing import Any, TextIO
 import setproctitle
 import trio
 
+from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
 from modelkitfs.fuse.session import mount_options
 from modelkitfs.kit import KitTree
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
+from modelkitfs.selection import warn_unmatched
 from modelkitfs.sources import Sources
 
 log = logging.getLogger("modelkitfs")
@@ -47,12 +49,18 @@ async def serve_modelkit(
     options: MountOptions,
     on_ready: Callable[[], None],
     log_file: str | None = None,
+    on_warning: Callable[[str], None] = lambda warning: None,
 ) -> None:
     """Open ``reference`` and serve it at ``mountpoint`` until unmounted; ``log_file`` is
-    where this process logs (None: standard error), as ``modelkitfs mounts`` shows it."""
+    where this process logs (None: standard error), as ``modelkitfs mounts`` shows it;
+    ``on_warning`` hears what the user should know before the mount is ready."""
     ref = parse_reference(reference)
     async with Sources(options) as sources:
         kit = await sources.open_kit(ref)
+        for warning in warn_unmatched(str(ref), kit.kitfile, options.filters):
+            on_warning(warning)
+        if options.cache_dir:
+            await trio.to_thread.run_sync(record_kit, options.cache_dir, str(ref), kit)
 
         def stats() -> dict[str, Any]:
             return {
@@ -173,6 +181,10 @@ def main() -> int:
         report.write("ready\n")
         report.close()
 
+    def warn(warning: str) -> None:
+        report.write(f"warning\t{' '.join(warning.split())}\n")
+        report.flush()
+
     try:
         trio.run(
             serve_modelkit,
@@ -181,6 +193,7 @@ def main() -> int:
             options,
             ready,
             arguments["log"],
+            warn,
         )
     except ModelKitFSError as exc:
         log.error("%s", exc)

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ def _start_daemon(
             daemon.stdin.write(pickle.dumps(arguments))
         with contextlib.suppress(BrokenPipeError):
             daemon.stdin.close()
-        line = _read_line(daemon, READY_TIMEOUT)
+        line = _read_report(daemon, READY_TIMEOUT)
     finally:
         daemon.stdout.close()
     if line == "ready":
@@ -220,13 +221,20 @@ def _start_daemon(
     raise MountError(message)
 
 
-def _read_line(daemon: subprocess.Popen[bytes], timeout: float) -> str:
+def _read_report(daemon: subprocess.Popen[bytes], timeout: float) -> str:
+    """The daemon's last word, ``ready`` or ``error<TAB>message`` ("" when it says nothing
+    in time); its warnings before that (``warning<TAB>message``) are logged here."""
     assert daemon.stdout is not None
+    deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(daemon.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            return ""
-    return daemon.stdout.readline().decode(errors="replace").strip()
+        while selector.select(max(0.0, deadline - time.monotonic())):
+            line = daemon.stdout.readline().decode(errors="replace").strip()
+            kind, _, message = line.partition("\t")
+            if kind != "warning":
+                return line
+            log.warning("%s", message)
+    return ""
 
 
 def mount_foreground(
