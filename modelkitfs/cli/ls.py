@@ -46,7 +46,7 @@ def add(commands: Commands) -> None:
     )
     ls.add_argument("-R", "--recursive", action="store_true", help="the folders under it too")
     json_argument(ls)
-    kit_arguments(ls)
+    kit_arguments(ls, has_long=True)
     ls.set_defaults(run=run_ls)
 
 

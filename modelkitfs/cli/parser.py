@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cli.network import check_proxy
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit.filters import FILTER_TYPES
 from modelkitfs.options import (
@@ -95,9 +96,14 @@ def cache_dir_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     ).complete = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/"}  # type: ignore[attr-defined]
 
 
-def kit_arguments(parser: argparse.ArgumentParser, *, fetches: bool = True) -> None:
+def kit_arguments(
+    parser: argparse.ArgumentParser, *, fetches: bool = True, has_long: bool = False
+) -> None:
     """What selects a kit and how to reach it (mount, prefetch, inspect, ls, cat, cp).
-    ``fetches``: the command reads layers, so --verify means something to it."""
+    ``fetches``: the command reads layers, so --verify means something to it; ``has_long``:
+    its ``-l`` is ``--long`` (ls). ``-l`` has that one meaning: elsewhere it is refused."""
+    if not has_long:
+        refuse(parser, "-l", "-l is ls's --long; a ModelKit index entry is picked with --label")
     parser.add_argument(
         "--filter",
         "-f",
@@ -199,6 +205,8 @@ def options_from(args: argparse.Namespace) -> MountOptions:
     given = {name: getattr(args, name) for name in OPTION_NAMES if name in args}
     options = MountOptions(**given)
     check_cache_folder(options.cache_dir or default_cache_dir())
+    if "reference" in args:
+        check_proxy(options.proxy, args.reference)
     return options
 
 

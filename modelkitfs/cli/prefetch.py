@@ -77,7 +77,9 @@ class _Bar:
         for number, layer in enumerate(state.layers_done[self.shown :], self.shown + 1):
             self.bar.console.print(
                 f"layer {number}/{state.layers} {layer.kind} {layer.path or '.'} "
-                f"({human(layer.size)}) cached and verified"
+                f"({human(layer.size)}) cached and verified",
+                highlight=False,
+                markup=False,
             )
         self.shown = len(state.layers_done)
         self.bar.update(
