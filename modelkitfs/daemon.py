@@ -127,7 +127,8 @@ def _tasks(task: trio.lowlevel.Task) -> list[str]:
 def _task_counts() -> dict[str, int]:
     """Tasks alive: pyfuse3's request workers (a pool it grows under load, up to its maximum,
     and keeps), and all others, a figure that must come back down once the load is gone."""
-    names = _tasks(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    names = _tasks(root) if root is not None else []
     workers = sum(1 for name in names if name.startswith("pyfuse-"))
     return {"tasks": len(names) - workers, "fuse_workers": workers}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -269,3 +270,18 @@ def test_umount_completes_the_mounted_folders(
         check=True,
     )
     assert completed.stdout.split() == [str(mounted)]
+
+
+def test_readme_tables_match_the_help(tmp_path: Path) -> None:
+    """Every command of ``--help`` has a row in the README's command table and every row is a
+    command; every option the README's table names is one some command takes."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z]+)[ `]", readme.partition("| command | what it does |")[2], re.M)
+    helped = run_cli("--help", cache=tmp_path).stdout
+    listed = re.findall(r"^    ([a-z]+)\b", helped.partition("COMMAND\n")[2], re.M)
+    assert rows == listed
+    options = re.findall(r"^\| `(--[a-z-]+)", readme.partition("| option | meaning |")[2], re.M)
+    every = "".join(
+        run_cli(command, "--help", cache=tmp_path).stdout for command in ("mount", "umount")
+    )
+    assert options and all(f"{option}" in every for option in options), options

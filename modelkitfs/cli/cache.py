@@ -168,7 +168,7 @@ def _ls(cache: DiskCache, as_json: bool) -> None:
         size = document["size"]
         rows.append(
             (
-                document["digest"][:19],
+                document["digest"],
                 f"{human(document['cached'])} "
                 f"({share(document['cached'], size) if size is not None else '?'})",
                 human(size) if size is not None else "?",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.cache import default_cache_dir
@@ -41,7 +42,7 @@ def run_list(args: argparse.Namespace) -> None:
             held = {blob.entry.digest: blob.entry.bytes for blob in cached_blobs(cache)}
         finally:
             cache.process.release()
-    documents = []
+    documents: list[dict[str, Any]] = []
     for record in records:
         size = sum(layer.size for layer in record.layers)
         cached = sum(min(held.get(layer.digest, 0), layer.size) for layer in record.layers)

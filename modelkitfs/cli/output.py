@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from modelkitfs.errors import ModelKitFSError
@@ -37,7 +38,7 @@ def share(part: int, whole: int) -> str:
     return f"{99 if percent == 100 and part < whole else percent}%"
 
 
-def table(rows: list[tuple[str, ...]]) -> None:
+def table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(

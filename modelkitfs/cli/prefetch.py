@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -47,7 +48,7 @@ class _Bar:
     def __init__(self) -> None:
         self.console = Console(stderr=True)
         self.bar: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
         self.shown = 0
 
     def __enter__(self) -> _Bar:
