@@ -5,6 +5,7 @@ registries that never answer; and output into a pipe that closes ends quietly.""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -266,3 +267,36 @@ def test_mount_in_the_foreground_says_when_it_is_ready(kit: str, tmp_path: Path)
             process.wait()
     assert not os.path.ismount(mountpoint)
     assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+def test_a_terminal_is_told_the_command_waits_for_the_registry(
+    silent_registry: str, tmp_path: Path
+) -> None:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "modelkitfs.cli", "ls", "--plain-http", "--timeout", "5"),
+            f"{silent_registry}/cli/k:v1",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env={**os.environ, "MODELKITFS_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    os.close(terminal)
+    shown = b""
+    while True:  # until the command ends and closes its end of the terminal
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.wait(60) == 1
+    lines = shown.decode().splitlines()
+    waiting = f"modelkitfs: waiting for registry {silent_registry} (up to 5 s, --timeout)..."
+    assert waiting in lines  # once, within a second, before the timeout ends the wait
+    assert lines.count(waiting) == 1
+    assert "sent no answer" in lines[-1]

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from modelkitfs.cli.output import human, print_json, share, table
-from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, options_from
+from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, open_reader
 from modelkitfs.kit.kitfile import render_kitfile
 from modelkitfs.reader import KitReader
 
@@ -41,7 +41,7 @@ def add(commands: Commands) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    with KitReader(args.reference, options_from(args)) as reader:
+    with open_reader(args) as reader:
         if args.kitfile:
             assert reader.kit is not None
             sys.stdout.write(render_kitfile(reader.kit.kitfile).decode())

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from modelkitfs.cli.output import human, print_json, share
-from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, options_from
+from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, open_reader
 from modelkitfs.reader import EntryInfo, KitReader
 
 SLOW = 1.0  # seconds before a listing shows its progress
@@ -51,7 +51,7 @@ def add(commands: Commands) -> None:
 
 
 def run_ls(args: argparse.Namespace) -> None:
-    with KitReader(args.reference, options_from(args)) as reader:
+    with open_reader(args) as reader:
         folders = with_progress(reader, lambda: _walk(reader, args.path, args.recursive))
         files = [e.path for _, entries in folders for e in entries if not e.is_dir]
         cached = {path: reader.cached(path) for path in files} if args.long or args.json else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelkitfs.cli.output import human, print_json, table
+from modelkitfs.cli.output import human, patience, print_json, table
 from modelkitfs.cli.parser import KIT, Commands, kit_arguments, mount_only_arguments, options_from
 from modelkitfs.mount import active_mounts, mount, mount_foreground, unmount
 
@@ -84,7 +84,8 @@ def run_mount(args: argparse.Namespace) -> None:
     if args.foreground:
         mount_foreground(args.reference, args.mountpoint, options)
     else:
-        mount(args.reference, args.mountpoint, options)
+        with patience(args.reference, options.timeout):
+            mount(args.reference, args.mountpoint, options)
 
 
 def run_umount(args: argparse.Namespace) -> None:

@@ -7,16 +7,20 @@ output (``modelkitfs ls ... | head``) ends the command quietly, as it ends ``ls`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import select
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.reference import parse_reference
 
+PATIENCE = 1.0  # seconds before a terminal is told the command waits
 EXIT_PIPE = 128 + 13  # as a process killed by SIGPIPE: what 'ls | head' leaves ls with
 
 _EXPECTED = (ModelKitFSError, OSError)
@@ -91,6 +95,37 @@ def quiet_exit_on_closed_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return EXIT_PIPE
+
+
+@contextlib.contextmanager
+def patience(reference: str, timeout: float, after: float = PATIENCE) -> Iterator[None]:
+    """On a terminal, one line once opening a kit takes a while: a registry that never answers
+    would otherwise leave the user looking at nothing until the timeout ends it."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    try:
+        ref = parse_reference(reference)
+        where = "the kit" if ref.is_layout else f"registry {ref.registry}"
+    except ModelKitFSError:
+        where = "the kit"
+    done = threading.Event()
+
+    def say() -> None:
+        if not done.wait(after):
+            print(
+                f"modelkitfs: waiting for {where} (up to {timeout:g} s, --timeout)...",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    thread = threading.Thread(target=say, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 class OneLine(logging.Formatter):

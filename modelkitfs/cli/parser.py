@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.cli.network import check_proxy
+from modelkitfs.cli.output import patience
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit.filters import FILTER_TYPES
 from modelkitfs.options import (
@@ -25,6 +26,7 @@ from modelkitfs.options import (
     VERIFY_MODES,
     MountOptions,
 )
+from modelkitfs.reader import KitReader
 from modelkitfs.registry.transport import DEFAULT_TIMEOUT
 
 KIT = "registry.example:5000/team/llm:v1"
@@ -208,6 +210,14 @@ def options_from(args: argparse.Namespace) -> MountOptions:
     if "reference" in args:
         check_proxy(options.proxy, args.reference)
     return options
+
+
+def open_reader(args: argparse.Namespace) -> KitReader:
+    """The kit the command names, opened with its options (saying so on a terminal when the
+    registry is slow to answer)."""
+    options = options_from(args)
+    with patience(args.reference, options.timeout):
+        return KitReader(args.reference, options)
 
 
 def check_cache_folder(path: str | os.PathLike[str]) -> None:

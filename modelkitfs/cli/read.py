@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from modelkitfs.cli.parser import KIT, Commands, kit_arguments, options_from
+from modelkitfs.cli.parser import KIT, Commands, kit_arguments, open_reader
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.reader import KitReader
 
@@ -52,7 +52,7 @@ def add(commands: Commands) -> None:
 
 
 def run_cat(args: argparse.Namespace) -> None:
-    with KitReader(args.reference, options_from(args)) as reader:
+    with open_reader(args) as reader:
         if reader.info(args.path).is_dir:
             raise ModelKitFSError(
                 f"{args.path!r} of {reader.reference} is a folder: "
@@ -66,7 +66,7 @@ def run_cat(args: argparse.Namespace) -> None:
 
 
 def run_cp(args: argparse.Namespace) -> None:
-    with KitReader(args.reference, options_from(args)) as reader:
+    with open_reader(args) as reader:
         info = reader.info(args.path)
         dest = Path(args.dest)
         name = info.path.rpartition("/")[2] or "kit"
