@@ -8,7 +8,7 @@
 """
 
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.mount import Mount, mount, mount_foreground, unmount
+from modelkitfs.mount import Mount, mount, mount_foreground, serve, unmount
 from modelkitfs.options import MountOptions
 from modelkitfs.reader import KitReader
 from modelkitfs.reader import open_file as open
@@ -23,5 +23,6 @@ __all__ = [
     "mount",
     "mount_foreground",
     "open",
+    "serve",
     "unmount",
 ]

@@ -1,31 +1,39 @@
 """The mount daemon: wires registry, cache, archives, tree and FUSE together and serves.
 
-:func:`main` with one JSON argument is what :func:`modelkitfs.mount.mount` starts in the
-background. It reports on standard output, once, either ``ready`` or ``error<TAB>message``, then
-logs to the log file only.
+:func:`main` is what :func:`modelkitfs.mount.mount` starts in the background. It reads what to
+mount from its standard input (a pipe: options, a proxy's credentials among them, never appear
+on a command line that every user can read), takes the title ``modelkitfs: REFERENCE on
+MOUNTPOINT`` (``ps``, ``pgrep modelkitfs``), reports on standard output, once, either ``ready``
+or ``error<TAB>message``, then logs to the log file only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
+import pickle
 import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+import setproctitle
 import trio
 
+from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.fuse import KitOperations, serve
-from modelkitfs.fuse.session import mount_options
+from modelkitfs.fuse.session import kernel_refusal, mount_options
 from modelkitfs.kit import KitTree
+from modelkitfs.metrics import serve_metrics
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
+from modelkitfs.selection import warn_unmatched
+from modelkitfs.serve import serve_kits
 from modelkitfs.sources import Sources
 
 log = logging.getLogger("modelkitfs")
@@ -33,13 +41,28 @@ log = logging.getLogger("modelkitfs")
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
 
 
+def process_title(reference: str, mountpoint: str) -> str:
+    return f"modelkitfs: {reference} on {mountpoint}"
+
+
 async def serve_modelkit(
-    reference: str, mountpoint: str, options: MountOptions, on_ready: Callable[[], None]
+    reference: str,
+    mountpoint: str,
+    options: MountOptions,
+    on_ready: Callable[[], None],
+    log_file: str | None = None,
+    on_warning: Callable[[str], None] = lambda warning: None,
 ) -> None:
-    """Open ``reference`` and serve it at ``mountpoint`` until unmounted."""
+    """Open ``reference`` and serve it at ``mountpoint`` until unmounted; ``log_file`` is
+    where this process logs (None: standard error), as ``modelkitfs mounts`` shows it;
+    ``on_warning`` hears what the user should know before the mount is ready."""
     ref = parse_reference(reference)
     async with Sources(options) as sources:
         kit = await sources.open_kit(ref)
+        for warning in warn_unmatched(str(ref), kit.kitfile, options.filters):
+            on_warning(warning)
+        if options.cache_dir:
+            await trio.to_thread.run_sync(record_kit, options.cache_dir, str(ref), kit)
 
         def stats() -> dict[str, Any]:
             return {
@@ -49,12 +72,20 @@ async def serve_modelkit(
                 **sources.stats(),
                 **_task_counts(),
                 "threads": threading.active_count(),
+                "pid": os.getpid(),
+                "log": log_file,
+                "cache_dir": options.cache_dir,
             }
 
         operations = KitOperations(kit.tree, stats, timeout=options.timeout)
         sources.corrupt_handlers.append(operations.invalidate_blob)
         if options.prefetch != "none":
             sources.start_soon(_fill_cache, kit.tree, options.prefetch)
+        stop_metrics = (
+            serve_metrics(options.metrics, sources, operations, lambda: 1)
+            if options.metrics
+            else None
+        )
         try:
             await serve(
                 operations,
@@ -63,11 +94,10 @@ async def serve_modelkit(
                 on_ready,
             )
         except RuntimeError as exc:
-            raise MountError(
-                f"the kernel refused to mount {mountpoint} ({exc}): check that /dev/fuse exists "
-                "and that fuse3 is installed (apt-get install fuse3)"
-            ) from None
+            raise MountError(kernel_refusal(mountpoint, exc)) from None
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             await kit.tree.aclose()
         log.info("unmounted %s; fetched %d blob bytes", mountpoint, sources.fetched_bytes)
 
@@ -84,7 +114,8 @@ def _tasks(task: trio.lowlevel.Task) -> list[str]:
 def _task_counts() -> dict[str, int]:
     """Tasks alive: pyfuse3's request workers (a pool it grows under load, up to its maximum,
     and keeps), and all others, a figure that must come back down once the load is gone."""
-    names = _tasks(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    names = _tasks(root) if root is not None else []
     workers = sum(1 for name in names if name.startswith("pyfuse-"))
     return {"tasks": len(names) - workers, "fuse_workers": workers}
 
@@ -124,8 +155,9 @@ def configure_logging(level: str) -> None:
 def main() -> int:
     """Entry of the background daemon (see the module docstring for the protocol)."""
     _one_malloc_arena()
-    arguments = json.loads(sys.argv[1])
-    options = MountOptions(**arguments["options"])
+    arguments = pickle.loads(sys.stdin.buffer.read())  # from our parent, through a pipe
+    options: MountOptions = arguments["options"]
+    setproctitle.setproctitle(process_title(arguments["reference"], arguments["mountpoint"]))
     configure_logging(options.log_level)
     report = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -137,8 +169,25 @@ def main() -> int:
         report.write("ready\n")
         report.close()
 
+    def warn(warning: str) -> None:
+        report.write(f"warning\t{' '.join(warning.split())}\n")
+        report.flush()
+
     try:
-        trio.run(serve_modelkit, arguments["reference"], arguments["mountpoint"], options, ready)
+        if (service := arguments.get("service")) is not None:  # modelkitfs serve ROOT
+            trio.run(
+                partial(serve_kits, arguments["mountpoint"], options, ready, **service),
+            )
+        else:
+            trio.run(
+                serve_modelkit,
+                arguments["reference"],
+                arguments["mountpoint"],
+                options,
+                ready,
+                arguments["log"],
+                warn,
+            )
     except ModelKitFSError as exc:
         log.error("%s", exc)
         _report_error(report, str(exc))

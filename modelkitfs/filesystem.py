@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import atexit
 import threading
-from dataclasses import fields
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
 from modelkitfs.errors import InvalidReference
-from modelkitfs.options import MountOptions
+from modelkitfs.options import OPTION_NAMES, MountOptions
 from modelkitfs.reader import EntryInfo, KitReader
 
 PROTOCOL = "modelkit"
-OPTION_NAMES = frozenset(f.name for f in fields(MountOptions))
 
 
 def split_url(path: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.options import metrics_address
 from modelkitfs.sources import Sources
 
 log = logging.getLogger(__name__)
@@ -145,16 +146,6 @@ class FuseMetrics:
         return timed
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``:PORT`` for every address), or an error saying what to give."""
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ModelKitFSError(
-            f"--metrics {text!r}: give HOST:PORT to serve metrics on, e.g. 127.0.0.1:9464"
-        )
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def serve_metrics(
     address: str,
     sources: Sources,
@@ -162,7 +153,7 @@ def serve_metrics(
     kits_loaded: Callable[[], int],
 ) -> Callable[[], None]:
     """Serve metrics at ``address`` (in a thread of its own); returns what stops it."""
-    host, port = parse_address(address)
+    host, port = metrics_address(address)
     registry = CollectorRegistry()
     registry.register(SourcesCollector(sources, kits_loaded))
     FuseMetrics(registry).instrument(operations)

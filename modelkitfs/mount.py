@@ -14,26 +14,31 @@ import errno
 import json
 import logging
 import os
+import pickle
 import re
 import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import setproctitle
 import trio
 
-from modelkitfs.blobs.budget import check_max_size, settle_cap
+from modelkitfs.blobs.budget import settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
-from modelkitfs.daemon import configure_logging, log_path, serve_modelkit
+from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
 from modelkitfs.errors import MountError
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
+from modelkitfs.serve import SERVICE, serve_kits
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +82,20 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
 
 
 def _prepare(
-    reference: str, mountpoint: str | os.PathLike[str], options: MountOptions | None
+    reference: str | None, mountpoint: str | os.PathLike[str], options: MountOptions | None
 ) -> tuple[str, str, MountOptions]:
-    ref = parse_reference(reference)
-    options = MountOptions(**asdict(options or MountOptions()))
+    """A kit's reference (None: the node service), the checked mountpoint and options."""
+    ref = parse_reference(reference) if reference is not None else None
+    options = options or MountOptions()
     options.check()
     path = check_mountpoint(mountpoint)
-    options.cache_dir = os.path.abspath(options.cache_dir or default_cache_dir())
+    options = options.replace(cache_dir=os.path.abspath(options.cache_dir or default_cache_dir()))
     _check_cache(options)
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install FUSE 3 (apt-get install fuse3)")
-    return (str(ref) if ref.is_layout else reference), path, options
+    if ref is None:
+        return SERVICE, path, options
+    return (str(ref) if ref.is_layout else str(reference)), path, options
 
 
 def daemon_log(cache_dir: str) -> tuple[Path, OSError | None]:
@@ -119,9 +127,8 @@ def _check_cache(options: MountOptions) -> None:
             advice(Path(cache_dir), fault),
         )
         return
-    requested = check_max_size(options.cache_max_size) if options.cache_max_size else None
     cache = DiskCache(cache_dir)
-    _, warning = settle_cap(cache, requested)
+    _, warning = settle_cap(cache, options.cache_max_size)
     cache.process.release()
     if warning:
         log.warning("%s", warning)
@@ -185,25 +192,40 @@ def mount(
 
 
 def _start_daemon(
-    reference: str,
+    reference: str | None,
     mountpoint: str | os.PathLike[str],
     options: MountOptions,
     environment: Mapping[str, str] | None = None,
+    service: Mapping[str, float] | None = None,
 ) -> None:
+    """Start a daemon serving ``reference`` (None: every kit, with ``service``'s settings)."""
     reference, path, options = _prepare(reference, mountpoint, options)
-    arguments = json.dumps({"reference": reference, "mountpoint": path, "options": asdict(options)})
-    with open(daemon_log(options.cache_dir or "")[0], "ab") as log_file:
+    where = daemon_log(options.cache_dir or "")[0]
+    # Through a pipe, not the command line: every user can read a process's arguments.
+    arguments: dict[str, Any] = {
+        "reference": reference,
+        "mountpoint": path,
+        "options": options,
+        "log": str(where),
+    }
+    if service is not None:
+        arguments["service"] = {**service, "log_file": str(where)}
+    with open(where, "ab") as log_file:
         daemon = subprocess.Popen(
-            [sys.executable, "-c", DAEMON_ENTRY, arguments],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", DAEMON_ENTRY],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,
             env={**os.environ, **environment} if environment else None,
         )
-    assert daemon.stdout is not None
+    assert daemon.stdout is not None and daemon.stdin is not None
     try:
-        line = _read_line(daemon, READY_TIMEOUT)
+        with contextlib.suppress(BrokenPipeError):  # a daemon that died says so below
+            daemon.stdin.write(pickle.dumps(arguments))
+        with contextlib.suppress(BrokenPipeError):
+            daemon.stdin.close()
+        line = _read_report(daemon, READY_TIMEOUT)
     finally:
         daemon.stdout.close()
     if line == "ready":
@@ -222,13 +244,57 @@ def _start_daemon(
     raise MountError(message)
 
 
-def _read_line(daemon: subprocess.Popen[bytes], timeout: float) -> str:
+def _read_report(daemon: subprocess.Popen[bytes], timeout: float) -> str:
+    """The daemon's last word, ``ready`` or ``error<TAB>message`` ("" when it says nothing
+    in time); its warnings before that (``warning<TAB>message``) are logged here."""
     assert daemon.stdout is not None
+    deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(daemon.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            return ""
-    return daemon.stdout.readline().decode(errors="replace").strip()
+        while selector.select(max(0.0, deadline - time.monotonic())):
+            line = daemon.stdout.readline().decode(errors="replace").strip()
+            kind, _, message = line.partition("\t")
+            if kind != "warning":
+                return line
+            log.warning("%s", message)
+    return ""
+
+
+def serve(
+    root: str | os.PathLike[str],
+    options: MountOptions | None = None,
+    *,
+    foreground: bool = False,
+    tag_ttl: float = 60.0,
+    negative_ttl: float = 30.0,
+    idle: float = 600.0,
+    **overrides: Any,
+) -> Path:
+    """Serve every kit at ``root`` (``root/REF/`` is the kit REF names) with a daemon in the
+    background, or in this process until unmounted with ``foreground``; returns the root.
+    See :mod:`modelkitfs.serve`."""
+    options = merged_options(options, overrides)
+    settings = {"tag_ttl": tag_ttl, "negative_ttl": negative_ttl, "idle": idle}
+    for name, value in settings.items():
+        if not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise MountError(f"{flag} must be a positive number of seconds, not {value:g}")
+    if not foreground:
+        _start_daemon(None, root, options, service=settings)
+        return Path(os.path.abspath(root))
+    _, path, options = _prepare(None, root, options)
+    configure_logging(options.log_level)
+    setproctitle.setproctitle(process_title(SERVICE, path))
+
+    def ready() -> None:
+        print(f"serving every kit at {path}; Ctrl-C to stop", flush=True)
+
+    trio.run(
+        partial(
+            serve_kits, path, options, ready, tag_ttl=tag_ttl, negative_ttl=negative_ttl, idle=idle
+        )
+    )
+    return Path(path)
 
 
 def mount_foreground(
@@ -236,15 +302,29 @@ def mount_foreground(
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> None:
-    """Mount and serve in this process, logging to stderr, until unmounted or interrupted."""
+    """Mount and serve in this process, logging to stderr, until unmounted or interrupted;
+    once mounted, one line on standard output says so."""
     reference, path, options = _prepare(reference, mountpoint, options)
     configure_logging(options.log_level)
-    trio.run(serve_modelkit, reference, path, options, lambda: None)
+    setproctitle.setproctitle(process_title(reference, path))
+
+    def ready() -> None:
+        print(f"mounted {reference} at {path}; Ctrl-C to unmount", flush=True)
+
+    trio.run(serve_modelkit, reference, path, options, ready)
 
 
 def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
-    """Unmount a modelkitfs folder, including a dead one whose daemon was killed."""
+    """Unmount a modelkitfs folder, including a dead one whose daemon was killed; refuse any
+    other file system (that is umount(8)'s job, not ours)."""
     path = os.path.abspath(mountpoint)
+    entry = mount_entry(path)
+    if entry is None:
+        if not os.path.lexists(path):
+            raise MountError(f"{path} does not exist: give the folder a kit is mounted at")
+        raise MountError(f"{path} is not mounted: 'modelkitfs mounts' lists the mounts")
+    if entry.fstype != f"fuse.{FSTYPE}":
+        raise MountError(f"{path} is not a modelkitfs mount ({entry.fstype}); use umount(8)")
     command = ["fusermount3", "-u", *(["-z"] if lazy else []), path]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -253,10 +333,6 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
     if result.returncode == 0:
         return
     detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown error"
-    if not os.path.ismount(path) and not any(
-        os.strerror(code).lower() in detail.lower() for code in DEAD_MOUNT
-    ):
-        raise MountError(f"{path} is not mounted")
     if "busy" in detail.lower():
         holders = ", ".join(busy_holders(path)[:MAX_HOLDERS_NAMED]) or "a process"
         raise MountError(
@@ -264,6 +340,34 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
             f"--lazy {path}' (the daemon then stops once the last file is closed)"
         )
     raise MountError(f"cannot unmount {path}: {detail}")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def mount_table() -> list[MountEntry]:
+    """The mounts this process sees, in mount order."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields, _, tail = line.partition(" - ")
+            fstype, source = ([*tail.split(), "", ""])[:2]
+            found.append(MountEntry(_unescape(fields.split()[4]), fstype, _unescape(source)))
+    return found
+
+
+def mount_entry(path: str) -> MountEntry | None:
+    """What is mounted at ``path`` (the topmost mount), or None; the path as given or with
+    its links resolved (a dead mount cannot be resolved through, so both are tried)."""
+    names = {os.path.abspath(path), os.path.realpath(path)}
+    matching = [entry for entry in mount_table() if entry.mountpoint in names]
+    return matching[-1] if matching else None
 
 
 def busy_holders(mountpoint: str) -> list[str]:
@@ -298,25 +402,22 @@ def busy_holders(mountpoint: str) -> list[str]:
 
 def active_mounts() -> list[dict[str, Any]]:
     """The modelkitfs mounts of this machine, with what each daemon reports of itself
-    (reference, bytes fetched, cache hits); ``"dead": True`` where the daemon has stopped."""
+    (reference, bytes fetched, cache hits, pid, log, cache); ``"dead": True`` where the daemon
+    has stopped."""
     found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields, _, tail = line.partition(" - ")
-            fstype, source = ([*tail.split(), "", ""])[:2]
-            if fstype != f"fuse.{FSTYPE}":
-                continue
-            path = _unescape(fields.split()[4])
-            entry: dict[str, Any] = {
-                "mountpoint": path,
-                "reference": source.removeprefix(f"{FSTYPE}:"),
-            }
-            try:
-                entry.update(json.loads(os.getxattr(path, STATS_ATTRIBUTE)))
-                entry["dead"] = False
-            except OSError as exc:
-                entry["dead"] = exc.errno in DEAD_MOUNT
-            found.append(entry)
+    for mounted in mount_table():
+        if mounted.fstype != f"fuse.{FSTYPE}":
+            continue
+        entry: dict[str, Any] = {
+            "mountpoint": mounted.mountpoint,
+            "reference": mounted.source.removeprefix(f"{FSTYPE}:"),
+        }
+        try:
+            entry.update(json.loads(os.getxattr(mounted.mountpoint, STATS_ATTRIBUTE)))
+            entry["dead"] = False
+        except OSError as exc:
+            entry["dead"] = exc.errno in DEAD_MOUNT
+        found.append(entry)
     return found
 
 

@@ -1,58 +1,79 @@
-"""Everything a mount (or a prefetch) can be told, checked before anything starts."""
+"""Everything a mount (or a prefetch, a listing, a read) can be told, parsed once and checked
+before anything starts.
+
+:class:`MountOptions` is frozen and typed: sizes are bytes, filters are :class:`Filter` values,
+labels are pairs, the proxy is a checked URL. It takes what a user writes (``"20G"``,
+``["model,docs"]``, ``["key=value"]``) as well as the parsed values, so the Python API, fsspec's
+storage options and the CLI share one parser, and a bad value is one line naming the option.
+The CLI's choices come from the tuples here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+import httpx
 
 from modelkitfs.blobs.budget import check_max_size
 from modelkitfs.config import configured_mirrors
-from modelkitfs.errors import ModelKitFSError
-from modelkitfs.kit import parse_filters, parse_labels
+from modelkitfs.errors import InvalidFilter, ModelKitFSError
+from modelkitfs.kit import Filter, parse_labels
+from modelkitfs.kit.filters import FILTER_TYPES, parse_filter
 from modelkitfs.registry.transport import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
 
 VERIFY_MODES = ("complete", "full")
 PREFETCH_MODES = ("none", "model", "all")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MountOptions:
     plain_http: bool = False
     tls_verify: bool = True
     tls_cert: str | None = None  # extra CA bundle
     cert: str | None = None  # client certificate
     key: str | None = None
-    proxy: str | None = None
-    mirrors: list[str] = field(default_factory=list)  # tried before the registry, in order
+    proxy: str | None = field(default=None, repr=False)  # http(s):// or socks5://; secret
+    mirrors: tuple[str, ...] = ()  # tried before the registry, in order
     cache_dir: str | None = None
-    cache_max_size: str | None = None  # e.g. "20G"; default half the cache's file system
+    cache_max_size: int | None = None  # bytes (given as "20G"...); None: half the file system
     prefetch: str = "none"  # after mounting, fill the cache: none, model (and parts), all
     verify: str = "complete"  # "complete": each blob once all cached; "full": before serving
-    log_level: str = "INFO"
+    log_level: str = "info"
     allow_other: bool = False
-    filters: list[str] = field(default_factory=list)  # kit unpack --filter, e.g. "model,docs"
-    labels: list[str] = field(default_factory=list)  # key=value, picks from a ModelKit index
+    filters: tuple[Filter, ...] = ()  # kit unpack --filter (given as "model,docs"...)
+    labels: tuple[tuple[str, str], ...] = ()  # picks from a ModelKit index (given as "k=v")
     timeout: float = DEFAULT_TIMEOUT  # seconds before a read that cannot be served fails (EIO)
+    metrics: str | None = None  # HOST:PORT to serve Prometheus metrics on
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("mirrors", tuple(str(m) for m in _sequence(self.mirrors)))
+        put("filters", tuple(_filter(f) for f in _sequence(self.filters)))
+        put("labels", _labels(self.labels))
+        put("cache_max_size", _max_size(self.cache_max_size))
+        put("prefetch", _choice("--prefetch", self.prefetch, PREFETCH_MODES))
+        put("verify", _choice("--verify", self.verify, VERIFY_MODES))
+        put("log_level", _choice("--log-level", str(self.log_level).lower(), LOG_LEVELS))
+        put("timeout", _timeout(self.timeout))
+        put("proxy", _proxy(self.proxy))
+        if self.metrics is not None:
+            metrics_address(self.metrics)
 
     def check(self) -> None:
-        """Raise the error a malformed option would cause, before any mounting."""
-        parse_filters(self.filters)
-        parse_labels(self.labels)
-        if self.cache_max_size is not None:
-            check_max_size(self.cache_max_size)
-        if self.prefetch not in PREFETCH_MODES:
-            raise ModelKitFSError(
-                f"unknown --prefetch {self.prefetch!r}: use one of {', '.join(PREFETCH_MODES)}"
-            )
-        if self.verify not in VERIFY_MODES:
-            raise ModelKitFSError(
-                f"unknown --verify {self.verify!r}: use one of {', '.join(VERIFY_MODES)}"
-            )
-        if not self.timeout > 0:
-            raise ModelKitFSError(
-                f"--timeout must be a positive number of seconds, not {self.timeout}"
-            )
+        """Raise the error what these options name on disk would cause (CA bundles, client
+        certificates that cannot be read), before any mounting."""
         ssl_context(self.network())
+
+    def replace(self, **changes: Any) -> MountOptions:
+        return dataclasses.replace(self, **changes)
 
     def network(self, registry: str | None = None) -> NetworkOptions:
         """How to reach ``registry``: these options plus the mirrors configured for it."""
@@ -69,14 +90,100 @@ class MountOptions:
         ).with_environment()
 
 
+OPTION_NAMES = frozenset(f.name for f in fields(MountOptions))
+
+
+def _sequence(value: Any) -> Iterable[Any]:
+    """One value or many: ``"model"`` and ``["model"]`` alike."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, Filter)):
+        return (value,)
+    return value
+
+
+def _filter(value: Filter | str) -> Filter:
+    if isinstance(value, Filter):
+        return value
+    text = str(value)
+    for kind in text.split(":", 1)[0].split(","):
+        if kind not in FILTER_TYPES:
+            close = difflib.get_close_matches(kind, FILTER_TYPES, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise InvalidFilter(
+                f"--filter {text!r}: {kind!r} is not a type; {hint}types are "
+                f"{', '.join(FILTER_TYPES)} (TYPES[:IDS], e.g. -f model,datasets:train)"
+            )
+    return parse_filter(text)
+
+
+def _labels(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    items = list(_sequence(value))
+    if all(isinstance(item, tuple) and len(item) == 2 for item in items):
+        return tuple((str(k), str(v)) for k, v in items)
+    return tuple(parse_labels([str(item) for item in items]).items())
+
+
+def _max_size(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ModelKitFSError(f"--cache-max-size {value!r} is not a size: give e.g. 20G")
+    return check_max_size(str(value))
+
+
+def _choice(option: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ModelKitFSError(f"unknown {option} {value!r}: use one of {', '.join(choices)}")
+    return str(value)
+
+
+def _timeout(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ModelKitFSError(f"--timeout must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _proxy(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None
+    if url is None or url.scheme not in PROXY_SCHEMES or not url.host:
+        shown = text if url is None or not url.password else "the URL given"
+        raise ModelKitFSError(
+            f"--proxy {shown!r} is not a proxy URL: give http://HOST:PORT (or https://, "
+            "socks5://), with user:password@ before the host if it asks for them"
+        )
+    return text
+
+
 def merged_options(options: MountOptions | None, overrides: dict[str, Any]) -> MountOptions:
     """``options`` with the fields named in ``overrides`` replaced (``plain_http=True``...);
     an unknown name is an error that lists the known ones."""
-    known = {f.name for f in fields(MountOptions)}
-    if unknown := sorted(set(overrides) - known):
+    if unknown := sorted(set(overrides) - OPTION_NAMES):
         raise ModelKitFSError(
-            f"unknown option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}"
+            f"unknown option(s) {', '.join(unknown)}: use {', '.join(sorted(OPTION_NAMES))}"
         )
-    merged = MountOptions(**{**asdict(options or MountOptions()), **overrides})
+    merged = (options or MountOptions()).replace(**overrides)
     merged.check()
     return merged
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics HOST:PORT`` (``:PORT`` for every address), or an error saying what to give."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ModelKitFSError(
+            f"--metrics {text!r}: give HOST:PORT to serve metrics on, e.g. 127.0.0.1:9464"
+        )
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -2,34 +2,46 @@
 
 Layer by layer (only those the filters select), everything a mount would fetch lazily is fetched
 now and verified: a job started later on this machine mounts and reads without the network.
+Progress is what the cache holds of the layers, not what crossed the network (which counts
+manifests, retries and headers too), so it reaches its total only when every layer is in.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import trio
 
 from modelkitfs.blobs import DiskCache
+from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
+from modelkitfs.selection import warn_unmatched
 from modelkitfs.sources import Sources
 
 PROGRESS_EVERY = 0.25  # seconds
 
 
+@dataclass(frozen=True)
+class LayerDone:
+    kind: str
+    path: str
+    size: int
+
+
 @dataclass
 class Progress:
     reference: str
-    layers_done: int
     layers: int
-    bytes_done: int  # layers finished plus what is downloaded of the current one
     total_bytes: int
-    downloaded: int
-    elapsed: float
+    cached_before: int = 0  # of the selected layers, before this prefetch began
+    layers_done: list[LayerDone] = field(default_factory=list)
+    bytes_done: int = 0  # of the selected layers, in the cache now
+    downloaded: int = 0  # blob bytes fetched from registries
+    elapsed: float = 0.0
 
 
 async def prefetch(
@@ -47,33 +59,35 @@ async def prefetch(
     started = time.monotonic()
     async with Sources(options) as sources:
         kit = await sources.open_kit(ref)
+        warn_unmatched(str(ref), kit.kitfile, options.filters)
+        await trio.to_thread.run_sync(record_kit, options.cache_dir or "", str(ref), kit)
         layers = kit.tree.layers
-        state = Progress(str(ref), 0, len(layers), 0, sum(x.archive.size for x in layers), 0, 0.0)
+        state = Progress(str(ref), len(layers), sum(x.archive.size for x in layers))
+        held = [min(await x.archive.blob.cached_bytes(), x.archive.size) for x in layers]
+        state.cached_before = state.bytes_done = sum(held)
 
-        def update(done_before: int, fetched_before: int, layer_size: int) -> None:
+        async def update() -> None:
+            for position, layer in enumerate(layers):
+                held[position] = min(await layer.archive.blob.cached_bytes(), layer.archive.size)
+            state.bytes_done = sum(held)
             state.downloaded = sources.fetched_bytes
-            current = min(state.downloaded - fetched_before, layer_size)
-            state.bytes_done = done_before + current
             state.elapsed = time.monotonic() - started
             report(state)
 
         try:
             for layer in layers:
-                done_before, fetched_before = state.bytes_done, sources.fetched_bytes
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        _tick, update, done_before, fetched_before, layer.archive.size
-                    )
+                    nursery.start_soon(_tick, update)
                     await layer.archive.prefetch()
                     nursery.cancel_scope.cancel()
-                state.layers_done += 1
-                update(done_before + layer.archive.size, sources.fetched_bytes, 0)
+                state.layers_done.append(LayerDone(layer.kind, layer.path, layer.archive.size))
+                await update()
         finally:
             await kit.tree.aclose()
     return state
 
 
-async def _tick(update: Callable[[int, int, int], None], *args: int) -> None:
-    while True:
-        update(*args)
+async def _tick(update: Callable[[], Awaitable[None]]) -> None:
+    while True:  # until cancelled, once the layer is in
+        await update()
         await trio.sleep(PROGRESS_EVERY)

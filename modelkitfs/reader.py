@@ -24,16 +24,29 @@ from typing import Any, TypeVar
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.catalog import record_kit
 from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import ROOT_INODE, ModelKit, Node
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
+from modelkitfs.selection import warn_unmatched
 from modelkitfs.sources import Sources
 
 T = TypeVar("T")
 READ_BUFFER = 1024 * 1024
 OPEN_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Cached:
+    """What the cache holds of a file: its own bytes (None when not known per file: a
+    compressed layer), and of the layer blob it is in."""
+
+    file_bytes: int | None
+    layer: str | None  # the layer's digest (None for the Kitfile, which is no layer)
+    layer_bytes: int
+    layer_size: int
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,9 @@ class KitReader:
         self, reference: str, options: MountOptions | None = None, **overrides: Any
     ) -> None:
         self.options = merged_options(options, overrides)
-        self.options.cache_dir = self.options.cache_dir or default_cache_dir()
-        self.reference = str(parse_reference(reference))
+        self.options = self.options.replace(cache_dir=self.options.cache_dir or default_cache_dir())
+        self.ref = parse_reference(reference)
+        self.reference = str(self.ref)
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._opened = threading.Event()
@@ -80,8 +94,13 @@ class KitReader:
 
     async def _serve(self) -> None:
         async with Sources(self.options) as sources:
-            self.kit = await sources.open_kit(parse_reference(self.reference))
+            self.kit = await sources.open_kit(self.ref)
+            warn_unmatched(self.reference, self.kit.kitfile, self.options.filters)
             self.sources = sources
+            assert self.options.cache_dir is not None
+            await trio.to_thread.run_sync(
+                record_kit, self.options.cache_dir, self.reference, self.kit
+            )
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             self._opened.set()
@@ -156,53 +175,27 @@ class KitReader:
         """Blob bytes fetched from registries so far (for progress reports)."""
         return self.sources.fetched_bytes if self.sources is not None else 0
 
-    def describe(self) -> dict[str, Any]:
-        """The kit as ``modelkitfs inspect`` shows it: Kitfile sections and every layer of
-        the manifest with its media type, size, compression, digest and cached bytes."""
-        return self._call("inspect", self._describe)
+    def call(self, what: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await function(*args)`` on the kit's loop, within the timeout (``what`` names it
+        in the error when it is not done in time); for reports the reader does not make."""
+        return self._call(what, function, *args)
 
-    async def _describe(self) -> dict[str, Any]:
-        assert self.kit is not None and self.sources is not None
-        kit = self.kit
-        in_tree = {layer.archive.digest: layer for layer in kit.tree.layers}
-        store = self.sources.store_for(parse_reference(self.reference))
-        layers = []
-        for layer in kit.manifest.layers:
-            shown = in_tree.get(layer.digest)
-            size = layer.descriptor.size
-            layers.append(
-                {
-                    "type": layer.base,
-                    "path": shown.path if shown else (layer.filepath or ""),
-                    "media_type": layer.descriptor.media_type,
-                    "format": layer.format,
-                    "compression": layer.compression or "none",
-                    "size": size,
-                    "cached": await store.blob(layer.digest, size).cached_bytes(),
-                    "digest": layer.digest,
-                    "selected": shown is not None,
-                }
-            )
-        kitfile = kit.kitfile
-        return {
-            "reference": self.reference,
-            "manifest": kit.manifest_digest,
-            "package": _fields(
-                kitfile.get("package"), ("name", "version", "description", "authors", "license")
-            ),
-            "model": _fields(
-                kitfile.get("model"), ("name", "path", "framework", "version", "description")
-            ),
-            **{
-                section: [
-                    _fields(e, ("name", "path", "description")) for e in kitfile.get(section) or []
-                ]
-                for section in ("datasets", "code", "docs", "prompts")
-            },
-            "size": sum(layer["size"] for layer in layers),
-            "cached": sum(layer["cached"] for layer in layers),
-            "layers": layers,
-        }
+    def cached(self, path: str) -> Cached:
+        """How much of the file at ``path`` the cache holds, and of the layer it is in."""
+        return self._call(f"cache lookup of {path!r}", self._cached, path)
+
+    async def _cached(self, path: str) -> Cached:
+        assert self.kit is not None
+        node = await self._node(path)
+        if node.is_dir or node.layer is None:
+            return Cached(node.size if not node.is_dir else 0, None, 0, 0)
+        archive = node.layer.archive
+        return Cached(
+            await self.kit.tree.cached_bytes(node),
+            archive.digest,
+            await archive.blob.cached_bytes(),
+            archive.size,
+        )
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         assert self.kit is not None
@@ -254,13 +247,6 @@ class KitFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._position
-
-
-def _fields(section: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named fields of a Kitfile section that are set (a malformed section: none)."""
-    if not isinstance(section, dict):
-        return {}
-    return {name: section[name] for name in names if section.get(name) not in (None, "", [])}
 
 
 def _parts(path: str) -> list[str]:

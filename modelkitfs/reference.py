@@ -1,7 +1,7 @@
 """Parse ModelKit references the way ``kit`` does.
 
 ``registry/repository[:tag][@sha256:hex]``. The first path component names a registry only when
-it contains a ``.`` or a ``:``; otherwise the registry is ``localhost``,
+it contains a ``.`` or a ``:`` or is ``localhost``; otherwise the registry is ``localhost``,
 which kit keeps in local storage only. No tag and no digest means ``latest``.
 """
 
@@ -75,6 +75,13 @@ def parse_reference(text: str) -> Reference:
         raise InvalidReference(f"invalid reference {original!r}: {hint}")
     if text.startswith(LAYOUT_PREFIX):
         return _parse_layout(text[len(LAYOUT_PREFIX) :], original)
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        plain = " and --plain-http" if scheme.lower() == "http" else ""
+        raise InvalidReference(
+            f"{original!r} is a URL, not a reference: give {rest}{plain} (a reference names "
+            "no scheme)"
+        )
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
@@ -88,7 +95,7 @@ def parse_reference(text: str) -> Reference:
         if not _TAG.fullmatch(tag):
             raise InvalidReference(f"invalid tag {tag!r} in reference {original!r}: {hint}")
     first, _, rest = text.partition("/")
-    if rest and ("." in first or ":" in first):
+    if rest and ("." in first or ":" in first or first == DEFAULT_REGISTRY):
         registry, repository = first, rest
     else:
         registry, repository = DEFAULT_REGISTRY, text

@@ -9,6 +9,7 @@ client, connection pool and token cache per registry), over one shared cache. Th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 from modelkitfs.errors import MountError
 from modelkitfs.fuse import serve
 from modelkitfs.fuse.service import ServiceOperations
-from modelkitfs.fuse.session import mount_options
+from modelkitfs.fuse.session import kernel_refusal, mount_options
 from modelkitfs.kit import KitTree
 from modelkitfs.metrics import serve_metrics
 from modelkitfs.options import MountOptions
@@ -26,6 +27,8 @@ from modelkitfs.reference import Reference
 from modelkitfs.sources import Sources
 
 log = logging.getLogger("modelkitfs")
+
+SERVICE = "serve"  # what a service's mount names as its reference (in mounts, ps)
 
 
 class SourcesLoader:
@@ -62,13 +65,25 @@ async def serve_kits(
     tag_ttl: float = 60.0,
     negative_ttl: float = 30.0,
     idle: float = 600.0,
-    metrics: str | None = None,
+    log_file: str | None = None,
 ) -> None:
-    """Serve every kit under ``root`` until unmounted; with ``metrics`` (HOST:PORT), serve
-    Prometheus metrics there too."""
+    """Serve every kit under ``root`` until unmounted (with ``options.metrics``, Prometheus
+    metrics too); ``log_file`` is where this process logs, as ``modelkitfs mounts`` shows."""
     async with Sources(options) as sources:
+
+        def stats() -> dict[str, Any]:
+            return {
+                "reference": SERVICE,
+                "kits": sorted(kit.entry.path for kit in operations.kits.values()),
+                **sources.stats(),
+                "pid": os.getpid(),
+                "log": log_file,
+                "cache_dir": options.cache_dir,
+            }
+
         operations = ServiceOperations(
             SourcesLoader(sources),
+            stats,
             timeout=options.timeout,
             tag_ttl=tag_ttl,
             negative_ttl=negative_ttl,
@@ -76,8 +91,8 @@ async def serve_kits(
         )
         sources.corrupt_handlers.append(operations.invalidate_blob)
         stop_metrics = (
-            serve_metrics(metrics, sources, operations, lambda: len(operations.kits))
-            if metrics
+            serve_metrics(options.metrics, sources, operations, lambda: len(operations.kits))
+            if options.metrics
             else None
         )
         try:
@@ -86,12 +101,12 @@ async def serve_kits(
                 await serve(
                     operations,
                     root,
-                    mount_options("modelkitfs:serve", options.allow_other),
+                    mount_options(f"modelkitfs:{SERVICE}", options.allow_other),
                     on_ready,
                 )
                 nursery.cancel_scope.cancel()
         except RuntimeError as exc:
-            raise MountError(f"the kernel refused to mount {root} ({exc})") from None
+            raise MountError(kernel_refusal(root, exc)) from None
         finally:
             if stop_metrics is not None:
                 stop_metrics()

@@ -21,12 +21,12 @@ from typing import Any
 import trio
 
 from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs.budget import CacheBudget, check_max_size
+from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.blobs.configs import CachedConfigs
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotFound
-from modelkitfs.kit import ModelKit, open_modelkit, parse_filters, parse_labels
+from modelkitfs.kit import ModelKit, open_modelkit
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
 from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
@@ -42,8 +42,7 @@ class Sources:
     def __init__(self, options: MountOptions) -> None:
         self.options = options
         self.cache = DiskCache(options.cache_dir or "")
-        max_size = check_max_size(options.cache_max_size) if options.cache_max_size else None
-        self.budget = CacheBudget(self.cache, max_size)
+        self.budget = CacheBudget(self.cache, options.cache_max_size)
         self.clients: dict[str, RegistryClient] = {}
         self.stores: dict[tuple[str, str], BlobStore] = {}
         self.corrupt_handlers: list[Callable[[str], Awaitable[None]]] = []
@@ -93,8 +92,8 @@ class Sources:
         return await open_modelkit(
             self.store_for,
             reference,
-            filters=parse_filters(self.options.filters),
-            labels=parse_labels(self.options.labels),
+            filters=list(self.options.filters),
+            labels=dict(self.options.labels),
         )
 
     def store_for(self, target: Reference) -> BlobStore:

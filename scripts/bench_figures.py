@@ -294,7 +294,7 @@ def service_figures(bench: Bench, registry: str, base: Path, kits: int = 50) -> 
     service = Service(base / "service", base / "service-cache")
     root = service.root
     try:
-        pid = service.process.pid
+        pid = service.pid
         idle = rss_mib(pid)
         first = timed(lambda: os.listdir(root / registry / "service" / "kit0:v1"))
         walk(root / registry / "service" / "kit0:v1")

@@ -63,7 +63,7 @@ def process_with(*words: str) -> int:
 
 
 def daemon_pid(mountpoint: Path) -> int:
-    return process_with("modelkitfs.daemon", str(mountpoint))
+    return process_with("modelkitfs: ", f" on {mountpoint}")  # the daemon's process title
 
 
 def registry_pid(bench: Bench, folder: str = "registry") -> int:

@@ -93,9 +93,20 @@ def daemon_pid(mountpoint: Path) -> int:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"modelkitfs.daemon" in command and str(mountpoint).encode() in command:
+            if command.startswith(b"modelkitfs: ") and command.rstrip(b"\0").endswith(
+                f" on {mountpoint}".encode()
+            ):
                 return int(entry.name)
     raise AssertionError(f"no daemon serves {mountpoint}")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a daemon we started lingers as a zombie once done)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def mount_stats(mountpoint: Path) -> dict[str, Any]:

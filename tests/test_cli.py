@@ -6,37 +6,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import assert_one_line_error, run_cli
 from tests.conftest import MiB, Mounts, daemon_pid
 from tests.kitbuilder import Artifact, build_modelkit, sha256
 from tests.registry_server import free_port
-
-
-def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelkitfs.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MODELKITFS_CACHE_DIR": str(cache)},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("modelkitfs: error: ")
-    for phrase in phrases:
-        assert phrase in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -191,14 +172,25 @@ def test_ls(data_kit: str, proxy, tmp_path: Path) -> None:
     result = run_cli("ls", "--plain-http", reference, cache=cache)
     assert result.stdout.split() == ["Kitfile", "data/", "model.bin"], result.stderr
     result = run_cli("ls", "-l", "--plain-http", reference, "data", cache=cache)
-    assert result.stdout.splitlines() == [
-        "drwxr-xr-x              0 sub/",
-        "-rw-r--r--              8 train.csv",
+    assert result.stdout.splitlines() == [  # a gzip layer: what is cached of the layer
+        "drwxr-xr-x              0          - sub/",
+        "-rw-r--r--              8 layer 100% train.csv",
     ]
     listed = json.loads(
         run_cli("ls", "--json", "--plain-http", reference, "data/sub", cache=cache).stdout
     )
-    assert listed == [{"path": "data/sub/more.csv", "type": "file", "size": 2, "mode": 0o644}]
+    assert len(listed) == 1
+    assert listed[0]["layer_cached"] == listed[0]["layer_size"] > 0
+    assert listed[0] == {
+        "path": "data/sub/more.csv",
+        "type": "file",
+        "size": 2,
+        "mode": 0o644,
+        "cached": None,  # not known per file in a compressed layer
+        "layer": listed[0]["layer"],
+        "layer_cached": listed[0]["layer_cached"],
+        "layer_size": listed[0]["layer_size"],
+    }
     assert_one_line_error(
         run_cli("ls", "--plain-http", reference, "data/nothing", cache=cache), "no 'data/nothing'"
     )
@@ -223,19 +215,74 @@ def test_mounts_lists_serving_and_dead_mounts(
 
 
 def test_help_has_examples_and_completion_is_valid_bash(tmp_path: Path) -> None:
-    commands = ["mount", "umount", "prefetch", "inspect", "ls", "mounts", "cache", "completion"]
+    commands = [
+        *("mount", "umount", "prefetch", "inspect", "ls", "cat", "cp", "list", "mounts"),
+        *("cache", "completion"),
+    ]
     for command in [[], *([c] for c in commands)]:
         result = run_cli(*command, "--help", cache=tmp_path)
         assert result.returncode == 0 and "\nexamples:\n  " in result.stdout, command
         assert "modelkitfs " in result.stdout.partition("\nexamples:\n")[2], command
     assert run_cli("--version", cache=tmp_path).stdout.startswith("modelkitfs ")
     script = run_cli("completion", "bash", cache=tmp_path).stdout
-    calls = [("modelkitfs mo", 1), ("modelkitfs ls --pl", 2)]
+    calls = [
+        "modelkitfs mo",
+        "modelkitfs ls --pl",
+        "modelkitfs cache ''",
+        "modelkitfs mount --prefetch ''",
+        "modelkitfs prefetch --filter da",
+        "modelkitfs completion ''",
+    ]
     tries = "".join(
-        f'COMP_WORDS=({words}); COMP_CWORD={word}; _modelkitfs; echo "${{COMPREPLY[@]}}"\n'
-        for words, word in calls
+        f"COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMPREPLY=(); "
+        f'_shtab_modelkitfs; echo "${{COMPREPLY[*]}}"\n'
+        for words in calls
     )
     completed = subprocess.run(
         ["bash", "-c", f"{script}\n{tries}"], capture_output=True, text=True, check=True
     )
-    assert completed.stdout.splitlines() == ["mount mounts", "--plain-http"]
+    assert completed.stdout.splitlines() == [
+        "mount mounts",
+        "--plain-http",
+        "info ls verify prune clear",
+        "none model all",
+        "datasets",
+        "bash zsh",
+    ]
+    assert run_cli("completion", "zsh", cache=tmp_path).stdout.startswith("#compdef modelkitfs")
+
+
+def test_umount_completes_the_mounted_folders(
+    small_kit: str, mounts: Mounts, tmp_path: Path
+) -> None:
+    mounted = mounts.mount(small_kit, name="completed")
+    script = run_cli("completion", "bash", cache=tmp_path).stdout
+    words = f"modelkitfs umount {mounted.parent}/comp"
+    completed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{script}\nCOMP_WORDS=({words}); COMP_CWORD=2; _shtab_modelkitfs; "
+            'echo "${COMPREPLY[*]}"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert completed.stdout.split() == [str(mounted)]
+
+
+def test_readme_tables_match_the_help(tmp_path: Path) -> None:
+    """Every command of ``--help`` has a row in the README's command table and every row is a
+    command; every option the README's table names is one some command takes."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.partition("| command | what it does |")[2].partition("\n\n")[0]
+    rows = re.findall(r"^\| `([a-z]+)[ `]", table, re.M)
+    helped = run_cli("--help", cache=tmp_path).stdout
+    listed = re.findall(r"^    ([a-z]+)\b", helped.partition("COMMAND\n")[2], re.M)
+    assert rows == listed
+    options = re.findall(r"^\| `(--[a-z-]+)", readme.partition("| option | meaning |")[2], re.M)
+    every = "".join(
+        run_cli(command, "--help", cache=tmp_path).stdout for command in ("mount", "umount")
+    )
+    assert options and all(f"{option}" in every for option in options), options

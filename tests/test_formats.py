@@ -280,8 +280,8 @@ def test_cli_rejects_bad_filters_and_labels(tmp_path: Path) -> None:
     mountpoint.mkdir()
     cases = [
         (["-f", "model:a:b"], "should be in format <type1>,<type2>[:<filter1>,<filter2>]"),
-        (["-f", "weights"], "invalid filter type weights (must be one of kitfile, model,"),
-        (["-l", "quantization"], "invalid label 'quantization': expected key=value"),
+        (["-f", "weights"], "'weights' is not a type; types are kitfile, model,"),
+        (["--label", "quantization"], "invalid label 'quantization': expected key=value"),
     ]
     for arguments, message in cases:
         result = subprocess.run(

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 
 import trio
 
@@ -163,8 +162,7 @@ class Volumes:
         )
 
     def _volume_options(self, spec: VolumeSpec) -> MountOptions:
-        return replace(
-            self.options,
+        return self.options.replace(
             filters=list(spec.filters),
             labels=list(spec.labels),
             plain_http=self.options.plain_http if spec.plain_http is None else spec.plain_http,
@@ -217,7 +215,7 @@ class Volumes:
         reference = parse_reference(spec.reference)
         if reference.registry != DEFAULT_REGISTRY:
             options = self._volume_options(spec)
-            options.timeout = min(options.timeout, PROBE_TIMEOUT)
+            options = options.replace(timeout=min(options.timeout, PROBE_TIMEOUT))
             found = _probe(
                 reference.registry, reference.repository, reference.identifier, options, credential
             )

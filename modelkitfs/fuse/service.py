@@ -14,6 +14,7 @@ working directory) builds the tree again under the same numbers. A kit with a fi
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,8 +27,8 @@ import trio
 
 from modelkitfs.deadline import within
 from modelkitfs.errors import AuthenticationError, ModelKitFSError, NotAModelKit, NotFound
-from modelkitfs.fuse.namespace import Entry, Kind, Namespace
-from modelkitfs.fuse.operations import FOREVER, KitOperations
+from modelkitfs.fuse.namespace import ROOT, Entry, Kind, Namespace
+from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations
 from modelkitfs.kit.tree import ROOT_INODE, KitTree
 from modelkitfs.reference import Reference
 from modelkitfs.singleflight import SingleFlight
@@ -72,6 +73,7 @@ class ServiceOperations(pyfuse3.Operations):
     def __init__(
         self,
         loader: KitLoader,
+        stats: Callable[[], dict[str, Any]] = dict,
         *,
         timeout: float,
         tag_ttl: float = 60.0,
@@ -80,6 +82,7 @@ class ServiceOperations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.loader = loader
+        self.stats = stats  # the service's own, at the root (user.modelkitfs.stats)
         self.timeout, self.tag_ttl, self.negative_ttl, self.idle = (
             timeout,
             tag_ttl,
@@ -321,11 +324,13 @@ class ServiceOperations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if not inode >> SLOT_BITS:
-            return []
+            return [STATS_XATTR] if inode == ROOT else []
         return await (await self._kit(inode)).listxattr(inode, ctx)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if not inode >> SLOT_BITS:
+            if inode == ROOT and name == STATS_XATTR:
+                return json.dumps(self.stats(), sort_keys=True).encode()
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await (await self._kit(inode)).getxattr(inode, name, ctx)
 

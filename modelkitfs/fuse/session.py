@@ -20,6 +20,7 @@ MAX_BACKGROUND = 64
 FUSECTL = "/sys/fs/fuse/connections"
 WORKER_TASKS = (8, 128)
 TUNE_ATTEMPTS = 20
+FUSE_DEVICE = "/dev/fuse"
 
 
 def mount_options(fsname: str, allow_other: bool) -> set[str]:
@@ -121,3 +122,25 @@ async def _stop_on_signal() -> None:
             log.info("received %s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+def kernel_refusal(mountpoint: str, exc: BaseException) -> str:
+    """Why the kernel refused the mount, told apart by what can be checked: no /dev/fuse, a
+    /dev/fuse this user cannot open, else (the usual case in a container) no CAP_SYS_ADMIN."""
+    if not os.path.exists(FUSE_DEVICE):
+        return (
+            f"cannot mount {mountpoint}: {FUSE_DEVICE} does not exist; install fuse3 "
+            "(apt-get install fuse3), or give a container --device /dev/fuse"
+        )
+    try:
+        os.close(os.open(FUSE_DEVICE, os.O_RDWR))
+    except OSError as error:
+        return (
+            f"cannot mount {mountpoint}: {FUSE_DEVICE} cannot be opened ({error.strerror}); "
+            "run as root or as a member of the group that owns it"
+        )
+    return (
+        f"cannot mount {mountpoint}: permission denied by the kernel ({exc}), mounting needs "
+        "CAP_SYS_ADMIN: run as root, give a container --cap-add SYS_ADMIN --device /dev/fuse, "
+        "or read without mounting (modelkitfs cat, modelkitfs cp, modelkitfs.open())"
+    )

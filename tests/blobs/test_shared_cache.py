@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, daemon_pid, write
+from tests.conftest import MiB, Mounts, daemon_pid, running, write
 from tests.kitbuilder import Artifact, build_modelkit
 
 BIG = 256 * MiB
@@ -53,15 +53,6 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` still runs (a daemon we started lingers as a zombie once done)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def cli(*arguments: str) -> subprocess.CompletedProcess[str]:

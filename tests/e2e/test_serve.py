@@ -7,11 +7,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -19,63 +17,43 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelkitfs import MountOptions
 from modelkitfs.errors import MountError
 from modelkitfs.mount import unmount
-from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, write
+from tests.clirun import run_cli
+from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, daemon_pid, running, write
 from tests.kitbuilder import build_modelkit, expected_tree, push, store_locally
 from tests.registry_proxy import CountingProxy
 
 SIZE = 24 * MiB + 7
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 UNLOADED = "modelkitfs.fuse.service: unloaded"
-RUNNER = """
-import json, logging, sys, trio
-from modelkitfs.daemon import configure_logging
-from modelkitfs.options import MountOptions
-from modelkitfs.serve import serve_kits
-settings = json.loads(sys.stdin.readline())
-options = MountOptions(**settings.pop("options"))
-configure_logging("debug")
-trio.run(lambda: serve_kits(settings.pop("root"), options, lambda: print("ready", flush=True),
-                            **settings))
-"""
 
 
 class Service:
-    """A ``serve`` daemon of one test, on a root under the test's folder."""
+    """``modelkitfs serve ROOT`` of one test, in the background as a user starts it, on a
+    root under the test's folder."""
 
-    def __init__(self, base: Path, cache_dir: Path, **settings: float) -> None:
+    def __init__(self, base: Path, cache_dir: Path, **settings: object) -> None:
         self.root = base / "kits"
         self.root.mkdir()
-        self.log_path = base / "serve.log"
-        options = MountOptions(cache_dir=str(cache_dir), plain_http=True, timeout=10)
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", RUNNER],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        settings_line = {"root": str(self.root), "options": asdict(options), **settings}
-        self.process.stdin.write(json.dumps(settings_line) + "\n")
-        self.process.stdin.close()
-        ready = self.process.stdout.readline().strip()
-        assert ready == "ready", self.log
+        self.cache_dir = cache_dir
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+        started = run_cli(
+            "serve", str(self.root), "--plain-http", "--timeout=10", "--log-level=debug",
+            *flags, cache=cache_dir,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        self.pid = daemon_pid(self.root)
 
     @property
     def log(self) -> str:
-        return self.log_path.read_text()
+        return (self.cache_dir / "logs" / "modelkitfs.log").read_text()
 
     def stop(self) -> None:
+        """Unmount (lazily, so that a failed test cannot wedge the next) and wait for the
+        daemon to end."""
         subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_for(lambda: not running(self.pid), "the service stopped")
 
 
 @pytest.fixture
@@ -247,8 +225,8 @@ def test_unmounting_the_root_with_files_open_is_as_for_a_mount(
             unmount(service.root)
         unmount(service.root, lazy=True)  # detached: the open file reads on
         assert f.read() == data[MiB:]
-    service.process.wait(timeout=60)  # the daemon stops once the last file is closed
-    assert service.process.returncode == 0
+    wait_for(lambda: not running(service.pid), "the daemon stopped once the file was closed")
+    assert "stopped serving" in service.log
     assert not os.path.ismount(service.root)
 
 
@@ -322,3 +300,22 @@ def test_a_bind_mount_of_a_kit_reads_on_after_the_kit_was_unloaded(
         assert f"{digest} again" in service.log  # loaded again, under the same inodes
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+def test_mounts_lists_the_service_and_its_kits_and_umount_stops_it(
+    weights: tuple[str, bytes, str], proxy: CountingProxy, service: Service
+) -> None:
+    repo_tag, data, digest = weights
+    assert (service.root / proxy.address / repo_tag / "weights.bin").read_bytes() == data
+    listed = run_cli("mounts", "--json", cache=service.cache_dir)
+    assert listed.returncode == 0, listed.stderr
+    entry = next(m for m in json.loads(listed.stdout) if m["mountpoint"] == str(service.root))
+    assert entry["reference"] == "serve" and entry["pid"] == service.pid
+    assert entry["kits"] == [f"{proxy.address}/serve/weights@{digest}"]
+    rows = run_cli("mounts", cache=service.cache_dir).stdout.splitlines()
+    row = next(line for line in rows if line.startswith(f"{service.root} "))
+    assert row.split()[1:4] == ["every", "kit", "(1"]
+    stopped = run_cli("umount", str(service.root), cache=service.cache_dir)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_for(lambda: not running(service.pid), "the service stopped")
+    assert not os.path.ismount(service.root)

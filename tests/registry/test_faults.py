@@ -16,7 +16,7 @@ import pytest
 
 from modelkitfs.blobs import DiskCache
 from modelkitfs.mount import unmount
-from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, write
+from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, running, write
 from tests.kitbuilder import build_modelkit
 from tests.registry_proxy import CountingProxy
 
@@ -152,15 +152,6 @@ def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> N
     while not condition():
         assert time.monotonic() < deadline, f"never came to pass: {what}"
         time.sleep(0.05)
-
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_failures_are_reported_in_one_line(

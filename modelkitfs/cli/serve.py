@@ -1,0 +1,72 @@
+"""``modelkitfs serve ROOT``: one daemon for every kit, and ``modelkitfs csi``: the Kubernetes
+CSI node plugin over it."""
+
+from __future__ import annotations
+
+import argparse
+
+from modelkitfs.cli.output import patience
+from modelkitfs.cli.parser import Commands, access_arguments, daemon_arguments, options_from
+from modelkitfs.mount import serve
+
+
+def add(commands: Commands) -> None:
+    s = commands.add(
+        "serve",
+        "serve every ModelKit under one folder",
+        "Serve every kit at ROOT: ROOT/REFERENCE/ is the kit REFERENCE names, for any "
+        "reference 'mount' takes, loaded on first access. A tag is a symlink to the digest it "
+        "names (resolved at most once per --tag-ttl); folders list what is loaded under them. "
+        "One daemon, one FUSE mount, one cache; 'modelkitfs umount ROOT' stops it.",
+        """
+  modelkitfs serve /kits
+  ls /kits/registry.example:5000/team/llm:v1/
+  modelkitfs serve /kits --foreground --allow-other --metrics 127.0.0.1:9464""",
+    )
+    s.add_argument("root", metavar="ROOT").complete = {  # type: ignore[attr-defined]
+        "bash": "_shtab_compgen_dirs",
+        "zsh": "_files -/",
+    }
+    access_arguments(s, fetches=True)
+    daemon_arguments(s)
+    for flag, default, what in (
+        ("--tag-ttl", 60.0, "ask the registry again what a tag names after this long"),
+        ("--negative-ttl", 30.0, "remember a reference the registry does not know this long"),
+        ("--idle", 600.0, "unload a kit unused this long (its blocks stay in the cache)"),
+    ):
+        s.add_argument(
+            flag,
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"{what} (default {default:g})",
+        )
+    s.set_defaults(run=run_serve)
+
+    c = commands.add(
+        "csi",
+        "run the Kubernetes CSI node plugin",
+        "Serve the CSI Identity and Node services on ENDPOINT (a unix socket), so that pods "
+        "declare kits as ephemeral inline volumes (deploy/kubernetes/).",
+        """
+  modelkitfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)""",
+        add_help=False,
+    )
+    c.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    c.set_defaults(run=run_csi)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    options = options_from(args)
+    settings = {"tag_ttl": args.tag_ttl, "negative_ttl": args.negative_ttl, "idle": args.idle}
+    if args.foreground:
+        serve(args.root, options, foreground=True, **settings)
+    else:
+        with patience("the node service", options.timeout):
+            serve(args.root, options, **settings)
+
+
+def run_csi(args: argparse.Namespace) -> None:
+    from modelkitfs.csi import main  # grpc only for those who run the plugin
+
+    raise SystemExit(main(args.arguments))
