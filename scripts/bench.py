@@ -5,7 +5,7 @@ Three settings, as registries serve blobs:
 - loopback: the real registry serves the bytes itself (as on-premises registries on a file
   system do); on two cores the registry and the daemon share the CPU.
 - object-storage link: a proxy of ours adds 30 ms before each response's first byte, 50 MB/s per
-  connection and 400 MB/s in all (tests/link_proxy.py).
+  connection and 400 MB/s in all (tests/support/link_proxy.py).
 - production-like: the registry answers blob GETs with a redirect to nginx over its storage
   folder (Distribution's redirect middleware), as Docker Hub, GHCR, ECR and Harbor on S3 send
   them to object storage or a CDN; nginx serves them with sendfile.
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_figures import loopback, object_link, production_like, service_figures
 from bench_tools import MODEL, ONE_TENSOR, Bench, MiB, make_source, process_with, transformer
 
-from tests.kitbuilder import build_modelkit, push
-from tests.link_proxy import LinkProxy
-from tests.registry_server import running_registry, storage_folder
-from tests.static_server import running_nginx
+from tests.support.kitbuilder import build_modelkit, push
+from tests.support.link_proxy import LinkProxy
+from tests.support.registry_server import running_registry, storage_folder
+from tests.support.static_server import running_nginx
 
 
 def main() -> None:

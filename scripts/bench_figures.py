@@ -30,8 +30,8 @@ from machine import CpuUse, PageCacheGrowth, folio_kib
 from safetensors import safe_open
 
 from tests.e2e.test_serve import Service
-from tests.kitbuilder import build_modelkit, push
-from tests.link_proxy import LinkProxy
+from tests.support.kitbuilder import build_modelkit, push
+from tests.support.link_proxy import LinkProxy
 
 
 def loopback(

@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelkitfs import MountOptions, mount, unmount
-from tests.kitbuilder import build_modelkit, push
-from tests.registry_server import running_registry
+from tests.support.kitbuilder import build_modelkit, push
+from tests.support.registry_server import running_registry
 
 MiB = 1024 * 1024
 KITFILE = {

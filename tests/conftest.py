@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from modelkitfs import MountOptions, mount
-from tests.kitbuilder import Artifact, push
-from tests.registry_proxy import CountingProxy
-from tests.registry_server import running_registry
+from tests.support.kitbuilder import Artifact, push
+from tests.support.registry_proxy import CountingProxy
+from tests.support.registry_server import running_registry
 
 MiB = 1024 * 1024
 

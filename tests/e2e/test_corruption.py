@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import MiB, Mounts, write
-from tests.kitbuilder import build_modelkit
-from tests.registry_proxy import CountingProxy
+from tests.support.kitbuilder import build_modelkit
+from tests.support.registry_proxy import CountingProxy
 
 SIZE = 16 * MiB + 5
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

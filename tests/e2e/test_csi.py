@@ -23,9 +23,9 @@ import pytest
 
 from modelkitfs.csi.protocol import messages, services
 from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, write
-from tests.kitbuilder import build_modelkit, expected_tree, push, selected_tree
-from tests.registry_proxy import CountingProxy
-from tests.registry_server import RegistryAuth, free_port, running_registry
+from tests.support.kitbuilder import build_modelkit, expected_tree, push, selected_tree
+from tests.support.registry_proxy import CountingProxy
+from tests.support.registry_server import RegistryAuth, free_port, running_registry
 
 NODE = "node-1"
 READY_TIMEOUT = 60.0

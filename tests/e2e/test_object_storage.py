@@ -14,9 +14,9 @@ import pytest
 
 from modelkitfs import MountOptions, mount, unmount
 from tests.conftest import MiB, write
-from tests.kitbuilder import build_modelkit, push
-from tests.registry_server import running_registry, storage_folder
-from tests.static_server import running_nginx
+from tests.support.kitbuilder import build_modelkit, push
+from tests.support.registry_server import running_registry, storage_folder
+from tests.support.static_server import running_nginx
 
 SIZE = 40 * MiB + 3
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelkitfs.errors import MountError
 from modelkitfs.mount import unmount
-from tests.clirun import run_cli
 from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, daemon_pid, running, write
-from tests.kitbuilder import build_modelkit, expected_tree, push, store_locally
-from tests.registry_proxy import CountingProxy
+from tests.support.clirun import run_cli
+from tests.support.kitbuilder import build_modelkit, expected_tree, push, store_locally
+from tests.support.registry_proxy import CountingProxy
 
 SIZE = 24 * MiB + 7
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

@@ -14,7 +14,7 @@ from modelkitfs.digests import sha256_digest
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
-from tests.kitbuilder import Artifact
+from tests.support.kitbuilder import Artifact
 from tests.unit.blobs.stores import opened
 
 REPOSITORY = "team/kit"

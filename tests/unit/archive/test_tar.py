@@ -15,7 +15,7 @@ from modelkitfs.archive import EntryKind, LayerIndex, tar
 from modelkitfs.archive.index import normalize_name
 from modelkitfs.archive.tar import build_tar_index, parse_pax
 from modelkitfs.errors import ArchiveError
-from tests.kitbuilder import empty_files_tar, go_tar, other_tar, pax_record
+from tests.support.kitbuilder import empty_files_tar, go_tar, other_tar, pax_record
 
 
 class BytesSource:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelkitfs.blobs import DiskCache
-from tests.tmpfs import small_fs
+from tests.support.tmpfs import small_fs
 
 DIGEST = "sha256:" + "cd" * 32
 

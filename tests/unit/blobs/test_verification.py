@@ -18,7 +18,7 @@ import trio
 from modelkitfs.blobs import BlobStore, DiskCache, MemoryCache
 from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
-from tests.tmpfs import small_fs
+from tests.support.tmpfs import small_fs
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 

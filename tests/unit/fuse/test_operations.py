@@ -20,7 +20,7 @@ import trio
 from modelkitfs.fuse import KitOperations
 from modelkitfs.fuse.operations import STATS_XATTR, XATTR
 from modelkitfs.kit import ROOT_INODE
-from tests.kitbuilder import Artifact, build_modelkit
+from tests.support.kitbuilder import Artifact, build_modelkit
 from tests.unit.memory_kit import MemoryKit, memory_kit
 
 WEIGHTS = np.random.default_rng(2).bytes(200_000)

@@ -18,7 +18,7 @@ from modelkitfs.archive import LayerIndex
 from modelkitfs.errors import NotFound
 from modelkitfs.kit import ROOT_INODE, KitTree, Node
 from modelkitfs.kit import tensors as tensor_layouts
-from tests.kitbuilder import Artifact, build_modelkit
+from tests.support.kitbuilder import Artifact, build_modelkit
 from tests.unit.memory_kit import memory_kit
 
 KITFILE = {

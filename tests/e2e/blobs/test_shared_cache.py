@@ -19,7 +19,7 @@ import pytest
 
 from modelkitfs.blobs import DiskCache
 from tests.conftest import MiB, Mounts, daemon_pid, running, write
-from tests.kitbuilder import Artifact, build_modelkit
+from tests.support.kitbuilder import Artifact, build_modelkit
 
 BIG = 256 * MiB
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

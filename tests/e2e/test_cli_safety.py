@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import one_line_error, run_cli
 from tests.conftest import daemon_pid
-from tests.kitbuilder import build_modelkit, write_layout
-from tests.tmpfs import small_fs
+from tests.support.clirun import one_line_error, run_cli
+from tests.support.kitbuilder import build_modelkit, write_layout
+from tests.support.tmpfs import small_fs
 
 
 @pytest.fixture(scope="module")

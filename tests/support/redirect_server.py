@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
-from tests.threaded_servers import LoopbackHTTPServer, ServedInThreads
+from tests.support.threaded_servers import LoopbackHTTPServer, ServedInThreads
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9+._-]+:[a-zA-Z0-9=_-]+)$")

@@ -13,7 +13,7 @@ import pytest
 
 from modelkitfs.errors import MountError
 from tests.conftest import Mounts, daemon_pid, write
-from tests.kitbuilder import Artifact, Member, build_modelkit, empty_files_tar, raw_tar
+from tests.support.kitbuilder import Artifact, Member, build_modelkit, empty_files_tar, raw_tar
 
 KITFILE = {
     "manifestVersion": "1.0.0",

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import MiB, Mounts, write
-from tests.fault_server import FaultServer
-from tests.kitbuilder import build_modelkit
+from tests.support.fault_server import FaultServer
+from tests.support.kitbuilder import build_modelkit
 
 SIZE = 48 * MiB + 123
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

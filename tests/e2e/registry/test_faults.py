@@ -17,8 +17,8 @@ import pytest
 from modelkitfs.blobs import DiskCache
 from modelkitfs.mount import unmount
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, running, write
-from tests.kitbuilder import build_modelkit
-from tests.registry_proxy import CountingProxy
+from tests.support.kitbuilder import build_modelkit
+from tests.support.registry_proxy import CountingProxy
 
 SIZE = 48 * MiB + 123
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}

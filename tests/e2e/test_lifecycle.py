@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.blobs.test_shared_cache import running
-from tests.conftest import MiB, Mounts, daemon_pid, write
-from tests.kitbuilder import build_modelkit
-from tests.test_cli import assert_one_line_error, run_cli
+from tests.conftest import MiB, Mounts, daemon_pid, running, write
+from tests.support.clirun import assert_one_line_error, run_cli
+from tests.support.kitbuilder import build_modelkit
 
 DATA = bytes(range(256)) * (4 * MiB // 256)
 

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler
 
 import httpx
 
-from tests.threaded_servers import LoopbackHTTPServer
+from tests.support.threaded_servers import LoopbackHTTPServer
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 CONTROL = "/_proxy/"
@@ -223,7 +223,7 @@ class CountingProxy:
 
     def __init__(self, upstream: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.registry_proxy", upstream],
+            [sys.executable, "-m", "tests.support.registry_proxy", upstream],
             stdout=subprocess.PIPE,
             text=True,
         )

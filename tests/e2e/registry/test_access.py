@@ -15,11 +15,11 @@ import pytest
 
 from modelkitfs import ModelKitFSError
 from tests.conftest import MiB, Mounts, write
-from tests.kitbuilder import Artifact, build_modelkit, push
-from tests.pki import CA
-from tests.redirect_server import RedirectingProxy
-from tests.registry_server import RegistryAuth, running_registry, tls_context
-from tests.token_issuer import TokenIssuer
+from tests.support.kitbuilder import Artifact, build_modelkit, push
+from tests.support.pki import CA
+from tests.support.redirect_server import RedirectingProxy
+from tests.support.registry_server import RegistryAuth, running_registry, tls_context
+from tests.support.token_issuer import TokenIssuer
 
 USERS = {"alice": "wonderland"}
 REPO = "team/llm"

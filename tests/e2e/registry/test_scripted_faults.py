@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import MiB, Mounts, write
-from tests.fault_server import FaultServer
-from tests.kitbuilder import build_modelkit
+from tests.support.fault_server import FaultServer
+from tests.support.kitbuilder import build_modelkit
 
 SIZE = 12 * MiB + 321
 TIMEOUT = 4

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, write
-from tests.kitbuilder import build_modelkit
-from tests.registry_proxy import CountingProxy
+from tests.support.kitbuilder import build_modelkit
+from tests.support.registry_proxy import CountingProxy
 
 SECONDS = float(os.environ.get("MODELKITFS_LOAD_SECONDS", "60"))
 READERS = 32

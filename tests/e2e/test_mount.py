@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tests.conftest import NESTED_KITFILE, Mounts, assert_same_tree, write
-from tests.kitbuilder import build_modelkit, expected_tree, sha256
+from tests.support.kitbuilder import build_modelkit, expected_tree, sha256
 
 MiB = 1024 * 1024
 

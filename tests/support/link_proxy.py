@@ -3,8 +3,8 @@
 Each request waits ``latency`` before its first byte; each connection is capped at
 ``per_connection`` bytes/s and all of them together at ``total`` bytes/s. Single-stream clients
 are stuck at the per-connection cap; parallel range requests are not. Runs in its own process
-(``python -m tests.link_proxy UPSTREAM``, prints its address), so pacing it costs the process
-under test nothing, and moves bodies with ``splice`` so that it costs the machine little: it
+(``python -m tests.support.link_proxy UPSTREAM``, prints its address), so pacing it costs the
+process under test nothing, and moves bodies with ``splice`` so that it costs the machine little: it
 stands for a network, whose work is done elsewhere.
 """
 
@@ -19,7 +19,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.threaded_servers import LoopbackHTTPServer
+from tests.support.threaded_servers import LoopbackHTTPServer
 
 CHUNK = 256 * 1024
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
@@ -166,7 +166,7 @@ class LinkProxy:
     ) -> None:
         arguments = [upstream, str(latency), str(per_connection), str(total)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.link_proxy", *arguments],
+            [sys.executable, "-m", "tests.support.link_proxy", *arguments],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import one_line_error, run_cli
 from tests.conftest import Mounts
-from tests.kitbuilder import build_modelkit
-from tests.registry_server import free_port
+from tests.support.clirun import one_line_error, run_cli
+from tests.support.kitbuilder import build_modelkit
+from tests.support.registry_server import free_port
 
 
 @pytest.fixture(scope="module")

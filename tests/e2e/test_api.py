@@ -20,8 +20,8 @@ import pytest
 import modelkitfs
 from modelkitfs.errors import ModelKitFSError
 from tests.conftest import MiB, Mounts, write
-from tests.kitbuilder import build_modelkit
-from tests.registry_proxy import CountingProxy
+from tests.support.kitbuilder import build_modelkit
+from tests.support.registry_proxy import CountingProxy
 
 KITFILE = {
     "manifestVersion": "1.0.0",

@@ -15,11 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.link_proxy import LinkProxy
-from tests.pki import CA
-from tests.redirect_server import RedirectingProxy
-from tests.registry_server import RegistryAuth, running_registry, tls_context, write_htpasswd
-from tests.token_issuer import TokenIssuer
+from tests.support.link_proxy import LinkProxy
+from tests.support.pki import CA
+from tests.support.redirect_server import RedirectingProxy
+from tests.support.registry_server import (
+    RegistryAuth,
+    running_registry,
+    tls_context,
+    write_htpasswd,
+)
+from tests.support.token_issuer import TokenIssuer
 
 USERS = {"alice": "wonderland"}
 REPO = "team/model"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import NESTED_KITFILE, MiB, Mounts, assert_same_tree, write
-from tests.kitbuilder import (
+from tests.support.kitbuilder import (
     Artifact,
     build_index,
     build_modelkit,

@@ -427,7 +427,7 @@ class FaultServer:
 
     def __init__(self, upstream: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fault_server", upstream],
+            [sys.executable, "-m", "tests.support.fault_server", upstream],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.blobs.test_shared_cache import cli, daemon_pid, file_sha256, make_kit, running
-from tests.conftest import MiB, Mounts
-from tests.tmpfs import SmallFs, small_fs
+from tests.conftest import MiB, Mounts, daemon_pid, running
+from tests.e2e.blobs.test_shared_cache import cli, file_sha256, make_kit
+from tests.support.tmpfs import SmallFs, small_fs
 
 RETRY_WAIT = 30.0  # seconds: bound on waiting for the cache to be written again
 

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests.pki import CA
-from tests.threaded_servers import LoopbackHTTPServer, ServedInThreads
+from tests.support.pki import CA
+from tests.support.threaded_servers import LoopbackHTTPServer, ServedInThreads
 
 # Distribution 2.8 accepts a token until 60 s after its exp (registry/auth/token/token.go).
 REGISTRY_LEEWAY = 60

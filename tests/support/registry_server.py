@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from tests.token_issuer import TokenIssuer
+    from tests.support.token_issuer import TokenIssuer
 
 
 def free_port() -> int:

@@ -16,11 +16,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from tests.conftest import write
-from tests.kitbuilder import build_modelkit, push
-from tests.pki import CA
-from tests.registry_server import running_registry, tls_context
+from tests.support.kitbuilder import build_modelkit, push
+from tests.support.pki import CA
+from tests.support.registry_server import running_registry, tls_context
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 EXAMPLE_KIT = "registry.example:5000/team/llm:v1"
 EXAMPLE_MOUNTPOINT = "/mnt/llm"
 KITFILE = {

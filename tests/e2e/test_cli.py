@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import assert_one_line_error, run_cli
 from tests.conftest import MiB, Mounts, daemon_pid
-from tests.kitbuilder import Artifact, build_modelkit, sha256
-from tests.registry_server import free_port
+from tests.support.clirun import assert_one_line_error, run_cli
+from tests.support.kitbuilder import Artifact, build_modelkit, sha256
+from tests.support.registry_server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_umount_completes_the_mounted_folders(
 def test_readme_tables_match_the_help(tmp_path: Path) -> None:
     """Every command of ``--help`` has a row in the README's command table and every row is a
     command; every option the README's table names is one some command takes."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     table = readme.partition("| command | what it does |")[2].partition("\n\n")[0]
     rows = re.findall(r"^\| `([a-z]+)[ `]", table, re.M)
     helped = run_cli("--help", cache=tmp_path).stdout

@@ -9,7 +9,7 @@ import pytest
 
 from modelkitfs import ModelKitFSError
 from tests.conftest import NESTED_KITFILE, Mounts, assert_same_tree
-from tests.kitbuilder import build_modelkit, expected_tree, store_locally, write_layout
+from tests.support.kitbuilder import build_modelkit, expected_tree, store_locally, write_layout
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.clirun import one_line_error, run_cli
 from tests.conftest import MiB
-from tests.kitbuilder import build_modelkit
+from tests.support.clirun import one_line_error, run_cli
+from tests.support.kitbuilder import build_modelkit
 
 KITFILE = {
     "manifestVersion": "1.0.0",
