@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import selectors
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
 from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
 from modelkitfs.errors import MountError
+from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
 from modelkitfs.serve import SERVICE, serve_kits
@@ -342,64 +341,6 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
     raise MountError(f"cannot unmount {path}: {detail}")
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo."""
-
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def mount_table() -> list[MountEntry]:
-    """The mounts this process sees, in mount order."""
-    found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields, _, tail = line.partition(" - ")
-            fstype, source = ([*tail.split(), "", ""])[:2]
-            found.append(MountEntry(_unescape(fields.split()[4]), fstype, _unescape(source)))
-    return found
-
-
-def mount_entry(path: str) -> MountEntry | None:
-    """What is mounted at ``path`` (the topmost mount), or None; the path as given or with
-    its links resolved (a dead mount cannot be resolved through, so both are tried)."""
-    names = {os.path.abspath(path), os.path.realpath(path)}
-    matching = [entry for entry in mount_table() if entry.mountpoint in names]
-    return matching[-1] if matching else None
-
-
-def busy_holders(mountpoint: str) -> list[str]:
-    """What keeps ``mountpoint`` busy, one ``pid N (command): PATH (how)`` per process: files
-    open or memory-mapped and working directories under it, as ``fuser -m`` finds them (of
-    the processes this user may look at)."""
-    inside = mountpoint.rstrip("/") + "/"
-    found: list[str] = []
-    for process in Path("/proc").iterdir():
-        if not process.name.isdigit():
-            continue
-        uses: dict[str, str] = {}
-        with contextlib.suppress(OSError):
-            for name in ("cwd", "root"):
-                with contextlib.suppress(OSError):
-                    uses.setdefault(os.readlink(process / name), "working directory")
-            for link in (process / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    uses.setdefault(os.readlink(link), "open")
-            for line in (process / "maps").read_text().splitlines():
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6:
-                    uses.setdefault(fields[5], "mapped")
-        held = sorted(path for path in uses if path == mountpoint or path.startswith(inside))
-        if held:
-            with contextlib.suppress(OSError):
-                command = (process / "comm").read_text().strip()
-                paths = ", ".join(f"{path} ({uses[path]})" for path in held)
-                found.append(f"pid {process.name} ({command}): {paths}")
-    return found
-
-
 def active_mounts() -> list[dict[str, Any]]:
     """The modelkitfs mounts of this machine, with what each daemon reports of itself
     (reference, bytes fetched, cache hits, pid, log, cache); ``"dead": True`` where the daemon
@@ -419,8 +360,3 @@ def active_mounts() -> list[dict[str, Any]]:
             entry["dead"] = exc.errno in DEAD_MOUNT
         found.append(entry)
     return found
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from modelkitfs.mountinfo import mount_table
+
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024
@@ -76,18 +78,12 @@ def _mount_fusectl() -> None:
 
 
 def _mount_device(mountpoint: str) -> tuple[int, int] | None:
-    """The mount's device numbers, read from mountinfo: a stat() of the mountpoint from the
+    """The mount's device numbers, from mountinfo: a stat() of the mountpoint from the
     daemon itself would wait on the very request loop that has not started yet."""
-    escaped = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in mountpoint)
-    found = None
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == escaped:
-                found = fields[2]  # the last match is the topmost mount
-    if found is None:
+    matching = [entry for entry in mount_table() if entry.mountpoint == mountpoint]  # no stat
+    if not matching:
         return None
-    major, _, minor = found.partition(":")
+    major, _, minor = matching[-1].device.partition(":")  # the last is the topmost
     return int(major), int(minor)
 
 
