@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,11 +19,17 @@ from typing import Any
 
 import prometheus_client
 import pyfuse3
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import metrics_address
+from modelkitfs.registry.client import LATENCY_BUCKETS  # the registries' request buckets
 from modelkitfs.sources import Sources
 
 log = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ OPERATIONS = (
 )  # fmt: skip
 # Seconds: a page-cache-cold 4 KiB lookup takes a fraction of a ms; a read that waits on the
 # network takes up to the timeout.
-LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+FUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
 
 
 class SourcesCollector(Collector):
@@ -57,12 +64,28 @@ class SourcesCollector(Collector):
         retries = CounterMetricFamily(
             "modelkitfs_registry_retries", "Requests retried after a failure", labels=registry
         )
+        answers = CounterMetricFamily(
+            "modelkitfs_registry_responses",
+            "Answers from registries and their object storage, by HTTP status",
+            labels=[*registry, "status"],
+        )
+        latency = HistogramMetricFamily(
+            "modelkitfs_registry_request_seconds",
+            "Time from sending a request to having read its answer",
+            labels=registry,
+        )
         for name, client in list(self.sources.clients.items()):
-            requests.add_metric([name], client.stats.requests)
-            blob_bytes.add_metric([name], client.stats.blob_bytes)
-            ranges.add_metric([name], client.stats.ranges)
-            retries.add_metric([name], client.stats.retries)
-        yield from (requests, blob_bytes, ranges, retries)
+            stats = client.stats
+            requests.add_metric([name], stats.requests)
+            blob_bytes.add_metric([name], stats.blob_bytes)
+            ranges.add_metric([name], stats.ranges)
+            retries.add_metric([name], stats.retries)
+            for status, count in list(stats.statuses.items()):
+                answers.add_metric([name, str(status)], count)
+            cumulative = list(itertools.accumulate(stats.latency))
+            buckets = [(f"{le:g}", n) for le, n in zip(LATENCY_BUCKETS, cumulative, strict=False)]
+            latency.add_metric([name], [*buckets, ("+Inf", cumulative[-1])], stats.latency_sum)
+        yield from (requests, blob_bytes, ranges, retries, answers, latency)
 
         labels = ["registry", "repository"]
         hits = CounterMetricFamily(
@@ -93,6 +116,15 @@ class SourcesCollector(Collector):
         size = GaugeMetricFamily("modelkitfs_cache_bytes", "Bytes the disk cache holds (about)")
         size.add_metric([], float(getattr(budget, "usage", 0)))
         yield size
+        evictions = CounterMetricFamily(
+            "modelkitfs_cache_evictions", "Evictions run to keep the cache within its cap"
+        )
+        evictions.add_metric([], budget.prunes)
+        evicted = CounterMetricFamily(
+            "modelkitfs_cache_evicted_bytes", "Bytes evictions took from the cache (about)"
+        )
+        evicted.add_metric([], budget.evicted_bytes)
+        yield from (evictions, evicted)
         if budget.max_bytes is not None:
             yield GaugeMetricFamily(
                 "modelkitfs_cache_max_bytes", "The disk cache's cap", value=budget.max_bytes
@@ -110,7 +142,7 @@ class FuseMetrics:
             "modelkitfs_fuse_operation_seconds",
             "Time to answer a FUSE request",
             ["operation"],
-            buckets=LATENCY_BUCKETS,
+            buckets=FUSE_BUCKETS,
             registry=registry,
         )
         self.errors = prometheus_client.Counter(

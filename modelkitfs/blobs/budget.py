@@ -95,6 +95,8 @@ class CacheBudget:
         self.usage: int | None = None  # None until start() has measured the cache
         self._unmeasured = 0
         self._written = 0  # in all, to tell what was written while a prune ran
+        self.prunes = 0  # evictions run, and about how much they took (for the metrics)
+        self.evicted_bytes = 0
         self._since_free_check = 0
         self._pruning = trio.Lock()
         # After a prune that blocks in use kept above the cap: no new one before the cache
@@ -162,10 +164,12 @@ class CacheBudget:
                 self.max_bytes = recorded["max_size"]
             for _ in range(PRUNE_ROUNDS):
                 written_before, usage_before = self._written, self.usage
-                self.usage = await trio.to_thread.run_sync(
+                pruned = await trio.to_thread.run_sync(
                     self.cache.prune, self.max_bytes, self.min_free_bytes
                 )
-                self.usage += self._written - written_before
+                self.prunes += 1
+                self.evicted_bytes += max(0, (usage_before or 0) - pruned)
+                self.usage = pruned + self._written - written_before
                 if self.max_bytes is None or self.usage <= self.max_bytes:
                     self._prune_again_at = 0
                     return

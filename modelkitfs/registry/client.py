@@ -11,10 +11,11 @@ every request), and how range bytes travel (:mod:`.range_transport`).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import cachetools
@@ -63,16 +64,28 @@ __all__ = ["FetchStats", "Manifest", "RegistryClient", "sha256_digest", "verify"
 
 
 MANIFESTS_KEPT = 4 * 1024 * 1024  # bytes of manifests kept by digest
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
 class FetchStats:
-    """What this client pulled over the network; shown by the demo and ``getfattr``."""
+    """What this client pulled over the network; shown by the demo and ``getfattr``, and
+    read by the metrics at each scrape."""
 
     requests: int = 0
     blob_bytes: int = 0
     ranges: int = 0
     retries: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
+    # Seconds from sending a request to having its answer read, in LATENCY_BUCKETS (the last
+    # counts what took longer than them all).
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 class _Partial(TransientError):
@@ -334,7 +347,9 @@ class RegistryClient:
             try:
                 if repository is None:
                     self.stats.requests += 1
+                    sent_at = trio.current_time()
                     result = await self._ranges.get(url, headers, start, end, piece, deadline)
+                    self.stats.answered(result.status, trio.current_time() - sent_at)
                 else:
                     result = await self._authorized(
                         url, repository, headers, start, end, piece, deadline
@@ -387,7 +402,9 @@ class RegistryClient:
         for attempt in range(2):
             sent = {**headers, **await auth.header(self._http, scope)}
             self.stats.requests += 1
+            sent_at = trio.current_time()
             result = await self._ranges.get(url, sent, start, end, piece, deadline)
+            self.stats.answered(result.status, trio.current_time() - sent_at)
             if result.status != 401:
                 return result
             if attempt == 1:

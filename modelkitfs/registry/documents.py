@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+import trio
 
 from modelkitfs import digests
 from modelkitfs.errors import DigestMismatch, RegistryError, TransientError
@@ -43,6 +44,8 @@ class Manifest:
 class Counter(Protocol):
     requests: int
 
+    def answered(self, status: int, seconds: float) -> None: ...
+
 
 async def get_document(
     http: httpx.AsyncClient,
@@ -61,6 +64,7 @@ async def get_document(
     for attempt in range(2):
         sent = {**headers, **await auth.header(http, scope)}
         stats.requests += 1
+        sent_at = trio.current_time()
         try:
             response = await http.send(http.build_request("GET", url, headers=sent), stream=True)
             if response.is_redirect:
@@ -70,8 +74,10 @@ async def get_document(
                     await _read_at_most(response, MAX_DOCUMENT_SIZE, url)
                 finally:
                     await response.aclose()
+                stats.answered(response.status_code, trio.current_time() - sent_at)
                 return response
             await response.aclose()
+            stats.answered(401, trio.current_time() - sent_at)
         except httpx.TransportError as exc:
             raise transport_failure(host(url), exc, plain_http) from exc
         if attempt == 1:

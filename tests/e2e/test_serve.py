@@ -269,6 +269,15 @@ def test_metrics_move_by_what_the_proxy_counted(
     assert sample(after, "modelkitfs_registry_requests_total", **registry) == (
         proxy.blob_requests + proxy.manifest_requests
     )
+    answered = sum(
+        value for (name, labels), value in after.items()
+        if name == "modelkitfs_registry_responses_total" and ("registry", proxy.address) in labels
+    )  # fmt: skip
+    assert answered == proxy.blob_requests + proxy.manifest_requests  # every answer, by status
+    assert sample(after, "modelkitfs_registry_responses_total", **registry, status="206") >= 1
+    timed = sample(after, "modelkitfs_registry_request_seconds_count", **registry)
+    assert timed == answered
+    assert sample(after, "modelkitfs_cache_evictions_total") == 0  # no cap reached
     store = {**registry, "repository": "serve/weights"}
     network = sample(after, "modelkitfs_cache_blocks_total", **store, level="network")
     assert network == -(-SIZE // MiB)  # every block of the layer once (1 MiB blocks)
