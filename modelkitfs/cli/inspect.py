@@ -15,6 +15,7 @@ from typing import Any
 from modelkitfs.cli.output import human, print_json, share, table
 from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, open_reader
 from modelkitfs.kit.kitfile import render_kitfile
+from modelkitfs.kit.plan import FILTER_TYPE_OF
 from modelkitfs.reader import KitReader
 
 SECTIONS = ("datasets", "code", "docs", "prompts")
@@ -91,7 +92,8 @@ async def _describe(reader: KitReader) -> dict[str, Any]:
         size = layer.descriptor.size
         layers.append(
             {
-                "type": layer.base,
+                "type": FILTER_TYPE_OF.get(layer.base, layer.base),  # as --filter names it
+                "layer_type": layer.base,
                 "path": shown.path if shown else (layer.filepath or ""),
                 "media_type": layer.descriptor.media_type,
                 "format": layer.format,

@@ -34,6 +34,9 @@ _SECTIONS = {
 }
 
 
+# A layer's base type -> the type --filter names it by (what inspect shows: -f datasets).
+FILTER_TYPE_OF = {base: kind for base, kind, _ in _SECTIONS.values()}
+
 LIST_SECTIONS = ("code", "docs", "prompts", "mcpServers")
 ENTRY_STRINGS = ("path", "name", "digest", "diffId")
 

@@ -158,7 +158,8 @@ def test_inspect_without_fetching_a_layer(data_kit: str, proxy, tmp_path: Path) 
     document = json.loads(
         run_cli("inspect", "--json", "--plain-http", reference, cache=tmp_path / "cache").stdout
     )
-    assert [layer["type"] for layer in document["layers"]] == ["model", "dataset"]
+    assert [layer["type"] for layer in document["layers"]] == ["model", "datasets"]  # -f datasets
+    assert [layer["layer_type"] for layer in document["layers"]] == ["model", "dataset"]
     assert {layer["compression"] for layer in document["layers"]} == {"gzip"}
     assert all(layer["cached"] == 0 for layer in document["layers"])
     assert (

@@ -54,7 +54,7 @@ def test_inspect_kitfile_and_every_field_in_json(kit: tuple[str, Path], tmp_path
     assert report["model"]["format"] == "safetensors"
     assert report["package"]["authors"] == ["Ada"]
     assert report["datasets"][0]["description"] == "rows"
-    assert [layer["type"] for layer in report["layers"]] == ["model", "dataset"]
+    assert [layer["type"] for layer in report["layers"]] == ["model", "datasets"]
     both = run_cli("inspect", "--json", "--kitfile", reference, cache=cache)
     assert "not allowed with argument" in one_line_error(both)
 
