@@ -101,7 +101,7 @@ class ZstdStream:
         self._finished = None
         self._failure = None
         self._produced = 0
-        trio.lowlevel.spawn_system_task(self._produce)
+        self.blob.in_background(self._produce)
 
     def _advance(self, produced: int) -> None:
         self._produced = produced

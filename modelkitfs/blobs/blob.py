@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from modelkitfs.errors import RangeIgnored
@@ -37,6 +37,11 @@ class Blob:
     def cached(self) -> bool:
         """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
         return not self.store.source.in_place
+
+    def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` behind the readers, in the session's nursery (a zstd layer's
+        decompression, say): stopped when the session ends, like fetching ahead."""
+        self.store.background.start(work)
 
     @property
     def verify_full(self) -> bool:
