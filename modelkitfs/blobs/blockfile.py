@@ -108,8 +108,7 @@ def write_back_and_drop(fd: int) -> None:
     """Write the file's pages to disk now and drop them from the page cache.
 
     Every byte a mount serves is kept by the kernel in the FUSE file's pages; the cache
-    file's pages would hold it a second time (a cold read of 512 MiB grew the page cache by
-    1,026 MiB; with this, by 512 MiB and the cache files hold none). Written back first,
+    file's pages would hold it a second time (README, Speed). Written back first,
     the pages are clean and the advice drops them. Only the data is written, not the
     metadata (``sync_file_range``, no journal commit): a torn block is caught by its
     checksum, as before. Written from the write-behind threads, never on a read's path."""

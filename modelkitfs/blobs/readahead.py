@@ -14,8 +14,7 @@ trip and about its own bytes.
 
 The window is fetched in parts of an eighth of it (1 to 8 MiB), one range request each, issued
 only whole: a reader moving on by 1 MiB does not cost a 1 MiB request. Each request costs the
-server some CPU whatever its size (the CNCF registry spends 4 ms on a 1 MiB range, measured on
-loopback: 1 MiB ranges cap it near 300 MB/s, 16 MiB ones reach 1.5 GB/s), while behind a
+server some CPU whatever its size (README, Speed, has the registry's figures), while behind a
 per-connection cap many requests in parallel beat a few large ones.
 """
 

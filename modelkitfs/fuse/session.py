@@ -35,8 +35,8 @@ def mount_options(fsname: str, allow_other: bool) -> set[str]:
 async def tune_connection(mountpoint: str) -> None:
     """Ask the kernel for big readahead and more requests in flight; skipped where not allowed.
 
-    The default 128 KiB readahead caps sequential reads at a few hundred MB/s and turns mmap
-    page faults into many small requests. The kernel sets the mount's readahead from the FUSE
+    The default 128 KiB readahead caps sequential reads and turns mmap page faults into many
+    small requests (README, Speed). The kernel sets the mount's readahead from the FUSE
     INIT reply, so this runs once the session is serving, and checks that the value held. A
     file takes its readahead size when it is opened, so the mount is announced ready only
     after this."""

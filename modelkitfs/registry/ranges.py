@@ -1,7 +1,7 @@
 """Blob ranges over blocking HTTP connections in worker threads.
 
-httpx on the trio thread tops out near 300 MB/s on this kind of machine: the event loop's one
-thread parses every chunk. The standard library's ``http.client`` reading straight into a
+httpx on the trio thread is bound by the event loop's one thread parsing every chunk (README,
+Speed). The standard library's ``http.client`` reading straight into a
 preallocated buffer from a worker thread releases the GIL while it waits and copies, so the bulk
 of the bytes, blob range GETs, go this way; manifests, tokens and everything else stay on httpx.
 Each worker thread keeps its own connections alive.
