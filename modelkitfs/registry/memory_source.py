@@ -21,6 +21,7 @@ import trio
 from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, RangeIgnored
 from modelkitfs.registry.client import FetchStats, Manifest
+from modelkitfs.registry.source import ForwardingSource
 
 Buffer = bytes | bytearray
 
@@ -106,40 +107,15 @@ class MemorySource:
 Fault = Exception | Callable[[list[Buffer]], list[Buffer]]
 
 
-@dataclass
-class FailingSource:
+class FailingSource(ForwardingSource):
     """Wraps a :class:`MemorySource` and breaks the range requests numbered in ``faults`` (1 for
     the first): an exception is raised instead of answering, a function turns the real pieces
     into broken ones (see :func:`flip`, :func:`short`)."""
 
-    inner: MemorySource
-    faults: dict[int, Fault]
-    count: int = 0
-
-    @property
-    def registry(self) -> str:
-        return self.inner.registry
-
-    @property
-    def in_place(self) -> bool:
-        return self.inner.in_place
-
-    @property
-    def ignores_range(self) -> frozenset[str]:
-        return self.inner.ignores_range
-
-    @property
-    def stats(self) -> FetchStats:
-        return self.inner.stats
-
-    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
-        return await self.inner.get_manifest(repository, identifier)
-
-    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
-        return await self.inner.get_blob(repository, digest, size)
-
-    async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
-        return b"".join(await self.get_range_pieces(repository, digest, start, end, end - start))
+    def __init__(self, inner: MemorySource, faults: dict[int, Fault]) -> None:
+        super().__init__(inner)
+        self.faults = faults
+        self.count = 0
 
     async def get_range_pieces(
         self, repository: str, digest: str, start: int, end: int, piece: int
@@ -149,11 +125,11 @@ class FailingSource:
         if isinstance(fault, Exception):
             await trio.sleep(0)
             raise fault
-        pieces = await self.inner.get_range_pieces(repository, digest, start, end, piece)
+        pieces = list(await self.inner.get_range_pieces(repository, digest, start, end, piece))
         return fault(pieces) if fault is not None else pieces
 
     async def aclose(self) -> None:
-        pass
+        pass  # the inner source is the test's to close
 
 
 def flip(at: int = 0) -> Callable[[list[Buffer]], list[Buffer]]:

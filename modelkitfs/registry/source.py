@@ -65,3 +65,46 @@ class BlobSource(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class ForwardingSource:
+    """A source that passes everything to ``inner``: a wrapper (configs kept in the cache, a
+    source failing on demand) overrides what it changes and inherits the rest."""
+
+    inner: BlobSource
+
+    def __init__(self, inner: BlobSource) -> None:
+        self.inner = inner
+
+    @property
+    def registry(self) -> str:
+        return self.inner.registry
+
+    @property
+    def in_place(self) -> bool:
+        return self.inner.in_place
+
+    @property
+    def ignores_range(self) -> Collection[str]:
+        return self.inner.ignores_range
+
+    @property
+    def stats(self) -> FetchStats:
+        return self.inner.stats
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        return await self.inner.get_manifest(repository, identifier)
+
+    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
+        return await self.inner.get_blob(repository, digest, size)
+
+    async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
+        return await self.inner.get_range(repository, digest, start, end)
+
+    async def get_range_pieces(
+        self, repository: str, digest: str, start: int, end: int, piece: int
+    ) -> Sequence[Buffer]:
+        return await self.inner.get_range_pieces(repository, digest, start, end, piece)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
