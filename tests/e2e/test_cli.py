@@ -9,15 +9,15 @@ import random
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MiB, Mounts, daemon_pid
+from tests.conftest import MiB, Mounts, daemon_pid, running
 from tests.support.clirun import assert_one_line_error, run_cli
 from tests.support.kitbuilder import Artifact, build_modelkit, sha256
 from tests.support.registry_server import free_port
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +203,9 @@ def test_mounts_lists_serving_and_dead_mounts(
     serving = mounts.mount(small_kit, name="serving")
     (serving / "model.bin").read_bytes()
     dead = mounts.mount(small_kit, name="dead")
-    os.kill(daemon_pid(dead), signal.SIGKILL)
-    time.sleep(0.5)
+    pid = daemon_pid(dead)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not running(pid), "the killed daemon is gone")
     listed = {
         m["mountpoint"]: m for m in json.loads(run_cli("mounts", "--json", cache=tmp_path).stdout)
     }

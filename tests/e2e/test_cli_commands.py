@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import MiB
-from tests.support.clirun import one_line_error, run_cli
+from tests.support.clirun import one_line_error, read_terminal, run_cli
 from tests.support.kitbuilder import build_modelkit
 
 KITFILE = {
@@ -169,16 +169,7 @@ def test_prefetch_on_a_narrow_terminal_fits_it(kit: tuple[str, Path], tmp_path: 
         },
     )
     os.close(terminal)
-    shown = b""
-    while True:  # until the command closes the terminal's other end
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
+    shown = read_terminal(controller)
     stdout, _ = process.communicate(timeout=120)
     assert process.returncode == 0
     assert stdout.decode().startswith(f"prefetched {reference}: 2.0 MiB in 2 layers")

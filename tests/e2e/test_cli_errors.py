@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounts
-from tests.support.clirun import one_line_error, run_cli
+from tests.support.clirun import one_line_error, read_terminal, run_cli
 from tests.support.kitbuilder import build_modelkit
 from tests.support.registry_server import free_port
 
@@ -284,16 +284,7 @@ def test_a_terminal_is_told_the_command_waits_for_the_registry(
         env={**os.environ, "MODELKITFS_CACHE_DIR": str(tmp_path / "cache")},
     )
     os.close(terminal)
-    shown = b""
-    while True:  # until the command ends and closes its end of the terminal
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
+    shown = read_terminal(controller)
     assert process.wait(60) == 1
     lines = shown.decode().splitlines()
     waiting = f"modelkitfs: waiting for registry {silent_registry} (up to 5 s, --timeout)..."

@@ -16,6 +16,7 @@ from modelkitfs.blobs import DiskCache
 from tests.conftest import MiB, Mounts, daemon_pid, running
 from tests.e2e.blobs.test_shared_cache import cli, file_sha256, make_kit
 from tests.support.tmpfs import SmallFs, small_fs
+from tests.support.waiting import wait_for
 
 RETRY_WAIT = 30.0  # seconds: bound on waiting for the cache to be written again
 
@@ -57,13 +58,6 @@ def read_at(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(length)
-
-
-def wait_for(condition, what: str, timeout: float = RETRY_WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:g} s"
-        time.sleep(0.05)
 
 
 def cached(cache_dir: Path, layer: str, first: int, last: int) -> set[int]:

@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from tests.conftest import MiB, Mounts, daemon_pid, running, write
 from tests.support.clirun import assert_one_line_error, run_cli
 from tests.support.kitbuilder import build_modelkit
+from tests.support.waiting import wait_for
 
 DATA = bytes(range(256)) * (4 * MiB // 256)
 
@@ -26,13 +26,6 @@ def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> str:
     return publish(build_modelkit(directory, kitfile), "lifecycle/kit")
 
 
-def wait_until(condition, what: str, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {seconds} s"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_unmounts_cleanly(kit: str, mounts: Mounts, signum: int) -> None:
     mountpoint = mounts.mount(kit)
@@ -40,7 +33,7 @@ def test_a_signal_unmounts_cleanly(kit: str, mounts: Mounts, signum: int) -> Non
         assert f.read(MiB) == DATA[:MiB]
     pid = daemon_pid(mountpoint)
     os.kill(pid, signum)
-    wait_until(lambda: not running(pid), "the daemon exits")
+    wait_for(lambda: not running(pid), "the daemon exits")
     assert not os.path.ismount(mountpoint)
     log = mounts.log
     assert f"received {signal.Signals(signum).name}: unmounting" in log
@@ -53,7 +46,7 @@ def test_umount_cleans_up_after_a_dead_daemon(kit: str, mounts: Mounts, proxy) -
     mountpoint = mounts.mount(kit)
     pid = daemon_pid(mountpoint)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not running(pid), "the daemon dies")
+    wait_for(lambda: not running(pid), "the daemon dies")
     with pytest.raises(OSError) as dead:
         os.stat(mountpoint)
     assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
@@ -102,4 +95,4 @@ def test_busy_umount_names_what_holds_it_and_lazy_detaches(
         held.close()
         sleeper.kill()
         sleeper.wait()
-    wait_until(lambda: not running(pid), "the daemon exits once the last file closed")
+    wait_for(lambda: not running(pid), "the daemon exits once the last file closed")

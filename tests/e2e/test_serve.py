@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, daemon_pid, ru
 from tests.support.clirun import run_cli
 from tests.support.kitbuilder import build_modelkit, expected_tree, push, store_locally
 from tests.support.registry_proxy import CountingProxy
+from tests.support.waiting import wait_for
 
 SIZE = 24 * MiB + 7
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
@@ -73,13 +73,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory, registry: str) -> tuple[st
     artifact = build_modelkit(directory, KITFILE)
     push(registry, "serve/weights", "v1", artifact)
     return "serve/weights:v1", data, artifact.digest
-
-
-def wait_for(condition, what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {seconds} s"
-        time.sleep(0.05)
 
 
 def test_any_reference_is_a_folder_identical_to_its_mount(

@@ -35,3 +35,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *phrases: st
     line = one_line_error(result)
     for phrase in phrases:
         assert phrase in line, line
+
+
+def read_terminal(controller: int) -> bytes:
+    """All a command wrote to the pseudo-terminal whose controlling end is ``controller``,
+    until the command closed its end; closes ``controller``."""
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return shown

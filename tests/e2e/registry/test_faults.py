@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from modelkitfs.mount import unmount
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, running, write
 from tests.support.kitbuilder import build_modelkit
 from tests.support.registry_proxy import CountingProxy
+from tests.support.waiting import wait_for
 
 SIZE = 48 * MiB + 123
 KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
@@ -143,15 +143,6 @@ def stop(mountpoint: Path) -> None:
     pid = daemon_pid(mountpoint)
     unmount(mountpoint)
     wait_for(lambda: not running(pid), "the daemon stopped after unmount")
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Wait until ``condition()`` holds, polling; fail naming ``what`` if it never does
-    (``seconds`` bounds the loop, it is no claim on speed)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never came to pass: {what}"
-        time.sleep(0.05)
 
 
 def test_failures_are_reported_in_one_line(
