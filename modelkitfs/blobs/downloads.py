@@ -20,7 +20,6 @@ of it waits on its flight; the stream lands each block as its window arrives.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -113,7 +112,6 @@ class Downloads:
         stream, a hash): when the server answers with the whole blob, ask again at once, to
         carry on that answer, rather than raise :class:`RangeIgnored`."""
         store = self.store
-        hashes = await store.verifier.known_hashes(digest) or []
         start, end = first * store.block_size, min((last + 1) * store.block_size, size)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             pieces = await self._range(digest, start, end, in_order)
@@ -128,7 +126,7 @@ class Downloads:
             wrong = [
                 index
                 for index, block in enumerate(blocks, first)
-                if index < len(hashes) and hashlib.sha256(block).hexdigest() != hashes[index]
+                if not await store.verifier.block_matches(digest, index, block)
             ]
             if not wrong:
                 return blocks

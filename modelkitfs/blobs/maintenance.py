@@ -7,15 +7,15 @@ clearing only makes their next read download again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 
 from modelkitfs.blobs.blob import DERIVED_RECORD
 from modelkitfs.blobs.cache import BlobEntry, DiskCache
+from modelkitfs.blobs.sha256chain import BlobChain
 from modelkitfs.blobs.store import DEFAULT_BLOCK_SIZE
-from modelkitfs.blobs.verification import VERIFIED_RECORD
+from modelkitfs.blobs.verification import VERIFIED_RECORD, record
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CachedBlob:
     """One blob of the cache as its blocks on disk show it now. A record of a verification
-    outlives evicted blocks (its hashes check blocks downloaded again), so it alone never
+    outlives evicted blocks (its chaining states check blocks downloaded again), so it alone never
     makes a blob "verified": that takes the record and every block present."""
 
     entry: BlobEntry
@@ -93,23 +93,19 @@ def verify_blob(cache: DiskCache, blob: CachedBlob, block_size: int = DEFAULT_BL
     digest = blob.entry.digest
     if not blob.complete or not digest.startswith("sha256:") or blob.size is None:
         return "partial"
-    sha = hashlib.sha256()
-    per_block = []
-    count = max(1, -(-blob.size // block_size))
-    for index in range(count):
+    chain = BlobChain(max(1, -(-blob.size // block_size)))
+    for index in range(chain.count):
         block = cache.read_block(
             digest, block_size, index, min(block_size, blob.size - index * block_size)
         )
         if block is None:
             return "partial"
-        sha.update(block)
-        per_block.append(hashlib.sha256(block).hexdigest())
-    if f"sha256:{sha.hexdigest()}" != digest:
+        chain.feed([block])
+    if chain.digest != digest:
         log.error("cached blob %s does not hash to its digest: evicting it", digest)
         cache.remove_blocks(digest)
         cache.remove_meta(digest, VERIFIED_RECORD)
         return "corrupt"
-    record = {"size": blob.size, "block_size": block_size, "blocks": per_block}
     with contextlib.suppress(OSError):  # a read-only cache: checked out, the cache warned
-        cache.write_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+        cache.write_meta(digest, VERIFIED_RECORD, record(blob.size, block_size, chain))
     return "verified"

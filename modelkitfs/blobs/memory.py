@@ -50,6 +50,10 @@ class BlockMemory:
             self._blocks.move_to_end(key)
         return data
 
+    def peek(self, key: Key) -> Buffer | None:
+        """The block, if here, without counting it as used."""
+        return self._blocks.get(key)
+
     def put(self, key: Key, data: Buffer) -> None:
         self.pop(key)
         if len(data) > self.max_bytes:

@@ -1,27 +1,29 @@
 """Verification: every blob is checked against its digest, and what "verified" promises stays
 true when the cache cannot hold a whole blob.
 
-:class:`Verifier` is the state machine. Once all of a blob's blocks are cached it is hashed in
-the background, off the event loop; its per-block hashes are then kept (in memory and in the
-record ``verified.v1.json``, shared with every process), so a block downloaded again later is
-checked on its own. A blob that fails is evicted, marked bad, and served again only once a new
-download verifies. With ``--verify full`` a blob is downloaded and verified whole before any
-byte of it is served. One verification per blob runs at a time (a keyed single flight).
+:class:`Verifier` is the state machine. A blob is hashed in order as its blocks come in, from
+memory, off the event loop (a reader streaming a blob pays one SHA-256 pass, and no second
+read of the blob from disk); once all of its blocks are cached, what the in-order pass has not
+reached is read from disk and hashed. Its chaining states (:mod:`~modelkitfs.blobs.sha256chain`)
+are then kept, in memory and in the record ``verified.v2.json`` shared with every process, so a
+block downloaded again later is checked on its own. A blob that fails is evicted, marked bad,
+and served again only once a new download verifies. With ``--verify full`` a blob is
+downloaded and verified whole before any byte of it is served. One verification per blob runs
+at a time (a keyed single flight).
 
 The record outlives the blocks: evicting a block must not make it lie, so nothing here takes
 the record for the blocks. It only says how to check a block downloaded again. Hence:
 
 - :func:`complete_blob` (``prefetch``, ``--prefetch``): every block on disk when it returns,
-  fetching what eviction took (each block checked against its hash), or an error saying why
+  fetching what eviction took (each block checked against its state), or an error saying why
   the cache cannot keep them all;
 - :func:`hash_streaming` (``--verify full`` on a cache that cannot keep the blob: smaller than
   it, read-only, full): the blob hashed as it is downloaded, block by block, without keeping
-  it; reads then download each block again and check it against its hash.
+  it; reads then download each block again and check it against its state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ import trio
 from modelkitfs.blobs.blockfile import Buffer
 from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.jobs import Jobs
+from modelkitfs.blobs.sha256chain import BlobChain, block_matches, from_record, to_record
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.singleflight import SingleFlight
 
@@ -41,8 +44,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN = 16  # blocks fetched or hashed together
-VERIFIED_RECORD = "verified.v1.json"
-Hashes = tuple[str, list[str]]  # the blob's digest, and each block's sha256
+VERIFIED_RECORD = "verified.v2.json"
+
+
+def record(size: int, block_size: int, chain: BlobChain) -> bytes:
+    """The record of a verified blob: what checks its blocks downloaded again."""
+    states = to_record(chain.states)
+    return json.dumps({"size": size, "block_size": block_size, "states": states}).encode()
+
+
+class _InOrder:
+    """A blob hashed in order so far; one step at a time (``lock``)."""
+
+    def __init__(self, count: int) -> None:
+        self.chain = BlobChain(count)
+        self.lock = trio.Lock()
+        self.advancing = False
 
 
 class Verifier:
@@ -58,8 +75,9 @@ class Verifier:
         self.jobs = jobs
         self.full = full  # --verify full: nothing served before its blob verified
         self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
-        self.hashes: dict[str, list[str]] = {}  # per-block sha256 of verified blobs
+        self.states: dict[str, list[bytes]] = {}  # chaining states of verified blobs
         self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
+        self._in_order: dict[str, _InOrder] = {}  # blobs being hashed as blocks come in
         self._checked_record: set[str] = set()
         self._flight: SingleFlight[str, None] = SingleFlight()
         self._bad: set[str] = set()  # failed verification: served only once verified anew
@@ -71,23 +89,48 @@ class Verifier:
         return self.full or digest in self._bad
 
     def is_verified(self, digest: str) -> bool:
-        return digest in self.hashes and digest not in self._bad
+        return digest in self.states and digest not in self._bad
 
     def seen(self, digest: str, size: int, index: int) -> None:
-        """Note a cached block; once all of a blob are, verify it in the background."""
+        """Note a cached block: hash the blob on from it if it is the next in order; once all
+        of a blob are cached, verify it in the background."""
+        if digest in self.states or not self.store.cache.writable:
+            return
         present = self._present.setdefault(digest, set())
         present.add(index)
-        if (
-            len(present) == self.store.block_count(size)
-            and digest not in self.hashes
-            and digest not in self._background
-            and self.store.cache.writable
-        ):
+        count = self.store.block_count(size)
+        in_order = self._in_order.setdefault(digest, _InOrder(count))
+        if index == in_order.chain.next and not in_order.advancing:
+            in_order.advancing = True
+            self.jobs.start(self._advance, digest, in_order)
+        if len(present) == count and digest not in self._background:
             self._background.add(digest)
             self.jobs.start(self._quietly, digest, size)
 
     def forget(self, digest: str) -> None:
         self._present.pop(digest, None)
+        self._in_order.pop(digest, None)
+
+    async def _advance(self, digest: str, in_order: _InOrder) -> None:
+        """Hash the blob on, in order, from the blocks in memory (the ones just downloaded
+        or read), ``RUN`` at a time, until the next one is not there. Blobs verified before
+        (by any process) are not hashed again."""
+        chain = in_order.chain
+        try:
+            if await self.known_states(digest) is not None:
+                return
+            while self._in_order.get(digest) is in_order:
+                async with in_order.lock:
+                    blocks = []
+                    for index in range(chain.next, min(chain.next + RUN, chain.count)):
+                        if (block := self.store.memory.peek((digest, index))) is None:
+                            break
+                        blocks.append(block)
+                    if not blocks:
+                        return
+                    await trio.to_thread.run_sync(chain.feed, blocks)
+        finally:
+            in_order.advancing = False
 
     async def _quietly(self, digest: str, size: int) -> None:
         try:
@@ -101,7 +144,7 @@ class Verifier:
         self, digest: str, size: int, *, fetch: bool = True, complete: bool = False
     ) -> None:
         """Make sure ``digest`` hashes to the digest, downloading what is missing (unless
-        ``fetch`` is False); raise if it does not. Its per-block hashes are then known, so
+        ``fetch`` is False); raise if it does not. Its chaining states are then known, so
         every block downloaded later is checked on its own. With ``complete`` (a prefetch),
         every block must also be in the disk cache when this returns: blocks evicted since are
         fetched again; raises when the cache cannot keep them all. Without it, a blob the
@@ -121,39 +164,38 @@ class Verifier:
 
     async def _verify(self, digest: str, size: int, fetch: bool, stream: bool) -> None:
         store = self.store
-        if await self.known_hashes(digest) is not None and digest not in self._bad:
+        if await self.known_states(digest) is not None and digest not in self._bad:
             return
-        hashes: Hashes | None
+        chain: BlobChain | None
         if fetch and not self._can_keep(size):
             if not stream:  # a prefetch: what it fetched would not stay
                 raise cannot_keep(store, digest, size)
-            hashes = await hash_streaming(store, digest, size)  # else downloaded twice
+            chain = await hash_streaming(store, digest, size)  # else downloaded twice
         else:
             if fetch:
                 await self._fetch_all(digest, size)
                 await store.writes.join()
-            hashes = await trio.to_thread.run_sync(self._hash_blocks, digest, size)
-        if hashes is None:
+            chain = await self._hash_rest(digest, size)
+        if chain is None:
             if not fetch:
                 return  # a block left the cache meanwhile: verify when it is back
             if not stream:
                 raise cannot_keep(store, digest, size)
-            hashes = await hash_streaming(store, digest, size)
-        whole, per_block = hashes
-        if whole != digest:
+            chain = await hash_streaming(store, digest, size)
+        self._in_order.pop(digest, None)
+        if chain.digest != digest:
             store.stats.corrupt_blobs += 1
             self._bad.add(digest)
-            self.hashes.pop(digest, None)
+            self.states.pop(digest, None)
             await store.forget(digest)
-            log.error("%s", self._mismatch(digest, whole))
+            log.error("%s", self._mismatch(digest, chain.digest))
             if self.on_corrupt is not None:
                 await self.on_corrupt(digest)
-            raise DigestMismatch(self._mismatch(digest, whole))
+            raise DigestMismatch(self._mismatch(digest, chain.digest))
         self._bad.discard(digest)
-        self.hashes[digest] = per_block
+        self.states[digest] = chain.states
         store.stats.verified_blobs += 1
-        record = {"size": size, "block_size": store.block_size, "blocks": per_block}
-        await store.save_meta(digest, VERIFIED_RECORD, json.dumps(record).encode())
+        await store.save_meta(digest, VERIFIED_RECORD, record(size, store.block_size, chain))
         log.info("verified %s (%d bytes)", digest, size)
 
     def _can_keep(self, size: int) -> bool:
@@ -172,18 +214,24 @@ class Verifier:
             "proxy served wrong bytes"
         )
 
-    async def known_hashes(self, digest: str) -> list[str] | None:
-        """Per-block hashes of a blob verified before (by any process), if any."""
-        if digest not in self.hashes and digest not in self._checked_record:
+    async def known_states(self, digest: str) -> list[bytes] | None:
+        """Chaining states of a blob verified before (by any process), if any."""
+        if digest not in self.states and digest not in self._checked_record:
             self._checked_record.add(digest)
             record = await self.store.load_meta(digest, VERIFIED_RECORD)
             try:
                 document = json.loads(record) if record else None
                 if document and document["block_size"] == self.store.block_size:
-                    self.hashes[digest] = [str(h) for h in document["blocks"]]
+                    self.states[digest] = from_record(document["states"])
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring unreadable %s of %s", VERIFIED_RECORD, digest)
-        return self.hashes.get(digest)
+        return self.states.get(digest)
+
+    async def block_matches(self, digest: str, index: int, block: Buffer) -> bool:
+        """Whether a block downloaded again is the one verified before (True when the blob
+        was never verified: there is nothing to check it against)."""
+        states = await self.known_states(digest)
+        return states is None or block_matches(block, index, self.store.block_size, states, digest)
 
     async def _fetch_all(self, digest: str, size: int) -> None:
         store = self.store
@@ -199,21 +247,26 @@ class Verifier:
             for first in range(0, count, RUN):
                 nursery.start_soon(fetch, first)
 
-    def _hash_blocks(self, digest: str, size: int) -> Hashes | None:
-        """The blob's digest and per-block sha256 from the disk cache; None if a block is
-        missing. Runs in a worker thread."""
+    async def _hash_rest(self, digest: str, size: int) -> BlobChain | None:
+        """The blob hashed to its end: on from where the in-order pass got, with the rest of
+        its blocks read from the disk cache; None if one is missing."""
+        in_order = self._in_order.setdefault(digest, _InOrder(self.store.block_count(size)))
+        async with in_order.lock:
+            chain = in_order.chain
+            if chain.digest is None:
+                await trio.to_thread.run_sync(self._feed_from_disk, chain, digest, size)
+        return chain if chain.digest is not None else None
+
+    def _feed_from_disk(self, chain: BlobChain, digest: str, size: int) -> None:
+        """Runs in a worker thread."""
         store = self.store
-        whole = hashlib.sha256()
-        per_block = []
-        for index in range(store.block_count(size)):
+        for index in range(chain.next, chain.count):
             block = store.cache.read_block(
                 digest, store.block_size, index, store.block_len(size, index)
             )
             if block is None:
-                return None
-            whole.update(block)
-            per_block.append(hashlib.sha256(block).hexdigest())
-        return f"sha256:{whole.hexdigest()}", per_block
+                return
+            chain.feed([block])
 
 
 async def missing_blocks(store: BlobStore, digest: str, size: int) -> list[int]:
@@ -226,7 +279,7 @@ async def missing_blocks(store: BlobStore, digest: str, size: int) -> list[int]:
 
 
 async def complete_blob(store: BlobStore, digest: str, size: int) -> None:
-    """Make sure every block of the blob (verified: its hashes are known) is in the disk
+    """Make sure every block of the blob (verified: its states are known) is in the disk
     cache, downloading what is missing; raise when the cache cannot keep them all."""
     missing = await missing_blocks(store, digest, size)
     if not missing:
@@ -263,22 +316,12 @@ def cannot_keep(store: BlobStore, digest: str, size: int) -> ModelKitFSError:
     )
 
 
-def _hash_run(blocks: list[Buffer], whole: hashlib._Hash) -> list[str]:
-    per_block = []
-    for block in blocks:
-        whole.update(block)
-        per_block.append(hashlib.sha256(block).hexdigest())
-    return per_block
-
-
-async def hash_streaming(store: BlobStore, digest: str, size: int) -> Hashes:
-    """The blob's digest and per-block sha256, from the blocks on disk and the rest
-    downloaded ``RUN`` blocks at a time and dropped once hashed."""
-    whole = hashlib.sha256()
-    per_block: list[str] = []
-    count = store.block_count(size)
-    for first in range(0, count, RUN):
-        last = min(first + RUN, count) - 1
+async def hash_streaming(store: BlobStore, digest: str, size: int) -> BlobChain:
+    """The blob hashed from the blocks on disk and the rest downloaded ``RUN`` blocks at a
+    time and dropped once hashed."""
+    chain = BlobChain(store.block_count(size))
+    for first in range(0, chain.count, RUN):
+        last = min(first + RUN, chain.count) - 1
         found, _ = await trio.to_thread.run_sync(
             store.read_cached, digest, size, list(range(first, last + 1))
         )
@@ -296,5 +339,5 @@ async def hash_streaming(store: BlobStore, digest: str, size: int) -> Hashes:
             store.stats.downloaded_blocks += len(downloaded)
             blocks.extend(downloaded)
             index = stop + 1
-        per_block += await trio.to_thread.run_sync(_hash_run, blocks, whole)
-    return f"sha256:{whole.hexdigest()}", per_block
+        await trio.to_thread.run_sync(chain.feed, blocks)
+    return chain

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.maintenance import cached_blobs, verify_blob
+from modelkitfs.blobs.sha256chain import BlobChain
 from modelkitfs.blobs.verification import VERIFIED_RECORD
+from modelkitfs.blobs.verification import record as verified_record
 
 BLOCK = 1024
 
@@ -19,9 +20,9 @@ def put_blob(cache: DiskCache, data: bytes, *, record: bool = True) -> str:
     for index, block in enumerate(blocks):
         cache.write_block(digest, BLOCK, index, block)
     if record:
-        hashes = [hashlib.sha256(b).hexdigest() for b in blocks]
-        document = {"size": len(data), "block_size": BLOCK, "blocks": hashes}
-        cache.write_meta(digest, VERIFIED_RECORD, json.dumps(document).encode())
+        chain = BlobChain(len(blocks))
+        chain.feed(blocks)
+        cache.write_meta(digest, VERIFIED_RECORD, verified_record(len(data), BLOCK, chain))
     return digest
 
 

@@ -136,7 +136,7 @@ def test_a_blob_with_wrong_bytes_is_evicted_and_refused_until_a_download_verifie
             assert await store.read(digest, size, 0, size) == good
             assert store.verifier.is_verified(digest)
         async with opened(source, cache) as again:  # its record: known to any later store
-            assert await again.verifier.known_hashes(digest) is not None
+            assert await again.verifier.known_states(digest) is not None
 
     trio.run(main)
 
@@ -154,3 +154,35 @@ def test_waiting_for_a_verification_that_did_not_fetch_runs_one_that_does() -> N
             assert store.verifier.is_verified(source.digest)
 
     trio.run(main)
+
+
+class CountingCache(DiskCache):
+    """A disk cache that counts the blocks read from it (not those looked for and absent)."""
+
+    reads = 0
+
+    def read_block(self, *args: Any, **kwargs: Any) -> Any:
+        found = super().read_block(*args, **kwargs)
+        self.reads += found is not None
+        return found
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_blob_read_in_order_is_hashed_as_it_comes_in(tmp_path: Path, in_order: bool) -> None:
+    """Read in order, a blob is verified from the blocks in memory: not one block is read
+    back from disk. Read backwards, it is verified from disk once complete."""
+    registry = blob()
+    size = len(registry.data)
+    cache = CountingCache(tmp_path)
+
+    async def main() -> None:
+        async with opened(registry, cache, memory_bytes=64 * BLOCK) as store:
+            offsets = list(range(0, size, 3 * BLOCK))
+            for offset in offsets if in_order else reversed(offsets):
+                got = await store.read(registry.digest, size, offset, 3 * BLOCK, ahead=False)
+                assert got == registry.data[offset : offset + 3 * BLOCK]
+            await store.flush()
+            assert store.verifier.is_verified(registry.digest)
+
+    trio.run(main)
+    assert (cache.reads == 0) == in_order, cache.reads
