@@ -235,7 +235,7 @@ class BlobStore:
         """Hold blocks read from the disk cache in memory."""
         for index, data in found.items():
             self.memory.put((digest, index), data)
-            self.verifier.seen(digest, size, index)
+            self.verifier.seen(digest, size, index, data)
         self.stats.disk_hits += len(found)
 
     async def cached_bytes(

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN = 16  # blocks fetched or hashed together
+AHEAD = 64  # blocks held for the in-order hash, past the one it waits for
 VERIFIED_RECORD = "verified.v2.json"
 
 
@@ -54,12 +55,18 @@ def record(size: int, block_size: int, chain: BlobChain) -> bytes:
 
 
 class _InOrder:
-    """A blob hashed in order so far; one step at a time (``lock``)."""
+    """A blob hashed in order so far; one step at a time (``lock``). The blocks seen a little
+    ahead of it wait in ``ahead`` (a reader passing them lets memory drop them first)."""
 
     def __init__(self, count: int) -> None:
         self.chain = BlobChain(count)
         self.lock = trio.Lock()
         self.advancing = False
+        self.ahead: dict[int, Buffer] = {}
+
+    def keep(self, index: int, block: Buffer) -> None:
+        if index >= self.chain.next and len(self.ahead) < AHEAD:
+            self.ahead[index] = block
 
 
 class Verifier:
@@ -91,15 +98,17 @@ class Verifier:
     def is_verified(self, digest: str) -> bool:
         return digest in self.states and digest not in self._bad
 
-    def seen(self, digest: str, size: int, index: int) -> None:
-        """Note a cached block: hash the blob on from it if it is the next in order; once all
-        of a blob are cached, verify it in the background."""
+    def seen(self, digest: str, size: int, index: int, block: Buffer | None = None) -> None:
+        """Note a cached block (``block``: its bytes): hash the blob on from it if it is the
+        next in order; once all of a blob are cached, verify it in the background."""
         if digest in self.states or not self.store.cache.writable:
             return
         present = self._present.setdefault(digest, set())
         present.add(index)
         count = self.store.block_count(size)
         in_order = self._in_order.setdefault(digest, _InOrder(count))
+        if block is not None:
+            in_order.keep(index, block)
         if index == in_order.chain.next and not in_order.advancing:
             in_order.advancing = True
             self.jobs.start(self._advance, digest, in_order)
@@ -123,12 +132,18 @@ class Verifier:
                 async with in_order.lock:
                     blocks = []
                     for index in range(chain.next, min(chain.next + RUN, chain.count)):
-                        if (block := self.store.memory.peek((digest, index))) is None:
+                        block = in_order.ahead.pop(index, None)
+                        if (
+                            block is None
+                            and (block := self.store.memory.peek((digest, index))) is None
+                        ):
                             break
                         blocks.append(block)
                     if not blocks:
                         return
                     await trio.to_thread.run_sync(chain.feed, blocks)
+                    for index in [i for i in in_order.ahead if i < chain.next]:
+                        del in_order.ahead[index]
         finally:
             in_order.advancing = False
 

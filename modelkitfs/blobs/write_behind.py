@@ -65,7 +65,7 @@ class WriteBehind:
     ) -> None:
         try:
             if await self.write(digest, index, data) and size is not None:
-                self.store.verifier.seen(digest, size, index)
+                self.store.verifier.seen(digest, size, index, data)
         finally:
             self._slots.release()
             if claim is not None:
