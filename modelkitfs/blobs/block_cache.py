@@ -7,8 +7,7 @@ on the machine through a folder (its download claims and pins are kernel locks),
 running where no folder can be written. Blocks are named by blob digest, block size and index;
 sidecar files ("meta") hold what is derived from a blob (a tar index, a verification record).
 
-Methods block: the store calls them from worker threads, except ``read_block`` with ``nowait``
-(it raises ``BlockingIOError`` rather than wait for a disk), ``pin`` and ``unpin``.
+Methods block: the store calls them from worker threads, except ``pin`` and ``unpin``.
 """
 
 from __future__ import annotations
@@ -49,10 +48,9 @@ class BlockCache(Protocol):
         ...
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int, *, nowait: bool = False
-    ) -> bytearray | None:
-        """The block's bytes, or None when absent (or damaged: then it is dropped). With
-        ``nowait``, raises ``BlockingIOError`` rather than wait for a disk."""
+        self, digest: str, block_size: int, index: int, expected_size: int
+    ) -> Buffer | None:
+        """The block's bytes, or None when absent (or damaged: then it is dropped)."""
         ...
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:

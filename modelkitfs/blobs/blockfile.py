@@ -16,17 +16,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
-import tempfile
+import secrets
 import zlib
 from pathlib import Path
 
 import xxhash
 
-Buffer = bytes | bytearray | memoryview
+from modelkitfs.buffers import ALIGN, Buffer, aligned, is_aligned
+
+__all__ = ["Buffer"]  # blocks are buffers of any kind
+
 
 CHECKSUM = 4  # bytes of checksum after a block's data
 TEMP_PREFIX = ".tmp-"
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def checksum(data: Buffer) -> bytes:
@@ -46,29 +51,34 @@ def temp_owner(name: str) -> str | None:
     return owner if dash and owner.startswith("w") else None
 
 
-def read_into_buffer(path: Path, nowait: bool = False) -> tuple[bytearray, float] | None:
-    """A file's bytes and modification time; None when absent. With ``nowait``, raises
-    ``BlockingIOError`` unless every byte is in the page cache. The file's pages are dropped
-    once read: the FUSE file's pages keep what a mount served (see write_back_and_drop)."""
+def _open_direct(path: Path | str, flags: int, mode: int = 0o600) -> tuple[int, bool]:
+    """``path`` opened for direct I/O, or for buffered I/O where the file system has none
+    (then True's place says False)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, flags | os.O_DIRECT, mode), True
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return os.open(path, flags, mode), False
+
+
+def read_into_buffer(path: Path) -> tuple[memoryview, float] | None:
+    """A file's bytes and modification time; None when absent. Read with direct I/O (by DMA,
+    not through the page cache: the FUSE file's pages keep what a mount served); where the
+    file system has none, read through the page cache and its pages dropped once read."""
+    try:
+        fd, direct = _open_direct(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
         info = os.fstat(fd)
-        buffer = bytearray(info.st_size)
-        if nowait:
-            if os.preadv(fd, [buffer], 0, os.RWF_NOWAIT) != info.st_size:
-                raise BlockingIOError(errno.EAGAIN, "partly in the page cache", str(path))
+        buffer = aligned(-(-info.st_size // ALIGN) * ALIGN)  # direct reads are whole pages
+        got = 0
+        while got < len(buffer) and (n := os.preadv(fd, [buffer[got:]], got)):
+            got += n
+        if not direct:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return buffer, info.st_mtime
-        with memoryview(buffer) as view:
-            got = 0
-            while got < len(view) and (n := os.preadv(fd, [view[got:]], got)):
-                got += n
-        del buffer[got:]
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return buffer, info.st_mtime
+        return buffer[: min(got, info.st_size)], info.st_mtime
     finally:
         os.close(fd)
 
@@ -83,21 +93,42 @@ def read_file(path: Path) -> bytes | None:
 
 def write_atomic(path: Path, *parts: Buffer, owner: str) -> None:
     """Write ``parts`` to ``path`` through a temporary file named after ``owner`` (the id of
-    this process's writer lock, which must be held)."""
+    this process's writer lock, which must be held). A first part that is aligned
+    (:func:`aligned`) is written with direct I/O up to its last whole page, by DMA rather than
+    copied into the page cache; the rest is written through the page cache, written back
+    and dropped (:func:`write_back_and_drop`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{owner}-")
+    tmp = path.parent / f"{TEMP_PREFIX}{owner}-{secrets.token_hex(4)}"
+    if parts and is_aligned(parts[0]):
+        fd, direct = _open_direct(tmp, CREATE_FLAGS)
+    else:
+        fd, direct = os.open(tmp, CREATE_FLAGS, 0o600), False
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[f.write(view) :]
-            write_back_and_drop(fd)
+        rest = list(parts)
+        if direct:
+            with memoryview(rest[0]) as first:
+                whole = len(first) // ALIGN * ALIGN
+                _write_all(fd, first[:whole])
+                rest[0] = bytes(first[whole:])
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        for part in rest:
+            _write_all(fd, part)
+        write_back_and_drop(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _write_all(fd: int, data: Buffer) -> None:
+    with memoryview(data) as view:
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -18,7 +18,6 @@ cannot be written is skipped, with one warning (:mod:`~modelkitfs.blobs.health`)
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -98,7 +97,6 @@ class DiskCache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._nowait_reads = True  # until the file system refuses RWF_NOWAIT (NFS, say)
         self.health = WriteHealth(self.root)
         self.process = ProcessLock(self.root)
         self.pins = BlockPins()
@@ -169,37 +167,17 @@ class DiskCache:
     # --- blocks -----------------------------------------------------------------------------
 
     def read_block(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        expected_size: int,
-        *,
-        nowait: bool = False,
-    ) -> bytearray | None:
+        self, digest: str, block_size: int, index: int, expected_size: int
+    ) -> Buffer | None:
         """The block's bytes, or None when absent. A block whose size or checksum is wrong
-        (a truncated or damaged file) is deleted, logged, and reported absent. With ``nowait``
-        the bytes must be in the page cache: else this raises ``BlockingIOError`` rather than
-        wait for the disk, so that it may run on an event loop."""
+        (a truncated or damaged file) is deleted, logged, and reported absent."""
         path = self.block_path(digest, block_size, index)
-        if nowait and not self._nowait_reads:
-            raise BlockingIOError(errno.EAGAIN, "the file system cannot read without waiting")
-        try:
-            found = read_into_buffer(path, nowait)
-        except OSError as exc:
-            if not nowait or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            self._nowait_reads = False
-            raise BlockingIOError(
-                errno.EAGAIN, "the file system cannot read without waiting"
-            ) from exc
+        found = read_into_buffer(path)
         if found is None:
             return None
         raw, mtime = found
         size = len(raw) - CHECKSUM
-        body = memoryview(raw)[:size] if size >= 0 else memoryview(b"")
-        if size != expected_size or not checksum_matches(body, raw[size:]):
-            body.release()
+        if size != expected_size or not checksum_matches(raw[:size], raw[size:]):
             log.warning(
                 "cached block %d of %s is damaged (%d bytes, checksum %s): downloading it again",
                 index,
@@ -210,14 +188,12 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        body.release()
-        del raw[size:]  # drop the checksum in place: no copy of the block
         # Recently used: evicted last. A use "in the future" (the clock went back) is set to
         # now too, else the block would keep its false date and never be touched again.
         if abs(time.time() - mtime) > TOUCH_SECONDS:
             with contextlib.suppress(OSError):
                 os.utime(path)
-        return raw
+        return raw[:size]  # without its checksum, and not copied
 
     def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
         """The data size of a cached block (without reading it), or None when absent."""

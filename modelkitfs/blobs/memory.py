@@ -120,8 +120,8 @@ class MemoryCache:
         return None
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int, *, nowait: bool = False
-    ) -> bytearray | None:
+        self, digest: str, block_size: int, index: int, expected_size: int
+    ) -> Buffer | None:
         data = self.blocks.get((f"{digest}/{block_size}", index))
         if data is None or len(data) != expected_size:
             return None

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
+LOAD_RUN = 4  # blocks read from the disk cache in one worker-thread call, fetching ahead
 
 
 @dataclass
@@ -146,19 +147,21 @@ class BlobStore:
 
     async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
         """Bring reserved blocks into memory for a reader that will want them soon: from the
-        disk cache (those the page cache holds at once, the others one at a time, so the
-        reader waits for one, not all), and downloaded where absent. A failure only costs that
-        reader a wait: its own read fetches and reports."""
+        disk cache (a few at a time, so the reader waits for a few, not all), and downloaded
+        where absent. A failure only costs that reader a wait: its own read fetches and
+        reports."""
         try:
-            found, on_disk = self.read_cached(digest, size, sorted(flights), nowait=True)
-            self._keep(digest, size, found)
-            self.flights.land(digest, {i: flights[i] for i in found})
-            absent = {i: f for i, f in flights.items() if i not in found and i not in on_disk}
+            on_disk = await trio.to_thread.run_sync(
+                self.cache.cached_blocks, digest, self.block_size, min(flights), max(flights)
+            )
+            absent = {i: f for i, f in flights.items() if i not in on_disk}
+            present = sorted(i for i in flights if i in on_disk)
             async with trio.open_nursery() as nursery:
                 if absent:
                     nursery.start_soon(self.downloads.fetch, digest, size, absent)
-                for index in on_disk:
-                    await self._load(digest, size, {index: flights[index]})
+                for start in range(0, len(present), LOAD_RUN):
+                    run = present[start : start + LOAD_RUN]
+                    await self._load(digest, size, {i: flights[i] for i in run})
         except Exception as exc:
             log.debug("reading ahead in %s failed: %s", digest, exc)
         finally:
@@ -194,16 +197,12 @@ class BlobStore:
                 return own.data
 
     async def _load(self, digest: str, size: int, flights: dict[int, Flight]) -> dict[int, Buffer]:
-        """Read reserved blocks from the disk cache, and end their flights: those found. Bytes
-        the page cache holds are read on the event loop (copying a MiB costs less than a trip
-        to a worker thread and back); the rest in one worker-thread call."""
+        """Read reserved blocks from the disk cache, in one worker-thread call, and end their
+        flights: those found."""
         if not flights:
             return {}
         try:
-            found, on_disk = self.read_cached(digest, size, list(flights), nowait=True)
-            if on_disk:
-                more, _ = await trio.to_thread.run_sync(self.read_cached, digest, size, on_disk)
-                found.update(more)
+            found = await trio.to_thread.run_sync(self.read_cached, digest, size, list(flights))
             self._keep(digest, size, found)
             return found
         except BaseException as exc:
@@ -212,24 +211,16 @@ class BlobStore:
         finally:
             self.flights.land(digest, flights)
 
-    def read_cached(
-        self, digest: str, size: int, indexes: list[int], *, nowait: bool = False
-    ) -> tuple[dict[int, Buffer], list[int]]:
-        """The blocks found in the disk cache; with ``nowait``, also those that are on disk
-        but not in the page cache (reading them would keep the caller waiting for the disk)."""
+    def read_cached(self, digest: str, size: int, indexes: list[int]) -> dict[int, Buffer]:
+        """The blocks found in the disk cache. Runs in a worker thread."""
         found: dict[int, Buffer] = {}
-        on_disk = []
         for index in indexes:
-            try:
-                data = self.cache.read_block(
-                    digest, self.block_size, index, self.block_len(size, index), nowait=nowait
-                )
-            except BlockingIOError:
-                on_disk.append(index)
-                continue
+            data = self.cache.read_block(
+                digest, self.block_size, index, self.block_len(size, index)
+            )
             if data is not None:
                 found[index] = data
-        return found, on_disk
+        return found
 
     def _keep(self, digest: str, size: int, found: dict[int, Buffer]) -> None:
         """Hold blocks read from the disk cache in memory."""
@@ -262,12 +253,9 @@ class BlobStore:
         if (data := self.memory.get(key)) is not None:
             self.stats.memory_hits += 1
             return data
-        try:
-            data = self.cache.read_block(digest, self.block_size, index, expected_size, nowait=True)
-        except BlockingIOError:
-            data = await trio.to_thread.run_sync(
-                self.cache.read_block, digest, self.block_size, index, expected_size
-            )
+        data = await trio.to_thread.run_sync(
+            self.cache.read_block, digest, self.block_size, index, expected_size
+        )
         if data is not None:
             self.stats.disk_hits += 1
             self.memory.put(key, data)

@@ -337,7 +337,7 @@ async def hash_streaming(store: BlobStore, digest: str, size: int) -> BlobChain:
     chain = BlobChain(store.block_count(size))
     for first in range(0, chain.count, RUN):
         last = min(first + RUN, chain.count) - 1
-        found, _ = await trio.to_thread.run_sync(
+        found = await trio.to_thread.run_sync(
             store.read_cached, digest, size, list(range(first, last + 1))
         )
         blocks: list[Buffer] = []

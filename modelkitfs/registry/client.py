@@ -22,6 +22,7 @@ import cachetools
 import httpx
 import trio
 
+from modelkitfs.buffers import Buffer
 from modelkitfs.digests import sha256_digest, verify
 from modelkitfs.errors import ObjectStorageError, RangeIgnored, TransientError
 from modelkitfs.registry.auth import Authenticator
@@ -57,7 +58,6 @@ FLOOR_RATE = 1024 * 1024  # bytes per second a transfer may not fall below for l
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 T = TypeVar("T")
-Buffer = bytes | bytearray
 
 # sha256_digest and verify: for the layers that took them from here.
 __all__ = ["FetchStats", "Manifest", "RegistryClient", "sha256_digest", "verify"]

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from modelkitfs.buffers import Buffer
 from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, RangeIgnored
 from modelkitfs.registry.client import FetchStats, Manifest
 from modelkitfs.registry.source import ForwardingSource
-
-Buffer = bytes | bytearray
 
 
 @dataclass

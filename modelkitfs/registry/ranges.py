@@ -35,8 +35,10 @@ import socket
 import ssl
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modelkitfs.buffers import Buffer, aligned
 from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
 
 READ_CHUNK = 1024 * 1024
@@ -50,7 +52,7 @@ STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 class RangeResult:
     status: int
     url: str
-    data: list[bytearray] = field(default_factory=list)  # the body, in pieces
+    data: Sequence[Buffer] = field(default_factory=list)  # the body, in pieces
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
     broken: str = ""  # why the body stopped short of the range, after ``data``
@@ -310,20 +312,19 @@ def _origin(url: str) -> str:
 
 def _read_exactly(
     response: http.client.HTTPResponse, length: int, piece: int, transfer: Transfer
-) -> tuple[list[bytearray], str]:
+) -> tuple[list[memoryview], str]:
     """Up to ``length`` bytes of the body in buffers of ``piece`` bytes, and why it stopped
     short ("" when it did not): a transfer cut in the middle keeps what arrived, so that it can
     resume from there. Read straight into the buffers its consumer keeps (cache blocks): one
     copy of each byte fewer than slicing one buffer, and memory is freed block by block."""
-    pieces: list[bytearray] = []
+    pieces: list[memoryview] = []
     done = 0
     while done < length:
-        buffer = bytearray(min(piece, length - done))
+        buffer = aligned(min(piece, length - done))  # the cache writes it by direct I/O
         filled, failure = _fill(response, buffer, transfer)
         done += filled
         if filled:
-            del buffer[filled:]
-            pieces.append(buffer)
+            pieces.append(buffer[:filled])
         if failure is not None:
             if failure:
                 return pieces, f"the connection failed after {done} of {length} bytes ({failure})"
@@ -332,7 +333,7 @@ def _read_exactly(
 
 
 def _fill(
-    response: http.client.HTTPResponse, buffer: bytearray, transfer: Transfer
+    response: http.client.HTTPResponse, buffer: memoryview, transfer: Transfer
 ) -> tuple[int, str | None]:
     """How many bytes of the body went into ``buffer``, and, when it is not full, why: "" for
     the end of the body, else what failed."""

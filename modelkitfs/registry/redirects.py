@@ -15,6 +15,7 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 
+from modelkitfs.buffers import Buffer
 from modelkitfs.errors import ObjectStorageError, RegistryError
 from modelkitfs.registry.status import Expired
 from modelkitfs.singleflight import SingleFlight
@@ -23,8 +24,6 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 FAILURES_KEPT = 2  # failures of a URL whose store blips, before it is dropped
-
-Buffer = bytes | bytearray
 
 
 @dataclass

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
+from modelkitfs.buffers import Buffer
 from modelkitfs.registry.client import FetchStats, Manifest
-
-Buffer = bytes | bytearray
 
 
 class BlobSource(Protocol):

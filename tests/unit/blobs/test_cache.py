@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelkitfs.blobs import DiskCache
+from modelkitfs.buffers import Buffer, aligned
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -72,15 +76,21 @@ def test_blocks_of_earlier_versions_with_crc32_are_still_read(tmp_path: Path) ->
 
 
 def in_page_cache(path: Path) -> bool:
-    """Whether all of ``path`` is in the page cache (a read that would not wait succeeds)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        buffer = bytearray(os.fstat(fd).st_size)
-        return os.preadv(fd, [buffer], 0, os.RWF_NOWAIT) == len(buffer)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    """Whether any page of ``path`` is in the page cache: mincore(2) of a private map of it
+    (a read that must not wait, RWF_NOWAIT, was seen to succeed on pages not there)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        pages = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            if LIBC.mincore(ctypes.byref(start), ctypes.c_size_t(size), pages) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del start
+        return any(page & 1 for page in pages)
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def drop_pages(path: Path) -> None:
@@ -92,26 +102,26 @@ def drop_pages(path: Path) -> None:
         os.close(fd)
 
 
-def test_nowait_reads_only_from_the_page_cache(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path)
-    data = os.urandom(1 << 20)
-    cache.write_block(DIGEST, 1 << 20, 0, data)
-    path = cache.block_path(DIGEST, 1 << 20, 0)
-    path.read_bytes()  # another reader brings its pages into memory
-    assert cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True) == data
-    drop_pages(path)
-    if in_page_cache(path):
-        pytest.skip("this file system keeps every page in memory (tmpfs)")
-    with pytest.raises(BlockingIOError):
-        cache.read_block(DIGEST, 1 << 20, 0, len(data), nowait=True)
-    assert cache.read_block(DIGEST, 1 << 20, 0, len(data)) == data
+def block_bytes(size: int, aligned_buffer: bool) -> Buffer:
+    """A block as downloads hold it (an aligned buffer: written by direct I/O) or not."""
+    data = os.urandom(size)
+    if not aligned_buffer:
+        return data
+    buffer = aligned(size)
+    buffer[:] = data
+    return buffer
 
 
-def test_blocks_leave_the_page_cache_once_written_and_once_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [1 << 20, (1 << 20) - 100, 100])
+@pytest.mark.parametrize("aligned_buffer", [True, False])
+def test_blocks_leave_the_page_cache_once_written_and_once_read(
+    tmp_path: Path, size: int, aligned_buffer: bool
+) -> None:
     """A mount's reads are kept by the kernel in the FUSE file's pages: the cache file's own
-    pages would hold every byte a second time."""
+    pages would hold every byte a second time. Written from an aligned buffer by direct I/O
+    (by DMA) and read back by direct I/O, the bytes never enter the page cache at all."""
     cache = DiskCache(tmp_path)
-    data = os.urandom(1 << 20)
+    data = block_bytes(size, aligned_buffer)
     probe = tmp_path / "probe"
     probe.write_bytes(data)
     drop_pages(probe)
@@ -120,27 +130,25 @@ def test_blocks_leave_the_page_cache_once_written_and_once_read(tmp_path: Path) 
     cache.write_block(DIGEST, 1 << 20, 0, data)
     path = cache.block_path(DIGEST, 1 << 20, 0)
     assert not in_page_cache(path)
-    assert cache.read_block(DIGEST, 1 << 20, 0, len(data)) == data
+    assert cache.read_block(DIGEST, 1 << 20, 0, size) == data
     assert not in_page_cache(path)
 
 
-def test_a_file_system_without_nowait_reads_falls_back_to_waiting(
+def test_a_file_system_without_direct_io_is_read_and_written_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = DiskCache(tmp_path)
-    cache.write_block(DIGEST, 1024, 0, b"n" * 1024)
-    preadv = os.preadv
+    opened = os.open
     refused = []
 
-    def refuse_nowait(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
-        if flags & os.RWF_NOWAIT:
-            refused.append(fd)
-            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-        return preadv(fd, buffers, offset, flags)
+    def refuse_direct(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return opened(path, flags, mode, **kwargs)
 
-    monkeypatch.setattr(os, "preadv", refuse_nowait)
-    for _ in range(2):  # the second time without trying
-        with pytest.raises(BlockingIOError):
-            cache.read_block(DIGEST, 1024, 0, 1024, nowait=True)
-    assert len(refused) == 1
-    assert cache.read_block(DIGEST, 1024, 0, 1024) == b"n" * 1024
+    monkeypatch.setattr(os, "open", refuse_direct)
+    cache = DiskCache(tmp_path)
+    data = block_bytes((1 << 20) - 100, aligned_buffer=True)
+    cache.write_block(DIGEST, 1 << 20, 0, data)
+    assert cache.read_block(DIGEST, 1 << 20, 0, len(data)) == data
+    assert len(refused) == 2  # the write, then the read
