@@ -58,7 +58,7 @@ def loopback(
         rss = PeakRss(pid)
         cpu = CpuUse({"registry": server, "daemon": pid, "reader": os.getpid()})
         cold_s = timed(lambda: read_all(mnt / MODEL))
-        cold_cpu = cpu.stop(size)
+        cold_cpu = cpu.stop(size, settle="daemon")
         peak_stream = rss.stop()
         reread_s = timed(lambda: read_all(mnt / MODEL))
         folios = folio_kib(mnt / MODEL, 64 * MiB), folio_kib(source / MODEL, 64 * MiB)
@@ -214,7 +214,7 @@ def object_link(
             }
         )
         cold_s = timed(lambda: read_all(mnt / MODEL))
-        cold_cpu = cpu.stop(size)
+        cold_cpu = cpu.stop(size, settle="daemon")
     rate = size / cold_s
     bench.add("link: curl, one stream", size / curl_s, "MiB/s")
     bench.add(
@@ -247,7 +247,8 @@ def production_like(
         cpu = CpuUse({**processes, "daemon": daemon_pid(mnt), "reader": os.getpid()})
         growth = PageCacheGrowth()
         cold_s = timed(lambda: read_all(mnt / MODEL))
-        cold_cpu, cold_growth = cpu.stop(size), growth.per_byte(size * MiB)
+        cold_growth = growth.per_byte(size * MiB)
+        cold_cpu = cpu.stop(size, settle="daemon")
     bench.add(
         "1 prod: cold sequential read",
         size / cold_s,

@@ -13,6 +13,7 @@ import mmap
 import os
 import resource
 import struct
+import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -24,6 +25,19 @@ def process_cpu(pid: int) -> float:
     """Seconds of CPU (user and system) the process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_until_idle(pid: int, quiet: float = 0.5, longest: float = 60) -> None:
+    """Wait until the process has used under 10 ms of CPU in ``quiet`` seconds (at most
+    ``longest`` seconds in all)."""
+    deadline = time.monotonic() + longest
+    before = process_cpu(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = process_cpu(pid)
+        if now - before < 0.01:
+            return
+        before = now
 
 
 def busy_cores() -> float:
@@ -54,9 +68,12 @@ class CpuUse:
         sample["machine"] = busy_cores()
         return sample
 
-    def stop(self, mib: float) -> str:
+    def stop(self, mib: float, settle: str | None = None) -> str:
         """Milliseconds of CPU per MiB moved, per process and in all, and the rate the machine
-        could reach at that cost with every core busy."""
+        could reach at that cost with every core busy. With ``settle``, once that process has
+        finished the work the transfer left it (a cold read's verification of the blob)."""
+        if settle is not None and (pid := self.processes[settle]) is not None:
+            wait_until_idle(pid)
         end = self._sample()
         used = {name: end[name] - self._start[name] for name in end}
         per_mib = {name: 1000 * seconds / mib for name, seconds in used.items()}

@@ -106,7 +106,7 @@ class Verifier:
         present = self._present.setdefault(digest, set())
         present.add(index)
         count = self.store.block_count(size)
-        in_order = self._in_order.setdefault(digest, _InOrder(count))
+        in_order = self._in_order.get(digest) or self._in_order.setdefault(digest, _InOrder(count))
         if block is not None:
             in_order.keep(index, block)
         if index == in_order.chain.next and not in_order.advancing:
