@@ -7,7 +7,9 @@ on the machine through a folder (its download claims and pins are kernel locks),
 running where no folder can be written. Blocks are named by blob digest, block size and index;
 sidecar files ("meta") hold what is derived from a blob (a tar index, a verification record).
 
-Methods block: the store calls them from worker threads, except ``pin`` and ``unpin``.
+Methods block: the store calls them from worker threads, except ``pin``, ``unpin`` and
+``cached_blocks`` (a ``stat`` per block, which the kernel answers from its caches: a trip to a
+worker thread for each block a cold read looks for costs more).
 """
 
 from __future__ import annotations

@@ -151,9 +151,7 @@ class BlobStore:
         where absent. A failure only costs that reader a wait: its own read fetches and
         reports."""
         try:
-            on_disk = await trio.to_thread.run_sync(
-                self.cache.cached_blocks, digest, self.block_size, min(flights), max(flights)
-            )
+            on_disk = self.cache.cached_blocks(digest, self.block_size, min(flights), max(flights))
             absent = {i: f for i, f in flights.items() if i not in on_disk}
             present = sorted(i for i in flights if i in on_disk)
             async with trio.open_nursery() as nursery:
@@ -197,12 +195,19 @@ class BlobStore:
                 return own.data
 
     async def _load(self, digest: str, size: int, flights: dict[int, Flight]) -> dict[int, Buffer]:
-        """Read reserved blocks from the disk cache, in one worker-thread call, and end their
-        flights: those found."""
+        """Read reserved blocks from the disk cache, in one worker-thread call (none for
+        blocks that are not there: a cold read's every block), and end their flights: those
+        found."""
         if not flights:
             return {}
         try:
-            found = await trio.to_thread.run_sync(self.read_cached, digest, size, list(flights))
+            on_disk = self.cache.cached_blocks(digest, self.block_size, min(flights), max(flights))
+            wanted = [i for i in flights if i in on_disk]
+            found = (
+                await trio.to_thread.run_sync(self.read_cached, digest, size, wanted)
+                if wanted
+                else {}
+            )
             self._keep(digest, size, found)
             return found
         except BaseException as exc:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN = 16  # blocks fetched or hashed together
-AHEAD = 64  # blocks held for the in-order hash, past the one it waits for
+AHEAD = 32  # blocks held for the in-order hashes of a store, past the ones they wait for
 VERIFIED_RECORD = "verified.v2.json"
 
 
@@ -63,10 +63,6 @@ class _InOrder:
         self.lock = trio.Lock()
         self.advancing = False
         self.ahead: dict[int, Buffer] = {}
-
-    def keep(self, index: int, block: Buffer) -> None:
-        if index >= self.chain.next and len(self.ahead) < AHEAD:
-            self.ahead[index] = block
 
 
 class Verifier:
@@ -107,8 +103,10 @@ class Verifier:
         present.add(index)
         count = self.store.block_count(size)
         in_order = self._in_order.get(digest) or self._in_order.setdefault(digest, _InOrder(count))
-        if block is not None:
-            in_order.keep(index, block)
+        # Held while near the hash (bounded per store, whatever its readers do).
+        near = in_order.chain.next <= index < in_order.chain.next + AHEAD
+        if block is not None and near and self._held() < AHEAD:
+            in_order.ahead[index] = block
         if index == in_order.chain.next and not in_order.advancing:
             in_order.advancing = True
             self.jobs.start(self._advance, digest, in_order)
@@ -119,6 +117,9 @@ class Verifier:
     def forget(self, digest: str) -> None:
         self._present.pop(digest, None)
         self._in_order.pop(digest, None)
+
+    def _held(self) -> int:
+        return sum(len(in_order.ahead) for in_order in self._in_order.values())
 
     async def _advance(self, digest: str, in_order: _InOrder) -> None:
         """Hash the blob on, in order, from the blocks in memory (the ones just downloaded

@@ -186,3 +186,27 @@ def test_a_blob_read_in_order_is_hashed_as_it_comes_in(tmp_path: Path, in_order:
 
     trio.run(main)
     assert (cache.reads == 0) == in_order, cache.reads
+
+
+def test_blocks_held_for_the_in_order_hash_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that skips the start of a blob leaves the hash waiting: what it holds for it
+    stays bounded, and the blob still verifies once its start is read."""
+    monkeypatch.setattr("modelkitfs.blobs.verification.AHEAD", 4)
+    registry = blob()
+    size = len(registry.data)
+
+    async def main() -> None:
+        async with opened(registry, DiskCache(tmp_path), memory_bytes=64 * BLOCK) as store:
+            got = await store.read(registry.digest, size, BLOCK, size - BLOCK, ahead=False)
+            assert got == registry.data[BLOCK:]
+            await store.flush()
+            assert store.verifier._held() == 3  # blocks 1 to 3: near block 0, which it awaits
+            assert not store.verifier.is_verified(registry.digest)
+            assert await store.read(registry.digest, size, 0, BLOCK) == registry.data[:BLOCK]
+            await store.flush()
+            assert store.verifier.is_verified(registry.digest)
+            assert store.verifier._held() == 0
+
+    trio.run(main)
