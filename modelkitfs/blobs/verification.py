@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN = 16  # blocks fetched or hashed together
-AHEAD = 32  # blocks held for the in-order hashes of a store, past the ones they wait for
+AHEAD = 16  # blocks held for the in-order hashes of a store, past the ones they wait for
 VERIFIED_RECORD = "verified.v2.json"
 
 
