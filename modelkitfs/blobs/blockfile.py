@@ -26,9 +26,6 @@ import xxhash
 
 from modelkitfs.buffers import ALIGN, Buffer, aligned, is_aligned
 
-__all__ = ["Buffer"]  # blocks are buffers of any kind
-
-
 CHECKSUM = 4  # bytes of checksum after a block's data
 TEMP_PREFIX = ".tmp-"
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
