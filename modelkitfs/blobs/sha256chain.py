@@ -117,7 +117,7 @@ class BlobChain:
                 self.digest = self._chain.digest()
 
 
-def block_matches(
+def block_in_chain(
     block: Buffer, index: int, block_size: int, states: list[bytes], digest: str
 ) -> bool:
     """Whether block ``index`` of a blob verified as ``digest``, with chaining ``states``, is

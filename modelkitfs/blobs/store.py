@@ -159,7 +159,7 @@ class BlobStore:
                     nursery.start_soon(self.downloads.fetch, digest, size, absent)
                 for start in range(0, len(present), LOAD_RUN):
                     run = present[start : start + LOAD_RUN]
-                    await self._load(digest, size, {i: flights[i] for i in run})
+                    await self._load(digest, size, {i: flights[i] for i in run}, on_disk)
         except Exception as exc:
             log.debug("reading ahead in %s failed: %s", digest, exc)
         finally:
@@ -194,14 +194,23 @@ class BlobStore:
             if (own := flights.get(index)) is not None and own.data is not None:
                 return own.data
 
-    async def _load(self, digest: str, size: int, flights: dict[int, Flight]) -> dict[int, Buffer]:
+    async def _load(
+        self,
+        digest: str,
+        size: int,
+        flights: dict[int, Flight],
+        on_disk: set[int] | None = None,
+    ) -> dict[int, Buffer]:
         """Read reserved blocks from the disk cache, in one worker-thread call (none for
         blocks that are not there: a cold read's every block), and end their flights: those
-        found."""
+        found. ``on_disk``: the blocks known to be there, when the caller has looked."""
         if not flights:
             return {}
         try:
-            on_disk = self.cache.cached_blocks(digest, self.block_size, min(flights), max(flights))
+            if on_disk is None:
+                on_disk = self.cache.cached_blocks(
+                    digest, self.block_size, min(flights), max(flights)
+                )
             wanted = [i for i in flights if i in on_disk]
             found = (
                 await trio.to_thread.run_sync(self.read_cached, digest, size, wanted)

@@ -34,7 +34,7 @@ import trio
 from modelkitfs.blobs.blockfile import Buffer
 from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.jobs import Jobs
-from modelkitfs.blobs.sha256chain import BlobChain, block_matches, from_record, to_record
+from modelkitfs.blobs.sha256chain import BlobChain, block_in_chain, from_record, to_record
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.singleflight import SingleFlight
 
@@ -128,6 +128,7 @@ class Verifier:
         chain = in_order.chain
         try:
             if await self.known_states(digest) is not None:
+                self._in_order.pop(digest, None)  # nor are blocks held for it
                 return
             while self._in_order.get(digest) is in_order:
                 async with in_order.lock:
@@ -247,7 +248,7 @@ class Verifier:
         """Whether a block downloaded again is the one verified before (True when the blob
         was never verified: there is nothing to check it against)."""
         states = await self.known_states(digest)
-        return states is None or block_matches(block, index, self.store.block_size, states, digest)
+        return states is None or block_in_chain(block, index, self.store.block_size, states, digest)
 
     async def _fetch_all(self, digest: str, size: int) -> None:
         store = self.store

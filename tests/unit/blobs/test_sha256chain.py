@@ -8,7 +8,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from modelkitfs.blobs.sha256chain import BlobChain, ChainHash, block_matches, from_record, to_record
+from modelkitfs.blobs.sha256chain import (
+    BlobChain,
+    ChainHash,
+    block_in_chain,
+    from_record,
+    to_record,
+)
 
 BLOCK = 4096
 
@@ -30,12 +36,12 @@ def test_one_pass_gives_the_digest_and_checks_every_block(size: int) -> None:
     assert len(chain.states) == len(blocks) - 1
     states = from_record(to_record(chain.states))  # as a record keeps them
     for index, block in enumerate(blocks):
-        assert block_matches(memoryview(bytearray(block)), index, BLOCK, states, digest)
+        assert block_in_chain(memoryview(bytearray(block)), index, BLOCK, states, digest)
         changed = bytearray(block)
         changed[-1] ^= 1
-        assert not block_matches(changed, index, BLOCK, states, digest)
+        assert not block_in_chain(changed, index, BLOCK, states, digest)
     if len(blocks) > 2:
-        assert not block_matches(blocks[1], 2, BLOCK, states, digest)
+        assert not block_in_chain(blocks[1], 2, BLOCK, states, digest)
 
 
 def test_a_chain_restarts_only_at_a_whole_chunk() -> None:

@@ -208,5 +208,14 @@ def test_blocks_held_for_the_in_order_hash_are_bounded(
             await store.flush()
             assert store.verifier.is_verified(registry.digest)
             assert store.verifier._held() == 0
+        # A new store (a new mount) reads the blob from disk: its record says it is verified,
+        # so nothing is hashed, and no block is held for a hash.
+        async with opened(registry, DiskCache(tmp_path), memory_bytes=64 * BLOCK) as again:
+            sent = registry.sent
+            assert await again.read(registry.digest, size, 0, size) == registry.data
+            await again.flush()
+            assert registry.sent == sent
+            assert again.verifier.is_verified(registry.digest)
+            assert again.verifier._held() == 0
 
     trio.run(main)
