@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modelkitfs import MountOptions, mount
-from tests.support.kitbuilder import Artifact, push
+from tests.support.kitbuilder import Artifact, build_modelkit, push
 from tests.support.registry_proxy import CountingProxy
 from tests.support.registry_server import running_registry
 
@@ -40,6 +40,17 @@ def write(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     path.chmod(mode)
+
+
+ONE_FILE_KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
+
+
+def one_file_kit(directory: Path, size: int, seed: int) -> tuple[bytes, Artifact]:
+    """A kit whose model is one file, ``weights.bin``, of ``size`` random bytes: the bytes and
+    the kit."""
+    data = np.random.default_rng(seed).bytes(size)
+    write(directory / "weights.bin", data)
+    return data, build_modelkit(directory, ONE_FILE_KITFILE)
 
 
 @pytest.fixture(scope="session")

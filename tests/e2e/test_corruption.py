@@ -9,21 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import MiB, Mounts, write
-from tests.support.kitbuilder import build_modelkit
+from tests.conftest import MiB, Mounts, one_file_kit
 from tests.support.registry_proxy import CountingProxy
 from tests.support.waiting import wait_for
 
 SIZE = 16 * MiB + 5
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
-    directory = tmp_path_factory.mktemp("corruption")
-    data = np.random.default_rng(23).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    artifact = build_modelkit(directory, KITFILE)
+    data, artifact = one_file_kit(tmp_path_factory.mktemp("corruption"), SIZE, 23)
     assert len(json.loads(artifact.manifest)["layers"]) == 1
     return publish(artifact, "corruption/kit"), data
 

@@ -9,17 +9,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from modelkitfs import MountOptions, mount, unmount
-from tests.conftest import MiB, write
-from tests.support.kitbuilder import build_modelkit, push
+from tests.conftest import MiB, one_file_kit
+from tests.support.kitbuilder import push
 from tests.support.registry_server import running_registry, storage_folder
 from tests.support.static_server import running_nginx
 
 SIZE = 40 * MiB + 3
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 
 
 class Storage:
@@ -47,10 +45,8 @@ def test_reads_come_from_object_storage_once(
     on_object_storage: tuple[str, Storage], tmp_path: Path
 ) -> None:
     registry, storage = on_object_storage
-    directory = tmp_path / "kit"
-    data = np.random.default_rng(41).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    push(registry, "storage/kit", "v1", build_modelkit(directory, KITFILE))
+    data, artifact = one_file_kit(tmp_path / "kit", SIZE, 41)
+    push(registry, "storage/kit", "v1", artifact)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     cache = tmp_path / "cache"

@@ -12,20 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelkitfs.errors import MountError
 from modelkitfs.mount import unmount
-from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, daemon_pid, running, write
+from tests.conftest import (
+    NESTED_KITFILE,
+    ONE_FILE_KITFILE,
+    MiB,
+    assert_same_tree,
+    daemon_pid,
+    one_file_kit,
+    running,
+    write,
+)
 from tests.support.clirun import run_cli
 from tests.support.kitbuilder import build_modelkit, expected_tree, push, store_locally
 from tests.support.registry_proxy import CountingProxy
 from tests.support.waiting import wait_for
 
 SIZE = 24 * MiB + 7
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 UNLOADED = "modelkitfs.fuse.service: unloaded"
 
 
@@ -67,10 +74,7 @@ def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory, registry: str) -> tuple[str, bytes, str]:
     """A one-file kit pushed to the registry: (repository:tag, the file's bytes, its digest)."""
-    directory = tmp_path_factory.mktemp("serve")
-    data = np.random.default_rng(31).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    artifact = build_modelkit(directory, KITFILE)
+    data, artifact = one_file_kit(tmp_path_factory.mktemp("serve"), SIZE, 31)
     push(registry, "serve/weights", "v1", artifact)
     return "serve/weights:v1", data, artifact.digest
 
@@ -149,7 +153,7 @@ def test_a_moved_tag_points_new_lookups_at_the_new_kit(
     for n in range(2):
         directory = tmp_path / f"v{n}"
         write(directory / "weights.bin", bytes([n]) * (2 * MiB))
-        versions.append(build_modelkit(directory, KITFILE))
+        versions.append(build_modelkit(directory, ONE_FILE_KITFILE))
     push(registry, "serve/moving", "stable", versions[0])
     tag = service.root / proxy.address / "serve" / "moving:stable"
     assert os.readlink(tag) == f"moving@{versions[0].digest}"
@@ -192,7 +196,7 @@ def test_an_idle_kit_is_unloaded_and_loaded_again_but_never_while_open(
 ) -> None:
     _, data, digest = weights
     write(tmp_path / "other" / "weights.bin", b"other")
-    other = build_modelkit(tmp_path / "other", KITFILE)
+    other = build_modelkit(tmp_path / "other", ONE_FILE_KITFILE)
     push(registry, "serve/other", "v1", other)
     folder = service.root / proxy.address / "serve"
     held = folder / f"weights@{digest}"

@@ -10,25 +10,19 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import MiB, Mounts, write
+from tests.conftest import MiB, Mounts, one_file_kit
 from tests.support.fault_server import FaultServer
-from tests.support.kitbuilder import build_modelkit
 
 SIZE = 48 * MiB + 123
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 ALWAYS = 10_000  # faults: every request of the test
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes, int]:
     """(reference, the file's bytes, the size of its layer blob)."""
-    directory = tmp_path_factory.mktemp("whole")
-    data = np.random.default_rng(7).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    artifact = build_modelkit(directory, KITFILE)
+    data, artifact = one_file_kit(tmp_path_factory.mktemp("whole"), SIZE, 7)
     layer = json.loads(artifact.manifest)["layers"][0]["size"]
     return publish(artifact, "whole/kit"), data, int(layer)
 

@@ -14,37 +14,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, daemon_pid, running, write
-from tests.support.kitbuilder import Artifact, build_modelkit
+from tests.conftest import MiB, Mounts, daemon_pid, one_file_kit, running
 
 BIG = 256 * MiB
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
-
-
-def make_kit(directory: Path, size: int, seed: int) -> tuple[Path, Artifact]:
-    source = directory / "weights.bin"
-    write(source, np.random.default_rng(seed).bytes(size))
-    return source, build_modelkit(directory, KITFILE)
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, str, str]:
     """A kit of one 256 MiB file: (reference, sha256 of the file, layer digest)."""
-    source, kit = make_kit(tmp_path_factory.mktemp("big"), BIG, 11)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    data, kit = one_file_kit(tmp_path_factory.mktemp("big"), BIG, 11)
+    digest = hashlib.sha256(data).hexdigest()
     return publish(kit, "shared/big"), digest, json.loads(kit.manifest)["layers"][0]["digest"]
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes, str]:
     """A kit of one 16 MiB file: (reference, its bytes, layer digest)."""
-    source, kit = make_kit(tmp_path_factory.mktemp("small"), 16 * MiB + 5, 12)
+    data, kit = one_file_kit(tmp_path_factory.mktemp("small"), 16 * MiB + 5, 12)
     layer = json.loads(kit.manifest)["layers"][0]["digest"]
-    return publish(kit, "shared/small"), source.read_bytes(), layer
+    return publish(kit, "shared/small"), data, layer
 
 
 def file_sha256(path: Path) -> str:

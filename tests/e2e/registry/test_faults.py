@@ -10,27 +10,22 @@ import hashlib
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from modelkitfs.blobs import DiskCache
 from modelkitfs.mount import unmount
-from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, running, write
-from tests.support.kitbuilder import build_modelkit
+from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, one_file_kit, running
 from tests.support.registry_proxy import CountingProxy
 from tests.support.waiting import wait_for
 
 SIZE = 48 * MiB + 123
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
     """A kit of one 48 MiB file: (reference, the file's bytes)."""
-    directory = tmp_path_factory.mktemp("faults")
-    data = np.random.default_rng(21).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    return publish(build_modelkit(directory, KITFILE), "faults/kit"), data
+    data, artifact = one_file_kit(tmp_path_factory.mktemp("faults"), SIZE, 21)
+    return publish(artifact, "faults/kit"), data
 
 
 @pytest.mark.parametrize(

@@ -17,24 +17,19 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import MiB, Mounts, write
+from tests.conftest import MiB, Mounts, one_file_kit
 from tests.support.fault_server import FaultServer
-from tests.support.kitbuilder import build_modelkit
 
 SIZE = 12 * MiB + 321
 TIMEOUT = 4
-KITFILE = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, publish) -> tuple[str, bytes]:
-    directory = tmp_path_factory.mktemp("scripted")
-    data = np.random.default_rng(18).bytes(SIZE)
-    write(directory / "weights.bin", data)
-    return publish(build_modelkit(directory, KITFILE), "scripted/kit"), data
+    data, artifact = one_file_kit(tmp_path_factory.mktemp("scripted"), SIZE, 18)
+    return publish(artifact, "scripted/kit"), data
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +158,8 @@ def test_object_storage_that_vanishes_is_asked_again_once_back(
     """A cached redirect whose host refuses connections is dropped after a retry and resolved
     again through the registry; reads fail with EIO while the store is gone, then the same
     mount reads again."""
-    data = np.random.default_rng(3).bytes(64 * MiB)
-    write(tmp_path / "src" / "weights.bin", data)
-    reference = publish(build_modelkit(tmp_path / "src", KITFILE), "scripted/vanishing")
+    data, artifact = one_file_kit(tmp_path / "src", 64 * MiB, 3)
+    reference = publish(artifact, "scripted/vanishing")
     faults.set(redirect=True)
     mountpoint = mounts.mount(reference, registry=faults.address, timeout=TIMEOUT)
     with open(mountpoint / "weights.bin", "rb", buffering=0) as f:
