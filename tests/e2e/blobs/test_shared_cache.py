@@ -18,6 +18,7 @@ import pytest
 
 from modelkitfs.blobs import DiskCache
 from tests.conftest import MiB, Mounts, daemon_pid, one_file_kit, running
+from tests.support.waiting import wait_for
 
 BIG = 256 * MiB
 
@@ -71,9 +72,7 @@ def test_kill_9_mid_download_then_mount_again(big, proxy, mounts: Mounts) -> Non
     mountpoint = mounts.mount(reference, name="killed")
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(file_sha256, mountpoint / "weights.bin")
-        deadline = time.monotonic() + 60
-        while proxy.blob_bytes < 48 * MiB and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: proxy.blob_bytes >= 48 * MiB, "48 MiB downloaded before the kill")
         os.kill(daemon_pid(mountpoint), signal.SIGKILL)
         with pytest.raises(OSError):
             reading.result(timeout=60)
