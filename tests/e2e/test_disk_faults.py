@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, daemon_pid, running
-from tests.e2e.blobs.test_shared_cache import cli, file_sha256, make_kit
+from tests.conftest import MiB, Mounts, daemon_pid, one_file_kit, running
+from tests.e2e.blobs.test_shared_cache import cli, file_sha256
 from tests.support.tmpfs import SmallFs, small_fs
 from tests.support.waiting import wait_for
 
@@ -22,9 +22,9 @@ RETRY_WAIT = 30.0  # seconds: bound on waiting for the cache to be written again
 
 
 def kit(tmp_path_factory: pytest.TempPathFactory, publish, size: int, seed: int, name: str):
-    source, artifact = make_kit(tmp_path_factory.mktemp(name), size, seed)
+    data, artifact = one_file_kit(tmp_path_factory.mktemp(name), size, seed)
     layer = json.loads(artifact.manifest)["layers"][0]["digest"]
-    return publish(artifact, f"disk/{name}"), source.read_bytes(), layer
+    return publish(artifact, f"disk/{name}"), data, layer
 
 
 @pytest.fixture(scope="module")
