@@ -141,7 +141,7 @@ class DerivedBlob:
 
     async def write_block(self, index: int, data: bytes) -> None:
         # Not behind: a reader may need it from disk once it leaves memory, before finish().
-        await self.store.writes.put(self.key, index, data, behind=False)
+        await self.store.writes.put_now(self.key, index, data)
 
     async def read(self, offset: int, length: int, end: int) -> bytes | None:
         """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when

@@ -21,15 +21,16 @@ of it waits on its flight; the stream lands each block as its window arrives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from modelkitfs.blobs.block_cache import BlockClaim
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.flights import Flight, as_blocks, for_waiters
+from modelkitfs.blobs.flights import Flight, for_waiters
+from modelkitfs.blobs.sha256chain import block_in_chain
+from modelkitfs.buffers import Buffer
 from modelkitfs.errors import DigestMismatch, RangeIgnored, RegistryError
+from modelkitfs.registry.ranges import Deliver
 
 if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore
@@ -83,81 +84,82 @@ class Downloads:
         self, digest: str, size: int, first: int, last: int, *, in_order: bool = False
     ) -> list[int]:
         """Claim blocks ``first`` to ``last`` (as far as no other process holds them) and
-        download them; the indexes downloaded. ``in_order``: see :meth:`download`."""
+        download them, each landed as it arrives; the indexes downloaded. ``in_order``: see
+        :meth:`download`."""
         store = self.store
+        await store.writes.room()
         claim = await self._claim(digest, first, last)
         if claim is None:
             return []  # another process cached it meanwhile
-        unwritten = set(claim.held)
-        done = []
+        arrivals = _Arrivals(store, digest, size, first, claim)
         try:
-            blocks = await self.download(digest, size, first, max(unwritten), in_order=in_order)
-            for index, block in enumerate(blocks, first):
-                store.stats.downloaded_blocks += 1
-                if (flight := store.flights.get((digest, index))) is not None:
-                    flight.data = block
-                await store.writes.put(digest, index, block, claim=claim, size=size)
-                unwritten.discard(index)  # its claim went along, released once on disk
-                done.append(index)
+            await self.download(arrivals, max(claim.held), in_order=in_order)
         finally:
-            for index in unwritten:
+            for index in claim.held - set(arrivals.landed):
                 claim.release(index)
-        return done
+        return arrivals.landed
 
-    async def download(
-        self, digest: str, size: int, first: int, last: int, *, in_order: bool = False
-    ) -> list[Buffer]:
-        """Blocks ``first`` to ``last`` from the source, each checked against its hash when
-        the blob was verified before. ``in_order``: the caller reads the blob in order (a
-        stream, a hash): when the server answers with the whole blob, ask again at once, to
-        carry on that answer, rather than raise :class:`RangeIgnored`."""
-        store = self.store
-        start, end = first * store.block_size, min((last + 1) * store.block_size, size)
+    async def blocks(self, digest: str, size: int, first: int, last: int) -> list[Buffer]:
+        """Blocks ``first`` to ``last``, checked as :meth:`download` does, but neither cached
+        nor handed to readers (a blob too large for the cache, hashed as it streams by)."""
+        kept = _Kept(self.store, digest, size, first)
+        await self.download(kept, last, in_order=True)
+        return kept.blocks
+
+    async def download(self, arrivals: _Arrivals, last: int, *, in_order: bool = False) -> None:
+        """Blocks from ``arrivals.next`` to ``last`` from the source, landed as they arrive,
+        each checked against its hash when the blob was verified before; a block that proves
+        wrong is asked for again with the rest, up to ``DOWNLOAD_ATTEMPTS`` times in all.
+        ``in_order``: the caller reads the blob in order (a stream, a hash): when the server
+        answers with the whole blob, ask again at once, to carry on that answer, rather than
+        raise :class:`RangeIgnored`."""
+        store, digest = self.store, arrivals.digest
+        arrivals.states = await store.verifier.known_states(digest)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            pieces = await self._range(digest, start, end, in_order)
-            got = sum(len(p) for p in pieces)
-            if got != end - start:
-                raise RegistryError(
-                    f"{store.describe()} answered {got} bytes for {end - start} of blob {digest}"
-                    f" (bytes {start}-{end - 1}): a broken registry or proxy; report it to its "
-                    "owner"
-                )
-            blocks = as_blocks(pieces, store.block_size)
-            wrong = [
-                index
-                for index, block in enumerate(blocks, first)
-                if not await store.verifier.block_matches(digest, index, block)
-            ]
-            if not wrong:
-                return blocks
+            arrivals.restart()
+            start = arrivals.next * store.block_size
+            end = min((last + 1) * store.block_size, arrivals.size)
+            await self._range(digest, start, end, in_order, arrivals)
+            if arrivals.error is not None:
+                raise arrivals.error
+            if arrivals.wrong is None:
+                if arrivals.next * store.block_size < end:
+                    raise RegistryError(
+                        f"{store.describe()} answered {arrivals.received} bytes for "
+                        f"{end - start} of blob {digest} (bytes {start}-{end - 1}): a broken "
+                        "registry or proxy; report it to its owner"
+                    )
+                return
             log.warning(
                 "block %d of blob %s came with bytes that differ from those verified before "
                 "(attempt %d of %d)",
-                wrong[0],
+                arrivals.wrong,
                 digest,
                 attempt,
                 DOWNLOAD_ATTEMPTS,
             )
         raise DigestMismatch(
-            f"block {wrong[0]} of blob {digest} from {store.source.registry} differs from the "
-            f"bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a proxy serves "
-            "wrong bytes; try again later or report it to the registry owner"
+            f"block {arrivals.wrong} of blob {digest} from {store.source.registry} differs "
+            f"from the bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a "
+            "proxy serves wrong bytes; try again later or report it to the registry owner"
         )
 
-    async def _range(self, digest: str, start: int, end: int, in_order: bool) -> Sequence[Buffer]:
+    async def _range(
+        self, digest: str, start: int, end: int, in_order: bool, deliver: Deliver
+    ) -> None:
         """The bytes from the source; ``in_order``, asked again while the answer is a whole
         blob kept open at its start (another blob's answer may have pushed it out meanwhile:
         at most ``MAX_KEPT`` are kept)."""
         store = self.store
         for _ in range(IN_ORDER_ATTEMPTS - 1 if in_order else 0):
             try:
-                return await store.source.get_range_pieces(
-                    store.repository, digest, start, end, store.block_size
+                return await store.source.deliver_range(
+                    store.repository, digest, start, end, store.block_size, deliver
                 )
             except RangeIgnored:
                 pass
-        return await store.source.get_range_pieces(
-            store.repository, digest, start, end, store.block_size
+        await store.source.deliver_range(
+            store.repository, digest, start, end, store.block_size, deliver
         )
 
     async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
@@ -222,3 +224,66 @@ class Downloads:
         finally:
             del self._streams[digest]
             store.flights.land(digest, flights)
+
+
+class _Arrivals:
+    """Lands a run's blocks as the source delivers them, in order, from ``first``: each goes
+    to its readers (its flight), to memory and to the disk behind them, its download claim with
+    it, the moment it arrives. It runs on the event loop but outside any task (the threaded
+    transport calls it through ``run_sync_soon``), so it never raises and never waits: a block
+    of the wrong length or hash stops it, and :meth:`Downloads.download` reports or asks again
+    from there."""
+
+    def __init__(
+        self, store: BlobStore, digest: str, size: int, first: int, claim: BlockClaim | None
+    ) -> None:
+        self.store, self.digest, self.size, self.claim = store, digest, size, claim
+        self.next = first  # the block expected next
+        self.landed: list[int] = []
+        self.states: list[bytes] | None = None  # of the blob verified before: to check against
+        self.received = 0  # bytes delivered by the current request
+        self.wrong: int | None = None  # the block that came with other bytes than verified
+        self.error: Exception | None = None
+
+    def restart(self) -> None:
+        """Take the blocks of a new request, from ``next`` on."""
+        self.received, self.wrong, self.error = 0, None, None
+
+    def __call__(self, block: memoryview) -> None:
+        self.received += len(block)
+        if self.wrong is not None or self.error is not None:
+            return  # stopped: the rest of this request is dropped
+        store, index = self.store, self.next
+        try:
+            if len(block) != store.block_len(self.size, index):
+                return  # a short answer: download() says so, with the bytes counted
+            if self.states is not None and not block_in_chain(
+                block, index, store.block_size, self.states, self.digest
+            ):
+                self.wrong = index
+                return
+            store.stats.downloaded_blocks += 1
+            self.land(index, block)
+            self.landed.append(index)
+            self.next += 1
+        except Exception as exc:  # a bug: never into the event loop
+            self.error = exc
+
+    def land(self, index: int, block: memoryview) -> None:
+        store = self.store
+        if (flight := store.flights.get((self.digest, index))) is not None:
+            flight.data = block
+            store.flights.land(self.digest, {index: flight})  # its readers take it now
+        # Its claim goes along, released once the block is on disk.
+        store.writes.put(self.digest, index, block, claim=self.claim, size=self.size)
+
+
+class _Kept(_Arrivals):
+    """Arrivals kept in a list rather than landed (a blob hashed as it streams by)."""
+
+    def __init__(self, store: BlobStore, digest: str, size: int, first: int) -> None:
+        super().__init__(store, digest, size, first, None)
+        self.blocks: list[Buffer] = []
+
+    def land(self, index: int, block: memoryview) -> None:
+        self.blocks.append(block)

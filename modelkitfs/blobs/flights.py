@@ -7,8 +7,7 @@ request), which is why this is not the keyed :class:`~modelkitfs.singleflight.Si
 one piece of work lands many keys, and a flight carries the block itself to its waiters (a
 cache that cannot be written keeps it nowhere else).
 
-Also here: the two ways bytes are cut, :func:`as_blocks` (the pieces of a range as blocks) and
-:func:`join_blocks` (a read out of blocks laid end to end, copied once).
+Also here: :func:`join_blocks`, a read out of blocks laid end to end, copied once.
 """
 
 from __future__ import annotations
@@ -70,17 +69,6 @@ def for_waiters(exc: BaseException) -> BaseException | None:
     """What readers waiting on a failed flight are told: its error, but not the cancellation
     of the task that flew it (an index walk's fetching ahead, say): they look again."""
     return None if isinstance(exc, trio.Cancelled) else exc
-
-
-def as_blocks(pieces: Sequence[Buffer], block_size: int) -> list[Buffer]:
-    """The pieces of a range as blocks: as they are when cut at block boundaries (the rule),
-    else joined and cut again (after a transfer resumed in the middle of a block)."""
-    if not pieces or (
-        all(len(p) == block_size for p in pieces[:-1]) and len(pieces[-1]) <= block_size
-    ):
-        return list(pieces)
-    with memoryview(b"".join(pieces)) as whole:
-        return [bytes(whole[i : i + block_size]) for i in range(0, len(whole), block_size)]
 
 
 def join_blocks(blocks: Sequence[Buffer], start: int, length: int) -> bytes:

@@ -132,22 +132,23 @@ class Verifier:
                 return
             while self._in_order.get(digest) is in_order:
                 async with in_order.lock:
-                    blocks = []
-                    for index in range(chain.next, min(chain.next + RUN, chain.count)):
-                        block = in_order.ahead.pop(index, None)
-                        if (
-                            block is None
-                            and (block := self.store.memory.peek((digest, index))) is None
-                        ):
-                            break
-                        blocks.append(block)
-                    if not blocks:
+                    if not (blocks := self._from_memory(digest, in_order)):
                         return
                     await trio.to_thread.run_sync(chain.feed, blocks)
-                    for index in [i for i in in_order.ahead if i < chain.next]:
-                        del in_order.ahead[index]
         finally:
             in_order.advancing = False
+
+    def _from_memory(self, digest: str, in_order: _InOrder) -> list[Buffer]:
+        """The next blocks to hash (up to ``RUN``) that are held or in memory."""
+        chain, blocks = in_order.chain, []
+        for index in [i for i in in_order.ahead if i < chain.next]:
+            del in_order.ahead[index]
+        for index in range(chain.next, min(chain.next + RUN, chain.count)):
+            block = in_order.ahead.pop(index, None)
+            if block is None and (block := self.store.memory.peek((digest, index))) is None:
+                break
+            blocks.append(block)
+        return blocks
 
     async def _quietly(self, digest: str, size: int) -> None:
         try:
@@ -266,24 +267,32 @@ class Verifier:
 
     async def _hash_rest(self, digest: str, size: int) -> BlobChain | None:
         """The blob hashed to its end: on from where the in-order pass got, with the rest of
-        its blocks read from the disk cache; None if one is missing."""
+        its blocks taken from memory where they still are, else read from the disk cache;
+        None if one is missing."""
         in_order = self._in_order.setdefault(digest, _InOrder(self.store.block_count(size)))
         async with in_order.lock:
             chain = in_order.chain
-            if chain.digest is None:
-                await trio.to_thread.run_sync(self._feed_from_disk, chain, digest, size)
-        return chain if chain.digest is not None else None
+            while chain.digest is None:
+                blocks = self._from_memory(digest, in_order) or await trio.to_thread.run_sync(
+                    self._read_run, digest, size, chain.next
+                )
+                if not blocks:
+                    return None
+                await trio.to_thread.run_sync(chain.feed, blocks)
+        return chain
 
-    def _feed_from_disk(self, chain: BlobChain, digest: str, size: int) -> None:
-        """Runs in a worker thread."""
-        store = self.store
-        for index in range(chain.next, chain.count):
+    def _read_run(self, digest: str, size: int, first: int) -> list[Buffer]:
+        """Up to ``RUN`` blocks from the disk cache from ``first``, as far as they are there.
+        Runs in a worker thread."""
+        store, blocks = self.store, []
+        for index in range(first, min(first + RUN, store.block_count(size))):
             block = store.cache.read_block(
                 digest, store.block_size, index, store.block_len(size, index)
             )
             if block is None:
-                return
-            chain.feed([block])
+                break
+            blocks.append(block)
+        return blocks
 
 
 async def missing_blocks(store: BlobStore, digest: str, size: int) -> list[int]:
@@ -352,9 +361,7 @@ async def hash_streaming(store: BlobStore, digest: str, size: int) -> BlobChain:
             stop = index
             while stop + 1 <= last and stop + 1 not in found:
                 stop += 1
-            downloaded = await store.downloads.download(digest, size, index, stop, in_order=True)
-            store.stats.downloaded_blocks += len(downloaded)
-            blocks.extend(downloaded)
+            blocks.extend(await store.downloads.blocks(digest, size, index, stop))
             index = stop + 1
         await trio.to_thread.run_sync(chain.feed, blocks)
     return chain

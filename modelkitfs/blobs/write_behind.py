@@ -1,10 +1,11 @@
 """Blocks written to the cache behind the reader that downloaded them.
 
-Writing a block file costs about a millisecond of CPU per MiB (the checksum, the copy, the
-rename), which a reader need not wait for: the block is in memory at once, and its write runs
-as a background job of the session (:mod:`~modelkitfs.blobs.jobs`). At most ``WRITE_BEHIND``
-blocks wait for their write, then the next download waits. The block's download claim is
-released once it is on disk, so that other processes wait for the file rather than download
+Writing a block file costs CPU and time (the checksum, the write, the rename), which a reader
+need not wait for: the block is in memory at once, and its write runs as a background job of
+the session (:mod:`~modelkitfs.blobs.jobs`). Blocks are handed over as they arrive from the
+network, without waiting (:meth:`WriteBehind.put`); once ``WRITE_BEHIND`` or more wait for
+their write, the next download waits for room (:meth:`WriteBehind.room`). The block's download
+claim is released once it is on disk, so that other processes wait for the file rather than download
 the block again. A full or read-only disk costs speed, never a failed read: the cache warns
 once, writes are skipped for a while, then tried again.
 """
@@ -33,9 +34,11 @@ class WriteBehind:
     def __init__(self, store: BlobStore, jobs: Jobs) -> None:
         self.store = store
         self.jobs = jobs
-        self._slots = trio.Semaphore(WRITE_BEHIND)
+        self.waiting = 0  # blocks handed over whose write has not ended
+        self._room = trio.Event()
+        self._room.set()
 
-    async def put(
+    def put(
         self,
         digest: str,
         index: int,
@@ -43,22 +46,25 @@ class WriteBehind:
         *,
         claim: BlockClaim | None = None,
         size: int | None = None,
-        behind: bool = True,
     ) -> None:
-        """Keep a block in memory at once and on disk when it can; with ``behind`` (the
-        default) the disk write happens in the background. ``claim``, the block's download
-        claim, is released once the block is on disk; with the blob's ``size``, a written block
-        counts towards verifying the blob."""
+        """Keep a block in memory at once and write it to disk in the background, when it
+        can. ``claim``, the block's download claim, is released once the block is on disk;
+        with the blob's ``size``, a written block counts towards verifying the blob."""
         self.store.memory.put((digest, index), data)
-        if not behind:
-            try:
-                await self.write(digest, index, data)
-            finally:
-                if claim is not None:
-                    claim.release(index)
-            return
-        await self._slots.acquire()
+        self.waiting += 1
+        if self.waiting == WRITE_BEHIND:
+            self._room = trio.Event()
         self.jobs.start(self._behind, digest, index, data, claim, size)
+
+    async def room(self) -> None:
+        """Wait while ``WRITE_BEHIND`` blocks or more wait for their write."""
+        while self.waiting >= WRITE_BEHIND:
+            await self._room.wait()
+
+    async def put_now(self, digest: str, index: int, data: Buffer) -> None:
+        """Keep a block in memory and write it to disk now (when it can)."""
+        self.store.memory.put((digest, index), data)
+        await self.write(digest, index, data)
 
     async def _behind(
         self, digest: str, index: int, data: Buffer, claim: BlockClaim | None, size: int | None
@@ -67,7 +73,9 @@ class WriteBehind:
             if await self.write(digest, index, data) and size is not None:
                 self.store.verifier.seen(digest, size, index, data)
         finally:
-            self._slots.release()
+            self.waiting -= 1
+            if self.waiting < WRITE_BEHIND:
+                self._room.set()
             if claim is not None:
                 claim.release(index)
 

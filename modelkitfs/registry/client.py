@@ -22,7 +22,6 @@ import cachetools
 import httpx
 import trio
 
-from modelkitfs.buffers import Buffer
 from modelkitfs.digests import sha256_digest, verify
 from modelkitfs.errors import ObjectStorageError, RangeIgnored, TransientError
 from modelkitfs.registry.auth import Authenticator
@@ -36,7 +35,13 @@ from modelkitfs.registry.documents import (
 )
 from modelkitfs.registry.mirrors import Mirrors
 from modelkitfs.registry.range_transport import HttpxRanges, RangeTransport, ThreadedRanges
-from modelkitfs.registry.ranges import REDIRECTS, WHOLE_BLOB_KEPT, RangeFetcher, RangeResult
+from modelkitfs.registry.ranges import (
+    REDIRECTS,
+    WHOLE_BLOB_KEPT,
+    Deliver,
+    RangeFetcher,
+    RangeResult,
+)
 from modelkitfs.registry.redirects import MAX_REDIRECTS, Redirects, origin, too_many
 from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retrying
 from modelkitfs.registry.status import at_storage, host, registry_error, storage_error
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 UNREACHABLE_ATTEMPTS = 3  # of a document: a wrong address is reported at once
 DOWNLOAD_GRACE = 2.0  # seconds a range download retries beyond --timeout
 FLOOR_RATE = 1024 * 1024  # bytes per second a transfer may not fall below for long
+RANGE_PIECE = 1024 * 1024  # a range read whole is resumed after its last whole MiB
 # Registries whose API lives on another host than their name (Docker Hub).
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
@@ -86,14 +92,6 @@ class FetchStats:
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
-
-
-class _Partial(TransientError):
-    """A range whose body stopped short: ``data`` is what came, to resume after."""
-
-    def __init__(self, message: str, data: list[Buffer]) -> None:
-        super().__init__(message)
-        self.data = data
 
 
 class RegistryClient:
@@ -219,45 +217,44 @@ class RegistryClient:
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         """Return bytes ``[start, end)`` of a blob."""
-        pieces = await self.get_range_pieces(repository, digest, start, end, end - start)
-        if len(pieces) == 1 and isinstance(pieces[0], bytes):
-            return pieces[0]
-        return b"".join(pieces)
+        pieces: list[memoryview] = []
+        await self.deliver_range(repository, digest, start, end, RANGE_PIECE, pieces.append)
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> list[Buffer]:
-        """Bytes ``[start, end)`` of a blob in buffers that are, as a rule, ``piece`` bytes
-        each (the last one shorter); after a transfer resumed in the middle they may be cut
-        anywhere."""
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
+        """Bytes ``[start, end)`` of a blob, handed to ``deliver`` as they arrive, in order, in
+        buffers of ``piece`` bytes (the last one shorter). A transfer cut short resumes (on
+        another connection, or mirror) after the last buffer delivered: nothing is delivered
+        twice, and every buffer starts a whole number of ``piece`` bytes into the range."""
         what = f"blob {digest} of {self.registry}/{repository}"
+        position = start
 
-        async def fetch(base: str) -> list[Buffer]:
+        def take(buffer: memoryview) -> None:
+            nonlocal position
+            position += len(buffer)
+            deliver(buffer)
+
+        async def fetch(base: str) -> None:
             attempts = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
             # A little longer than a read waits: the kernel's second read of a page whose
             # readahead failed joins this download instead of starting one of its own.
             budget = RetryBudget(self.options.timeout, attempts, grace=DOWNLOAD_GRACE)
-            pieces: list[Buffer] = []
-            position = start
 
-            def keep(failure: TransientError) -> None:
-                nonlocal position
-                if isinstance(failure, _Partial):
-                    pieces.extend(failure.data)
-                    position += sum(len(p) for p in failure.data)
-
-            async def attempt() -> list[Buffer]:
+            async def attempt() -> None:
+                if position == end:
+                    return  # all of it came before the answer proved wrong past its end
                 deadline = min(budget.deadline, trio.current_time() + self._share(end - position))
-                return pieces + await self._range_once(
-                    base, repository, digest, position, end, piece, what, deadline
+                await self._range_once(
+                    base, repository, digest, position, end, piece, what, deadline, take
                 )
 
-            return await self._retrying(attempt, budget, f"reading {what}", keep)
+            await self._retrying(attempt, budget, f"reading {what}")
 
-        pieces = await self._mirrors.via(fetch, what)
+        await self._mirrors.via(fetch, what)
         self.stats.ranges += 1
         self.stats.blob_bytes += end - start
-        return pieces
 
     def _share(self, length: int) -> float:
         """How long one transfer of ``length`` bytes may take before it is abandoned and
@@ -276,25 +273,25 @@ class RegistryClient:
         piece: int,
         what: str,
         deadline: float,
-    ) -> list[Buffer]:
+        deliver: Deliver,
+    ) -> None:
         """One attempt: from the cached redirect if there is one, else from the registry."""
-        args = (base, repository, digest, start, end, piece, what, deadline)
+        args = (base, repository, digest, start, end, piece, what, deadline, deliver)
         while True:
             if (redirect := self._redirects.get(digest)) is not None:
                 try:
-                    data = await self._get(redirect.url, None, start, end, piece, what, deadline)
+                    await self._get(redirect.url, None, start, end, piece, what, deadline, deliver)
                 except ObjectStorageError as exc:
                     self._redirects.failed(digest, redirect, exc)
                     raise
-                assert not isinstance(data, RangeResult)  # redirects are not followed here
-                return data
+                return
             if not self._redirects.redirected(digest) or base != self.base_url:
                 return await self._from_registry(*args)
             # One reader asks the registry again; the others wait for it and use its answer
             # (or, if it failed, ask themselves).
-            pieces = await self._redirects.resolving.run_or_wait(digest, self._from_registry, *args)
-            if pieces is not WAITED:
-                return pieces
+            done = await self._redirects.resolving.run_or_wait(digest, self._from_registry, *args)
+            if done is not WAITED:
+                return
 
     async def _from_registry(
         self,
@@ -306,7 +303,8 @@ class RegistryClient:
         piece: int,
         what: str,
         deadline: float,
-    ) -> list[Buffer]:
+        deliver: Deliver,
+    ) -> None:
         """The range from the registry, following its redirects; the object-storage URL that
         served it is kept for the next ranges of the blob."""
         url = self._mirrors.url(base, f"/v2/{repository}/blobs/{digest}")
@@ -315,16 +313,18 @@ class RegistryClient:
             storage = origin(url) != registry
             keep, who = storage and base == self.base_url, None if storage else repository
             try:
-                result = await self._get(url, who, start, end, piece, what, deadline, raw=True)
+                location = await self._get(
+                    url, who, start, end, piece, what, deadline, deliver, redirects=True
+                )
             except RangeIgnored:  # the URL served: its whole answer is kept open there
                 if keep:
                     self._redirects.remember(digest, url)
                 raise
-            if not isinstance(result, RangeResult):
+            if location is None:
                 if keep:
                     self._redirects.remember(digest, url)
-                return result
-            url = urllib.parse.urljoin(url, result.location)
+                return
+            url = urllib.parse.urljoin(url, location)
         raise too_many(what)
 
     async def _get(
@@ -336,34 +336,38 @@ class RegistryClient:
         piece: int,
         what: str,
         deadline: float,
+        deliver: Deliver,
         *,
-        raw: bool = False,
-    ) -> list[Buffer] | RangeResult:
-        """One GET of the range: ``repository`` None for object storage (no credentials; its
-        failures are :class:`ObjectStorageError`). The data, or with ``raw`` a redirect's
-        result for the caller to follow."""
+        redirects: bool = False,
+    ) -> str | None:
+        """One GET of the range, its pieces handed to ``deliver``: ``repository`` None for
+        object storage (no credentials; its failures are :class:`ObjectStorageError`). None
+        once the whole range was delivered; with ``redirects``, a redirect's location for the
+        caller to follow."""
         headers = {"Range": f"bytes={start}-{end - 1}"}
         async with self._limiter:
             try:
                 if repository is None:
                     self.stats.requests += 1
                     sent_at = trio.current_time()
-                    result = await self._ranges.get(url, headers, start, end, piece, deadline)
+                    result = await self._ranges.get(
+                        url, headers, start, end, piece, deadline, deliver
+                    )
                     self.stats.answered(result.status, trio.current_time() - sent_at)
                 else:
                     result = await self._authorized(
-                        url, repository, headers, start, end, piece, deadline
+                        url, repository, headers, start, end, piece, deadline, deliver
                     )
             except TransientError as exc:
                 if repository is None:
                     raise at_storage(exc, url) from exc
                 raise
         if result.status in REDIRECTS:
-            if not raw:
+            if not redirects:
                 raise ObjectStorageError(f"object storage {host(url)} redirected a blob URL again")
             if not result.location:
                 raise TransientError(f"{host(url)} sent a redirect with no Location")
-            return result
+            return result.location
         if result.status not in (200, 206):
             if repository is None:
                 raise storage_error(result.url, result.status, what, result.retry_after)
@@ -378,13 +382,13 @@ class RegistryClient:
             raise (ObjectStorageError if repository is None else TransientError)(
                 f"{where} answered {result.problem}"
             )
-        got = sum(len(p) for p in result.data)
+        got = result.delivered
         if result.broken or got != end - start:
-            raise _Partial(
-                f"{where}: {result.broken or f'short read of {got} of {end - start} bytes'}",
-                list(result.data),
+            # What was delivered stays: the retry asks for the rest.
+            raise TransientError(
+                f"{where}: {result.broken or f'short read of {got} of {end - start} bytes'}"
             )
-        return list(result.data)
+        return None
 
     async def _authorized(
         self,
@@ -395,6 +399,7 @@ class RegistryClient:
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
         """A range request to the registry with auth: a 401 challenge is answered once."""
         scope = f"repository:{repository}:pull"
@@ -403,7 +408,7 @@ class RegistryClient:
             sent = {**headers, **await auth.header(self._http, scope)}
             self.stats.requests += 1
             sent_at = trio.current_time()
-            result = await self._ranges.get(url, sent, start, end, piece, deadline)
+            result = await self._ranges.get(url, sent, start, end, piece, deadline, deliver)
             self.stats.answered(result.status, trio.current_time() - sent_at)
             if result.status != 401:
                 return result
@@ -415,16 +420,10 @@ class RegistryClient:
     # --- common -------------------------------------------------------------------------------
 
     async def _retrying(
-        self,
-        attempt: Callable[[], Awaitable[T]],
-        budget: RetryBudget,
-        what: str,
-        on_failure: Callable[[TransientError], None] | None = None,
+        self, attempt: Callable[[], Awaitable[T]], budget: RetryBudget, what: str
     ) -> T:
         def count(failure: TransientError) -> None:
             self.stats.retries += 1
-            if on_failure is not None:
-                on_failure(failure)
 
         return await retrying(attempt, budget, what, on_failure=count)
 

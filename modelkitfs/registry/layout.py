@@ -25,6 +25,7 @@ import trio
 from modelkitfs.errors import NotFound, RegistryError
 from modelkitfs.registry.client import FetchStats, Manifest, verify
 from modelkitfs.registry.credentials import kit_home
+from modelkitfs.registry.ranges import Deliver
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,14 @@ class LayoutSource:
         verify(data, digest, f"blob {digest} in {self.root}")
         return data
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> list[bytes]:
-        """As a registry's, in one piece."""
-        return [await self.get_range(repository, digest, start, end)]
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
+        """As a registry's: the range read at once, handed over a piece at a time (the store
+        reads blobs in place with :meth:`get_range`; this serves the protocol's other users)."""
+        data = memoryview(await self.get_range(repository, digest, start, end))
+        for offset in range(0, len(data), piece):
+            deliver(data[offset : offset + piece])
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         path = self.blob_path(digest)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelkitfs.buffers import Buffer
 from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, RangeIgnored
 from modelkitfs.registry.client import FetchStats, Manifest
+from modelkitfs.registry.ranges import Deliver
 from modelkitfs.registry.source import ForwardingSource
 
 
@@ -69,11 +69,13 @@ class MemorySource:
         return data
 
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
-        return b"".join(await self.get_range_pieces(repository, digest, start, end, end - start))
+        pieces: list[memoryview] = []
+        await self.deliver_range(repository, digest, start, end, end - start, pieces.append)
+        return b"".join(pieces)
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> list[Buffer]:
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
         data = self._blob(repository, digest)
         await trio.sleep(0)
         self.requests.append((digest, start, end))
@@ -92,7 +94,8 @@ class MemorySource:
         self.stats.ranges += 1
         self.stats.requests += 1
         self.stats.blob_bytes += end - start
-        return [bytearray(data[i : min(i + piece, end)]) for i in range(start, end, piece)]
+        for i in range(start, end, piece):
+            deliver(memoryview(bytearray(data[i : min(i + piece, end)])))
 
     async def aclose(self) -> None:
         pass
@@ -103,45 +106,48 @@ class MemorySource:
         return self.blobs[digest]
 
 
-Fault = Exception | Callable[[list[Buffer]], list[Buffer]]
+Fault = Exception | Callable[[list[memoryview]], list[memoryview]]
 
 
 class FailingSource(ForwardingSource):
     """Wraps a :class:`MemorySource` and breaks the range requests numbered in ``faults`` (1 for
     the first): an exception is raised instead of answering, a function turns the real pieces
-    into broken ones (see :func:`flip`, :func:`short`)."""
+    into broken ones, delivered as the answer (see :func:`flip`, :func:`short`)."""
 
     def __init__(self, inner: MemorySource, faults: dict[int, Fault]) -> None:
         super().__init__(inner)
         self.faults = faults
         self.count = 0
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> list[Buffer]:
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
         self.count += 1
         fault = self.faults.get(self.count)
         if isinstance(fault, Exception):
             await trio.sleep(0)
             raise fault
-        pieces = list(await self.inner.get_range_pieces(repository, digest, start, end, piece))
-        return fault(pieces) if fault is not None else pieces
+        if fault is None:
+            return await self.inner.deliver_range(repository, digest, start, end, piece, deliver)
+        pieces: list[memoryview] = []
+        await self.inner.deliver_range(repository, digest, start, end, piece, pieces.append)
+        for broken in fault(pieces):
+            deliver(broken)
 
     async def aclose(self) -> None:
         pass  # the inner source is the test's to close
 
 
-def flip(at: int = 0) -> Callable[[list[Buffer]], list[Buffer]]:
+def flip(at: int = 0) -> Callable[[list[memoryview]], list[memoryview]]:
     """Wrong bytes: byte ``at`` of the answer inverted (a proxy or disk that corrupts)."""
 
-    def apply(pieces: list[Buffer]) -> list[Buffer]:
-        whole = bytearray(b"".join(pieces))
-        whole[at] ^= 0xFF
-        return [whole]
+    def apply(pieces: list[memoryview]) -> list[memoryview]:
+        pieces[at // len(pieces[0])][at % len(pieces[0])] ^= 0xFF
+        return pieces
 
     return apply
 
 
-def short(drop: int = 1) -> Callable[[list[Buffer]], list[Buffer]]:
+def short(drop: int = 1) -> Callable[[list[memoryview]], list[memoryview]]:
     """An answer ``drop`` bytes shorter than the range (a source that lost its tail)."""
-    return lambda pieces: [bytearray(b"".join(pieces))[:-drop]]
+    return lambda pieces: [*pieces[:-1], pieces[-1][:-drop]]

@@ -9,7 +9,9 @@ a 206 the same way (:mod:`modelkitfs.registry.partial`), keep what arrived of a 
 short, and never read more of a body than the range or a bounded error body.
 
 - :class:`ThreadedRanges`: blocking ``http.client`` connections in worker threads, the fast
-  path (see :mod:`modelkitfs.registry.ranges`); the deadline is enforced from the event loop.
+  path (see :mod:`modelkitfs.registry.ranges`); the deadline is enforced from the event loop,
+  which also aborts the transfer when its caller is cancelled. Pieces cross to the event loop
+  with ``run_sync_soon``, which runs them in order and before the thread's result.
 - :class:`HttpxRanges`: httpx on the event loop, used when a proxy is in play (httpx speaks to
   proxies; ``http.client`` as used here does not).
 """
@@ -22,9 +24,17 @@ from typing import Protocol
 import httpx
 import trio
 
+from modelkitfs.buffers import aligned
 from modelkitfs.errors import TransientError
 from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
-from modelkitfs.registry.ranges import REDIRECTS, RangeFetcher, RangeResult, Transfer
+from modelkitfs.registry.ranges import (
+    LONGER,
+    REDIRECTS,
+    Deliver,
+    RangeFetcher,
+    RangeResult,
+    Transfer,
+)
 from modelkitfs.registry.transport import transport_failure
 
 DEADLINE = "not done within its deadline"
@@ -39,9 +49,12 @@ class RangeTransport(Protocol):
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
-        """One GET of bytes ``[start, end)`` of ``url`` in buffers of ``piece`` bytes, given up
-        at trio time ``deadline`` (what arrived by then is kept, ``broken`` says why)."""
+        """One GET of bytes ``[start, end)`` of ``url``: each buffer of ``piece`` bytes (the
+        last one shorter) goes to ``deliver``, on the event loop, once it has arrived, in order;
+        given up at trio time ``deadline`` (``delivered`` says how far it got, ``broken``
+        why)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -61,9 +74,15 @@ class ThreadedRanges:
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
         transfer = Transfer()
         failure: BaseException | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def across(buffer: memoryview) -> None:  # in the worker thread
+            token.run_sync_soon(deliver, buffer)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_abort_at, deadline, transfer)
             try:
@@ -74,6 +93,7 @@ class ThreadedRanges:
                     start,
                     end,
                     piece,
+                    across,
                     transfer,
                     limiter=self._threads,
                 )
@@ -91,8 +111,12 @@ class ThreadedRanges:
 
 
 async def _abort_at(deadline: float, transfer: Transfer) -> None:
-    await trio.sleep_until(deadline)
-    transfer.abort()
+    """Abort the transfer at its deadline, or when its caller is cancelled (once it is done,
+    aborting does nothing)."""
+    try:
+        await trio.sleep_until(deadline)
+    finally:
+        transfer.abort()
 
 
 class HttpxRanges:
@@ -108,15 +132,16 @@ class HttpxRanges:
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
-        pieces: list[bytearray] = []
-        answer = RangeResult(0, url, pieces, broken=DEADLINE)
+        counted = _Counted(deliver)
+        answer = RangeResult(0, url, broken=DEADLINE)
         with trio.move_on_at(deadline):
-            answer = await self._get(url, headers, start, end, piece, pieces)
+            answer = await self._get(url, headers, start, end, piece, counted)
         if answer.status == 0:
-            if not pieces:
+            if not counted.bytes:
                 raise TransientError(f"{_netloc(url)} sent no answer within its deadline")
-            answer.status = 206
+            answer.status, answer.delivered = 206, counted.bytes
         return answer
 
     async def _get(
@@ -126,7 +151,7 @@ class HttpxRanges:
         start: int,
         end: int,
         piece: int,
-        pieces: list[bytearray],
+        deliver: _Counted,
     ) -> RangeResult:
         request = self._http.build_request(
             "GET", url, headers={**headers, "Accept-Encoding": "identity"}
@@ -149,13 +174,13 @@ class HttpxRanges:
                 )
                 if problem:
                     return RangeResult(206, url, problem=problem)
-                broken = await _collect(response, 0, end - start, piece, pieces, strict=True)
-                if broken == _LONGER:
-                    return RangeResult(206, url, problem="its body is longer than the range")
-                return RangeResult(206, url, pieces, broken=broken)
+                broken = await _collect(response, 0, end - start, piece, deliver, strict=True)
+                if broken == LONGER:
+                    return RangeResult(206, url, deliver.bytes, problem=LONGER)
+                return RangeResult(206, url, deliver.bytes, broken=broken)
             if status == 200:
-                broken = await _collect(response, start, end - start, piece, pieces)
-                return RangeResult(200, url, pieces, broken=broken)
+                broken = await _collect(response, start, end - start, piece, deliver)
+                return RangeResult(200, url, deliver.bytes, broken=broken)
             await _drain(response)
             return RangeResult(
                 status,
@@ -170,7 +195,16 @@ class HttpxRanges:
         pass  # the client owns the httpx client
 
 
-_LONGER = "longer"
+class _Counted:
+    """A deliver that counts the bytes it passed on."""
+
+    def __init__(self, deliver: Deliver) -> None:
+        self.deliver = deliver
+        self.bytes = 0
+
+    def __call__(self, buffer: memoryview) -> None:
+        self.bytes += len(buffer)
+        self.deliver(buffer)
 
 
 async def _collect(
@@ -178,15 +212,16 @@ async def _collect(
     skip: int,
     length: int,
     piece: int,
-    pieces: list[bytearray],
+    deliver: Deliver,
     *,
     strict: bool = False,
 ) -> str:
-    """Bytes ``[skip, skip + length)`` of the body into ``pieces`` (buffers of ``piece``
-    bytes), and why it stopped short ("" when it did not; ``_LONGER`` when ``strict`` and the
-    body goes on past them). What arrived stays in ``pieces`` whatever happens."""
-    done = 0
-    buffer = bytearray()
+    """Bytes ``[skip, skip + length)`` of the body, each buffer of ``piece`` bytes handed to
+    ``deliver`` once full (the last, with ``strict``, once the body has ended with it), and why
+    it stopped short ("" when it did not; ``LONGER`` when ``strict`` and the body goes on past
+    them). A buffer left part filled is dropped, as :mod:`~modelkitfs.registry.ranges` does."""
+    done = filled = 0
+    buffer = aligned(min(piece, length)) if length else memoryview(bytearray())
     try:
         async for chunk in response.aiter_raw():
             view = memoryview(chunk)
@@ -195,20 +230,21 @@ async def _collect(
                 view, skip = view[dropped:], skip - dropped
             while view:
                 if done == length:
-                    return _LONGER if strict else ""
-                take = min(len(view), piece - len(buffer), length - done)
-                buffer += view[:take]
-                view, done = view[take:], done + take
-                if len(buffer) == piece:
-                    pieces.append(buffer)
-                    buffer = bytearray()
+                    return LONGER if strict else ""
+                take = min(len(view), len(buffer) - filled)
+                buffer[filled : filled + take] = view[:take]
+                view, done, filled = view[take:], done + take, filled + take
+                if filled == len(buffer) and done < length:
+                    deliver(buffer)
+                    buffer, filled = aligned(min(piece, length - done)), 0
+            if done == length and not strict:
+                break
     except httpx.TransportError as exc:
         return f"the connection failed after {done} of {length} bytes ({exc or type(exc).__name__})"
-    finally:
-        if buffer:
-            pieces.append(buffer)
     if done < length:
         return f"the response ended after {done} of {length} bytes"
+    if length:
+        deliver(buffer)
     return ""
 
 

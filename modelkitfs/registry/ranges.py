@@ -35,28 +35,32 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from modelkitfs.buffers import Buffer, aligned
+from modelkitfs.buffers import aligned
 from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
 
 READ_CHUNK = 1024 * 1024
 MAX_KEPT = 8  # whole-blob answers kept open to carry on reading
 WHOLE_BLOB_KEPT = "the whole blob, kept open at its start"  # a RangeResult.problem
 REDIRECTS = (301, 302, 303, 307, 308)
+LONGER = "its body is longer than the range"  # a RangeResult.problem
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+Deliver = Callable[[memoryview], None]  # takes each piece of a range as it arrives
 
 
 @dataclass
 class RangeResult:
     status: int
     url: str
-    data: Sequence[Buffer] = field(default_factory=list)  # the body, in pieces
+    delivered: int = 0  # bytes of the range handed over, in pieces, from its start
     challenge: str = ""  # WWW-Authenticate of a 401
     retry_after: str = ""
-    broken: str = ""  # why the body stopped short of the range, after ``data``
-    problem: str = ""  # why the answer is not the range asked for (nothing in ``data``)
+    broken: str = ""  # why the body stopped short of the range, after ``delivered``
+    problem: str = ""  # why the answer is not the range asked for
     location: str = ""  # of a redirect
 
 
@@ -117,16 +121,18 @@ class RangeFetcher:
         start: int,
         end: int,
         piece: int,
+        deliver: Deliver,
         transfer: Transfer | None = None,
     ) -> RangeResult:
         """GET ``[start, end)`` of ``url``, read into buffers of ``piece`` bytes (the last one
-        shorter). A redirect is not followed: its ``location`` is returned, for the caller to
-        decide what goes there. Blocking: call from a worker thread. Raises OSError or
-        ``http.client.HTTPException`` when the connection fails before the body."""
+        shorter), each handed to ``deliver`` (in this thread) once full. A redirect is not
+        followed: its ``location`` is returned, for the caller to decide what goes there.
+        Blocking: call from a worker thread. Raises OSError or ``http.client.HTTPException``
+        when the connection fails before the body."""
         transfer = transfer or Transfer()
         kept = self._take_kept(url, start)
         if kept is not None:
-            return self._carry_on(kept, url, start, end, piece, transfer)
+            return self._carry_on(kept, url, start, end, piece, deliver, transfer)
         response, connection = self._get(url, headers, transfer)
         if (
             response.status == 200
@@ -135,7 +141,7 @@ class RangeFetcher:
         ):
             return RangeResult(200, url, problem=WHOLE_BLOB_KEPT)
         try:
-            result = self._answer(response, url, start, end, piece, transfer)
+            result = self._answer(response, url, start, end, piece, deliver, transfer)
         except BaseException:
             self._discard(url, connection)
             raise
@@ -147,17 +153,24 @@ class RangeFetcher:
         return result
 
     def _carry_on(
-        self, kept: _Kept, url: str, start: int, end: int, piece: int, transfer: Transfer
+        self,
+        kept: _Kept,
+        url: str,
+        start: int,
+        end: int,
+        piece: int,
+        deliver: Deliver,
+        transfer: Transfer,
     ) -> RangeResult:
         """Bytes ``[start, end)`` from a whole-blob answer kept open before ``start``."""
         try:
             transfer.use(kept.connection.sock)
             _skip(kept.response, start - kept.position, transfer)
-            data, broken = _read_exactly(kept.response, end - start, piece, transfer)
+            delivered, broken = _read_exactly(kept.response, end - start, piece, deliver, transfer)
         except BaseException:
             kept.connection.close()
             raise
-        result = RangeResult(200, url, data, broken=broken)
+        result = RangeResult(200, url, delivered, broken=broken)
         if broken or not self._keep(url, kept.connection, kept.response, end, transfer):
             kept.connection.close()  # at its end, or broken: never pooled again
         return result
@@ -208,6 +221,7 @@ class RangeFetcher:
         start: int,
         end: int,
         piece: int,
+        deliver: Deliver,
         transfer: Transfer,
     ) -> RangeResult:
         """The response, read as far as it is of use."""
@@ -224,14 +238,18 @@ class RangeFetcher:
             )
             if problem:
                 return RangeResult(206, url, problem=problem)
-            data, broken = _read_exactly(response, end - start, piece, transfer)
-            if not broken and response.length is None and response.read(1):
-                return RangeResult(206, url, problem="its body is longer than the range")
-            return RangeResult(206, url, data, broken=broken)
+            # With no Content-Length, the body is checked to end with the range before the
+            # last piece goes.
+            delivered, broken = _read_exactly(
+                response, end - start, piece, deliver, transfer, strict=response.length is None
+            )
+            if broken == LONGER:
+                return RangeResult(206, url, delivered, problem=LONGER)
+            return RangeResult(206, url, delivered, broken=broken)
         if status == 200:  # the server ignored Range: skip to it
             _skip(response, start, transfer)
-            data, broken = _read_exactly(response, end - start, piece, transfer)
-            return RangeResult(200, url, data, broken=broken)
+            delivered, broken = _read_exactly(response, end - start, piece, deliver, transfer)
+            return RangeResult(200, url, delivered, broken=broken)
         response.read(MAX_ERROR_BODY)
         return RangeResult(
             status,
@@ -311,25 +329,37 @@ def _origin(url: str) -> str:
 
 
 def _read_exactly(
-    response: http.client.HTTPResponse, length: int, piece: int, transfer: Transfer
-) -> tuple[list[memoryview], str]:
-    """Up to ``length`` bytes of the body in buffers of ``piece`` bytes, and why it stopped
-    short ("" when it did not): a transfer cut in the middle keeps what arrived, so that it can
-    resume from there. Read straight into the buffers its consumer keeps (cache blocks): one
-    copy of each byte fewer than slicing one buffer, and memory is freed block by block."""
-    pieces: list[memoryview] = []
+    response: http.client.HTTPResponse,
+    length: int,
+    piece: int,
+    deliver: Deliver,
+    transfer: Transfer,
+    *,
+    strict: bool = False,
+) -> tuple[int, str]:
+    """Up to ``length`` bytes of the body in buffers of ``piece`` bytes (the last one shorter),
+    each handed to ``deliver`` once full; how many bytes went, and why it stopped short ("" when
+    it did not; ``LONGER`` when ``strict`` and the body goes on past the range). Read straight
+    into the buffers their consumer keeps (cache blocks): no copy, and a block is on its way to
+    the cache while the rest of the range arrives, so that a request's size does not set the
+    memory it holds. A buffer a cut transfer left part filled is dropped: resuming after the
+    last whole one keeps the pieces cut where they were."""
     done = 0
     while done < length:
-        buffer = aligned(min(piece, length - done))  # the cache writes it by direct I/O
+        size = min(piece, length - done)
+        buffer = aligned(size)  # the cache writes it by direct I/O
         filled, failure = _fill(response, buffer, transfer)
-        done += filled
-        if filled:
-            pieces.append(buffer[:filled])
         if failure is not None:
             if failure:
-                return pieces, f"the connection failed after {done} of {length} bytes ({failure})"
-            return pieces, f"the response ended after {done} of {length} bytes"
-    return pieces, ""
+                return done, (
+                    f"the connection failed after {done + filled} of {length} bytes ({failure})"
+                )
+            return done, f"the response ended after {done + filled} of {length} bytes"
+        if strict and done + size == length and response.read(1):
+            return done, LONGER
+        deliver(buffer)
+        done += size
+    return done, ""
 
 
 def _fill(

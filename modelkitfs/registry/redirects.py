@@ -15,7 +15,6 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 
-from modelkitfs.buffers import Buffer
 from modelkitfs.errors import ObjectStorageError, RegistryError
 from modelkitfs.registry.status import Expired
 from modelkitfs.singleflight import SingleFlight
@@ -38,7 +37,7 @@ class Redirects:
     def __init__(self) -> None:
         self._urls: dict[str, Redirect] = {}
         self._redirected: set[str] = set()
-        self.resolving: SingleFlight[str, list[Buffer]] = SingleFlight()
+        self.resolving: SingleFlight[str, None] = SingleFlight()
         """A dropped redirect being resolved again through the registry, by blob."""
 
     def get(self, digest: str) -> Redirect | None:

@@ -14,11 +14,11 @@ properties of the source, never tests of its type:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Protocol
 
-from modelkitfs.buffers import Buffer
 from modelkitfs.registry.client import FetchStats, Manifest
+from modelkitfs.registry.ranges import Deliver
 
 
 class BlobSource(Protocol):
@@ -56,11 +56,13 @@ class BlobSource(Protocol):
         """Bytes ``[start, end)`` of a blob in one buffer (not verified: the store checks)."""
         ...
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> Sequence[Buffer]:
-        """Bytes ``[start, end)`` of a blob in buffers of ``piece`` bytes as a rule (the last
-        one shorter; after a transfer resumed midway they may be cut anywhere)."""
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
+        """Bytes ``[start, end)`` of a blob (not verified: the store checks), handed to
+        ``deliver`` on the event loop as they arrive, in order, in buffers of ``piece`` bytes
+        (the last one shorter), each once: a transfer cut short resumes after the last buffer
+        delivered. When it raises, what was delivered is a prefix of the range."""
         ...
 
     async def aclose(self) -> None: ...
@@ -100,10 +102,10 @@ class ForwardingSource:
     async def get_range(self, repository: str, digest: str, start: int, end: int) -> bytes:
         return await self.inner.get_range(repository, digest, start, end)
 
-    async def get_range_pieces(
-        self, repository: str, digest: str, start: int, end: int, piece: int
-    ) -> Sequence[Buffer]:
-        return await self.inner.get_range_pieces(repository, digest, start, end, piece)
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
+        await self.inner.deliver_range(repository, digest, start, end, piece, deliver)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

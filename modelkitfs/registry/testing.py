@@ -17,7 +17,7 @@ import trio
 from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import TransientError
 from modelkitfs.registry.client import RegistryClient
-from modelkitfs.registry.ranges import RangeResult
+from modelkitfs.registry.ranges import Deliver, RangeResult
 from modelkitfs.registry.transport import NetworkOptions
 
 
@@ -48,6 +48,7 @@ class MemoryRanges:
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
         await trio.sleep(0)
         self.served.append(Served(url, headers, start, end))
@@ -57,14 +58,17 @@ class MemoryRanges:
         if path not in self.blobs:
             return RangeResult(404, url)
         data = self.blobs[path]
-        pieces = [bytearray(data[i : min(i + piece, end)]) for i in range(start, end, piece)]
-        return RangeResult(206, url, pieces)
+        for i in range(start, end, piece):
+            deliver(memoryview(bytearray(data[i : min(i + piece, end)])))
+        return RangeResult(206, url, end - start)
 
     async def aclose(self) -> None:
         pass
 
 
-Fault = Callable[[RangeResult], RangeResult] | Exception
+# Turns the real answer and its pieces into a broken answer and the pieces it delivers.
+Breaker = Callable[[RangeResult, list[memoryview]], tuple[RangeResult, list[memoryview]]]
+Fault = Breaker | Exception
 
 
 @dataclass
@@ -85,36 +89,53 @@ class FailingRanges:
         end: int,
         piece: int,
         deadline: float,
+        deliver: Deliver,
     ) -> RangeResult:
         self.count += 1
         fault = self.faults.get(self.count)
         if isinstance(fault, Exception):
             self.inner.served.append(Served(url, headers, start, end))
             raise fault
-        result = await self.inner.get(url, headers, start, end, piece, deadline)
-        return fault(result) if fault is not None else result
+        if fault is None:
+            return await self.inner.get(url, headers, start, end, piece, deadline, deliver)
+        pieces: list[memoryview] = []
+        result, pieces = fault(
+            await self.inner.get(url, headers, start, end, piece, deadline, pieces.append),
+            pieces,
+        )
+        for buffer in pieces:
+            deliver(buffer)
+        result.delivered = sum(len(p) for p in pieces)
+        return result
 
     async def aclose(self) -> None:
         pass
 
 
-def cut(after: int) -> Callable[[RangeResult], RangeResult]:
-    """The transfer stops after ``after`` bytes."""
+def cut(after: int) -> Breaker:
+    """The transfer stops after ``after`` bytes: the pieces that were whole by then go."""
 
-    def apply(result: RangeResult) -> RangeResult:
-        data = bytearray(b"".join(result.data))[:after]
-        return RangeResult(result.status, result.url, [data], broken="closed by the server")
+    def apply(
+        result: RangeResult, pieces: list[memoryview]
+    ) -> tuple[RangeResult, list[memoryview]]:
+        whole, total = [], 0
+        for buffer in pieces:
+            if total + len(buffer) > after:
+                break
+            whole.append(buffer)
+            total += len(buffer)
+        return RangeResult(result.status, result.url, broken="closed by the server"), whole
 
     return apply
 
 
-def status(code: int, retry_after: str = "") -> Callable[[RangeResult], RangeResult]:
-    return lambda result: RangeResult(code, result.url, retry_after=retry_after)
+def status(code: int, retry_after: str = "") -> Breaker:
+    return lambda result, pieces: (RangeResult(code, result.url, retry_after=retry_after), [])
 
 
-def lie(problem: str) -> Callable[[RangeResult], RangeResult]:
+def lie(problem: str) -> Breaker:
     """A 206 whose headers say another range."""
-    return lambda result: RangeResult(206, result.url, problem=problem)
+    return lambda result, pieces: (RangeResult(206, result.url, problem=problem), [])
 
 
 def reset() -> TransientError:

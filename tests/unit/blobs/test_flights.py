@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from modelkitfs.blobs.flights import Flights, as_blocks, for_waiters, join_blocks
+from modelkitfs.blobs.flights import Flights, for_waiters, join_blocks
 from modelkitfs.blobs.memory import BlockMemory
 
 
@@ -33,18 +33,6 @@ def test_waiters_get_the_error_but_not_the_cancellation_of_the_flier() -> None:
         assert for_waiters(trio.Cancelled._create()) is None
 
     trio.run(main)
-
-
-def test_pieces_cut_anywhere_come_back_as_blocks() -> None:
-    data = bytes(range(256)) * 10  # two blocks and a half
-    assert as_blocks([data[:1024], data[1024:2048], data[2048:]], 1024) == [
-        data[:1024],
-        data[1024:2048],
-        data[2048:],
-    ]
-    resumed = as_blocks([data[:1500], data[1500:]], 1024)
-    assert [bytes(b) for b in resumed] == [data[i : i + 1024] for i in range(0, len(data), 1024)]
-    assert as_blocks([], 1024) == []
 
 
 def test_a_read_across_blocks_is_joined_once() -> None:

@@ -170,13 +170,14 @@ class CountingCache(DiskCache):
 @pytest.mark.parametrize("in_order", [True, False])
 def test_a_blob_read_in_order_is_hashed_as_it_comes_in(tmp_path: Path, in_order: bool) -> None:
     """Read in order, a blob is verified from the blocks in memory: not one block is read
-    back from disk. Read backwards, it is verified from disk once complete."""
+    back from disk. Read backwards, it is verified once complete, from disk where its blocks
+    have left memory."""
     registry = blob()
     size = len(registry.data)
     cache = CountingCache(tmp_path)
 
     async def main() -> None:
-        async with opened(registry, cache, memory_bytes=64 * BLOCK) as store:
+        async with opened(registry, cache, memory_bytes=8 * BLOCK) as store:
             offsets = list(range(0, size, 3 * BLOCK))
             for offset in offsets if in_order else reversed(offsets):
                 got = await store.read(registry.digest, size, offset, 3 * BLOCK, ahead=False)

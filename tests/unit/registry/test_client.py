@@ -51,11 +51,29 @@ def test_a_transient_failure_is_retried_and_counted() -> None:
     assert len(memory.served) == 3 and client.stats.retries == 2
 
 
-def test_a_cut_transfer_resumes_from_its_first_missing_byte() -> None:
+def test_a_cut_transfer_resumes_after_the_last_whole_piece_it_delivered() -> None:
     memory = MemoryRanges({PATH: DATA})
-    client = client_over(FailingRanges(memory, {1: cut(1_000_000)}))
+    client = client_over(FailingRanges(memory, {1: cut(2_500_000), 2: cut(10)}))
     assert read(client) == DATA
-    assert memory.served[1].headers["Range"] == f"bytes=1000000-{len(DATA) - 1}"
+    # Two whole MiB came before the first cut; nothing whole before the second.
+    resumed = f"bytes={2 * 1024 * 1024}-{len(DATA) - 1}"
+    assert [s.headers["Range"] for s in memory.served[1:]] == [resumed, resumed]
+
+
+def test_each_piece_is_delivered_once_as_it_arrives_whatever_the_cuts() -> None:
+    memory = MemoryRanges({PATH: DATA})
+    client = client_over(FailingRanges(memory, {1: cut(1_500_000), 3: cut(1_100_000)}))
+    pieces: list[bytes] = []
+
+    async def main() -> None:
+        try:
+            await client.deliver_range("team/kit", DIGEST, 0, len(DATA), 2**20, pieces.append)
+        finally:
+            await client.aclose()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert b"".join(pieces) == DATA
+    assert [len(p) for p in pieces] == [2**20, 2**20, 2**20, 11]
 
 
 def test_a_206_for_another_range_is_never_believed() -> None:

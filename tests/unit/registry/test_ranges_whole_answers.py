@@ -65,9 +65,10 @@ def test_ranges_read_in_order_carry_on_one_answer(server: WholeBlobServer) -> No
         # In order, with gaps (blocks cached already): skipped on the same answer.
         for start, end in [(0, 1000), (1000, 300_000), (400_000, 1_500_000), (2_000_000, None)]:
             end = len(BLOB) if end is None else end
-            result = fetcher.fetch(url, {}, start, end, 65536)
+            pieces: list[memoryview] = []
+            result = fetcher.fetch(url, {}, start, end, 65536, pieces.append)
             assert result.status == 200 and not result.problem and not result.broken
-            assert b"".join(result.data) == BLOB[start:end]
+            assert b"".join(pieces) == BLOB[start:end] and result.delivered == end - start
         assert server.requests == 1
     finally:
         fetcher.close()
@@ -80,15 +81,18 @@ def test_a_range_further_in_is_not_skipped_to_but_kept_at_the_start(
     url = f"http://127.0.0.1:{server.server_address[1]}/v2/r/blobs/sha256:y"
     try:
         start = 2 * 1024 * 1024
-        result = fetcher.fetch(url, {}, start, start + 100, 65536)
-        assert result.problem == WHOLE_BLOB_KEPT and result.data == []
-        again = fetcher.fetch(url, {}, start, start + 100, 65536)  # the kept answer, from 0
-        assert b"".join(again.data) == BLOB[start : start + 100]
-        rest = fetcher.fetch(url, {}, start + 100, len(BLOB), 65536)
-        assert b"".join(rest.data) == BLOB[start + 100 :]
+        pieces: list[memoryview] = []
+        result = fetcher.fetch(url, {}, start, start + 100, 65536, pieces.append)
+        assert result.problem == WHOLE_BLOB_KEPT and pieces == []
+        fetcher.fetch(url, {}, start, start + 100, 65536, pieces.append)  # the kept answer
+        assert b"".join(pieces) == BLOB[start : start + 100]
+        pieces.clear()
+        fetcher.fetch(url, {}, start + 100, len(BLOB), 65536, pieces.append)
+        assert b"".join(pieces) == BLOB[start + 100 :]
         assert server.requests == 1
-        behind = fetcher.fetch(url, {}, 0, 10, 65536)  # before where the answer stands: anew
-        assert b"".join(behind.data) == BLOB[:10]
+        pieces.clear()
+        fetcher.fetch(url, {}, 0, 10, 65536, pieces.append)  # before the answer: anew
+        assert b"".join(pieces) == BLOB[:10]
         assert server.requests == 2
     finally:
         fetcher.close()
