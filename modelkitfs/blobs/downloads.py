@@ -1,11 +1,14 @@
 """Downloading reserved blocks from the source, once across every process on the cache.
 
-Blocks go out a range request per run of adjacent ones (up to ``MAX_BLOCKS_PER_REQUEST``).
-Before a run is asked for, its blocks are claimed in the cache: a block another process is
-downloading is waited for and then read from disk, never downloaded twice. Of a blob verified
-before, every block is checked against its hash as it arrives and asked for again when wrong
-(a glitch of a registry or a proxy), up to ``DOWNLOAD_ATTEMPTS`` times: wrong bytes are never
-kept. An answer shorter or longer than the range is an error, never a block.
+Blocks go out a range request per run of adjacent ones (up to ``MAX_BLOCKS_PER_REQUEST``),
+and each lands the moment it arrives (:class:`_Arrivals`): its readers wake, it goes to memory
+and to the disk behind them, so that neither a reader's wait nor the memory held grows with
+the size of the request. Before a run is asked for, its blocks are claimed in the cache: a block
+another process is downloading is waited for and then read from disk, never downloaded twice.
+Of a blob verified before, every block is checked against its hash as it arrives and asked for
+again, with the rest of its run, when wrong (a glitch of a registry or a proxy), up to
+``DOWNLOAD_ATTEMPTS`` times: wrong bytes are never kept. An answer shorter or longer than the
+range is an error, never a block.
 
 **Sources that ignore Range** (issue 18, case 7): a server that answers every range with the
 whole blob (200) would send the blob from its start for each run, so that reading a 10 GiB blob
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BLOCKS_PER_REQUEST = 16
+MAX_BLOCKS_PER_REQUEST = 32
 # Blocks per request of a blob streamed from a server that ignores Range: a small first window
 # lands the first blocks soon, then windows as large as runs (through a proxy, where the
 # transport keeps no answer open, each window costs the blob up to it, as each run did).

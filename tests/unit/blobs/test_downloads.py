@@ -9,6 +9,10 @@ import trio.testing
 
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
+from modelkitfs.registry.memory_source import FailingSource, flip
+from modelkitfs.registry.ranges import Deliver
+from modelkitfs.registry.source import ForwardingSource
+from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 
@@ -81,5 +85,77 @@ def test_a_sparse_read_from_such_a_server_goes_through_the_one_stream() -> None:
             assert await blob.read_sparse(tail, 1024) == source.data[tail:]
             assert await blob.read(0, source.size) == source.data
         assert source.sent == source.size + 512  # the first header, then the blob once
+
+    trio.run(main)
+
+
+class Held(ForwardingSource):
+    """Delivers a range's first piece, then holds the rest until ``release`` is set (a
+    long request on its way)."""
+
+    def __init__(self, inner: OneBlob) -> None:
+        super().__init__(inner)
+        self.release = trio.Event()
+        self.finished = False
+
+    async def deliver_range(
+        self, repository: str, digest: str, start: int, end: int, piece: int, deliver: Deliver
+    ) -> None:
+        pieces: list[memoryview] = []
+        await self.inner.deliver_range(repository, digest, start, end, piece, pieces.append)
+        deliver(pieces[0])
+        await self.release.wait()
+        for buffer in pieces[1:]:
+            deliver(buffer)
+        self.finished = True
+
+
+def test_a_block_lands_as_it_arrives_not_when_its_request_ends() -> None:
+    """A long request's first block reaches a reader, memory and the disk while the rest is
+    on its way: the request's size does not set how long a reader waits or what is held."""
+    inner = OneBlob(size=8 * BLOCK)
+    source = Held(inner)
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache, memory_bytes=64 * BLOCK) as store:
+            async with trio.open_nursery() as nursery:
+                whole: list[bytes] = []
+
+                async def read_all() -> None:
+                    whole.append(await store.read(inner.digest, inner.size, 0, inner.size))
+
+                nursery.start_soon(read_all)
+                await until(lambda: inner.requests, "the reader's request")
+                assert inner.requests == [(inner.digest, 0, 8 * BLOCK)]  # one request
+                first = await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                assert first == inner.data[:BLOCK] and not source.finished
+                await until(lambda: cache.cached_blocks(inner.digest, BLOCK, 0, 7), "block 0")
+                assert cache.cached_blocks(inner.digest, BLOCK, 0, 7) == {0}
+                source.release.set()
+            assert whole == [inner.data] and len(inner.requests) == 1
+
+    trio.run(main)
+
+
+def test_a_wrong_block_in_a_run_is_asked_for_again_from_there() -> None:
+    """The blocks before it landed; the retry asks for it and those after it only."""
+    inner = OneBlob(size=4 * BLOCK)
+    source = FailingSource(inner, {})
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache, memory_bytes=64 * BLOCK) as store:
+            await store.blob(inner.digest, inner.size).fetch_verified()
+            cache.remove_blocks(inner.digest)
+            store.memory.forget(inner.digest)
+            del inner.requests[:]
+            source.faults[source.count + 1] = flip(2 * BLOCK + 7)
+            got = await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+            assert got == inner.data
+        assert inner.requests == [
+            (inner.digest, 0, 4 * BLOCK),
+            (inner.digest, 2 * BLOCK, 4 * BLOCK),
+        ]
 
     trio.run(main)
