@@ -117,7 +117,7 @@ class Downloads:
         answers with the whole blob, ask again at once, to carry on that answer, rather than
         raise :class:`RangeIgnored`."""
         store, digest = self.store, arrivals.digest
-        arrivals.states = await store.verifier.known_states(digest)
+        await store.verifier.known_states(digest)  # each block is checked against them
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             arrivals.restart()
             start = arrivals.next * store.block_size
@@ -243,25 +243,28 @@ class _Arrivals:
         self.store, self.digest, self.size, self.claim = store, digest, size, claim
         self.next = first  # the block expected next
         self.landed: list[int] = []
-        self.states: list[bytes] | None = None  # of the blob verified before: to check against
         self.received = 0  # bytes delivered by the current request
+        self.short = False  # a block of the current request came short
         self.wrong: int | None = None  # the block that came with other bytes than verified
         self.error: Exception | None = None
 
     def restart(self) -> None:
         """Take the blocks of a new request, from ``next`` on."""
-        self.received, self.wrong, self.error = 0, None, None
+        self.received, self.short, self.wrong, self.error = 0, False, None, None
 
     def __call__(self, block: memoryview) -> None:
         self.received += len(block)
-        if self.wrong is not None or self.error is not None:
+        if self.short or self.wrong is not None or self.error is not None:
             return  # stopped: the rest of this request is dropped
         store, index = self.store, self.next
         try:
             if len(block) != store.block_len(self.size, index):
-                return  # a short answer: download() says so, with the bytes counted
-            if self.states is not None and not block_in_chain(
-                block, index, store.block_size, self.states, self.digest
+                self.short = True  # download() says so, with the bytes counted
+                return
+            # Of a blob verified before (its record was loaded before the request).
+            states = store.verifier.states.get(self.digest)
+            if states is not None and not block_in_chain(
+                block, index, store.block_size, states, self.digest
             ):
                 self.wrong = index
                 return

@@ -34,7 +34,7 @@ import trio
 from modelkitfs.blobs.blockfile import Buffer
 from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.jobs import Jobs
-from modelkitfs.blobs.sha256chain import BlobChain, block_in_chain, from_record, to_record
+from modelkitfs.blobs.sha256chain import BlobChain, from_record, to_record
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from modelkitfs.singleflight import SingleFlight
 
@@ -244,12 +244,6 @@ class Verifier:
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring unreadable %s of %s", VERIFIED_RECORD, digest)
         return self.states.get(digest)
-
-    async def block_matches(self, digest: str, index: int, block: Buffer) -> bool:
-        """Whether a block downloaded again is the one verified before (True when the blob
-        was never verified: there is nothing to check it against)."""
-        states = await self.known_states(digest)
-        return states is None or block_in_chain(block, index, self.store.block_size, states, digest)
 
     async def _fetch_all(self, digest: str, size: int) -> None:
         store = self.store

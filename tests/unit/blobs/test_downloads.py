@@ -4,11 +4,13 @@ download be waited for, and one stream per blob from a server that ignores Range
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import trio
 import trio.testing
 
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
+from modelkitfs.errors import RegistryError
 from modelkitfs.registry.memory_source import FailingSource, flip
 from modelkitfs.registry.ranges import Deliver
 from modelkitfs.registry.source import ForwardingSource
@@ -157,5 +159,23 @@ def test_a_wrong_block_in_a_run_is_asked_for_again_from_there() -> None:
             (inner.digest, 0, 4 * BLOCK),
             (inner.digest, 2 * BLOCK, 4 * BLOCK),
         ]
+
+    trio.run(main)
+
+
+def test_a_piece_cut_short_in_the_middle_stops_the_run_and_nothing_after_it_lands() -> None:
+    """The pieces after a short one would land one block early: wrong bytes."""
+    inner = OneBlob(size=4 * BLOCK)
+    source = FailingSource(inner, {1: lambda pieces: [pieces[0], pieces[1][:-5], *pieces[2:]]})
+    cache = MemoryCache()
+
+    async def main() -> None:
+        async with opened(source, cache, memory_bytes=64 * BLOCK) as store:
+            with pytest.raises(RegistryError, match=r"answered \d+ bytes for \d+ of blob"):
+                await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+            await store.writes.join()
+            assert cache.cached_blocks(inner.digest, BLOCK, 0, 3) == {0}
+            got = await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+            assert got == inner.data
 
     trio.run(main)
