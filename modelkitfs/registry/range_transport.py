@@ -11,14 +11,17 @@ short, and never read more of a body than the range or a bounded error body.
 - :class:`ThreadedRanges`: blocking ``http.client`` connections in worker threads, the fast
   path (see :mod:`modelkitfs.registry.ranges`); the deadline is enforced from the event loop,
   which also aborts the transfer when its caller is cancelled. Pieces cross to the event loop
-  with ``run_sync_soon``, which runs them in order and before the thread's result.
+  with ``run_sync_soon``, which runs them in order and before the thread's result, a wake-up
+  per burst.
 - :class:`HttpxRanges`: httpx on the event loop, used when a proxy is in play (httpx speaks to
   proxies; ``http.client`` as used here does not).
 """
 
 from __future__ import annotations
 
+import collections
 import http.client
+import threading
 from typing import Protocol
 
 import httpx
@@ -78,11 +81,7 @@ class ThreadedRanges:
     ) -> RangeResult:
         transfer = Transfer()
         failure: BaseException | None = None
-        token = trio.lowlevel.current_trio_token()
-
-        def across(buffer: memoryview) -> None:  # in the worker thread
-            token.run_sync_soon(deliver, buffer)
-
+        across = _Across(deliver)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_abort_at, deadline, transfer)
             try:
@@ -108,6 +107,37 @@ class ThreadedRanges:
 
     async def aclose(self) -> None:
         self._fetcher.close()
+
+
+class _Across:
+    """Hands pieces from a worker thread to ``deliver`` on the event loop, in order. A piece
+    that comes while earlier ones still wait for the loop joins them rather than waking it
+    again: one wake-up per burst, not per piece. Through ``run_sync_soon``, whose callbacks run
+    in order, so every piece is delivered before the thread's result arrives."""
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[memoryview] = collections.deque()
+        self._scheduled = False
+
+    def __call__(self, buffer: memoryview) -> None:  # in the worker thread
+        with self._lock:
+            self._waiting.append(buffer)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:  # on the event loop
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._scheduled = False
+                    return
+                buffer = self._waiting.popleft()
+            self._deliver(buffer)
 
 
 async def _abort_at(deadline: float, transfer: Transfer) -> None:

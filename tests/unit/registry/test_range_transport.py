@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from modelkitfs.registry.range_transport import ThreadedRanges
+from modelkitfs.registry.range_transport import ThreadedRanges, _Across
 from modelkitfs.registry.ranges import RangeFetcher
 from tests.support.waiting import until
 
@@ -87,3 +87,21 @@ def test_pieces_arrive_while_the_range_is_still_coming_and_cancelling_aborts_it(
     trio.run(main)
     assert [len(p) for p in pieces] == [PIECE, PIECE]
     assert server.closed_by_client.wait(60), "the transfer was not aborted"
+
+
+def test_pieces_from_a_thread_arrive_in_order_and_all_before_its_result() -> None:
+    """The store lands a block as the next of its run: one out of order, or one arriving
+    after the request returned, would be a wrong byte or a lost block."""
+    delivered: list[int] = []
+
+    async def main() -> None:
+        across = _Across(lambda buffer: delivered.append(buffer[0] + 256 * buffer[1]))
+
+        def send() -> None:
+            for i in range(5000):
+                across(memoryview(bytes([i % 256, i // 256])))
+
+        await trio.to_thread.run_sync(send)
+        assert delivered == list(range(5000))
+
+    trio.run(main)
