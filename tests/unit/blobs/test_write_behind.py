@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import trio
+import trio.testing
 
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.blobs.write_behind import WRITE_BEHIND
+from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 
@@ -51,5 +56,46 @@ def test_a_cache_that_cannot_be_written_costs_no_read() -> None:
             assert store.stats.write_failures == cache.writes > 0
             assert not cache.cached_blocks(source.digest, BLOCK, 0, 7)
             assert await store.read(source.digest, source.size, 0, source.size) == source.data
+
+    trio.run(main)
+
+
+class StuckCache(MemoryCache):
+    """Writes that wait until ``free`` is set (a disk far slower than the network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free = threading.Event()
+
+    def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
+        assert self.free.wait(60), "the test never freed the disk"
+        super().write_block(digest, block_size, index, data)
+
+
+def test_once_32_blocks_wait_for_the_disk_no_new_download_starts() -> None:
+    """Blocks land without waiting for their write, so the memory of writes not yet done is
+    bounded by holding back the next request instead."""
+    source = OneBlob(size=40 * BLOCK)
+    cache = StuckCache()
+
+    async def main() -> None:
+        async with opened(source, cache, memory_bytes=64 * BLOCK) as store:
+            async with trio.open_nursery() as nursery:
+                got: list[bytes] = []
+
+                async def reader() -> None:
+                    got.append(await store.read(source.digest, source.size, 0, source.size))
+
+                nursery.start_soon(reader)
+                await until(lambda: store.writes.waiting == WRITE_BEHIND, "32 writes waiting")
+                await trio.testing.wait_all_tasks_blocked()
+                assert [(s, e) for _, s, e in source.requests] == [(0, 32 * BLOCK)]
+                assert not got
+                cache.free.set()
+            assert got == [source.data]
+            assert [(s, e) for _, s, e in source.requests] == [
+                (0, 32 * BLOCK),
+                (32 * BLOCK, 40 * BLOCK),
+            ]
 
     trio.run(main)
