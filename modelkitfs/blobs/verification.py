@@ -206,9 +206,9 @@ class Verifier:
             self._bad.add(digest)
             self.states.pop(digest, None)
             await store.forget(digest)
-            log.error("%s", self._mismatch(digest, chain.digest))
             if self.on_corrupt is not None:
                 await self.on_corrupt(digest)
+            log.error("%s", self._mismatch(digest, chain.digest))  # once the pages are gone
             raise DigestMismatch(self._mismatch(digest, chain.digest))
         self._bad.discard(digest)
         self.states[digest] = chain.states

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from safetensors.numpy import save_file
 
 from tests.conftest import NESTED_KITFILE, Mounts, assert_same_tree, write
 from tests.support.kitbuilder import build_modelkit, expected_tree, sha256
+from tests.support.waiting import wait_for
 
 MiB = 1024 * 1024
 
@@ -214,11 +214,9 @@ def test_a_read_entering_a_tensor_fetches_the_rest_of_it_and_not_the_next(
         proxy.reset()
         expected = tensors["layer2"].tobytes()[1000 : 1000 + 4096]
         assert os.pread(f.fileno(), 4096, start + 1000) == expected
-    for _ in range(100):  # the rest comes in the background; up to 5 s
-        if proxy.blob_bytes >= size - MiB:
-            break
-        time.sleep(0.05)
-    assert size - MiB <= proxy.blob_bytes <= size + MiB  # that tensor, not the next
+    # The rest comes in the background.
+    wait_for(lambda: proxy.blob_bytes >= size - MiB, "the rest of the tensor fetched")
+    assert proxy.blob_bytes <= size + MiB  # that tensor, not the next
 
 
 def test_concurrent_readers_share_one_download(big_kit, proxy, mounts: Mounts) -> None:
@@ -250,12 +248,9 @@ def test_prefetch_model_fills_the_cache_in_the_background(
     model_layers = {config["model"]["digest"], config["model"]["parts"][0]["digest"]}
     proxy.reset()
     mountpoint = mounts.mount(reference, prefetch="model")
-    deadline = time.monotonic() + 30
-    while not model_layers <= proxy.blobs_fetched and time.monotonic() < deadline:
-        time.sleep(0.05)  # nothing reads: the daemon fetches on its own
-    assert model_layers <= proxy.blobs_fetched
+    # Nothing reads: the daemon fetches on its own.
+    wait_for(lambda: "prefetch (model) done" in mounts.log, "the prefetch ended")
     assert proxy.blobs_fetched - {sha256(artifact.config)} == model_layers  # the model only
-    time.sleep(0.5)  # let its cache writes land
     assert (mountpoint / "main-dir/weights.bin").exists()  # indexes the other layers it needs
     proxy.reset()
     weights = (mountpoint / "main-dir/weights.bin").read_bytes()
@@ -283,10 +278,8 @@ def test_provenance_in_extended_attributes(nested_source: Path, publish, mounts:
     assert attribute(weights, "entry") == "model main-dir"
     assert attribute(weights, "cached") == f"0 of {size}"
     assert weights.read_bytes() == (nested_source / "main-dir/weights.bin").read_bytes()
-    deadline = time.monotonic() + 10  # blocks reach the disk behind the reader
-    while attribute(weights, "cached") != f"{size} of {size}":
-        assert time.monotonic() < deadline, attribute(weights, "cached")
-        time.sleep(0.05)
+    # Blocks reach the disk behind the reader.
+    wait_for(lambda: attribute(weights, "cached") == f"{size} of {size}", "the file cached")
     cached, _, total = attribute(weights, "layer_cached").partition(" of ")
     assert int(total) == layers["model"]["size"] and size <= int(cached) <= int(total)
     assert attribute(mountpoint / "main-dir/subdir", "entry") == "dataset main-dir/subdir"

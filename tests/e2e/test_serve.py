@@ -260,8 +260,18 @@ def test_metrics_move_by_what_the_proxy_counted(
     proxy.reset()
     path = service.root / proxy.address / "serve" / f"weights@{digest}" / "weights.bin"
     assert path.read_bytes() == data
-    after = scrape(METRICS_PORT)
     registry = {"registry": proxy.address}
+
+    def counted() -> bool:  # a transfer is counted once its thread is done, after the read
+        now = scrape(METRICS_PORT)
+        return sample(now, "modelkitfs_registry_blob_bytes_total", **registry) == (
+            proxy.blob_bytes
+        ) and sample(now, "modelkitfs_registry_requests_total", **registry) == (
+            proxy.blob_requests + proxy.manifest_requests
+        )
+
+    wait_for(counted, "the daemon counts what the proxy counted")
+    after = scrape(METRICS_PORT)
     assert sample(after, "modelkitfs_registry_blob_bytes_total", **registry) == proxy.blob_bytes
     assert sample(after, "modelkitfs_registry_requests_total", **registry) == (
         proxy.blob_requests + proxy.manifest_requests

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from tests.conftest import MiB, Mounts, daemon_pid, one_file_kit, running
+from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, one_file_kit, running
 from tests.support.waiting import wait_for
 
 BIG = 256 * MiB
@@ -88,6 +88,8 @@ def test_a_damaged_block_file_is_downloaded_again(small, proxy, mounts: Mounts) 
     reference, data, layer = small
     first = mounts.mount(reference)
     assert (first / "weights.bin").read_bytes() == data
+    # Verified once every block is on disk (they are written behind the reads).
+    wait_for(lambda: mount_stats(first)["cache"]["verified_blobs"] >= 1, "the blob verified")
     block = DiskCache(mounts.cache_dir).block_path(layer, MiB, 3)
     damaged = bytearray(block.read_bytes())
     damaged[100] ^= 0x01
