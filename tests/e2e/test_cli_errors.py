@@ -142,6 +142,7 @@ def silent_registry() -> Iterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
+    listener.settimeout(0.05)  # a blocked accept() would not see the listener closed
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -149,6 +150,8 @@ def silent_registry() -> Iterator[str]:
         while not stop.is_set():
             try:
                 held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
             except OSError:
                 return
 
@@ -275,7 +278,7 @@ def test_a_terminal_is_told_the_command_waits_for_the_registry(
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "modelkitfs.cli", "ls", "--plain-http", "--timeout", "5"),
+            *(sys.executable, "-m", "modelkitfs.cli", "ls", "--plain-http", "--timeout", "3"),
             f"{silent_registry}/cli/k:v1",
         ],
         stdin=subprocess.DEVNULL,
@@ -287,7 +290,7 @@ def test_a_terminal_is_told_the_command_waits_for_the_registry(
     shown = read_terminal(controller)
     assert process.wait(60) == 1
     lines = shown.decode().splitlines()
-    waiting = f"modelkitfs: waiting for registry {silent_registry} (up to 5 s, --timeout)..."
+    waiting = f"modelkitfs: waiting for registry {silent_registry} (up to 3 s, --timeout)..."
     assert waiting in lines  # once, within a second, before the timeout ends the wait
     assert lines.count(waiting) == 1
     assert "sent no answer" in lines[-1]
