@@ -145,4 +145,6 @@ class Sources:
                 key: sum(getattr(s.stats, key) for s in self.stores.values())
                 for key in asdict(CacheStats())
             },
+            # False while writes are paused after one failed (a full or read-only disk).
+            "cache_writable": all(s.cache.writable for s in self.stores.values()),
         }

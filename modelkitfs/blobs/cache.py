@@ -157,12 +157,13 @@ class DiskCache:
         return [p for p in live_processes(self.root) if p != self.process.id]
 
     def write_file(self, path: Path, *parts: Buffer) -> None:
+        started = time.monotonic()
         try:
             write_atomic(path, *parts, owner=self.process.acquire())
         except OSError as exc:
             self.health.failed(exc)
             raise
-        self.health.succeeded()
+        self.health.succeeded(started)
 
     # --- blocks -----------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class WriteHealth:
         self.fault: OSError | None = None  # the fault of the episode under way
         self.failures = 0
         self._retry_at = 0.0
+        self._failed_at = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -60,7 +61,8 @@ class WriteHealth:
     def failed(self, exc: OSError) -> None:
         with self._lock:
             self.failures += 1
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._failed_at = time.monotonic()
+            self._retry_at = self._failed_at + RETRY_SECONDS
             first = self.fault is None
             self.fault = exc
         if first:
@@ -72,10 +74,15 @@ class WriteHealth:
                 advice(self.root, exc),
             )
 
-    def succeeded(self) -> None:
+    def succeeded(self, started: float) -> None:
+        """A write begun at ``started`` (``time.monotonic()``) succeeded. Only one begun after
+        the last failure ends the episode: on a disk with a few free inodes or bytes left, a
+        write in another thread may still succeed just after one failed."""
         if self.fault is None:
             return
         with self._lock:
+            if started < self._failed_at:
+                return
             was, self.fault = self.fault, None
         if was is not None:
             log.info("cache %s can be written again: caching resumes", self.root)

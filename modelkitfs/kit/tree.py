@@ -90,6 +90,7 @@ class KitTree:
         self.layers = list(layers)
         self.kitfile = kitfile
         self._indexes: dict[int, LayerIndex] = {}
+        self._unmerged = False  # layers indexed since the node table was built
         self._indexing: SingleFlight[int, None] = SingleFlight()
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
@@ -209,11 +210,12 @@ class KitTree:
             for i, layer in enumerate(self.layers)
             if i not in self._indexes and related(layer.path, directory)
         ]
-        if not wanted:
-            return
-        async with trio.open_nursery() as nursery:
-            for i in wanted:
-                nursery.start_soon(self._index_layer, i)
+        if wanted:
+            async with trio.open_nursery() as nursery:
+                for i in wanted:
+                    nursery.start_soon(self._index_layer, i)
+        if self._unmerged:  # once for all the layers indexed meanwhile, not once each
+            self._rebuild()
         for i in wanted:
             if i in self._failures:
                 raise self._failures[i]
@@ -232,7 +234,7 @@ class KitTree:
         try:
             self._indexes[i] = await self.layers[i].archive.index()
             self._failures.pop(i, None)
-            self._rebuild()
+            self._unmerged = True
         except ModelKitFSError as exc:
             log.error("%s", exc)
             self._failures[i] = exc
@@ -240,6 +242,7 @@ class KitTree:
     def _rebuild(self) -> None:
         """Merge the indexed layers, in extraction order, into the node table. Inodes stay
         stable across rebuilds because they are keyed by path."""
+        self._unmerged = False
         nodes: dict[str, Node] = {"": Node(ROOT_INODE, "", stat.S_IFDIR | IMPLICIT_DIR_MODE)}
         if self.kitfile is not None:
             nodes["Kitfile"] = Node(
