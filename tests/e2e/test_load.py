@@ -1,7 +1,7 @@
 """32 readers at once, random and sequential, against a faulty registry and a cache too small
 to hold the kit (so reads keep reaching the network): every byte checked against the source,
 memory, file descriptors, connections and tasks bounded. ``MODELKITFS_LOAD_SECONDS`` sets how
-long (default 30; ``scripts/soak`` runs it for longer and prints the report)."""
+long (default 20; ``scripts/soak`` runs it for longer and prints the report)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.support.kitbuilder import build_modelkit
 from tests.support.registry_proxy import CountingProxy
 from tests.support.waiting import POLL
 
-SECONDS = float(os.environ.get("MODELKITFS_LOAD_SECONDS", "30"))
+SECONDS = float(os.environ.get("MODELKITFS_LOAD_SECONDS", "20"))
 READERS = 32
 TIMEOUT = 10  # --timeout: a stall is given up after 2.5 s
 FAULTS = ["status", "cut", "truncate", "stall"]
