@@ -8,11 +8,12 @@ path is ``P`` can only carry ancestors of ``P``, ``P`` itself and what lies unde
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import posixpath
 import stat
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -90,7 +91,8 @@ class KitTree:
         self.layers = list(layers)
         self.kitfile = kitfile
         self._indexes: dict[int, LayerIndex] = {}
-        self._unmerged = False  # layers indexed since the node table was built
+        self._merged: set[int] = set()  # layers in the node table
+        self._by_path: dict[str, Node] = {}
         self._indexing: SingleFlight[int, None] = SingleFlight()
         self._failures: dict[int, ModelKitFSError] = {}
         self._inodes: dict[str, int] = {"": ROOT_INODE}
@@ -214,8 +216,8 @@ class KitTree:
             async with trio.open_nursery() as nursery:
                 for i in wanted:
                     nursery.start_soon(self._index_layer, i)
-        if self._unmerged:  # once for all the layers indexed meanwhile, not once each
-            self._rebuild()
+        if len(self._merged) < len(self._indexes):  # all those indexed meanwhile, at once
+            self._merge()
         for i in wanted:
             if i in self._failures:
                 raise self._failures[i]
@@ -234,15 +236,31 @@ class KitTree:
         try:
             self._indexes[i] = await self.layers[i].archive.index()
             self._failures.pop(i, None)
-            self._unmerged = True
         except ModelKitFSError as exc:
             log.error("%s", exc)
             self._failures[i] = exc
 
+    def _merge(self) -> None:
+        """Bring the layers indexed since into the node table. Laid over it when they all
+        come after the layers in it in extraction order (a later layer overwrites an earlier
+        one, as ``kit unpack`` does), which is what a rebuild would make, without going
+        over a million entries again for the next small layer; else rebuilt."""
+        new = sorted(set(self._indexes) - self._merged)
+        if self._merged and new[0] < max(self._merged):
+            self._rebuild()
+            return
+        changed: dict[str, Node] = {}
+        nodes = collections.ChainMap(changed, self._by_path)  # writes go to ``changed``
+        for i in new:
+            for entry in self._indexes[i].entries:
+                self._apply(nodes, self.layers[i], entry)
+        self._by_path.update(changed)
+        self._link(changed)
+        self._merged.update(new)
+
     def _rebuild(self) -> None:
         """Merge the indexed layers, in extraction order, into the node table. Inodes stay
         stable across rebuilds because they are keyed by path."""
-        self._unmerged = False
         nodes: dict[str, Node] = {"": Node(ROOT_INODE, "", stat.S_IFDIR | IMPLICIT_DIR_MODE)}
         if self.kitfile is not None:
             nodes["Kitfile"] = Node(
@@ -256,13 +274,20 @@ class KitTree:
             if (index := self._indexes.get(i)) is not None:
                 for entry in index.entries:
                     self._apply(nodes, layer, entry)
-        for path, node in nodes.items():
-            if path:
-                parent = path.rpartition("/")[0]
-                nodes[parent].children[path.rpartition("/")[2]] = node.inode
-        self._nodes = {node.inode: node for node in nodes.values()}
+        self._by_path, self._nodes, self._merged = nodes, {}, set(self._indexes)
+        self._link(nodes)
 
-    def _apply(self, nodes: dict[str, Node], layer: TreeLayer, entry: Entry) -> None:
+    def _link(self, nodes: dict[str, Node]) -> None:
+        """Number ``nodes`` (new, or in place of those at their paths) in the node table and
+        name them in their parents."""
+        by_path = self._by_path
+        for path, node in nodes.items():
+            self._nodes[node.inode] = node
+            if path:
+                parent, _, name = path.rpartition("/")
+                by_path[parent].children[name] = node.inode
+
+    def _apply(self, nodes: MutableMapping[str, Node], layer: TreeLayer, entry: Entry) -> None:
         if layer.prefix:
             path = posixpath.join(layer.prefix, entry.path) if entry.path else layer.prefix
             entry = dataclasses.replace(entry, path=path)
@@ -306,7 +331,7 @@ class KitTree:
                 entry.path,
             )
 
-    def _make_parents(self, nodes: dict[str, Node], path: str) -> bool:
+    def _make_parents(self, nodes: MutableMapping[str, Node], path: str) -> bool:
         parent = path.rpartition("/")[0]
         missing: list[str] = []
         while parent and parent not in nodes:

@@ -4,6 +4,7 @@ many readers ask, and an indexing failure is reported and retried, not kept."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -184,3 +185,76 @@ def test_reads_of_a_safetensors_file_at_once_are_its_bytes(tmp_path: Path) -> No
 
     got = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert got == {offset: data[offset : offset + 128 * 1024] for offset in offsets}
+
+
+NESTED = {
+    "manifestVersion": "1.0.0",
+    "model": {"name": "m", "path": "model"},
+    "datasets": [{"name": "train", "path": "model/data"}],  # inside the model's folder
+    "code": [{"path": "src"}],
+    "docs": [{"path": "README.md"}],
+}
+
+
+async def shape(tree: KitTree, node: Node) -> dict[str, tuple[int, int, bytes | None]]:
+    """Every path under ``node``: its mode, size and contents (None for directories)."""
+    found = {}
+    for path, data in (await walk(tree, node)).items():
+        inode = await lookup_path(tree, path)
+        assert inode is not None
+        found[path] = (inode.mode, inode.size, data)
+    return found
+
+
+async def lookup_path(tree: KitTree, path: str) -> Node | None:
+    node = tree.node(ROOT_INODE)
+    for name in path.split("/"):
+        assert node is not None
+        node = await tree.lookup(node.inode, name)
+    return node
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["model", "src", "README.md"])))
+def test_layers_indexed_in_any_order_make_the_same_tree(
+    tmp_path: Path, context: Path, order: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looked at one entry after another, layers join the tree one at a time, laid over it
+    when they come later in extraction order than those in it (else it is rebuilt): the tree
+    is the same as one listed at once."""
+    (context / "model/data").mkdir()
+    (context / "model/data/rows.csv").write_bytes(b"x\n" * 100)
+    (context / "README.md").write_bytes(b"# read me\n")
+    artifact = build_modelkit(context, NESTED)
+    rebuilds = []
+    rebuild = KitTree._rebuild
+    monkeypatch.setattr(KitTree, "_rebuild", lambda self: rebuilds.append(1) or rebuild(self))
+
+    async def main() -> tuple[dict, dict, list[str]]:
+        async with memory_kit(tmp_path / "one-by-one", artifact) as memory:
+            tree = memory.kit.tree
+            paths = [layer.path for layer in tree.layers]
+            for name in order:
+                assert await tree.lookup(ROOT_INODE, name) is not None
+            root = tree.node(ROOT_INODE)
+            assert root is not None
+            one_by_one = await shape(tree, root)
+        async with memory_kit(tmp_path / "at-once", artifact) as memory:
+            root = memory.kit.tree.node(ROOT_INODE)
+            assert root is not None
+            at_once = await shape(memory.kit.tree, root)
+        return one_by_one, at_once, paths
+
+    rebuilds.clear()
+    one_by_one, at_once, paths = trio.run(main)
+    assert one_by_one == at_once
+    assert "model/data/rows.csv" in one_by_one and "src/lib/util.py" in one_by_one
+    # The model's lookup indexes its layer and the one inside it; a layer that comes before
+    # one already in the tree makes it rebuilt.
+    firsts = {"model": paths.index("model"), "src": paths.index("src")}
+    firsts["README.md"] = paths.index("README.md")
+    out_of_order = sum(
+        1
+        for k, name in enumerate(order)
+        if any(firsts[name] < firsts[earlier] for earlier in order[:k])
+    )
+    assert len(rebuilds) == 2 + out_of_order  # one per tree made at construction
