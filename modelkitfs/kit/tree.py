@@ -241,10 +241,10 @@ class KitTree:
             self._failures[i] = exc
 
     def _merge(self) -> None:
-        """Bring the layers indexed since into the node table. Laid over it when they all
-        come after the layers in it in extraction order (a later layer overwrites an earlier
-        one, as ``kit unpack`` does), which is what a rebuild would make, without going
-        over a million entries again for the next small layer; else rebuilt."""
+        """Bring the layers indexed since into the node table: laid over it when they all
+        come after its layers in extraction order (a later layer overwrites an earlier one,
+        as ``kit unpack`` does, so a rebuild would make the same table, going over every
+        entry again: a million for a small layer after a large one), else rebuilt."""
         new = sorted(set(self._indexes) - self._merged)
         if self._merged and new[0] < max(self._merged):
             self._rebuild()
