@@ -250,8 +250,7 @@ def test_layers_indexed_in_any_order_make_the_same_tree(
     assert "model/data/rows.csv" in one_by_one and "src/lib/util.py" in one_by_one
     # The model's lookup indexes its layer and the one inside it; a layer that comes before
     # one already in the tree makes it rebuilt.
-    firsts = {"model": paths.index("model"), "src": paths.index("src")}
-    firsts["README.md"] = paths.index("README.md")
+    firsts = {name: paths.index(name) for name in order}
     out_of_order = sum(
         1
         for k, name in enumerate(order)
