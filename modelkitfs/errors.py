@@ -27,6 +27,12 @@ class AuthenticationError(RegistryError):
     """The registry refused our credentials or token."""
 
 
+class NotAllowed(AuthenticationError):
+    """The trust model refuses the source: a local one the operator did not list, or one a
+    kit's own content named (README, Security). Answered as a refused login is: EACCES in a
+    mount, PERMISSION_DENIED to the CSI plugin."""
+
+
 class DigestMismatch(RegistryError):
     """Content did not hash to the digest that names it."""
 

@@ -273,6 +273,8 @@ def serve(
     background, or in this process until unmounted with ``foreground``; returns the root.
     See :mod:`modelkitfs.serve`."""
     options = merged_options(options, overrides)
+    if options.allow_local is None:  # it serves others: no folder of this machine unless listed
+        options = options.replace(allow_local=())
     settings = {"tag_ttl": tag_ttl, "negative_ttl": negative_ttl, "idle": idle}
     for name, value in settings.items():
         if not value > 0:

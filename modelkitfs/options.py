@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -50,6 +51,9 @@ class MountOptions:
     labels: tuple[tuple[str, str], ...] = ()  # picks from a ModelKit index (given as "k=v")
     timeout: float = DEFAULT_TIMEOUT  # seconds before a read that cannot be served fails (EIO)
     metrics: str | None = None  # HOST:PORT to serve Prometheus metrics on
+    # Local sources (OCI layouts, kit's storage) a session may read: None, any (a user's own
+    # commands); else only those inside these folders (the node service and the CSI plugin).
+    allow_local: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -64,6 +68,8 @@ class MountOptions:
         put("log_level", _choice("--log-level", str(self.log_level).lower(), LOG_LEVELS))
         put("timeout", _timeout(self.timeout))
         put("proxy", _proxy(self.proxy))
+        if self.allow_local is not None:
+            put("allow_local", tuple(_folder(f) for f in _sequence(self.allow_local)))
         if self.metrics is not None:
             metrics_address(self.metrics)
 
@@ -148,6 +154,18 @@ def _timeout(value: Any) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise ModelKitFSError(f"--timeout must be a positive number of seconds, not {value!r}")
     return seconds
+
+
+def _folder(value: Any) -> str:
+    """``--allow-local DIR``: an existing folder, by its real path (a symlink in it cannot
+    lead a reference out of it: references are resolved to real paths before the check)."""
+    path = os.path.realpath(str(value))
+    if not os.path.isdir(path):
+        raise ModelKitFSError(
+            f"--allow-local {value!r} is not a folder: give a folder of OCI layouts, or kit's "
+            "storage folder"
+        )
+    return path
 
 
 def _proxy(value: Any) -> str | None:

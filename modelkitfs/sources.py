@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -25,12 +26,12 @@ from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.blobs.configs import CachedConfigs
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.store import CacheStats
-from modelkitfs.errors import NotFound
+from modelkitfs.errors import NotAllowed, NotFound
 from modelkitfs.kit import ModelKit, open_modelkit
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
 from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
-from modelkitfs.registry.layout import kit_storage
+from modelkitfs.registry.layout import LoginChecked, kit_storage
 from modelkitfs.registry.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -112,22 +113,53 @@ class Sources:
         return self.stores[key]
 
     def _source_for(self, target: Reference) -> BlobSource:
-        """kit's local storage first, as kit looks; ``localhost`` refs live only there."""
+        """kit's local storage first, as kit looks; ``localhost`` refs live only there. Local
+        sources only as the options' trust allows (README, Security): a session that serves
+        others reads them only inside the folders the operator listed, and serves a registry's
+        kit from kit's storage only once the registry has served its manifest to its login."""
         if target.is_layout:
-            return from_layout_folder(target.repository)
-        local = from_kit_storage(target.registry, target.repository, target.identifier)
-        if local is not None:
-            return local
+            return from_layout_folder(self._allowed(target.repository, str(target)))
+        storage = kit_storage()
         if target.registry == DEFAULT_REGISTRY:
-            raise NotFound(
-                f"{target} is not in kit's local storage ({kit_storage()}) and names no registry: "
-                "pack or pull it with kit first, or give its registry (registry.example/repo:tag)"
-            )
+            self._allowed(str(storage), str(target))
+        local = (
+            from_kit_storage(target.registry, target.repository, target.identifier)
+            if self._may_read(storage)
+            else None
+        )
+        if target.registry == DEFAULT_REGISTRY:
+            if local is None:
+                raise NotFound(
+                    f"{target} is not in kit's local storage ({storage}) and names no registry: "
+                    "pack or pull it with kit first, or give its registry "
+                    "(registry.example/repo:tag)"
+                )
+            return local
         if target.registry not in self.clients:
             self.clients[target.registry] = RegistryClient(
                 target.registry, self.options.network(target.registry)
             )
-        return self.clients[target.registry]
+        client = self.clients[target.registry]
+        if local is None:
+            return client
+        return local if self.options.allow_local is None else LoginChecked(local, client)
+
+    def _may_read(self, path: str | os.PathLike[str]) -> bool:
+        folders = self.options.allow_local
+        if folders is None:
+            return True
+        real = os.path.realpath(path)
+        return any(os.path.commonpath([folder, real]) == folder for folder in folders)
+
+    def _allowed(self, path: str, reference: str) -> str:
+        """``path``'s real path, if this session may read it."""
+        if not self._may_read(path):
+            raise NotAllowed(
+                f"{reference} is on this machine, outside the folders this service may read: "
+                "name a registry reference, or have the operator add the folder with "
+                "--allow-local"
+            )
+        return os.path.realpath(path)
 
     async def _corrupt(self, digest: str) -> None:
         for handler in self.corrupt_handlers:

@@ -29,6 +29,14 @@ def add(commands: Commands) -> None:
     }
     access_arguments(s, fetches=True)
     daemon_arguments(s)
+    s.add_argument(
+        "--allow-local",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also serve kits from OCI layouts, or kit's local storage, inside this folder "
+        "(repeatable; default none: registries only, see README's Security)",
+    )
     for flag, default, what in (
         ("--tag-ttl", 60.0, "ask the registry again what a tag names after this long"),
         ("--negative-ttl", 30.0, "remember a reference the registry does not know this long"),

@@ -16,7 +16,7 @@ from typing import Any
 from modelkitfs.archive import RawFile, open_layer
 from modelkitfs.archive.layer import RAW_FILE_MODE
 from modelkitfs.blobs import BlobStore
-from modelkitfs.errors import NotAModelKit, SelectionError
+from modelkitfs.errors import NotAllowed, NotAModelKit, SelectionError
 from modelkitfs.kit.filters import Filter, for_referenced_model, selects_kitfile
 from modelkitfs.kit.kitfile import render_kitfile
 from modelkitfs.kit.labels import select_entry
@@ -34,7 +34,7 @@ from modelkitfs.kit.plan import (
     plan_layers,
 )
 from modelkitfs.kit.tree import KitTree, TreeLayer
-from modelkitfs.reference import Reference, parse_reference
+from modelkitfs.reference import DEFAULT_REGISTRY, Reference, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ async def _tree_layers(
     if isinstance(path, str) and is_modelkit_reference(path):
         wanted = for_referenced_model(filters)
         if wanted is not None:
-            ref = parse_reference(path)
+            ref = _named_by(kit.reference, path)
             if str(ref) in chain:
                 cycle = [*chain[chain.index(str(ref)) :], str(ref)]
                 raise SelectionError(f"found cycle in modelkit references: [{'=>'.join(cycle)}]")
@@ -161,6 +161,21 @@ async def _tree_layers(
     for planned in plan_layers(kit.manifest, kit.kitfile, filters):
         layers.append(_tree_layer(kit.store, planned))
     return layers
+
+
+def _named_by(kit: Reference, text: str) -> Reference:
+    """The ModelKit that ``kit``'s ``model.path`` names. Whoever pushed the kit wrote it, so it
+    names a registry reference: never a folder of this machine, and kit's local storage only
+    from a kit that is itself there (README, Security)."""
+    ref = parse_reference(text)
+    if ref.is_layout or (ref.registry == DEFAULT_REGISTRY and kit.registry != DEFAULT_REGISTRY):
+        where = "a folder" if ref.is_layout else "kit's local storage"
+        raise NotAllowed(
+            f"{kit}: its model.path {text!r} names {where} of this machine; a kit's model.path "
+            "may name only a registry reference (registry.example/team/model:v1): ask its "
+            "publisher to push the referenced kit and name it there"
+        )
+    return ref
 
 
 def _tree_layer(store: BlobStore, planned: PlannedLayer) -> TreeLayer:

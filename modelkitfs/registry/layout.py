@@ -26,6 +26,7 @@ from modelkitfs.errors import NotFound, RegistryError
 from modelkitfs.registry.client import FetchStats, Manifest, verify
 from modelkitfs.registry.credentials import kit_home
 from modelkitfs.registry.ranges import Deliver
+from modelkitfs.registry.source import BlobSource, ForwardingSource
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,30 @@ def from_kit_storage(registry: str, repository: str, identifier: str) -> LayoutS
         return None
     log.info("%s/%s:%s is in kit's local storage %s", registry, repository, identifier, storage)
     return source
+
+
+class LoginChecked(ForwardingSource):
+    """kit's local copy of a registry's kit, for a session that serves others (the node
+    service, the CSI plugin): a manifest is served from the copy only once the registry has
+    served it to this session's login, so the copy saves the download, never grants access.
+    What a tag names is the registry's answer, not the copy's."""
+
+    def __init__(self, copy: LayoutSource, registry: BlobSource) -> None:
+        super().__init__(copy)
+        self.copy, self.origin = copy, registry
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        answer = await self.origin.get_manifest(repository, identifier)
+        if self.copy.resolve(answer.digest) is None:
+            raise NotFound(
+                f"{self.copy.label}: the registry names {answer.digest}, which kit's local "
+                f"storage {self.copy.root} does not hold: pull it with kit, or serve it without "
+                "--allow-local for the storage"
+            )
+        return await self.copy.get_manifest(repository, answer.digest)
+
+    async def aclose(self) -> None:
+        pass  # the registry's client belongs to the session, the copy holds nothing open
 
 
 def from_layout_folder(path: str) -> LayoutSource:
