@@ -112,7 +112,8 @@ def test_a_kit_in_kit_local_storage_is_a_folder_too(
     monkeypatch.setenv("KITOPS_HOME", str(home))
     kit = build_modelkit(nested_source, NESTED_KITFILE)
     store_locally(home, "localhost", "nested", "v1", kit)
-    service = Service(tmp_path, tmp_path / "cache")  # started after KITOPS_HOME is set
+    # Started after KITOPS_HOME is set; the node's own files only where the operator says.
+    service = Service(tmp_path, tmp_path / "cache", allow_local=home / "storage")
     try:
         assert os.readlink(service.root / "nested:v1") == f"nested@{kit.digest}"
         assert_same_tree(
