@@ -109,6 +109,7 @@ class Sources:
                 budget=self.budget,
                 verify=self.options.verify,
                 on_corrupt=self._corrupt,
+                timeout=self.options.timeout,
             )
         return self.stores[key]
 

@@ -23,6 +23,7 @@ class BlockClaim(Protocol):
     """Download claims on blocks of one blob: others wait for them rather than download."""
 
     held: set[int]
+    overtaken: set[int]  # held blocks claimed elsewhere too (that claim was held too long)
 
     def release(self, index: int) -> None: ...
 
@@ -67,10 +68,13 @@ class BlockCache(Protocol):
         """Forget every block of ``digest`` (its bytes proved wrong)."""
         ...
 
-    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> BlockClaim | None:
+    def claim_run(
+        self, digest: str, block_size: int, first: int, last: int, overtake: bool = False
+    ) -> BlockClaim | None:
         """Claims on blocks ``first``, ``first + 1``... up to ``last``, stopping at one claimed
         elsewhere or cached; None when block ``first`` is cached; none held while it is
-        claimed elsewhere (the caller waits and asks again)."""
+        claimed elsewhere (the caller waits and asks again). ``overtake``: blocks claimed
+        elsewhere are held too, in ``overtaken`` (stopping at a cached one only)."""
         ...
 
     def pin(self, digest: str, block_size: int, index: int) -> None:

@@ -9,6 +9,9 @@ a reader sees a whole file or none, even if the writer is killed. A temporary na
 id of the process that writes it (``.tmp-<owner>-<random>``); that process holds a lock named
 after the id while it lives, so eviction tells a file whose writer is gone from one being
 written, whatever the clock says (see :mod:`modelkitfs.blobs.locks`).
+
+Files are created 0600 and folders 0700: the cache is its owner's alone. Nobody else reads its
+blocks, learns which blobs it holds, or opens its lock files to stall its downloads (issue 29).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from modelkitfs.buffers import ALIGN, Buffer, aligned, is_aligned
 CHECKSUM = 4  # bytes of checksum after a block's data
 TEMP_PREFIX = ".tmp-"
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
 
 
 def checksum(data: Buffer) -> bytes:
@@ -48,7 +53,20 @@ def temp_owner(name: str) -> str | None:
     return owner if dash and owner.startswith("w") else None
 
 
-def _open_direct(path: Path | str, flags: int, mode: int = 0o600) -> tuple[int, bool]:
+def make_folders(path: Path) -> None:
+    """``path`` and its missing parents, each created ``FOLDER_MODE`` (``Path.mkdir`` gives
+    the parents it makes the default mode)."""
+    try:
+        path.mkdir(FOLDER_MODE)
+    except FileNotFoundError:
+        make_folders(path.parent)
+        make_folders(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def _open_direct(path: Path | str, flags: int, mode: int = FILE_MODE) -> tuple[int, bool]:
     """``path`` opened for direct I/O, or for buffered I/O where the file system has none
     (then True's place says False)."""
     try:
@@ -94,12 +112,12 @@ def write_atomic(path: Path, *parts: Buffer, owner: str) -> None:
     (:func:`aligned`) is written with direct I/O up to its last whole page, by DMA rather than
     copied into the page cache; the rest is written through the page cache, written back
     and dropped (:func:`write_back_and_drop`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     tmp = path.parent / f"{TEMP_PREFIX}{owner}-{secrets.token_hex(4)}"
     if parts and is_aligned(parts[0]):
         fd, direct = _open_direct(tmp, CREATE_FLAGS)
     else:
-        fd, direct = os.open(tmp, CREATE_FLAGS, 0o600), False
+        fd, direct = os.open(tmp, CREATE_FLAGS, FILE_MODE), False
     try:
         rest = list(parts)
         if direct:

@@ -45,6 +45,7 @@ from modelkitfs.blobs.locks import (
     BlockLocks,
     BlockPins,
     ProcessLock,
+    claimed_elsewhere,
     live_processes,
     open_lock_file,
     range_lock,
@@ -219,12 +220,17 @@ class DiskCache:
         """Forget every cached block of ``digest`` (bytes found to be wrong)."""
         shutil.rmtree(self._blob_dir("blocks", digest), ignore_errors=True)
 
-    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> BlockLocks | None:
+    def claim_run(
+        self, digest: str, block_size: int, first: int, last: int, overtake: bool = False
+    ) -> BlockLocks | None:
         """Download locks of blocks ``first``, ``first + 1``... up to ``last``, stopping at
-        the first one that is locked elsewhere (by another process or another claim here) or
-        already cached. None when block ``first`` is cached; no block held while it is locked
-        elsewhere. When the lock file cannot be created (a read-only or full cache) the claim
-        holds the blocks for this process only: nothing would be written for others anyway."""
+        the first one that is claimed elsewhere (write-locked by another process or another
+        claim here) or already cached. None when block ``first`` is cached; no block held
+        while it is claimed elsewhere. ``overtake``: blocks claimed elsewhere are held all the
+        same, without their lock (in ``overtaken``). A block under another's read lock is
+        not claimed (any reader of the lock file can take one): it is held without its lock
+        too. When the lock file cannot be created (a read-only or full cache) the claim holds
+        the blocks for this process only: nothing would be written for others anyway."""
         try:
             fd = open_lock_file(self.lock_path(digest, block_size), os.O_RDWR)
         except OSError as exc:
@@ -234,7 +240,13 @@ class DiskCache:
         whole = fd >= 0 and range_lock(fd, fcntl.F_WRLCK, first, last - first + 1)
         stop = last + 1
         for index in range(first, last + 1):
-            if fd >= 0 and not whole and not range_lock(fd, fcntl.F_WRLCK, index, 1):
+            claimed = (
+                fd >= 0
+                and not whole
+                and not range_lock(fd, fcntl.F_WRLCK, index, 1)
+                and claimed_elsewhere(fd, index)
+            )
+            if claimed and not overtake:
                 stop = index
                 break
             if self.has_block(digest, block_size, index):
@@ -244,6 +256,8 @@ class DiskCache:
                 stop = index
                 break
             locks.held.add(index)
+            if claimed:
+                locks.overtaken.add(index)
         locks.release_from(stop)
         return locks
 

@@ -4,7 +4,12 @@ Blocks go out a range request per run of adjacent ones (up to ``MAX_BLOCKS_PER_R
 and each lands the moment it arrives (:class:`_Arrivals`): its readers wake, it goes to memory
 and to the disk behind them, so that neither a reader's wait nor the memory held grows with
 the size of the request. Before a run is asked for, its blocks are claimed in the cache: a block
-another process is downloading is waited for and then read from disk, never downloaded twice.
+another process is downloading is waited for and then read from disk, rather than downloaded
+twice; but not for longer than ``CLAIM_PATIENCE`` of ``--timeout``, as that process may be
+stopped (Ctrl-Z, SIGSTOP) or stuck: then the claim is overtaken, the blocks downloaded here too,
+and so are that blob's blocks claimed elsewhere while any such claim lasts (issue 29). Two
+downloads of a block beat a failed read, and cost nothing else: block files are written whole,
+under a temporary name, then renamed.
 Of a blob verified before, every block is checked against its hash as it arrives and asked for
 again, with the rest of its run, when wrong (a glitch of a registry or a proxy), up to
 ``DOWNLOAD_ATTEMPTS`` times: wrong bytes are never kept. An answer shorter or longer than the
@@ -48,12 +53,14 @@ FIRST_STREAM_WINDOW = 4
 DOWNLOAD_ATTEMPTS = 3  # of a run whose bytes differ from those verified before
 IN_ORDER_ATTEMPTS = 3  # of a range read in order whose whole-blob answer was not kept
 LOCK_POLL_MAX = 0.1
+CLAIM_PATIENCE = 0.5  # of --timeout: the rest is left for downloading the blocks here
 
 
 class Downloads:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self._streams: dict[str, dict[int, Flight]] = {}  # blobs streamed: flights they land
+        self._overtaking: set[str] = set()  # blobs of which another claim was held too long
 
     async def fetch(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
         """Download reserved blocks and land their flights (those left out: their readers look
@@ -167,16 +174,34 @@ class Downloads:
 
     async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
         """Claims of block ``first`` and of the absent blocks after it up to ``last``, waiting
-        while another process holds the first; None when it turned up in the cache
-        meanwhile."""
+        while another process holds the first, up to ``CLAIM_PATIENCE`` of the timeout, then
+        overtaking its claims; None when the block turned up in the cache meanwhile."""
         store = self.store
+        overtake = digest in self._overtaking
+        started = trio.current_time()
         delay = 0.005
         while True:
             claim = await trio.to_thread.run_sync(
-                store.cache.claim_run, digest, store.block_size, first, last
+                store.cache.claim_run, digest, store.block_size, first, last, overtake
             )
             if claim is None or claim.held:
+                if claim is not None and claim.overtaken and digest not in self._overtaking:
+                    self._overtaking.add(digest)
+                    log.warning(
+                        "blocks %d-%d of blob %s have been claimed by another download for "
+                        "%.1f s (a process using the cache may be stopped or stuck): "
+                        "downloading them here too",
+                        min(claim.overtaken),
+                        max(claim.overtaken),
+                        digest,
+                        trio.current_time() - started,
+                    )
+                elif overtake and claim is not None:
+                    self._overtaking.discard(digest)  # no claim of it is held too long now
                 return claim
+            if trio.current_time() - started >= store.timeout * CLAIM_PATIENCE:
+                overtake = True
+                continue
             await trio.sleep(delay)
             delay = min(delay * 2, LOCK_POLL_MAX)
 

@@ -5,7 +5,12 @@ or on a process cleaning up after itself:
 
 - **Download locks**: a write lock on byte ``i`` of a blob's lock file while a process
   downloads block ``i`` (open file description locks: one call for a run of blocks, no file
-  per block). Others wait for that download instead of repeating it.
+  per block). Others wait for that download instead of repeating it, but not for longer than
+  a read can wait (a holder may be stopped: :mod:`~modelkitfs.blobs.downloads` overtakes it).
+  Only a write lock is a claim: it takes a descriptor open for writing, which only a process
+  that can write the cache gets, whereas any process that can read a lock file could hold a
+  read lock there for ever. Lock files are 0600 in folders 0700, and a process that writes a
+  cache whose ``locks`` folder an earlier version left open to others closes it.
 - **Pins**: a read lock on byte ``PIN_BASE + i`` of the same file while a process holds block
   ``i`` in use (in its memory, being served). Eviction skips pinned blocks. Read locks need a
   read-only descriptor only, so pins never stop a file system from being remounted read-only.
@@ -26,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from modelkitfs.blobs.blockfile import FILE_MODE, FOLDER_MODE, make_folders
+
 PIN_BASE = 1 << 40  # pins live far beyond the download locks of any blob
 RETRY_OPEN_SECONDS = 5.0  # after a lock file could not be opened (a read-only cache, say)
 _FLOCK = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
@@ -44,23 +51,42 @@ def range_lock(fd: int, kind: int, start: int, length: int) -> bool:
     return True
 
 
+def claimed_elsewhere(fd: int, index: int) -> bool:
+    """Whether another holds a write lock on byte ``index`` (a download claim); a read lock
+    there is none (see above)."""
+    probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, index, 1, 0)
+    kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0]
+    return kind == fcntl.F_WRLCK
+
+
 def open_lock_file(path: Path, flags: int) -> int:
     """A descriptor of the lock file at ``path``, created (with its folders) when missing."""
     try:
-        return os.open(path, flags | os.O_CREAT, 0o644)
+        return os.open(path, flags | os.O_CREAT, FILE_MODE)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags | os.O_CREAT, 0o644)
+        make_folders(path.parent)
+        return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+def close_to_others(folder: Path) -> None:
+    """Make ``folder`` its owner's alone, when this process owns it and it is open to others
+    (made by an earlier version)."""
+    with contextlib.suppress(OSError):
+        info = folder.stat()
+        if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            folder.chmod(FOLDER_MODE)
 
 
 class BlockLocks:
     """Download locks held on blocks of one blob; the lock file closes with the last. With
     ``fd`` -1 the claim is only this process's (the lock file could not be created: a
-    read-only or full cache, where nothing is written for others to wait on anyway)."""
+    read-only or full cache, where nothing is written for others to wait on anyway).
+    ``overtaken``: held blocks whose lock another holds (it has held it too long)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.held: set[int] = set()
+        self.overtaken: set[int] = set()
 
     def release(self, index: int) -> None:
         if index in self.held:
@@ -202,6 +228,7 @@ class ProcessLock:
                     new.unlink()
                 raise
             self._fd = fd
+            close_to_others(self.directory.parent)
 
     def release(self) -> None:
         with self._lock:

@@ -88,10 +88,13 @@ class _Claim:
     def __init__(self, owner: MemoryCache, digest: str, block_size: int) -> None:
         self._owner, self._key = owner, (digest, block_size)
         self.held: set[int] = set()
+        self.overtaken: set[int] = set()  # claimed by another, which keeps its claim
 
     def release(self, index: int) -> None:
+        if index in self.held and index not in self.overtaken:
+            self._owner._claimed.get(self._key, set()).discard(index)
         self.held.discard(index)
-        self._owner._claimed.get(self._key, set()).discard(index)
+        self.overtaken.discard(index)
 
     def release_from(self, first: int) -> None:
         for index in [i for i in self.held if i >= first]:
@@ -139,15 +142,18 @@ class MemoryCache:
         for block_size in self._block_sizes.pop(digest, set()):
             self.blocks.forget(f"{digest}/{block_size}")
 
-    def claim_run(self, digest: str, block_size: int, first: int, last: int) -> _Claim | None:
+    def claim_run(
+        self, digest: str, block_size: int, first: int, last: int, overtake: bool = False
+    ) -> _Claim | None:
         if self.cached_blocks(digest, block_size, first, first):
             return None
         claimed = self._claimed.setdefault((digest, block_size), set())
         claim = _Claim(self, digest, block_size)
         for index in range(first, last + 1):
-            if index in claimed or self.cached_blocks(digest, block_size, index, index):
+            elsewhere = index in claimed
+            if (elsewhere and not overtake) or self.cached_blocks(digest, block_size, index, index):
                 break
-            claimed.add(index)
+            (claim.overtaken if elsewhere else claimed).add(index)
             claim.held.add(index)
         return claim
 

@@ -33,6 +33,7 @@ from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import Verifier
 from modelkitfs.blobs.write_behind import WriteBehind
 from modelkitfs.registry.source import BlobSource
+from modelkitfs.registry.transport import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class BlobStore:
         on_corrupt: Callable[[str], Awaitable[None]] | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         memory_bytes: int = MEMORY_CACHE_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.source = source
+        self.timeout = timeout  # seconds a read may take (--timeout)
         self.repository = repository
         self.cache = cache
         self.budget = budget

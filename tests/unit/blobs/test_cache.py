@@ -63,6 +63,25 @@ def test_download_locks_cover_runs_and_exclude_other_claims(tmp_path: Path) -> N
     assert cache.claim_run(DIGEST, 1024, 4, 5).held == {4, 5}
 
 
+def test_the_cache_is_its_owners_alone(tmp_path: Path) -> None:
+    """Issue 29, case 5: lock files were 0644 in folders 0755, so any user could open them
+    and lock what the cache's downloads wait for."""
+    root = tmp_path / "new" / "cache"
+    cache = DiskCache(root)
+    cache.write_block(DIGEST, 1024, 3, b"x" * 1024)
+    cache.write_meta(DIGEST, "tar-index.v1.json", b"{}")
+    claim = cache.claim_run(DIGEST, 1024, 0, 1)
+    assert claim is not None
+    cache.pin("sha256:" + "ef" * 32, 1024, 0)
+    folders = [root.parent, root, *(p for p in root.rglob("*") if p.is_dir())]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {p.relative_to(root).parts[0] for p in files} == {"blocks", "meta", "locks"}
+    assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+    claim.close()
+    cache.pins.close()
+
+
 def test_blocks_of_earlier_versions_with_crc32_are_still_read(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path)
     path = cache.block_path(DIGEST, 1024, 0)

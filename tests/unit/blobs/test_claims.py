@@ -1,11 +1,15 @@
 """Download claims on a cache that cannot be written (issue case 9): a read-only cache, or one
-out of inodes, failed every download on its lock file, although cached blocks read fine."""
+out of inodes, failed every download on its lock file, although cached blocks read fine. And
+what is a claim (issue 29, case 5): a write lock only, and one held too long is overtaken."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from modelkitfs.blobs import DiskCache
+from modelkitfs.blobs.locks import range_lock
 from tests.support.tmpfs import small_fs
 
 DIGEST = "sha256:" + "cd" * 32
@@ -37,3 +41,38 @@ def test_a_cache_out_of_inodes_still_lets_a_download_claim_its_blocks(tmp_path: 
                 break
         locks = cache.claim_run(DIGEST, 1024, 0, 2)
         assert locks is not None and locks.held == {0, 1, 2}
+
+
+def test_a_read_lock_is_not_a_claim(tmp_path: Path) -> None:
+    """Any process that can read a lock file can read-lock it, for ever: a uid 65534 did,
+    and every download of the blob waited on it."""
+    cache = DiskCache(tmp_path)
+    first = cache.claim_run(DIGEST, 1024, 0, 0)  # creates the lock file
+    assert first is not None
+    first.release(0)
+    reader = os.open(cache.lock_path(DIGEST, 1024), os.O_RDONLY)
+    try:
+        assert range_lock(reader, fcntl.F_RDLCK, 0, 4)
+        locks = cache.claim_run(DIGEST, 1024, 0, 5)
+        assert locks is not None and locks.held == set(range(6)) and not locks.overtaken
+        assert cache.claim_run(DIGEST, 1024, 4, 5).held == set()  # 4 and 5 are locked here
+        locks.close()
+    finally:
+        os.close(reader)
+
+
+def test_an_overtaking_claim_takes_blocks_claimed_elsewhere_and_leaves_their_claims(
+    tmp_path: Path,
+) -> None:
+    cache = DiskCache(tmp_path)
+    stopped = cache.claim_run(DIGEST, 1024, 0, 3)  # a process stopped while downloading
+    assert stopped is not None and stopped.held == {0, 1, 2, 3}
+    cache.write_block(DIGEST, 1024, 2, b"c" * 1024)
+    assert cache.claim_run(DIGEST, 1024, 0, 3).held == set()
+    taken = cache.claim_run(DIGEST, 1024, 0, 3, overtake=True)
+    assert taken is not None and taken.held == taken.overtaken == {0, 1}  # to the cached one
+    taken.release(0)
+    taken.release(1)
+    assert cache.claim_run(DIGEST, 1024, 0, 1).held == set()  # still the stopped one's
+    assert cache.claim_run(DIGEST, 1024, 2, 3, overtake=True) is None  # cached
+    stopped.close()

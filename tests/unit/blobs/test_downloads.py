@@ -3,6 +3,8 @@ download be waited for, and one stream per blob from a server that ignores Range
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import trio
@@ -55,6 +57,78 @@ def test_a_block_another_process_downloads_is_waited_for_not_downloaded() -> Non
                 other.release(0)
             assert got == [source.data[:10]]
             assert source.sent == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class Polled(MemoryCache):
+    """A memory cache that fails a reader polling a claim for ever (as one did before)."""
+
+    claims = 0
+
+    def claim_run(self, *args: Any) -> Any:
+        self.claims += 1
+        assert self.claims < 1000, "a reader polls a claim for ever"
+        return super().claim_run(*args)
+
+
+def test_a_claim_held_longer_than_a_read_can_wait_is_overtaken() -> None:
+    """Issue 29, case 5: a process stopped (Ctrl-Z) while it downloads holds its claims for
+    ever; a reader waits for them half its timeout, then downloads the blocks itself, and the
+    blob's other blocks claimed by that process without waiting again."""
+    source = OneBlob(size=8 * BLOCK)
+    cache = Polled()
+    stopped = cache.claim_run(source.digest, BLOCK, 0, 5)  # never released
+    assert stopped is not None and stopped.held == set(range(6))
+
+    async def main() -> None:
+        async with opened(source, cache, timeout=10) as store:
+            start = trio.current_time()
+            got = await store.read(source.digest, source.size, 0, 2 * BLOCK, ahead=False)
+            assert got == source.data[: 2 * BLOCK]
+            waited = trio.current_time() - start
+            assert 5 <= waited < 10  # half the timeout, and the read was served within it
+            later = await store.read(source.digest, source.size, 4 * BLOCK, BLOCK, ahead=False)
+            assert later == source.data[4 * BLOCK : 5 * BLOCK]
+            assert trio.current_time() - start == waited  # no second wait
+            await store.flush()
+            assert cache.cached_blocks(source.digest, BLOCK, 0, 7) == {0, 1, 4}
+            assert source.sent == 3 * BLOCK  # each block downloaded once here
+        assert stopped.held == set(range(6))  # the stopped process's claims are its own
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_once_no_claim_is_held_too_long_claims_are_waited_for_again() -> None:
+    """Overtaking lasts while the blob's claims held too long do: a claim found fresh
+    afterwards is waited for, and its block read from the cache, not downloaded."""
+    source = OneBlob(size=8 * BLOCK)
+    cache = MemoryCache()
+    stopped = cache.claim_run(source.digest, BLOCK, 0, 0)
+    assert stopped is not None
+
+    async def main() -> None:
+        async with opened(source, cache, timeout=10) as store:
+            assert await store.read(source.digest, source.size, 0, 10, ahead=False)
+            stopped.release(0)  # the stopped process was killed
+            assert await store.read(source.digest, source.size, BLOCK, 10, ahead=False)
+            other = cache.claim_run(source.digest, BLOCK, 2, 2)  # a healthy download
+            assert other is not None and other.held == {2}
+            async with trio.open_nursery() as nursery:
+                got: list[bytes] = []
+
+                async def reader() -> None:
+                    got.append(
+                        await store.read(source.digest, source.size, 2 * BLOCK, 10, ahead=False)
+                    )
+
+                nursery.start_soon(reader, name="reader")
+                await trio.sleep(1)
+                assert not got  # waited for, not overtaken at once
+                cache.write_block(source.digest, BLOCK, 2, source.data[2 * BLOCK : 3 * BLOCK])
+                other.release(2)
+            assert got == [source.data[2 * BLOCK : 2 * BLOCK + 10]]
+            assert source.sent == 2 * BLOCK  # blocks 0 and 1 only
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -1,4 +1,5 @@
-"""Pins and process locks of the shared cache (issue cases 10, 11 and 13)."""
+"""Pins and process locks of the shared cache (issue cases 10, 11 and 13), and who may open
+them (issue 29, case 5)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,12 @@ def test_a_process_lock_tells_a_live_process_from_a_dead_one(tmp_path: Path) -> 
     assert cache.other_processes() == []
     cache.process.release()
     assert not process_alive(tmp_path, owner)
+
+
+def test_a_locks_folder_an_earlier_version_left_open_is_closed_by_a_writer(tmp_path: Path) -> None:
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks").chmod(0o755)
+    cache = DiskCache(tmp_path)
+    cache.write_block(DIGEST, 1024, 0, b"x" * 1024)
+    assert (tmp_path / "locks").stat().st_mode & 0o777 == 0o700
+    cache.process.release()
