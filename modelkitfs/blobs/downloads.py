@@ -189,8 +189,8 @@ class Downloads:
                     self._overtaking.add(digest)
                     log.warning(
                         "blocks %d-%d of blob %s have been claimed by another download for "
-                        "%.1f s (a process using the cache may be stopped or stuck): "
-                        "downloading them here too",
+                        "%.1f s (a process using the cache may be stopped or stuck: resume or "
+                        "end it): downloading them here too",
                         min(claim.overtaken),
                         max(claim.overtaken),
                         digest,
