@@ -37,6 +37,7 @@ from modelkitfs.errors import MountError
 from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
+from modelkitfs.registry.credentials import pair_registry
 from modelkitfs.serve import SERVICE, serve_kits
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,11 @@ def mount(
     :class:`~modelkitfs.errors.ModelKitFSError` with nothing left mounted. ``overrides`` are
     :class:`MountOptions` fields (``plain_http=True``, ``cache_dir=...``, ``filters=[...]``);
     ``environment`` adds variables to the daemon's environment (credentials such as
-    ``MODELKITFS_USERNAME``/``MODELKITFS_PASSWORD``, kept off its command line)."""
+    ``MODELKITFS_AUTH_CONFIG``, kept off its command line). ``$MODELKITFS_USERNAME`` and
+    ``$MODELKITFS_PASSWORD`` are for the registry of ``reference`` alone, unless
+    ``$MODELKITFS_REGISTRY`` names another."""
     options = merged_options(options, overrides)
+    environment = {**pair_registry(reference), **(environment or {})}
     temporary = mountpoint is None
     if mountpoint is None:
         mountpoint = tempfile.mkdtemp(prefix="modelkitfs-")

@@ -22,6 +22,7 @@ from modelkitfs.cli.output import (
     stdout_closed,
 )
 from modelkitfs.cli.parser import Commands, Parser, join_dashed_values
+from modelkitfs.registry.credentials import pair_registry
 
 MODULES = (mount, serve, prefetch, inspect, ls, read, kits, cache, completion)
 OVERVIEW = ("mount", "inspect", "ls", "cat", "umount", "prefetch", "cache")
@@ -46,7 +47,9 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_dashed_values(parser, sys.argv[1:] if argv is None else argv))
-    if not (args.command in ("mount", "serve") and args.foreground):
+    if "reference" in args:  # $MODELKITFS_USERNAME/PASSWORD are for this kit's registry alone
+        os.environ.update(pair_registry(args.reference))
+    if not getattr(args, "foreground", False):  # a daemon in the foreground (csi) logs itself
         show_warnings()
     try:
         args.run(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from modelkitfs import csi
 from modelkitfs.cli.output import patience
 from modelkitfs.cli.parser import Commands, access_arguments, daemon_arguments, options_from
 from modelkitfs.mount import serve
@@ -58,10 +59,9 @@ def add(commands: Commands) -> None:
         "declare kits as ephemeral inline volumes (deploy/kubernetes/).",
         """
   modelkitfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)""",
-        add_help=False,
     )
-    c.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    c.set_defaults(run=run_csi)
+    csi.add_arguments(c)  # the plugin's own, parsed here as any command's
+    c.set_defaults(run=run_csi, foreground=True)  # it logs everything itself
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -75,6 +75,4 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def run_csi(args: argparse.Namespace) -> None:
-    from modelkitfs.csi import main  # grpc only for those who run the plugin
-
-    raise SystemExit(main(args.arguments))
+    raise SystemExit(csi.run(args))  # gRPC loads only now

@@ -67,12 +67,13 @@ def bind_read_only(source: str, target: str) -> None:
 
 def unmount(target: str) -> None:
     """Take whatever is mounted at ``target`` off it; if it is busy, detach it now (what holds
-    it keeps it until let go). Nothing mounted there is no error."""
+    it keeps it until let go). Nothing mounted there, or no ``target``, is no error. Nothing
+    mounted is asked anything (a FUSE daemon that is stopped does not hold this up)."""
     path = os.fsencode(target)
     if _libc.umount2(path, 0) == 0:
         return
     code = ctypes.get_errno()
-    if code == errno.EINVAL:  # not a mount point
+    if code in (errno.EINVAL, errno.ENOENT):  # not a mount point, or nothing there at all
         return
     if code == errno.EBUSY or code in DEAD:
         _check(_libc.umount2(path, MNT_DETACH), f"detaching {target}")

@@ -5,13 +5,17 @@ plugin only uses it. Otherwise it starts one daemon of its own on ``STATE/kits``
 of its own so that it outlives a restart of the plugin: a restarted plugin finds it serving and
 keeps using it (the pods' bind mounts point into it), and starts a new one only when it is gone.
 A kit idle under a pod's bind mount is unloaded like any other: the service keeps its inode
-numbers and builds its tree again when the pod reads on.
+numbers and builds its tree again when the pod reads on. Whether it answers is asked of the
+daemon itself (``statfs``: the kernel caches a folder's attributes, never that), with a
+deadline (:mod:`.calls`): a stopped daemon is one that does not answer, never one that hangs
+the plugin.
 ``python -m modelkitfs.csi.node_service`` is that daemon: settings as one JSON line on standard
 input, ``ready`` on standard output once the root is mounted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,12 +28,14 @@ from functools import partial
 from pathlib import Path
 
 from modelkitfs.csi.binds import Target, state, unmount
+from modelkitfs.csi.calls import Calls, NoAnswer
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.options import MountOptions
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 120.0
+ANSWER_TIMEOUT = 5.0  # seconds the daemon has to answer whether it serves
 ENTRY = "modelkitfs.csi.node_service"
 
 
@@ -40,25 +46,43 @@ class NodeService:
         self.options = options
         self.log_path = log_path
         self._lock = threading.Lock()
+        self._calls = Calls()
 
     @property
     def owned(self) -> bool:
         return self.options is not None
 
+    def status(self) -> Target:
+        """What the root is now; :class:`NoAnswer` when its daemon does not say in time."""
+        try:
+            return self._calls.run(
+                ANSWER_TIMEOUT,
+                f"the node service at {self.root}",
+                lambda _: _ask(self.root),
+                key=self.root,
+            )
+        except NoAnswer as exc:
+            where = f"its log {self.log_path}" if self.log_path else "its container's log"
+            raise NoAnswer(f"{exc}: see whether its process is stopped, and {where}") from None
+
     def alive(self) -> bool:
-        return state(self.root) is Target.MOUNTED
+        try:
+            return self.status() is Target.MOUNTED
+        except NoAnswer:
+            return False
 
     def ensure(self) -> None:
         """Make sure the root is served: start the daemon when it is this plugin's to start."""
         with self._lock:
-            if self.alive():
+            now = self.status()
+            if now is Target.MOUNTED:
                 return
             if not self.owned:
                 raise MountError(
                     f"the node service at {self.root} is not running: start 'modelkitfs serve "
                     f"{self.root}' (the DaemonSet's node-service container)"
                 )
-            if state(self.root) is Target.DEAD:
+            if now is Target.DEAD:
                 log.warning("the node service at %s had stopped: starting it again", self.root)
                 unmount(self.root)
             os.makedirs(self.root, exist_ok=True)
@@ -99,6 +123,12 @@ class NodeService:
         """Stop the daemon this plugin started (for tests and uninstall; never at exit)."""
         if self.owned and state(self.root) in (Target.MOUNTED, Target.DEAD):
             unmount(self.root)
+
+
+def _ask(root: str) -> Target:
+    with contextlib.suppress(OSError):  # a dead daemon's mount, or none: state() says which
+        os.statvfs(root)  # the daemon answers this itself, never the kernel's caches
+    return state(root)
 
 
 def main() -> int:

@@ -1,5 +1,7 @@
-"""The CSI plugin's gRPC side: the Identity and Node services over :class:`Volumes`, and its
-command line. Requests are logged by volume and target, never with their secrets."""
+"""The CSI plugin's gRPC side: the Identity and Node services over :class:`Volumes`, served on
+a unix socket. Requests are logged by volume and target, never with their secrets. A publish or
+unpublish answers before its caller's deadline (kubelet's), whatever the node service does, and
+``Probe`` is ready only while the node service answers: no worker waits on it unbounded."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,7 @@ from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.protocol import messages, services
 from modelkitfs.csi.records import Records
-from modelkitfs.csi.volumes import VolumeError, Volumes, code_of
+from modelkitfs.csi.volumes import CALL_TIMEOUT, VolumeError, Volumes, code_of
 from modelkitfs.daemon import configure_logging
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import MountOptions
@@ -28,9 +29,9 @@ from modelkitfs.options import MountOptions
 log = logging.getLogger("modelkitfs.csi")
 
 PLUGIN_NAME = "modelkitfs.csi.kitops.org"
-DEFAULT_STATE_DIR = "/var/lib/modelkitfs-csi"
 WORKERS = 8
 STOP_GRACE = 5.0
+MARGIN = 1.0  # seconds before the caller's deadline that an answer is sent
 
 
 def _fail(context: grpc.ServicerContext, error: ModelKitFSError) -> NoReturn:
@@ -80,6 +81,7 @@ class Node(services.NodeServicer):
                 request.target_path,
                 dict(request.volume_context),
                 dict(request.secrets),
+                _seconds(context),
             )
         except ModelKitFSError as exc:
             _fail(context, exc)
@@ -90,7 +92,7 @@ class Node(services.NodeServicer):
     def NodeUnpublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
         log.debug("unpublish %s from %s", request.volume_id, request.target_path)
         try:
-            self.volumes.unpublish(request.volume_id, request.target_path)
+            self.volumes.unpublish(request.volume_id, request.target_path, _seconds(context))
         except ModelKitFSError as exc:
             _fail(context, exc)
         except OSError as exc:
@@ -98,31 +100,12 @@ class Node(services.NodeServicer):
         return messages.NodeUnpublishVolumeResponse()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="modelkitfs csi",
-        description="Kubernetes CSI node plugin: a kit as a pod's ephemeral inline volume.",
-    )
-    p.add_argument("--endpoint", required=True, help="where to listen: unix:///csi/csi.sock")
-    p.add_argument("--node-id", required=True, help="this node's name (spec.nodeName)")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="records of the volumes")
-    p.add_argument(
-        "--serve-root",
-        help="the root of a running 'modelkitfs serve' to bind shared volumes from "
-        "(default: start one on STATE_DIR/kits)",
-    )
-    p.add_argument("--cache-dir", help="the shared cache (default as for mount)")
-    p.add_argument("--cache-max-size", help="evict beyond this (500M, 20G)")
-    p.add_argument("--plain-http", action="store_true", help="plain HTTP to registries")
-    p.add_argument("--tls-verify", default="true", choices=["true", "false"])
-    p.add_argument("--tls-cert", help="also trust these CAs")
-    p.add_argument("--cert", help="client certificate")
-    p.add_argument("--key", help="client certificate's key")
-    p.add_argument("--proxy", help="HTTP(S) proxy")
-    p.add_argument("--mirror", action="append", default=[], help="mirror to try first")
-    p.add_argument("--timeout", type=float, default=MountOptions().timeout, help="seconds")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p
+def _seconds(context: grpc.ServicerContext) -> float:
+    """How long a call may take: until just before its caller gives up."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return CALL_TIMEOUT
+    return min(CALL_TIMEOUT, max(remaining - MARGIN, remaining / 2))
 
 
 def _socket_path(endpoint: str) -> str:
@@ -134,8 +117,9 @@ def _socket_path(endpoint: str) -> str:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = parser().parse_args(argv)
+def serve(arguments: argparse.Namespace) -> int:
+    """Serve the plugin's gRPC services with ``arguments`` (:func:`modelkitfs.csi.add_arguments`)
+    until SIGTERM or SIGINT."""
     configure_logging(arguments.log_level)
     try:
         socket_path = _socket_path(arguments.endpoint)
@@ -170,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModelKitFSError as exc:  # publish tries again; Probe says not ready meanwhile
             log.error("%s", exc)
     volumes = Volumes(Records(state / "volumes"), service, options)
-    volumes.recover()
+    threading.Thread(target=volumes.recover, name="recover", daemon=True).start()  # may hang
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
     services.add_IdentityServicer_to_server(Identity(service), server)
     services.add_NodeServicer_to_server(Node(volumes, arguments.node_id), server)

@@ -3,9 +3,11 @@
 A pod's inline volume names the kit in ``volumeAttributes`` (``reference``, and optionally
 ``filter``, ``label``, ``plainHTTP``, ``timeout``), which kubelet passes as the request's
 ``volume_context`` beside the pod's own keys (``csi.storage.k8s.io/...``); its
-``nodePublishSecretRef`` arrives as ``secrets``: ``username``/``password``, or a
-``.dockerconfigjson`` as in an image pull secret. Anything malformed is an
-:class:`InvalidVolume` whose message says which attribute and what to write instead.
+``nodePublishSecretRef`` arrives as ``secrets``: ``username``/``password`` (for the kit's
+registry), or a ``.dockerconfigjson`` as in an image pull secret, kept whole as a :class:`Login`
+whose entries each go to their own host only (a ``model.path`` on another registry gets that
+registry's entry, or none). Anything malformed is an :class:`InvalidVolume` whose message says
+which attribute and what to write instead.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Any
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import parse_filters, parse_labels
 from modelkitfs.reference import DEFAULT_REGISTRY, is_registry, parse_reference
-from modelkitfs.registry.credentials import Credential, from_auths
+from modelkitfs.registry.credentials import AUTH_CONFIG, Credential, from_auths
 
 POD_PREFIX = "csi.storage.k8s.io/"
 ATTRIBUTES = ("reference", "filter", "label", "plainHTTP", "timeout")
 FILTER_SEPARATOR = ";"  # kit's filter syntax has commas of its own: filters are split on this
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
+SECRET = "the volume's nodePublishSecretRef"
 
 
 class InvalidVolume(ModelKitFSError):
@@ -44,10 +47,28 @@ class VolumeSpec:
         return asdict(self)
 
 
+@dataclass(frozen=True, repr=False)
+class Login:
+    """A volume's credentials: Docker config ``auths``, each entry for its own host."""
+
+    auths: dict[str, Any]
+
+    def credential(self, host: str) -> Credential | None:
+        """The entry for ``host`` (``host[:port]``), if any: never another host's."""
+        return from_auths({"auths": self.auths}, host, SECRET)
+
+    def environment(self) -> dict[str, str]:
+        """For a daemon's environment (never its command line): these and no other."""
+        return {AUTH_CONFIG: json.dumps({"auths": self.auths})}
+
+    def __repr__(self) -> str:
+        return f"Login({sorted(self.auths)})"
+
+
 def parse_volume(
     context: dict[str, str], secrets: dict[str, str]
-) -> tuple[VolumeSpec, Credential | None, dict[str, str]]:
-    """The spec, the credential for the kit's registry, and the pod's keys of ``context``."""
+) -> tuple[VolumeSpec, Login | None, dict[str, str]]:
+    """The spec, the secrets' credentials, and the pod's keys of ``context``."""
     pod = {k.removeprefix(POD_PREFIX): v for k, v in context.items() if k.startswith(POD_PREFIX)}
     unknown = sorted(k for k in context if not k.startswith(POD_PREFIX) and k not in ATTRIBUTES)
     if unknown:
@@ -81,16 +102,16 @@ def parse_volume(
         parse_labels(labels)
     except ModelKitFSError as exc:
         raise InvalidVolume(f"volume attribute 'filter' or 'label': {exc}") from None
-    credential = _credential(secrets, reference.registry)
+    login = _login(secrets, reference.registry)
     spec = VolumeSpec(
         reference=text,
         filters=filters,
         labels=labels,
         plain_http=_boolean(context, "plainHTTP"),
         timeout=_seconds(context, "timeout"),
-        credentials=credential is not None,
+        credentials=login is not None,
     )
-    return spec, credential, pod
+    return spec, login, pod
 
 
 def service_path(reference: str) -> str:
@@ -126,33 +147,35 @@ def _seconds(context: dict[str, str], key: str) -> float | None:
     return value
 
 
-def _credential(secrets: dict[str, str], registry: str) -> Credential | None:
-    """The credential the secrets hold for ``registry``; their values are never in a message."""
+def _login(secrets: dict[str, str], registry: str) -> Login | None:
+    """The credentials the secrets hold (none when they hold no entry); their values are never
+    in a message. ``username``/``password`` are for the kit's ``registry``."""
     if not secrets:
         return None
-    source = "the volume's nodePublishSecretRef"
     if DOCKER_CONFIG_KEY in secrets:
         try:
             document = json.loads(secrets[DOCKER_CONFIG_KEY])
         except ValueError:
             document = None
-        if not isinstance(document, dict):
+        auths = document.get("auths") if isinstance(document, dict) else None
+        if not isinstance(auths, dict):
             raise InvalidVolume(
-                f"{source}: {DOCKER_CONFIG_KEY} is not a JSON object: use a secret of type "
-                "kubernetes.io/dockerconfigjson"
+                f"{SECRET}: {DOCKER_CONFIG_KEY} is not a JSON object with 'auths': use a secret "
+                "of type kubernetes.io/dockerconfigjson"
             )
-        found = from_auths(document, registry, source)
+        login = Login(auths)
+        found = login.credential(registry)
         if found is not None and found.identity_token:
             raise InvalidVolume(
-                f"{source}: the entry for {registry} holds an identity token: give a username "
+                f"{SECRET}: the entry for {registry} holds an identity token: give a username "
                 "and password (or a token as the password) instead"
             )
-        return found
+        return login if auths else None
     if "username" in secrets or "password" in secrets:
         if not secrets.get("username") or "password" not in secrets:
-            raise InvalidVolume(f"{source}: give both 'username' and 'password'")
-        return Credential(secrets["username"], secrets["password"], source)
+            raise InvalidVolume(f"{SECRET}: give both 'username' and 'password'")
+        return Login({registry: {"username": secrets["username"], "password": secrets["password"]}})
     raise InvalidVolume(
-        f"{source} holds neither 'username'/'password' nor {DOCKER_CONFIG_KEY}: "
+        f"{SECRET} holds neither 'username'/'password' nor {DOCKER_CONFIG_KEY}: "
         "put the registry's credentials under those keys"
     )

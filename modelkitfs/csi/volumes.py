@@ -5,9 +5,13 @@ credentials of its own, the plugin's own plain-HTTP and timeout settings) is the
 kit folder bound read-only at the target: the tag resolved once, the bind pinned to the
 digest, so a moved tag never changes a running pod's files. Any other volume is a ``mount`` of
 its own at the target, over the same cache, with the secrets' credentials given to its daemon
-in its environment (never its command line or a file).
+in its environment (never its command line or a file), each entry for its own host only.
 
-Every failure is a :class:`VolumeError` carrying the gRPC status code the CSI spec asks for.
+A publish or an unpublish runs in a thread of its own (:mod:`.calls`) and answers within its
+deadline, whatever the node service does: one that ends after its caller gave up undoes what it
+mounted. Unpublishing never looks into the folder it takes off (a stopped node service would
+not answer). Every failure is a :class:`VolumeError` carrying the gRPC status code the CSI spec
+asks for.
 """
 
 from __future__ import annotations
@@ -18,13 +22,21 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from functools import partial
 
 import trio
 
 from modelkitfs.csi.binds import Target, bind_read_only, state, unmount
+from modelkitfs.csi.calls import Call, Calls, NoAnswer
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.records import OWN, SHARED, Record, Records
-from modelkitfs.csi.volume_spec import InvalidVolume, VolumeSpec, parse_volume, service_path
+from modelkitfs.csi.volume_spec import (
+    InvalidVolume,
+    Login,
+    VolumeSpec,
+    parse_volume,
+    service_path,
+)
 from modelkitfs.errors import (
     AuthenticationError,
     InvalidFilter,
@@ -39,11 +51,12 @@ from modelkitfs.mount import mount
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
-from modelkitfs.registry.credentials import Credential, find_credential
+from modelkitfs.registry.credentials import find_credential
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 10.0  # seconds the registry is given to say why a kit could not be shown
+CALL_TIMEOUT = 180.0  # seconds a publish or unpublish may take when its caller sets no deadline
 ERRNO_CODES = {
     errno.ENOENT: "NOT_FOUND",
     errno.EACCES: "PERMISSION_DENIED",
@@ -78,6 +91,7 @@ class Volumes:
         self.options = options
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.calls = Calls()
 
     @contextlib.contextmanager
     def _locked(self, target: str) -> Iterator[None]:
@@ -106,12 +120,39 @@ class Volumes:
         target: str,
         context: dict[str, str],
         secrets: dict[str, str],
+        seconds: float = CALL_TIMEOUT,
     ) -> None:
         if not volume_id or not target:
             raise VolumeError("INVALID_ARGUMENT", "the request needs a volume_id and a target_path")
         if not os.path.isabs(target):
             raise VolumeError("INVALID_ARGUMENT", f"target_path {target!r} is not absolute")
-        spec, credential, pod = parse_volume(context, secrets)
+        spec, login, pod = parse_volume(context, secrets)
+        work = partial(self._publish, volume_id, target, spec, login, pod)
+        try:
+            how = self.calls.run(seconds, f"publishing {spec.reference} at {target}", work)
+        except NoAnswer as exc:
+            raise VolumeError(
+                "DEADLINE_EXCEEDED", f"{exc}: what it mounts later is undone; try again"
+            ) from None
+        log.info(
+            "published %s (%s) at %s for pod %s/%s",
+            spec.reference,
+            how,
+            target,
+            pod.get("pod.namespace", "?"),
+            pod.get("pod.name", "?"),
+        )
+
+    def _publish(
+        self,
+        volume_id: str,
+        target: str,
+        spec: VolumeSpec,
+        login: Login | None,
+        pod: dict[str, str],
+        call: Call[str],
+    ) -> str:
+        """How the volume is published, once it is (in a thread of ``call``'s)."""
         with self._locked(target):
             existing = self.records.get(target)
             now = state(target)
@@ -123,7 +164,7 @@ class Volumes:
                         f"{existing.spec['reference']}, with other attributes: unpublish it first",
                     )
                 if now is Target.MOUNTED:
-                    return  # published already: the same call again succeeds
+                    return existing.how  # published already: the same call again succeeds
                 if now is Target.DEAD:
                     unmount(target)
             elif now in (Target.MOUNTED, Target.DEAD):
@@ -133,24 +174,20 @@ class Volumes:
             os.makedirs(target, exist_ok=True)
             record = Record(volume_id, target, spec.as_dict(), OWN, pod=pod)
             if self._shares(spec):
-                record.how, record.source = SHARED, self._kit_folder(spec, credential)
+                record.how, record.source = SHARED, self._kit_folder(spec, login)
             self.records.put(record)  # before mounting: a crash in between is redone
             try:
                 if record.how == SHARED:
                     bind_read_only(record.source, target)
                 else:
-                    self._mount_own(spec, credential, target)
+                    self._mount_own(spec, login, target)
             except BaseException:
                 self.records.delete(target)
                 raise
-        log.info(
-            "published %s (%s) at %s for pod %s/%s",
-            spec.reference,
-            record.how,
-            target,
-            pod.get("pod.namespace", "?"),
-            pod.get("pod.name", "?"),
-        )
+            if not call.keep():
+                log.warning("%s ended after its caller gave up: undone", call.what)
+                self._take_off(target)
+            return record.how
 
     def _shares(self, spec: VolumeSpec) -> bool:
         return (
@@ -171,7 +208,7 @@ class Volumes:
             prefetch="none",
         )
 
-    def _kit_folder(self, spec: VolumeSpec, credential: Credential | None) -> str:
+    def _kit_folder(self, spec: VolumeSpec, login: Login | None) -> str:
         """The node service's folder of the kit, pinned by digest; looking it up loads the kit
         (its manifest and config, nothing more)."""
         try:
@@ -185,7 +222,7 @@ class Volumes:
             code = ERRNO_CODES.get(exc.errno or 0, "UNAVAILABLE")
             raise self._diagnosed(
                 spec,
-                credential,
+                login,
                 VolumeError(code, f"the node service cannot show {spec.reference}: {exc.strerror}"),
             ) from None
         folder = os.path.realpath(path)
@@ -196,19 +233,15 @@ class Volumes:
             )
         return folder
 
-    def _mount_own(self, spec: VolumeSpec, credential: Credential | None, target: str) -> None:
-        environment = (
-            {"MODELKITFS_USERNAME": credential.username, "MODELKITFS_PASSWORD": credential.secret}
-            if credential is not None
-            else None
-        )
+    def _mount_own(self, spec: VolumeSpec, login: Login | None, target: str) -> None:
+        environment = login.environment() if login is not None else None
         try:
             mount(spec.reference, target, self._volume_options(spec), environment=environment)
         except ModelKitFSError as exc:
-            raise self._diagnosed(spec, credential, exc) from None
+            raise self._diagnosed(spec, login, exc) from None
 
     def _diagnosed(
-        self, spec: VolumeSpec, credential: Credential | None, error: ModelKitFSError
+        self, spec: VolumeSpec, login: Login | None, error: ModelKitFSError
     ) -> VolumeError:
         """Why the kit could not be shown, as the registry tells it when asked for the
         manifest once more (a daemon reports only its message); else ``error`` itself."""
@@ -217,11 +250,11 @@ class Volumes:
             options = self._volume_options(spec)
             options = options.replace(timeout=min(options.timeout, PROBE_TIMEOUT))
             found = _probe(
-                reference.registry, reference.repository, reference.identifier, options, credential
+                reference.registry, reference.repository, reference.identifier, options, login
             )
             if found is not None:
                 code = code_of(found)
-                if code == "PERMISSION_DENIED" and credential is None:
+                if code == "PERMISSION_DENIED" and login is None:
                     return VolumeError(
                         code,
                         f"{spec.reference}: registry {reference.registry} requires login: give "
@@ -233,21 +266,32 @@ class Volumes:
 
     # --- unpublish --------------------------------------------------------------------------
 
-    def unpublish(self, volume_id: str, target: str) -> None:
+    def unpublish(self, volume_id: str, target: str, seconds: float = CALL_TIMEOUT) -> None:
         if not volume_id or not target:
             raise VolumeError("INVALID_ARGUMENT", "the request needs a volume_id and a target_path")
+        work = partial(self._unpublish, volume_id, target)
+        try:
+            self.calls.run(seconds, f"unpublishing {target}", work)
+        except NoAnswer as exc:
+            raise VolumeError("DEADLINE_EXCEEDED", f"{exc}; try again") from None
+        log.info("unpublished volume %s from %s", volume_id, target)
+
+    def _unpublish(self, volume_id: str, target: str, call: Call[None]) -> None:
         with self._locked(target):
             record = self.records.get(target)
             if record is not None and record.volume_id != volume_id:
                 raise VolumeError(
                     "NOT_FOUND", f"{target} holds volume {record.volume_id}, not {volume_id}"
                 )
-            if state(target) in (Target.MOUNTED, Target.DEAD):
-                unmount(target)
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(target)
-            self.records.delete(target)
-        log.info("unpublished volume %s from %s", volume_id, target)
+            self._take_off(target)
+
+    def _take_off(self, target: str) -> None:
+        """Unmount ``target`` (without a look inside: its server may not answer), remove the
+        folder and the record."""
+        unmount(target)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(target)
+        self.records.delete(target)
 
 
 def _probe(
@@ -255,7 +299,7 @@ def _probe(
     repository: str,
     identifier: str,
     options: MountOptions,
-    credential: Credential | None,
+    login: Login | None,
 ) -> ModelKitFSError | None:
     """What the registry answers for the manifest: None when it serves it."""
 
@@ -263,7 +307,7 @@ def _probe(
         client = RegistryClient(
             registry,
             options.network(registry),
-            credentials=(lambda _: credential) if credential is not None else find_credential,
+            credentials=login.credential if login is not None else find_credential,
         )
         try:
             await client.get_manifest(repository, identifier)

@@ -1,6 +1,11 @@
-"""Registry credentials, found where kit finds them.
+"""Registry credentials, found where kit finds them, each for its own host only.
 
-In order: ``$MODELKITFS_USERNAME``/``$MODELKITFS_PASSWORD`` (for CI), kit's own
+``$MODELKITFS_AUTH_CONFIG``, when set, is a Docker config document (JSON, as a Kubernetes pull
+secret's ``.dockerconfigjson``): its ``auths`` are then the only credentials, looked up by host
+(the CSI plugin gives a volume's secret to its daemon so). Otherwise, in order:
+``$MODELKITFS_USERNAME``/``$MODELKITFS_PASSWORD`` (for CI), for the one registry
+``$MODELKITFS_REGISTRY`` names (the command line sets it from the kit's reference) and no other
+host, not a kit's ``model.path`` elsewhere nor a mirror; kit's own
 ``<kit home>/credentials.json`` (what ``kit login`` writes), then Docker's config
 (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``). Both files use Docker's format:
 ``auths.<host>.auth`` (base64 ``user:password``) or ``identitytoken``, ``credHelpers.<host>`` and
@@ -19,11 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelkitfs.errors import InvalidReference
+from modelkitfs.reference import parse_reference
+
 log = logging.getLogger(__name__)
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 HELPER_TIMEOUT = 30.0
+USERNAME, PASSWORD = "MODELKITFS_USERNAME", "MODELKITFS_PASSWORD"
+REGISTRY = "MODELKITFS_REGISTRY"  # the one host the pair above is for
+AUTH_CONFIG = "MODELKITFS_AUTH_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,43 @@ def config_files() -> list[Path]:
 
 def find_credential(registry: str) -> Credential | None:
     """Credentials for ``registry`` (``host[:port]``), or None to go anonymous."""
-    username = os.environ.get("MODELKITFS_USERNAME")
-    password = os.environ.get("MODELKITFS_PASSWORD")
-    if username and password is not None:
-        return Credential(username, password, "$MODELKITFS_USERNAME/$MODELKITFS_PASSWORD")
+    given = os.environ.get(AUTH_CONFIG)
+    if given is not None:  # the only credentials there are
+        return from_auths(_document(given), registry, f"${AUTH_CONFIG}")
+    username, password = os.environ.get(USERNAME), os.environ.get(PASSWORD)
+    if username and password is not None and _is_pair_registry(registry):
+        return Credential(username, password, f"${USERNAME}/${PASSWORD}")
     for path in config_files():
         config = _load(path)
         if config is not None and (found := _from_config(config, registry, path)) is not None:
             return found
     return None
+
+
+def _is_pair_registry(registry: str) -> bool:
+    return _normalize(os.environ.get(REGISTRY, "")) in _keys(registry)
+
+
+def _document(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        log.warning("ignoring $%s: it is not a JSON object", AUTH_CONFIG)
+        return {}
+    return document
+
+
+def pair_registry(reference: str) -> dict[str, str]:
+    """``{"MODELKITFS_REGISTRY": the registry of reference}`` when the credential pair is set
+    without it, for the environment of a command or daemon given ``reference``; else none."""
+    if not os.environ.get(USERNAME) or REGISTRY in os.environ:
+        return {}
+    try:
+        return {REGISTRY: parse_reference(reference).registry}
+    except InvalidReference:
+        return {}  # refused with its reason where the reference is used
 
 
 def from_auths(document: dict[str, Any], registry: str, source: str) -> Credential | None:

@@ -46,8 +46,8 @@ class Plugin:
         self.start()
 
     def start(self) -> None:
-        command = [
-            *(sys.executable, "-m", "modelkitfs.csi"),
+        command = [  # as README gives it: 'modelkitfs csi ...'
+            *(sys.executable, "-m", "modelkitfs.cli", "csi"),
             *("--endpoint", f"unix://{self.socket}", "--node-id", NODE),
             *("--state-dir", str(self.state), "--cache-dir", str(self.cache)),
             *("--plain-http", "--timeout", "10", "--log-level", "debug"),

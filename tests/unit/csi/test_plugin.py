@@ -1,4 +1,5 @@
-"""The plugin's command line: what it refuses before serving."""
+"""The plugin's command line, as README and --help give it, what it refuses before serving,
+and how long it gives a call."""
 
 from __future__ import annotations
 
@@ -6,8 +7,33 @@ from pathlib import Path
 
 import pytest
 
+from modelkitfs.cli import build_parser
+from modelkitfs.cli.serve import run_csi
 from modelkitfs.csi import main
-from modelkitfs.csi.plugin import _socket_path
+from modelkitfs.csi.plugin import _seconds, _socket_path
+from modelkitfs.csi.volumes import CALL_TIMEOUT
+
+
+def test_the_documented_command_line_parses() -> None:
+    command = "csi --endpoint unix:///csi/csi.sock --node-id n --state-dir /s --mirror m:5000"
+    args = build_parser().parse_args(command.split())
+    assert (args.endpoint, args.node_id, args.state_dir) == ("unix:///csi/csi.sock", "n", "/s")
+    assert args.mirror == ["m:5000"] and args.run is run_csi
+
+
+class Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(
+    ("remaining", "seconds"), [(None, CALL_TIMEOUT), (1e6, CALL_TIMEOUT), (120, 119), (1, 0.5)]
+)
+def test_a_call_answers_before_its_caller_gives_up(remaining: float | None, seconds: float) -> None:
+    assert _seconds(Context(remaining)) == seconds  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

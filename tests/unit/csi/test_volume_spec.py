@@ -1,4 +1,4 @@
-"""A publish request's attributes and secrets, read into a spec and a credential."""
+"""A publish request's attributes and secrets, read into a spec and a login (per host)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def test_attributes_and_the_pod_s_keys() -> None:
         "plainHTTP": "True",
         "timeout": "12.5",
     }
-    spec, credential, pod = parse_volume(context, {})
+    spec, login, pod = parse_volume(context, {})
     assert spec == VolumeSpec(
         REF, ["model,datasets:train", "docs"], ["arch=x86", "size=7b"], True, 12.5, False
     )
-    assert credential is None
+    assert login is None
     assert pod == {"pod.name": "web-0", "pod.namespace": "ml", "ephemeral": "true"}
 
 
@@ -68,31 +68,40 @@ def test_malformed_attributes_say_which_and_what_to_write(
     assert str(raised.value).startswith(message)
 
 
-def test_username_and_password() -> None:
-    spec, credential, _ = parse_volume({"reference": REF}, {"username": "ada", "password": "pw"})
-    assert spec.credentials is True
+def test_username_and_password_are_for_the_kit_s_registry_alone() -> None:
+    spec, login, _ = parse_volume({"reference": REF}, {"username": "ada", "password": "pw"})
+    assert spec.credentials is True and login is not None
+    credential = login.credential("registry.example:5000")
     assert credential is not None and (credential.username, credential.secret) == ("ada", "pw")
-    assert "pw" not in repr(credential)
+    assert login.credential("other.example") is None  # a model.path elsewhere, a mirror
+    assert "pw" not in repr(login) and "pw" not in repr(credential)
 
 
 def docker_config(auths: dict[str, dict[str, str]]) -> dict[str, str]:
     return {".dockerconfigjson": json.dumps({"auths": auths})}
 
 
-def test_a_docker_config_gives_the_entry_of_the_kit_s_registry() -> None:
+def test_a_docker_config_is_kept_whole_each_entry_for_its_host() -> None:
     auth = base64.b64encode(b"ada:pw").decode()
-    secrets = docker_config(
-        {"other.example": {"auth": "eDp5"}, "https://registry.example:5000/v2/": {"auth": auth}}
-    )
-    _, credential, _ = parse_volume({"reference": REF}, secrets)
-    assert credential is not None and (credential.username, credential.secret) == ("ada", "pw")
+    auths = {"other.example": {"auth": "eDp5"}, "https://registry.example:5000/v2/": {"auth": auth}}
+    _, login, _ = parse_volume({"reference": REF}, docker_config(auths))
+    assert login is not None
+    mine, other = login.credential("registry.example:5000"), login.credential("other.example")
+    assert mine is not None and (mine.username, mine.secret) == ("ada", "pw")
+    assert other is not None and (other.username, other.secret) == ("x", "y")
+    assert login.credential("third.example") is None
+    # The daemon is given the entries whole (in its environment), to look each host up.
+    assert json.loads(login.environment()["MODELKITFS_AUTH_CONFIG"]) == {"auths": auths}
 
 
-def test_a_docker_config_without_the_registry_is_anonymous() -> None:
-    spec, credential, _ = parse_volume(
+def test_a_docker_config_without_the_kit_s_registry_still_logs_in_elsewhere() -> None:
+    spec, login, _ = parse_volume(
         {"reference": REF}, docker_config({"other.example": {"auth": "eDp5"}})
     )
-    assert credential is None and spec.credentials is False
+    assert login is not None and login.credential("registry.example:5000") is None
+    assert spec.credentials is True  # a mount of its own: the node service has no such login
+    spec, login, _ = parse_volume({"reference": REF}, docker_config({}))
+    assert login is None and spec.credentials is False
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,19 @@
 """Publish and unpublish decisions that need no mount: conflicts, codes, which volumes share
-the node service, and why a kit could not be shown (the registry's answer stubbed)."""
+the node service, why a kit could not be shown (the registry's answer stubbed), and what a
+publish that outlives its deadline leaves (binds and the node service's answers stubbed)."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from modelkitfs.csi import node_service as node_service_module
 from modelkitfs.csi import volumes as volumes_module
+from modelkitfs.csi.binds import Target
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.records import OWN, Record, Records
 from modelkitfs.csi.volume_spec import VolumeSpec, parse_volume
@@ -24,6 +29,7 @@ from modelkitfs.errors import (
     Unreachable,
 )
 from modelkitfs.options import MountOptions
+from tests.support.waiting import wait_for
 
 REF = "registry.example:5000/team/llm:v1"
 
@@ -193,3 +199,56 @@ def test_unpublish_of_another_volume_s_target_is_not_found(
         volumes.unpublish("csi-2", str(tmp_path))
     assert raised.value.code == "NOT_FOUND"
     assert volumes.records.get(str(tmp_path)) is not None
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """What stuck calls wait for; set at the end whatever happens."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_a_publish_past_its_deadline_undoes_its_mount_when_it_ends(
+    volumes: Volumes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    (Path(volumes.service.root) / "registry.example:5000/team/llm:v1").mkdir(parents=True)
+    mounted: list[str] = []
+
+    def slow_bind(source: str, target: str) -> None:
+        release.wait()  # a node service that answers late
+        mounted.append(target)
+
+    monkeypatch.setattr(volumes_module, "bind_read_only", slow_bind)
+    monkeypatch.setattr(volumes_module, "unmount", lambda target: mounted.remove(target))
+    target = str(tmp_path / "pod" / "mount")
+    found = error(volumes, "csi-1", target, {"reference": REF}, {}, 0.01)
+    assert found.code == "DEADLINE_EXCEEDED"
+    assert str(found) == (
+        f"publishing {REF} at {target}: no answer within 0.01 s: what it mounts later is "
+        "undone; try again"
+    )
+    assert volumes.records.get(target) is not None  # under way
+    release.set()
+    wait_for(lambda: volumes.records.get(target) is None, "the late publish to be undone")
+    assert mounted == [] and not os.path.exists(target)
+
+
+def test_a_node_service_that_does_not_answer_fails_publishes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    monkeypatch.setattr(node_service_module, "ANSWER_TIMEOUT", 0.01)
+    monkeypatch.setattr(node_service_module, "_ask", lambda root: release.wait() and Target.MOUNTED)
+    service = NodeService(str(tmp_path / "kits"), None, None)
+    volumes = Volumes(Records(tmp_path / "state"), service, MountOptions())
+    for expected in ("no answer within 0.01 s", "still no answer"):  # the second waits not
+        found = error(volumes, "csi-1", str(tmp_path / "t"), {"reference": REF}, {})
+        assert found.code == "UNAVAILABLE"
+        assert str(found) == (
+            f"the node service at {service.root}: {expected}: see whether its process is "
+            "stopped, and its container's log"
+        )
+    assert not service.alive()  # Probe: not ready
+    assert volumes.records.all() == []
+    release.set()
+    wait_for(service.alive, "the node service to answer again")

@@ -1,4 +1,4 @@
-"""Credentials found where kit finds them, in kit's order."""
+"""Credentials found where kit finds them, in kit's order, each for its own host only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.registry.credentials import find_credential
+from modelkitfs.registry.credentials import find_credential, pair_registry
 
 
 @pytest.fixture
@@ -19,8 +19,8 @@ def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     docker.mkdir()
     monkeypatch.setenv("KITOPS_HOME", str(kit))
     monkeypatch.setenv("DOCKER_CONFIG", str(docker))
-    monkeypatch.delenv("MODELKITFS_USERNAME", raising=False)
-    monkeypatch.delenv("MODELKITFS_PASSWORD", raising=False)
+    for name in ("USERNAME", "PASSWORD", "REGISTRY", "AUTH_CONFIG"):
+        monkeypatch.delenv(f"MODELKITFS_{name}", raising=False)
     return kit, docker
 
 
@@ -49,13 +49,45 @@ def test_docker_hub_key_and_identity_token(homes: tuple[Path, Path]) -> None:
     assert found is not None and found.identity_token and found.secret == "refresh-me"
 
 
-def test_environment_wins(homes: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_for_its_registry_alone(
+    homes: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     kit, _ = homes
-    (kit / "credentials.json").write_text(json.dumps({"auths": {"r.io": auth("kit", "k")}}))
+    (kit / "credentials.json").write_text(
+        json.dumps({"auths": {"r.io": auth("kit", "k"), "other.io": auth("o", "p")}})
+    )
     monkeypatch.setenv("MODELKITFS_USERNAME", "ci")
     monkeypatch.setenv("MODELKITFS_PASSWORD", "secret")
+    assert pair_registry("r.io/team/llm:v1") == {"MODELKITFS_REGISTRY": "r.io"}
+    monkeypatch.setenv("MODELKITFS_REGISTRY", "r.io")
+    assert pair_registry("other.io/team/llm:v1") == {}  # set already: left as it is
     found = find_credential("r.io")
     assert found is not None and (found.username, found.secret) == ("ci", "secret")
+    # Another registry (a kit's model.path elsewhere, a mirror) gets its own, or nothing.
+    other = find_credential("other.io")
+    assert other is not None and (other.username, other.secret) == ("o", "p")
+    assert find_credential("mirror.io:5000") is None
+    monkeypatch.delenv("MODELKITFS_REGISTRY")
+    found = find_credential("r.io")  # the pair names no registry: it is for none
+    assert found is not None and (found.username, found.secret) == ("kit", "k")
+
+
+def test_a_given_docker_config_is_the_only_source_and_per_host(
+    homes: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit, _ = homes
+    (kit / "credentials.json").write_text(json.dumps({"auths": {"b.io": auth("kit", "k")}}))
+    monkeypatch.setenv("MODELKITFS_USERNAME", "ci")
+    monkeypatch.setenv("MODELKITFS_PASSWORD", "secret")
+    monkeypatch.setenv("MODELKITFS_REGISTRY", "a.io")
+    given = {"auths": {"a.io": auth("ada", "pw"), "https://c.io:5000/v2/": auth("cy", "c")}}
+    monkeypatch.setenv("MODELKITFS_AUTH_CONFIG", json.dumps(given))
+    a, c = find_credential("a.io"), find_credential("c.io:5000")
+    assert a is not None and (a.username, a.secret) == ("ada", "pw")
+    assert c is not None and (c.username, c.secret) == ("cy", "c")
+    assert find_credential("b.io") is None  # neither the pair nor the node's files
+    monkeypatch.setenv("MODELKITFS_AUTH_CONFIG", "[not an object")
+    assert find_credential("a.io") is None
 
 
 def test_credential_helpers(

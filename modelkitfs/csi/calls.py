@@ -1,0 +1,108 @@
+"""Calls that may never return, made with a deadline: the plugin never waits on them unbounded.
+
+A ``stat`` or a bind mount in the node service's folder waits for its FUSE daemon, and a
+stopped daemon (SIGSTOP, a debugger, a machine out of memory) answers never: made on a gRPC
+worker, such calls took every worker, so that ``Probe`` and ``Unpublish`` went unanswered too.
+Here each runs in a daemon thread of its own, waited for at most so long; a call that outlives
+its deadline is abandoned to finish (or not) on its own, and told so (:meth:`Call.keep`), so
+that what it did after its caller gave up is undone rather than left behind. Abandoned calls
+are bounded in number (:data:`MAX_ABANDONED`): beyond that, new calls are refused at once.
+Calls with the same ``key`` share one thread: while one is known not to answer, the next fails
+at once rather than adding a thread to the pile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from modelkitfs.errors import ModelKitFSError
+
+T = TypeVar("T")
+
+MAX_ABANDONED = 16
+
+
+class NoAnswer(ModelKitFSError):
+    """A call did not return within its deadline (it may still, later)."""
+
+
+class Call(Generic[T]):
+    """One call in its thread: its outcome, and whether its caller still waits for it."""
+
+    def __init__(self, what: str, lock: threading.Lock) -> None:
+        self.what = what
+        self.done = threading.Event()  # set once the function has returned
+        self.kept = False  # its result is the caller's: too late to give up
+        self.abandoned = False  # its caller gave up
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self._lock = lock
+
+    def keep(self) -> bool:
+        """Commit: whether the caller will hear of this call's result (then it waits for the
+        function's return, so keep it for the end). False: the caller gave up, and the call
+        should undo what it did."""
+        with self._lock:
+            self.kept = not self.abandoned
+            return self.kept
+
+
+class Calls:
+    """Runs blocking calls in threads with deadlines; counts those abandoned and running."""
+
+    def __init__(self, max_abandoned: int = MAX_ABANDONED) -> None:
+        self.max_abandoned = max_abandoned
+        self._lock = threading.Lock()
+        self._abandoned = 0
+        self._by_key: dict[str, Call[object]] = {}
+
+    def run(
+        self,
+        seconds: float,
+        what: str,
+        function: Callable[[Call[T]], T],
+        key: str | None = None,
+    ) -> T:
+        """``function(call)``'s result or error if it returns within ``seconds``, else
+        :class:`NoAnswer`. ``function`` may ask ``call.keep()`` last, before it commits to what
+        it did: False means nobody will hear of it."""
+        with self._lock:
+            call = self._by_key.get(key) if key is not None else None
+            if call is not None and call.abandoned:
+                raise NoAnswer(f"{what}: still no answer")
+            if call is None:
+                if self._abandoned >= self.max_abandoned:
+                    raise NoAnswer(f"{what}: {self._abandoned} earlier calls have not returned")
+                call = Call(what, self._lock)
+                if key is not None:
+                    self._by_key[key] = call
+                threading.Thread(
+                    target=self._body, args=(call, function, key), name="csi-call", daemon=True
+                ).start()
+        if not call.done.wait(seconds):
+            with self._lock:
+                finishing = call.kept or call.done.is_set()
+                if not finishing and not call.abandoned:
+                    call.abandoned = True
+                    self._abandoned += 1
+            if finishing:
+                call.done.wait()  # committed: its result comes right after
+        if call.abandoned:
+            raise NoAnswer(f"{what}: no answer within {seconds:g} s")
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
+
+    def _body(self, call: Call[T], function: Callable[[Call[T]], T], key: str | None) -> None:
+        try:
+            call.result = function(call)
+        except BaseException as exc:  # the caller's to hear, if it still waits
+            call.error = exc
+        with self._lock:
+            if key is not None and self._by_key.get(key) is call:
+                del self._by_key[key]
+            if call.abandoned:
+                self._abandoned -= 1
+        call.done.set()
