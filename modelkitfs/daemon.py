@@ -190,7 +190,7 @@ def main() -> int:
             )
     except ModelKitFSError as exc:
         log.error("%s", exc)
-        _report_error(report, str(exc))
+        _report_error(report, str(exc), type(exc).__name__)
         return 1
     except Exception as exc:
         log.exception("daemon failed")
@@ -207,10 +207,12 @@ def _one_malloc_arena() -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
 
 
-def _report_error(report: TextIO, message: str) -> None:
-    """Tell the waiting parent; closed at once, as nothing flushes it at a hard exit."""
+def _report_error(report: TextIO, message: str, kind: str = "") -> None:
+    """Tell the waiting parent the error's message and ``kind`` (its class's name, for
+    :class:`~modelkitfs.mount.DaemonError`); closed at once, as nothing flushes it at a hard
+    exit."""
     if not report.closed:
-        report.write(f"error\t{message}\n")
+        report.write(f"error\t{kind}\t{message}\n")
         report.close()
 
 

@@ -29,11 +29,12 @@ from typing import Any
 import setproctitle
 import trio
 
+from modelkitfs import errors
 from modelkitfs.blobs.budget import settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
 from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
-from modelkitfs.errors import MountError
+from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
@@ -49,6 +50,18 @@ DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 FSTYPE = "modelkitfs"  # the mounts' subtype: fuse.modelkitfs in /proc/mounts
 STATS_ATTRIBUTE = "user.modelkitfs.stats"
 DAEMON_ENTRY = "import sys; from modelkitfs.daemon import main; sys.exit(main())"
+
+
+class DaemonError(MountError):
+    """The daemon's own error, through its pipe: ``kind`` is the error's class (a kit not found,
+    a login refused), for those who answer by kind (the CSI plugin's codes)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        found = getattr(errors, kind, None)
+        self.kind = (
+            found if isinstance(found, type) and issubclass(found, ModelKitFSError) else MountError
+        )
 
 
 def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
@@ -236,15 +249,13 @@ def _start_daemon(
     if daemon.poll() is None:
         daemon.kill()
         daemon.wait()
-    message = (
-        line.partition("\t")[2]
-        if line.startswith("error\t")
-        else (
-            f"the mount daemon stopped without mounting {path}; "
-            f"see {daemon_log(options.cache_dir or '')[0]}"
-        )
+    if line.startswith("error\t"):
+        kind, _, message = line.removeprefix("error\t").partition("\t")
+        raise DaemonError(message, kind)
+    raise MountError(
+        f"the mount daemon stopped without mounting {path}; "
+        f"see {daemon_log(options.cache_dir or '')[0]}"
     )
-    raise MountError(message)
 
 
 def _read_report(daemon: subprocess.Popen[bytes], timeout: float) -> str:

@@ -47,7 +47,7 @@ from modelkitfs.errors import (
     RegistryError,
     SelectionError,
 )
-from modelkitfs.mount import mount
+from modelkitfs.mount import DaemonError, mount
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
@@ -73,13 +73,14 @@ class VolumeError(ModelKitFSError):
 def code_of(error: ModelKitFSError) -> str:
     if isinstance(error, VolumeError):
         return error.code
-    if isinstance(error, (InvalidVolume, InvalidReference, InvalidFilter)):
+    kind = error.kind if isinstance(error, DaemonError) else type(error)  # a daemon's, by kind
+    if issubclass(kind, (InvalidVolume, InvalidReference, InvalidFilter)):
         return "INVALID_ARGUMENT"
-    if isinstance(error, (NotFound, NotAModelKit, SelectionError)):
+    if issubclass(kind, (NotFound, NotAModelKit, SelectionError)):
         return "NOT_FOUND"
-    if isinstance(error, AuthenticationError):
+    if issubclass(kind, AuthenticationError):
         return "PERMISSION_DENIED"
-    if isinstance(error, RegistryError):
+    if issubclass(kind, RegistryError):
         return "UNAVAILABLE"
     return "INTERNAL"
 
@@ -262,7 +263,9 @@ class Volumes:
                         "a .dockerconfigjson)",
                     )
                 return VolumeError(code, f"{spec.reference}: {found}")
-        return VolumeError(code_of(error), str(error))
+        # The daemon's own reason (a kit its model.path names, say), else the service's.
+        message = f"{spec.reference}: {error}" if isinstance(error, DaemonError) else str(error)
+        return VolumeError(code_of(error), message)
 
     # --- unpublish --------------------------------------------------------------------------
 

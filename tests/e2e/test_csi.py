@@ -4,153 +4,33 @@ registry, with real FUSE and real bind mounts under the test's folder."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
-from modelkitfs.csi.protocol import messages, services
+from modelkitfs.csi.protocol import messages
 from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, write
+from tests.support.csi_plugin import NODE, Plugin, Pod, error_of, mounted, pods_of, running_plugin
 from tests.support.kitbuilder import build_modelkit, expected_tree, push, selected_tree
 from tests.support.registry_proxy import CountingProxy
-from tests.support.registry_server import RegistryAuth, free_port, running_registry
-
-NODE = "node-1"
-READY_TIMEOUT = 60.0
-PASSWORD = "s3cret-Pa55"  # the test registry's
-USERS = {"ada": PASSWORD}
-
-
-class Plugin:
-    """The plugin of one test module, as the DaemonSet runs it, and a client as kubelet is."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.socket = base / "csi" / "csi.sock"
-        self.state = base / "state"
-        self.cache = base / "cache"
-        self.log_path = base / "plugin.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        command = [  # as README gives it: 'modelkitfs csi ...'
-            *(sys.executable, "-m", "modelkitfs.cli", "csi"),
-            *("--endpoint", f"unix://{self.socket}", "--node-id", NODE),
-            *("--state-dir", str(self.state), "--cache-dir", str(self.cache)),
-            *("--plain-http", "--timeout", "10", "--log-level", "debug"),
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
-        grpc.channel_ready_future(self.channel).result(timeout=READY_TIMEOUT)
-        self.node = services.NodeStub(self.channel)
-        self.identity = services.IdentityStub(self.channel)
-
-    def kill(self) -> None:
-        """As a crash or a container restart: no chance to clean anything up."""
-        assert self.process is not None
-        self.channel.close()
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.channel.close()
-            self.process.terminate()
-            self.process.wait(timeout=30)
-        # The node service the plugin started outlives it, by design: tests stop it.
-        subprocess.run(["umount", "-l", str(self.state / "kits")], capture_output=True)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-class Pod:
-    """A pod with one inline volume, and what kubelet sends for it."""
-
-    def __init__(self, base: Path, name: str, attributes: dict[str, str], **secrets: str) -> None:
-        self.uid = hashlib.sha256(name.encode()).hexdigest()[:8] + "-pod"
-        self.name = name
-        self.attributes = attributes
-        self.secrets = secrets
-        self.volume_id = "csi-" + hashlib.sha256(f"{self.uid}/kit".encode()).hexdigest()
-        volumes = base / "pods" / self.uid / "volumes" / "kubernetes.io~csi"
-        volumes.mkdir(parents=True, exist_ok=True)  # kubelet makes the parent, the plugin the rest
-        self.target = volumes / "kit" / "mount"
-        self.target.parent.mkdir(exist_ok=True)
-
-    def publish_request(self, **changes: Any) -> Any:
-        context = {
-            **self.attributes,
-            "csi.storage.k8s.io/pod.name": self.name,
-            "csi.storage.k8s.io/pod.namespace": "default",
-            "csi.storage.k8s.io/pod.uid": self.uid,
-            "csi.storage.k8s.io/serviceAccount.name": "default",
-            "csi.storage.k8s.io/ephemeral": "true",
-        }
-        capability = messages.VolumeCapability(
-            mount=messages.VolumeCapability.MountVolume(),
-            access_mode=messages.VolumeCapability.AccessMode(mode=1),  # SINGLE_NODE_WRITER
-        )
-        fields = {
-            "volume_id": self.volume_id,
-            "target_path": str(self.target),
-            "volume_capability": capability,
-            "readonly": True,
-            "secrets": self.secrets,
-            "volume_context": context,
-            **changes,
-        }
-        return messages.NodePublishVolumeRequest(**fields)
-
-    def unpublish_request(self) -> Any:
-        return messages.NodeUnpublishVolumeRequest(
-            volume_id=self.volume_id, target_path=str(self.target)
-        )
-
-
-def mounted(path: Path) -> bool:
-    return os.path.ismount(path)
-
-
-def error_of(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as raised:
-        call(request, timeout=120)
-    return raised.value.code(), raised.value.details()
+from tests.support.registry_server import free_port
 
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    if not os.path.exists("/dev/fuse"):
-        pytest.fail("/dev/fuse is missing: FUSE tests need it")
-    handle = Plugin(tmp_path_factory.mktemp("csi"))
-    yield handle
-    handle.stop()
+    with running_plugin(tmp_path_factory.mktemp("csi")) as handle:
+        yield handle
 
 
 @pytest.fixture
-def pods(tmp_path: Path, plugin: Plugin) -> Iterator[list[Pod]]:
-    """Pods of one test; whatever they left published is unpublished (lazily) at its end."""
-    made: list[Pod] = []
-    yield made
-    for pod in made:
-        with contextlib.suppress(grpc.RpcError):
-            plugin.node.NodeUnpublishVolume(pod.unpublish_request(), timeout=60)
-        subprocess.run(["umount", "-l", str(pod.target)], capture_output=True)
+def pods(plugin: Plugin) -> Iterator[list[Pod]]:
+    with pods_of(plugin) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +134,19 @@ def test_publish_and_unpublish_are_idempotent_and_conflicts_refused(
     plugin.node.NodeUnpublishVolume(never.unpublish_request(), timeout=60)
 
 
+@pytest.fixture(scope="module")
+def orphan(tmp_path_factory: pytest.TempPathFactory, registry: str, proxy: CountingProxy) -> str:
+    """A kit whose model.path names a kit that does not exist."""
+    source = tmp_path_factory.mktemp("orphan")
+    write(source / "lora.bin", b"lora")
+    kitfile = {
+        "manifestVersion": "1.0.0",
+        "model": {"path": f"{proxy.address}/csi/nothing:v1", "parts": [{"path": "lora.bin"}]},
+    }
+    push(registry, "csi/orphan", "v1", build_modelkit(source, kitfile))
+    return f"{proxy.address}/csi/orphan:v1"
+
+
 @pytest.mark.parametrize(
     ("attributes", "code", "message"),
     [
@@ -285,6 +178,16 @@ def test_publish_and_unpublish_are_idempotent_and_conflicts_refused(
             "NOT_FOUND",
             "{proxy}/csi/nothing:v1: ",
         ),
+        (  # the kit is there, the one its model.path names is not
+            {"reference": "{proxy}/csi/orphan:v1"},
+            "NOT_FOUND",
+            "the node service cannot show {proxy}/csi/orphan:v1: No such file or directory",
+        ),
+        (
+            {"reference": "{proxy}/csi/orphan:v1", "filter": "model"},
+            "NOT_FOUND",
+            "{proxy}/csi/orphan:v1: {proxy}/csi/nothing:v1 not found (HTTP 404): check the",
+        ),
         (
             {"reference": "127.0.0.1:{closed}/csi/nested:v1", "timeout": "1"},
             "UNAVAILABLE",
@@ -296,6 +199,7 @@ def test_each_failure_has_its_code_and_a_message_that_says_what_to_do(
     plugin: Plugin,
     pods: list[Pod],
     nested,
+    orphan: str,
     proxy: CountingProxy,
     attributes: dict[str, str],
     code: str,
@@ -322,68 +226,6 @@ def test_a_block_volume_is_refused(plugin: Plugin, pods: list[Pod], nested) -> N
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details == "a kit is a folder: use a mount volume, not a block one"
-
-
-@pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
-    """A registry that wants a login, holding a one-file kit: (reference, the file's bytes)."""
-    directory = tmp_path_factory.mktemp("private")
-    (directory / "registry").mkdir()
-    with running_registry(directory / "registry", htpasswd=USERS) as address:
-        data = np.random.default_rng(23).bytes(2 * MiB + 5)
-        write(directory / "kit" / "weights.bin", data)
-        kitfile = {"manifestVersion": "1.0.0", "model": {"path": "weights.bin"}}
-        push(
-            address,
-            "csi/private",
-            "v1",
-            build_modelkit(directory / "kit", kitfile),
-            auth=RegistryAuth("ada", PASSWORD),
-        )
-        yield f"{address}/csi/private:v1", data
-
-
-def test_credentials_come_from_the_secret_and_are_never_written(
-    plugin: Plugin, pods: list[Pod], private: tuple[str, bytes]
-) -> None:
-    reference, data = private
-    registry = reference.split("/")[0]
-    auth = base64.b64encode(f"ada:{PASSWORD}".encode()).decode()
-    docker = json.dumps({"auths": {registry: {"auth": auth}}})
-    with_password = Pod(
-        plugin.base, "login", {"reference": reference}, username="ada", password=PASSWORD
-    )
-    with_docker = Pod(
-        plugin.base, "docker", {"reference": reference}, **{".dockerconfigjson": docker}
-    )
-    pods += [with_password, with_docker]
-    for pod in (with_password, with_docker):
-        plugin.node.NodePublishVolume(pod.publish_request(), timeout=120)
-        assert (pod.target / "weights.bin").read_bytes() == data
-    refused = Pod(
-        plugin.base, "refused", {"reference": reference}, username="ada", password="wrong"
-    )
-    anonymous = Pod(plugin.base, "anonymous", {"reference": reference})
-    pods += [refused, anonymous]
-    for pod in (refused, anonymous):
-        code, details = error_of(plugin.node.NodePublishVolume, pod.publish_request())
-        assert code == grpc.StatusCode.PERMISSION_DENIED, details
-        assert details.startswith(f"{reference}: registry {registry} "), details
-    # Never in a file under the plugin's state or cache, nor in any process's command line.
-    secret = PASSWORD.encode()
-    for folder in (plugin.state, plugin.cache):
-        for path in folder.rglob("*"):
-            if path.is_file() and not path.is_relative_to(plugin.state / "kits"):
-                assert secret not in path.read_bytes(), path
-    assert secret not in plugin.log_path.read_bytes()
-    for process in Path("/proc").iterdir():
-        if process.name.isdigit():
-            try:
-                assert secret not in (process / "cmdline").read_bytes()
-            except OSError:
-                continue
-    for path in plugin.state.joinpath("volumes").glob("*.json"):
-        assert path.stat().st_mode & 0o077 == 0
 
 
 def test_a_restarted_plugin_keeps_volumes_readable_and_unpublishable(

@@ -28,6 +28,7 @@ from modelkitfs.errors import (
     TransientError,
     Unreachable,
 )
+from modelkitfs.mount import DaemonError
 from modelkitfs.options import MountOptions
 from tests.support.waiting import wait_for
 
@@ -71,6 +72,12 @@ def error(volumes: Volumes, *args: object) -> VolumeError:
         (GaveUp("x", TransientError("y")), "UNAVAILABLE"),
         (MountError("x"), "INTERNAL"),
         (VolumeError("ALREADY_EXISTS", "x"), "ALREADY_EXISTS"),
+        # A mount daemon's error, by the kind it reported: a kit its model.path names missing.
+        (DaemonError("x", "NotFound"), "NOT_FOUND"),
+        (DaemonError("x", "NotAllowed"), "PERMISSION_DENIED"),
+        (DaemonError("x", "GaveUp"), "UNAVAILABLE"),
+        (DaemonError("x", ""), "INTERNAL"),
+        (DaemonError("x", "Path"), "INTERNAL"),  # no error of ours
     ],
 )
 def test_each_failure_has_the_spec_s_code(failure: ModelKitFSError, code: str) -> None:
