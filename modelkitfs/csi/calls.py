@@ -13,11 +13,14 @@ at once rather than adding a thread to the pile.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from modelkitfs.errors import ModelKitFSError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -106,3 +109,5 @@ class Calls:
             if call.abandoned:
                 self._abandoned -= 1
         call.done.set()
+        if call.abandoned and call.error is not None:  # nobody is left to hear of it
+            log.warning("%s failed after its caller gave up: %s", call.what, call.error)

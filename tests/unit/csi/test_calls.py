@@ -85,3 +85,17 @@ def test_a_key_known_not_to_answer_fails_at_once(release: threading.Event) -> No
     release.set()
     wait_for(lambda: answers(calls, "root"), "the service to answer")
     assert len(runs) == 1  # the stuck call ended: the next one was a new one
+
+
+def test_a_failure_after_the_deadline_is_logged(
+    release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    def stuck(call: Call[None]) -> None:
+        release.wait()
+        raise OSError("the folder is gone")
+
+    with pytest.raises(NoAnswer):
+        Calls().run(SHORT, "publishing x", stuck)
+    release.set()
+    late = "publishing x failed after its caller gave up: the folder is gone"
+    wait_for(lambda: late in [r.getMessage() for r in caplog.records], "the late failure's log")
