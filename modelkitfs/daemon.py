@@ -77,7 +77,7 @@ async def serve_modelkit(
                 "cache_dir": options.cache_dir,
             }
 
-        operations = KitOperations(kit.tree, stats, timeout=options.timeout)
+        operations = KitOperations(kit.tree, stats, timeout=options.timeout, name=str(ref))
         sources.corrupt_handlers.append(operations.invalidate_blob)
         if options.prefetch != "none":
             sources.start_soon(_fill_cache, kit.tree, options.prefetch)

@@ -39,7 +39,7 @@ from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.credentials import pair_registry
-from modelkitfs.serve import SERVICE, serve_kits
+from modelkitfs.serve import SERVICE, serve_kits, with_kits
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,8 @@ def active_mounts() -> list[dict[str, Any]]:
             "reference": mounted.source.removeprefix(f"{FSTYPE}:"),
         }
         try:
-            entry.update(json.loads(os.getxattr(mounted.mountpoint, STATS_ATTRIBUTE)))
+            stats = json.loads(os.getxattr(mounted.mountpoint, STATS_ATTRIBUTE))
+            entry.update(with_kits(stats, os.stat(mounted.mountpoint).st_uid))
             entry["dead"] = False
         except OSError as exc:
             entry["dead"] = exc.errno in DEAD_MOUNT

@@ -4,14 +4,23 @@ Where ``mount`` serves one kit, this serves any: ``ROOT/REF/`` is the kit ``REF`
 on first access through the same sources a mount uses (kit's local storage first, then one
 client, connection pool and token cache per registry), over one shared cache. The FUSE side is
 :class:`~modelkitfs.fuse.service.ServiceOperations`; this module gives it kits.
+
+Its statistics attribute (``user.modelkitfs.stats`` at the root, read by ``modelkitfs mounts``)
+holds totals only, whatever the number of kits: an extended attribute holds 64 KiB at most.
+The names of the kits served go to a file of their own, written when the statistics are read,
+which the attribute names (``kits_file``) and ``mounts`` reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -69,29 +78,19 @@ async def serve_kits(
 ) -> None:
     """Serve every kit under ``root`` until unmounted (with ``options.metrics``, Prometheus
     metrics too); ``log_file`` is where this process logs, as ``modelkitfs mounts`` shows."""
+    kits_file = kits_file_for(log_file)
     async with Sources(options) as sources:
-
-        def stats() -> dict[str, Any]:
-            return {
-                "reference": SERVICE,
-                "kits": sorted(kit.entry.path for kit in operations.kits.values()),
-                **sources.stats(),
-                "pid": os.getpid(),
-                "log": log_file,
-                "cache_dir": options.cache_dir,
-            }
-
         operations = ServiceOperations(
             SourcesLoader(sources),
-            stats,
             timeout=options.timeout,
             tag_ttl=tag_ttl,
             negative_ttl=negative_ttl,
             idle=idle,
         )
+        operations.stats = service_stats(operations, sources, log_file, kits_file)
         sources.corrupt_handlers.append(operations.invalidate_blob)
         stop_metrics = (
-            serve_metrics(options.metrics, sources, operations, lambda: len(operations.kits))
+            serve_metrics(options.metrics, sources, operations, lambda: operations.loads.loaded)
             if options.metrics
             else None
         )
@@ -111,4 +110,78 @@ async def serve_kits(
             if stop_metrics is not None:
                 stop_metrics()
             await operations.aclose()
+            with contextlib.suppress(OSError):
+                kits_file.unlink()
         log.info("stopped serving %s; fetched %d blob bytes", root, sources.fetched_bytes)
+
+
+def service_stats(
+    operations: ServiceOperations, sources: Sources, log_file: str | None, kits_file: Path
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The service's statistics: totals, and where the kits it serves are listed."""
+
+    async def stats() -> dict[str, Any]:
+        names = operations.kit_names
+        written = await trio.to_thread.run_sync(write_kits, kits_file, names)
+        return {
+            "reference": SERVICE,
+            "kit_count": len(names),
+            "kits_loaded": operations.loads.loaded,
+            "kits_file": str(kits_file) if written else None,
+            "names_held": len(operations.namespace.entries),
+            **sources.stats(),
+            "pid": os.getpid(),
+            "log": log_file,
+            "cache_dir": sources.options.cache_dir,
+        }
+
+    return stats
+
+
+def kits_file_for(log_file: str | None) -> Path:
+    """Where a service lists its kits: beside its log, else in this user's folder under the
+    temporary directory (as a log that cannot be in the cache is)."""
+    folder = (
+        Path(log_file).parent
+        if log_file
+        else Path(tempfile.gettempdir()) / f"modelkitfs-{os.getuid()}"
+    )
+    return folder / f"serve-{os.getpid()}-kits.json"
+
+
+def write_kits(path: Path, names: list[str]) -> bool:
+    """Write the kit list to ``path`` (readable by its owner only, replaced whole); False when
+    it cannot be written."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
+            try:
+                json.dump(names, out)
+            except OSError:
+                os.unlink(out.name)
+                raise
+        os.replace(out.name, path)
+        return True
+    except OSError as exc:
+        log.warning("cannot list the kits served in %s: %s", path, exc)
+        return False
+
+
+def with_kits(stats: dict[str, Any], owner: int) -> dict[str, Any]:
+    """A service's statistics with ``kits``, the names of its kits, read from the file they
+    name, when the service's owner (uid ``owner``) owns it: a daemon of another user cannot
+    make ``modelkitfs mounts`` print a file of ours."""
+    name = stats.get("kits_file")
+    if not isinstance(name, str) or not Path(name).name.startswith("serve-"):
+        return stats
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor) as listed:
+            if os.fstat(listed.fileno()).st_uid != owner:
+                return stats
+            names = json.load(listed)
+    except (OSError, ValueError):
+        return stats
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return {**stats, "kits": names}
+    return stats

@@ -98,8 +98,8 @@ def run_mounts(args: argparse.Namespace) -> None:
         rows.append(
             (
                 entry["mountpoint"],
-                f"every kit ({len(entry['kits'])} loaded)"
-                if "kits" in entry
+                f"every kit ({entry['kit_count']} loaded)"
+                if "kit_count" in entry
                 else entry["reference"],
                 human(entry.get("fetched_bytes", 0)),
                 f"{hits / reads:.0%} of {reads} blocks" if reads else "-",

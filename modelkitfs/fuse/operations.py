@@ -1,7 +1,8 @@
 """pyfuse3 request handlers over a :class:`~modelkitfs.kit.tree.KitTree`.
 
 Content under a digest never changes, so entries and attributes are cached by the kernel for a
-very long time and pages are kept across opens: a re-read never reaches this process.
+very long time and pages are kept across opens: a re-read never reaches this process. Every
+handler answers with an errno whatever fails (:mod:`modelkitfs.fuse.guard`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -19,6 +20,7 @@ import trio
 
 from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.fuse.guard import guarded
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,21 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 assert ROOT_INODE == pyfuse3.ROOT_INODE
 
 T = TypeVar("T")
+Listed = tuple[bytes, pyfuse3.EntryAttributes, int]  # a folder's entry: name, attributes, next id
 
 
+def reply(token: Any, entries: Iterable[Listed]) -> list[int]:
+    """Hand ``entries`` to the kernel until its buffer is full: the inodes it took (each one
+    lookup more that the kernel holds, as for a lookup)."""
+    taken = []
+    for name, attributes, next_id in entries:
+        if not pyfuse3.readdir_reply(token, name, attributes, next_id):
+            break
+        taken.append(attributes.st_ino)
+    return taken
+
+
+@guarded
 class KitOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -45,9 +60,11 @@ class KitOperations(pyfuse3.Operations):
         *,
         timeout: float,
         inode_base: int = 0,
+        name: str = "the kit",
     ) -> None:
         super().__init__()
         self.tree = tree
+        self.name = name  # the kit's reference, as failures are logged
         # The kernel sees the tree's inodes shifted by this, so that one FUSE mount can serve
         # many trees (``modelkitfs serve``); a mount of one kit keeps the tree's own numbers.
         self.inode_base = inode_base
@@ -89,15 +106,18 @@ class KitOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
+    def subject(self, handler: str, args: tuple[Any, ...]) -> str:
+        return self.name
+
     async def _guard(self, what: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a tree operation within the read deadline; failures become EIO with the reason
         in the log."""
         try:
             return await within(self.timeout, what, function, *args)
         except ModelKitFSError as exc:
-            log.error("%s failed: %s", what, exc)
+            log.error("%s: %s failed: %s", self.name, what, exc)
         except Exception:
-            log.exception("%s failed unexpectedly", what)
+            log.exception("%s: %s failed unexpectedly", self.name, what)
         raise pyfuse3.FUSEError(errno.EIO)
 
     async def lookup(
@@ -117,6 +137,10 @@ class KitOperations(pyfuse3.Operations):
         return self._attributes(node)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attributes(inode)
+
+    def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        """What ``getattr`` answers, at once (the tree is in memory)."""
         return self._attributes(self._node(inode))
 
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -134,13 +158,14 @@ class KitOperations(pyfuse3.Operations):
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        reply(token, self.listed(fh, start_id))
+
+    def listed(self, fh: int, start_id: int) -> Iterator[Listed]:
+        """The entries of open folder ``fh`` from position ``start_id`` on."""
         listing = self._listings.get(fh, [])
         for position in range(start_id, len(listing)):
             name, inode = listing[position]
-            if not pyfuse3.readdir_reply(
-                token, name, self._attributes(self._node(inode)), position + 1
-            ):
-                break
+            yield name, self._attributes(self._node(inode)), position + 1
 
     async def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)

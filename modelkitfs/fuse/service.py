@@ -1,14 +1,20 @@
 """One FUSE mount for every kit: ``modelkitfs serve ROOT``, where any reference is a folder.
 
-The namespace (:mod:`modelkitfs.fuse.namespace`) answers for the folders above the kits; each
-loaded kit is a :class:`~modelkitfs.fuse.operations.KitOperations` of its own whose inodes the
-kernel sees shifted into a slot (``slot << 32``), so a request finds its kit from its inode
-alone. A kit is loaded on the first lookup of its folder, once however many ask at the same
-moment; a tag is resolved at most once per ``tag_ttl``; a reference the registry does not know
-is remembered as such for ``negative_ttl``. A kit nobody used for ``idle`` is let go: the
-tree and indexes go (the disk cache keeps its blocks) but its slot and the numbers of the paths
-the kernel saw stay: a request for one of them (a bind mount of the kit's folder, a shell's
-working directory) builds the tree again under the same numbers. A kit with a file open stays.
+The namespace (:mod:`modelkitfs.fuse.namespace`) answers for the folders above the kits. Each
+name of a kit the kernel holds has a slot: a
+:class:`~modelkitfs.fuse.operations.KitOperations` of its own whose inodes the kernel sees
+shifted into it (``slot << 32``), so a request finds its kit from its inode alone; the tree
+under it is loaded once per manifest, however many names reach it
+(:mod:`modelkitfs.fuse.loads`). A tree nobody used for ``idle`` is let go (the disk cache
+keeps its blocks) but the slots and the numbers of the paths the kernel saw stay: a request for
+one of them (a bind mount of the kit's folder, a shell's working directory) builds the tree
+again under the same numbers. A kit with a file open stays.
+
+Memory follows what the kernel holds: every lookup it is answered is counted, every ``forget``
+counted off, and a name or a slot the kernel no longer holds goes. The kernel keeps what it was
+answered until it needs the memory, so the service asks it to let go of what it need not keep:
+the names that hold no kit beyond the last ``NAMES_KEPT`` looked up, and the names of a kit
+unloaded for being idle (a name in use, a bind mount's, stays).
 """
 
 from __future__ import annotations
@@ -17,45 +23,46 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import cachetools
 import pyfuse3
 import trio
 
-from modelkitfs.deadline import within
-from modelkitfs.errors import AuthenticationError, ModelKitFSError, NotAModelKit, NotFound
-from modelkitfs.fuse.namespace import ROOT, Entry, Kind, Namespace
-from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations
-from modelkitfs.kit.tree import ROOT_INODE, KitTree
-from modelkitfs.reference import Reference
-from modelkitfs.singleflight import SingleFlight
+from modelkitfs.fuse.guard import guarded
+from modelkitfs.fuse.loads import KitLoader, Loaded, Loads
+from modelkitfs.fuse.namespace import ROOT, Entry, Kind, Namespace, Numbers
+from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations, Listed, reply
+from modelkitfs.kit.tree import ROOT_INODE
 
 log = logging.getLogger(__name__)
 
 SLOT_BITS = 32
-NEGATIVE_ENTRIES = 10_000  # references remembered as unknown, at most
+
+__all__ = ["SLOT_BITS", "KitLoader", "ServiceOperations"]
 
 
-class KitLoader(Protocol):
-    """Where the service gets kits from (the daemon's sources: registries, kit's storage)."""
+async def no_stats() -> dict[str, Any]:
+    return {}
 
-    async def resolve(self, reference: Reference) -> str:
-        """The digest ``reference``'s tag names now."""
 
-    async def load(self, reference: Reference) -> tuple[KitTree, Callable[[], dict[str, Any]]]:
-        """The kit ``reference`` (pinned by digest) names: its tree and its statistics."""
+def let_go(parent: int, name: str) -> None:
+    """Ask the kernel to drop its entry ``name`` of folder ``parent``: it forgets it, unless it
+    is in use (from a thread of pyfuse3's: a handler may be waiting on the folder)."""
+    pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
 
 @dataclass
 class _Kit:
+    """A name of a kit that the kernel holds: its slot of inodes."""
+
     slot: int
-    entry: Entry  # its place in the namespace
-    operations: KitOperations | None  # None while unloaded
-    last_used: float
-    numbers: dict[str, int] = field(default_factory=dict)  # the tree's inodes, once unloaded
+    entry: Entry  # the name, in the namespace
+    loaded: Loaded  # the kit, shared with its other names
+    operations: KitOperations | None = None  # None while the tree is unloaded
+    known: int = 0  # the kernel's lookups of the slot's inodes, not yet forgotten
+    attributes: pyfuse3.EntryAttributes | None = None  # its root's, for listings
 
     @property
     def base(self) -> int:
@@ -66,6 +73,7 @@ class _Kit:
         return self.base + ROOT_INODE
 
 
+@guarded
 class ServiceOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -73,7 +81,7 @@ class ServiceOperations(pyfuse3.Operations):
     def __init__(
         self,
         loader: KitLoader,
-        stats: Callable[[], dict[str, Any]] = dict,
+        stats: Callable[[], Awaitable[dict[str, Any]]] = no_stats,
         *,
         timeout: float,
         tag_ttl: float = 60.0,
@@ -81,41 +89,50 @@ class ServiceOperations(pyfuse3.Operations):
         idle: float = 600.0,
     ) -> None:
         super().__init__()
-        self.loader = loader
         self.stats = stats  # the service's own, at the root (user.modelkitfs.stats)
-        self.timeout, self.tag_ttl, self.negative_ttl, self.idle = (
-            timeout,
-            tag_ttl,
-            negative_ttl,
-            idle,
-        )
+        self.let_go: Callable[[int, str], None] = let_go
+        self.timeout, self.tag_ttl, self.idle = timeout, tag_ttl, idle
+        self.loads = Loads(loader, timeout=timeout, negative_ttl=negative_ttl)
         self.namespace = Namespace()
         self.kits: dict[int, _Kit] = {}  # by slot
-        self._slots: dict[int, int] = {}  # namespace inode of a kit's entry -> its slot
-        self._next_slot = 1
-        self._loading: SingleFlight[str, _Kit] = SingleFlight()
-        self._reloading: SingleFlight[int, None] = SingleFlight()
-        self._resolving: SingleFlight[str, None] = SingleFlight()
-        self._unknown: cachetools.TTLCache[str, int] = cachetools.TTLCache(
-            NEGATIVE_ENTRIES, negative_ttl, timer=trio.current_time
-        )
-        self._folders: dict[int, list[tuple[bytes, int]]] = {}  # namespace listings by fh
-        self._kit_dirs: dict[int, tuple[KitOperations, int]] = {}  # kits' listings by fh
+        self._slots: dict[int, int] = {}  # namespace inode of a kit's name -> its slot
+        self._slot_numbers = Numbers(1)
+        self._folders: dict[int, tuple[Entry, list[tuple[bytes, Entry]]]] = {}  # listings by fh
+        self._kit_dirs: dict[int, tuple[_Kit, KitOperations, int]] = {}  # kits' listings by fh
         self._next_fh = 1
         self.uid, self.gid = os.getuid(), os.getgid()
+
+    @property
+    def kit_names(self) -> list[str]:
+        """The names of kits the kernel holds."""
+        return sorted(kit.entry.path for kit in self.kits.values())
 
     # --- routing --------------------------------------------------------------------------------
 
     async def _kit(self, inode: int) -> KitOperations:
         """The operations of the kit ``inode`` belongs to, its tree built again if it was
-        unloaded."""
+        unloaded (within the timeout)."""
         kit = self.kits.get(inode >> SLOT_BITS)
         if kit is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)  # no kit ever had this slot
-        kit.last_used = trio.current_time()
+            raise pyfuse3.FUSEError(errno.ESTALE)  # no kit has this slot (now)
         if kit.operations is None:
-            await self._reloading.run(kit.slot, self._reload, kit)
-        assert kit.operations is not None
+            await self.loads.kit(kit.entry.path, kit.loaded.reference)
+        return self._operations(kit)
+
+    def _operations(self, kit: _Kit) -> KitOperations:
+        """``kit``'s operations over its loaded tree (made now if unloaded since)."""
+        kit.loaded.last_used = trio.current_time()
+        if kit.operations is None:
+            if kit.loaded.tree is None:
+                raise pyfuse3.FUSEError(errno.EAGAIN)  # unloaded again at once: ask again
+            kit.operations = KitOperations(
+                kit.loaded.tree,
+                kit.loaded.stats,
+                timeout=self.timeout,
+                inode_base=kit.base,
+                name=kit.entry.path,
+            )
+            kit.attributes = kit.operations.attributes(kit.root)
         return kit.operations
 
     def _entry(self, inode: int) -> Entry:
@@ -124,102 +141,113 @@ class ServiceOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return entry
 
+    def subject(self, handler: str, args: tuple[Any, ...]) -> str:
+        first = args[0] if args and isinstance(args[0], int) else 0
+        if handler in ("readdir", "releasedir"):
+            if (kit_dir := self._kit_dirs.get(first)) is not None:
+                return kit_dir[0].entry.path
+            folder = self._folders.get(first)
+            return folder[0].path if folder is not None else "a folder"
+        if (kit := self.kits.get(first >> SLOT_BITS)) is not None:
+            return kit.entry.path
+        entry = self.namespace.get(first)
+        return (entry.path or "the root") if entry is not None else "the root"
+
     async def invalidate_blob(self, digest: str) -> None:
         for kit in list(self.kits.values()):
             if kit.operations is not None:
                 await kit.operations.invalidate_blob(digest)
 
-    # --- lookups --------------------------------------------------------------------------------
+    # --- lookups and what the kernel holds ----------------------------------------------------
 
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
-        if slot := parent_inode >> SLOT_BITS:
-            operations = await self._kit(parent_inode)
-            if parent_inode == self.kits[slot].root and name == b"..":
-                return self._attributes(self._entry(self.kits[slot].entry.parent))
-            return await operations.lookup(parent_inode, name, ctx)
-        parent = self._entry(parent_inode)
-        if name == b".":
-            return self._attributes(parent)
-        if name == b"..":
-            return self._attributes(self._entry(parent.parent))
-        entry = self.namespace.child(parent, os.fsdecode(name))
-        if entry is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        if parent_inode >> SLOT_BITS:
+            attributes = await self._lookup_in_kit(parent_inode, name, ctx)
+        elif name in (b".", b".."):
+            parent = self._entry(parent_inode)
+            attributes = self._attributes(parent if name == b"." else self._entry(parent.parent))
+        else:
+            entry = self.namespace.child(self._entry(parent_inode), os.fsdecode(name))
+            if entry is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            self.namespace.hold(entry)  # while it is looked up
+            try:
+                attributes = await self._enter(entry)
+                self._looked_up(attributes.st_ino)
+            finally:
+                self.namespace.release(entry.inode)
+            return attributes
+        self._looked_up(attributes.st_ino)
+        return attributes
+
+    async def _lookup_in_kit(
+        self, parent_inode: int, name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        operations = await self._kit(parent_inode)
+        kit = self.kits[parent_inode >> SLOT_BITS]
+        if parent_inode == kit.root and name == b"..":
+            return self._attributes(self._entry(kit.entry.parent))
+        return await operations.lookup(parent_inode, name, ctx)
+
+    async def _enter(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        """The attributes of namespace entry ``entry``: a tag resolved, a kit loaded."""
         if entry.kind is Kind.TAG:
             await self._resolved(entry)
         elif entry.kind is Kind.KIT:
-            kit = await self._loaded(entry)
-            return await (await self._kit(kit.root)).getattr(kit.root)
+            assert entry.reference is not None
+            slot = self._slots.get(entry.inode)
+            if slot is None or self.kits[slot].operations is None:
+                loaded = await self.loads.kit(entry.path, entry.reference)
+                if loaded.tree is None:
+                    raise pyfuse3.FUSEError(errno.EAGAIN)  # unloaded again at once: ask again
+                slot = self._slots.get(entry.inode)  # made meanwhile by another lookup?
+                if slot is None:
+                    slot = self._slot_numbers.take()
+                    self.kits[slot] = _Kit(slot, entry, loaded)
+                    self._slots[entry.inode] = slot
+                    loaded.users.add(slot)
+                    self.namespace.serve(entry)  # a kit's name stays while its slot does
+            kit = self.kits[slot]
+            return self._operations(kit).attributes(kit.root)
         return self._attributes(entry)
+
+    def _looked_up(self, inode: int) -> None:
+        """The kernel was answered ``inode``: it holds one lookup more of it."""
+        if slot := inode >> SLOT_BITS:
+            self.kits[slot].known += 1
+            return
+        self.namespace.answered(self._entry(inode))
+        for entry in self.namespace.surplus():
+            self.let_go(entry.parent, entry.name)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            if not inode >> SLOT_BITS:
+                self.namespace.release(inode, count)
+            elif (kit := self.kits.get(inode >> SLOT_BITS)) is not None:
+                kit.known -= count
+                if kit.known <= 0:
+                    self._drop(kit)
+
+    def _drop(self, kit: _Kit) -> None:
+        """The kernel holds nothing of ``kit``'s slot: the slot and its name go (the tree, if
+        no other name uses it, when idle)."""
+        del self.kits[kit.slot], self._slots[kit.entry.inode]
+        kit.loaded.users.discard(kit.slot)
+        self._slot_numbers.give(kit.slot)
+        self.namespace.unserve(kit.entry)
 
     async def _resolved(self, entry: Entry) -> None:
         """Point the tag at the digest it names, asking the registry at most once a TTL."""
-        if trio.current_time() - entry.resolved_at < self.tag_ttl:
+        now = trio.current_time()
+        if now - entry.resolved_at < self.tag_ttl:
             return
-        await self._resolving.run(entry.path, self._resolve, entry)
-
-    async def _resolve(self, entry: Entry) -> None:
         assert entry.reference is not None
-        digest = await self._guarded(entry.path, self.loader.resolve, entry.reference)
-        target = f"{entry.name.rpartition(':')[0]}@{digest}"
-        if entry.target and target != entry.target:
-            log.info("%s moved to %s", entry.path, digest)
-        entry.target, entry.resolved_at = target, trio.current_time()
-
-    async def _loaded(self, entry: Entry) -> _Kit:
-        if (slot := self._slots.get(entry.inode)) is not None:
-            kit = self.kits[slot]
-            kit.last_used = trio.current_time()
-            return kit
-        return await self._loading.run(entry.path, self._load, entry)
-
-    async def _load(self, entry: Entry) -> _Kit:
-        assert entry.reference is not None
-        tree, stats = await self._guarded(entry.path, self.loader.load, entry.reference)
-        slot, self._next_slot = self._next_slot, self._next_slot + 1
-        operations = KitOperations(tree, stats, timeout=self.timeout, inode_base=slot << SLOT_BITS)
-        kit = self.kits[slot] = _Kit(slot, entry, operations, trio.current_time())
-        self._slots[entry.inode] = slot
-        log.info("loaded %s", entry.path)
-        return kit
-
-    async def _reload(self, kit: _Kit) -> None:
-        """Build an unloaded kit's tree again, numbering its paths as before."""
-        if kit.operations is not None:
-            return
-        assert kit.entry.reference is not None
-        tree, stats = await self._guarded(kit.entry.path, self.loader.load, kit.entry.reference)
-        try:
-            await tree.adopt_inodes(kit.numbers)
-        except ValueError:
-            log.error("%s changed while unloaded: what was open of it is stale", kit.entry.path)
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        kit.operations = KitOperations(tree, stats, timeout=self.timeout, inode_base=kit.base)
-        kit.numbers = {}
-        log.info("loaded %s again", kit.entry.path)
-
-    async def _guarded(self, path: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Ask the loader within the deadline; a failure becomes the errno a user expects
-        (unknown: ENOENT, refused: EACCES, else EIO), logged once and, for an unknown
-        reference, remembered for the negative TTL."""
-        if (known := self._unknown.get(path)) is not None:
-            raise pyfuse3.FUSEError(known)
-        try:
-            return await within(self.timeout, f"loading {path}", function, *args)
-        except (NotFound, NotAModelKit) as exc:
-            log.warning("%s: %s", path, exc)
-            self._unknown[path] = errno.ENOENT
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except AuthenticationError as exc:
-            log.error("%s: %s", path, exc)
-            raise pyfuse3.FUSEError(errno.EACCES) from None
-        except ModelKitFSError as exc:
-            log.error("%s: %s", path, exc)
-        except Exception:
-            log.exception("loading %s failed unexpectedly", path)
-        raise pyfuse3.FUSEError(errno.EIO)
+        digest = await self.loads.resolve(entry.path, entry.reference)
+        entry.target = f"{entry.name.rpartition(':')[0]}@{digest}"
+        entry.resolved_at = now
 
     def _attributes(self, entry: Entry) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -245,57 +273,50 @@ class ServiceOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(entry.target)
 
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        pass  # a kit's inodes keep their numbers for as long as the service runs
-
     # --- folders ----------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         if inode >> SLOT_BITS:
             operations = await self._kit(inode)
-            self._kit_dirs[fh] = (operations, await operations.opendir(inode, ctx))
+            kit = self.kits[inode >> SLOT_BITS]
+            self._kit_dirs[fh] = (kit, operations, await operations.opendir(inode, ctx))
             return fh
         entry = self._entry(inode)
         if entry.kind is not Kind.FOLDER:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        self._folders[fh] = sorted(
-            (os.fsencode(name), child)
-            for name, child in entry.children.items()
-            if self._holds_something(self.namespace.entries[child])
+        # Folders list what is served under them (and tags resolved), never every name
+        # somebody once looked up.
+        children = [self.namespace.entries[c] for c in entry.children.values()]
+        self._folders[fh] = (
+            entry,
+            sorted((os.fsencode(c.name), c) for c in children if c.kits or c.target),
         )
         return fh
 
-    def _holds_something(self, entry: Entry) -> bool:
-        """Whether a kit is loaded (or a tag resolved) at or under ``entry``: folders list only
-        those, never every name somebody once looked up."""
-        if entry.kind is Kind.KIT:
-            return entry.inode in self._slots
-        if entry.kind is Kind.TAG:
-            return bool(entry.target)
-        return any(
-            self._holds_something(self.namespace.entries[c]) for c in entry.children.values()
-        )
-
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         if (kit_dir := self._kit_dirs.get(fh)) is not None:
-            await kit_dir[0].readdir(kit_dir[1], start_id, token)
+            kit, operations, kit_fh = kit_dir
+            kit.known += len(reply(token, operations.listed(kit_fh, start_id)))
             return
-        listing = self._folders.get(fh, [])
+        for inode in reply(token, self._listed(fh, start_id)):
+            self._looked_up(inode)
+
+    def _listed(self, fh: int, start_id: int) -> Iterator[Listed]:
+        """The entries of namespace folder ``fh`` still there, from ``start_id`` on."""
+        listing = self._folders[fh][1] if fh in self._folders else []
         for position in range(start_id, len(listing)):
-            name, inode = listing[position]
-            entry = self.namespace.entries[inode]
-            kit = self.kits.get(self._slots.get(inode, 0))
-            if kit is not None:
-                attributes = await (await self._kit(kit.root)).getattr(kit.root)
-            else:
-                attributes = self._attributes(entry)
-            if not pyfuse3.readdir_reply(token, name, attributes, position + 1):
-                break
+            name, entry = listing[position]
+            if self.namespace.get(entry.inode) is not entry:
+                continue  # gone since the folder was opened
+            slot = self._slots.get(entry.inode)
+            attributes = self._attributes(entry) if slot is None else self.kits[slot].attributes
+            if attributes is not None:
+                yield name, attributes, position + 1
 
     async def releasedir(self, fh: int) -> None:
         if (kit_dir := self._kit_dirs.pop(fh, None)) is not None:
-            await kit_dir[0].releasedir(kit_dir[1])
+            await kit_dir[1].releasedir(kit_dir[2])
         self._folders.pop(fh, None)
 
     # --- files: a kit's own ---------------------------------------------------------------------
@@ -330,7 +351,7 @@ class ServiceOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if not inode >> SLOT_BITS:
             if inode == ROOT and name == STATS_XATTR:
-                return json.dumps(self.stats(), sort_keys=True).encode()
+                return json.dumps(await self.stats(), sort_keys=True).encode()
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await (await self._kit(inode)).getxattr(inode, name, ctx)
 
@@ -344,18 +365,26 @@ class ServiceOperations(pyfuse3.Operations):
 
     async def sweep(self) -> None:
         """Unload each kit idle for ``idle`` with nothing of it open (a mapped file is open
-        until unmapped): its tree goes, the numbers of its paths stay."""
+        until unmapped): its tree goes, the numbers of its paths stay while a name of it is
+        held; a kit no name holds goes altogether."""
         now = trio.current_time()
-        for kit in list(self.kits.values()):
-            operations = kit.operations
-            if operations is None or operations.open_handles or now - kit.last_used < self.idle:
-                continue
-            kit.numbers, kit.operations = operations.tree.inode_numbers, None
-            await operations.tree.aclose()
-            log.info("unloaded %s (idle for %.0f s)", kit.entry.path, now - kit.last_used)
+        for key, loaded in list(self.loads.kits.items()):
+            users = [self.kits[slot] for slot in loaded.users]
+            tree = loaded.tree
+            if tree is not None:
+                if now - loaded.last_used < self.idle or any(
+                    kit.operations is not None and kit.operations.open_handles for kit in users
+                ):
+                    continue
+                loaded.numbers, loaded.tree = (tree.inode_numbers if users else {}), None
+                for kit in users:
+                    kit.operations = None
+                    self.let_go(kit.entry.parent, kit.entry.name)
+                await tree.aclose()
+                log.info("unloaded %s (idle for %.0f s)", loaded.reference, now - loaded.last_used)
+            if not loaded.users and loaded.tree is None and self.loads.kits.get(key) is loaded:
+                del self.loads.kits[key]
 
     async def aclose(self) -> None:
-        for kit in self.kits.values():
-            if kit.operations is not None:
-                await kit.operations.tree.aclose()
+        await self.loads.aclose()
         self.kits.clear()

@@ -3,6 +3,7 @@ folder loaded on first access. Real registries, real FUSE, requests counted at t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelkitfs.errors import MountError
+from modelkitfs.fuse.namespace import NAMES_KEPT
 from modelkitfs.mount import unmount
 from tests.conftest import (
     NESTED_KITFILE,
@@ -23,6 +26,7 @@ from tests.conftest import (
     MiB,
     assert_same_tree,
     daemon_pid,
+    mount_stats,
     one_file_kit,
     running,
     write,
@@ -209,7 +213,7 @@ def test_an_idle_kit_is_unloaded_and_loaded_again_but_never_while_open(
         assert f.read(MiB) == data[MiB : 2 * MiB]
     wait_for(lambda: f"{UNLOADED} {proxy.address}/serve/weights@" in service.log, "unloaded")
     assert (held / "weights.bin").read_bytes() == data  # loaded again on its next lookup
-    assert service.log.count(f"service: loaded {proxy.address}/serve/weights@") == 2
+    assert service.log.count(f"loads: loaded {proxy.address}/serve/weights@") == 2
 
 
 def test_unmounting_the_root_with_files_open_is_as_for_a_mount(
@@ -336,3 +340,54 @@ def test_mounts_lists_the_service_and_its_kits_and_umount_stops_it(
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: not running(service.pid), "the service stopped")
     assert not os.path.ismount(service.root)
+
+
+@pytest.mark.parametrize("service", [{"idle": 0.5, "timeout": 3.0}], indirect=True)
+def test_a_kit_that_cannot_be_loaded_again_fails_alone_and_the_mount_serves_on(
+    tmp_path: Path,
+    registry: str,
+    weights: tuple[str, bytes, str],
+    faulty: CountingProxy,
+    service: Service,
+) -> None:
+    """Unloaded, a kit is built again on the next request for a file the kernel still knows,
+    its layers indexed again; its docs layer was never indexed (nothing looked at it), and
+    now its registry fails every blob request. That request fails; the service, every other
+    kit and, once the registry is back, this one read on."""
+    data = np.random.default_rng(41).bytes(MiB)
+    write(tmp_path / "fragile" / "weights.bin", data)
+    write(tmp_path / "fragile" / "docs" / "guide.md", b"guide")
+    kitfile = {**ONE_FILE_KITFILE, "docs": [{"path": "docs/guide.md"}]}
+    kit = build_modelkit(tmp_path / "fragile", kitfile)
+    push(registry, "serve/fragile", "v1", kit)
+    file = service.root / faulty.address / "serve" / f"fragile@{kit.digest}" / "weights.bin"
+    assert file.read_bytes() == data
+    wait_for(lambda: f"{UNLOADED} {faulty.address}/serve/fragile@" in service.log, "unloaded")
+    faulty.inject_randomly(["status"], rate=1.0)
+    with pytest.raises(OSError) as failed:
+        file.read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert running(service.pid) and os.path.ismount(service.root)
+    _, other, digest = weights
+    assert (
+        service.root / registry / "serve" / f"weights@{digest}" / "weights.bin"
+    ).read_bytes() == other
+    faulty.heal()
+
+    def reads() -> bool:
+        try:
+            return file.read_bytes() == data
+        except OSError:
+            return False  # a load begun during the fault may still be ending
+
+    wait_for(reads, "the kit read again once its registry answered")
+
+
+def test_names_that_hold_no_kit_are_let_go_of(service: Service) -> None:
+    """Any name under the root is a folder (a registry, a repository) until a kit is asked
+    for under it, and the kernel keeps what it is answered: beyond the last NAMES_KEPT, the
+    service asks it to let go of them, and forgets them."""
+    for n in range(NAMES_KEPT + 2000):
+        assert (service.root / f"x{n}").is_dir()
+    held = lambda: mount_stats(service.root)["names_held"]  # noqa: E731
+    wait_for(lambda: held() <= NAMES_KEPT + 1, "the names beyond NAMES_KEPT were let go of")

@@ -36,8 +36,16 @@ def test_names_that_are_part_of_a_reference(
 
 
 @pytest.mark.parametrize(
-    "name", [".git", "__pycache__", "UPPER", "a..b", "llm@sha256:short", "llm:", "-x", "x y"]
-)
+    "name",
+    [
+        ".git", "__pycache__", "UPPER", "a..b", "llm@sha256:short", "llm:", "-x", "x y",
+        "llm@sha256:" + "AB" * 32,  # a digest in upper case: no registry would know it
+        "llm:v1@sha256:" + "ab" * 32 + "0",
+        "llm@sha512:" + "ab" * 64,  # kits are named by sha256 alone
+        "x" * 256,
+        "y" * 250 + "@sha256:" + "ab" * 32,  # longer than a repository may be
+    ],
+)  # fmt: skip
 def test_names_no_reference_can_hold(name: str) -> None:
     assert classify("registry.example", name) is None
 
@@ -61,3 +69,26 @@ def test_entries_are_made_once_and_found_again() -> None:
     assert namespace.child(registry, "llm:v1") is tag
     assert namespace.child(registry, ".git") is None
     assert set(registry.children) == {"llm:v1"}
+
+
+def test_an_entry_nobody_holds_goes_with_the_folders_it_alone_kept() -> None:
+    namespace = Namespace()
+    root = namespace.get(ROOT)
+    assert root is not None
+    registry = namespace.child(root, "registry.example")
+    assert registry is not None
+    team = namespace.child(registry, "team")
+    assert team is not None
+    namespace.hold(registry)
+    namespace.hold(team, 2)
+    namespace.release(team.inode)
+    assert namespace.get(team.inode) is team  # held once more
+    namespace.release(team.inode)
+    assert namespace.get(team.inode) is None and registry.children == {}
+    assert namespace.get(registry.inode) is registry  # held on its own
+    namespace.release(registry.inode)
+    assert list(namespace.entries) == [ROOT]
+    again = namespace.child(root, "other.example")
+    assert again is not None and again.inode in (registry.inode, team.inode)  # numbers reused
+    namespace.release(ROOT, 5)
+    assert namespace.get(ROOT) is root  # the root stays

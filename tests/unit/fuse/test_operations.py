@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import pyfuse3
 import pytest
 import trio
 
+from modelkitfs.blobs import Blob
 from modelkitfs.fuse import KitOperations
 from modelkitfs.fuse.operations import STATS_XATTR, XATTR
 from modelkitfs.kit import ROOT_INODE
@@ -207,3 +209,30 @@ def test_statfs_counts_the_kit(tmp_path: Path, artifact: Artifact) -> None:
     capacity, files, total = run(tmp_path, artifact, body)
     assert total <= capacity < total + 4096
     assert files == 5  # the root, Kitfile, README.md, model and model/weights.bin
+
+
+def test_any_failure_of_a_handler_is_eio_logged_once_with_its_kit(
+    tmp_path: Path,
+    artifact: Artifact,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyfuse3 ends the session on any exception but FUSEError: each handler turns it into
+    EIO for its request alone."""
+
+    async def broken(*args: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def body(operations: KitOperations, memory: MemoryKit) -> int:
+        operations.name = "reg.test/team/kit:v1"
+        weights = await path_inode(operations, "model/weights.bin")
+        monkeypatch.setattr(Blob, "cached_bytes", broken)  # the cache's files cannot be read
+        with pytest.raises(pyfuse3.FUSEError) as failure:
+            await operations.getxattr(weights, XATTR + b"layer_cached", None)
+        await operations.getxattr(weights, XATTR + b"layer", None)  # the next request answers
+        return failure.value.errno
+
+    assert run(tmp_path, artifact, body) == errno.EIO
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert failed[0].getMessage() == "reg.test/team/kit:v1: getxattr failed unexpectedly"

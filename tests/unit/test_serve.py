@@ -1,0 +1,53 @@
+"""The node service's statistics: totals in the root's attribute, whatever the number of kits
+(an extended attribute holds 64 KiB at most: about 2,000 kits' names), and the kits' names in
+a file of their own that ``modelkitfs mounts`` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from modelkitfs.fuse.namespace import ROOT
+from modelkitfs.fuse.operations import STATS_XATTR
+from modelkitfs.fuse.service import ServiceOperations
+from modelkitfs.options import MountOptions
+from modelkitfs.serve import service_stats, with_kits
+from modelkitfs.sources import Sources
+from tests.unit.fuse.test_service import Loader, path
+
+KITS = 3000
+
+
+def test_the_stats_attribute_stays_small_with_thousands_of_kits(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    kits_file = logs / "serve-1-kits.json"
+
+    async def main() -> tuple[bytes, list[str]]:
+        operations = ServiceOperations(Loader(), timeout=5)
+        sources = Sources(MountOptions(cache_dir=str(tmp_path / "cache")))
+        operations.stats = service_stats(operations, sources, str(logs / "x.log"), kits_file)
+        names = []
+        for n in range(KITS):
+            name = f"llm@sha256:{n:064x}"
+            await path(operations, "registry.example", "team", name)
+            names.append(f"registry.example/team/{name}")
+        try:
+            return await operations.getxattr(ROOT, STATS_XATTR, None), sorted(names)
+        finally:
+            sources.cache.process.release()
+
+    value, names = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(value) < 2048
+    stats = json.loads(value)
+    assert stats["kit_count"] == stats["kits_loaded"] == KITS
+    assert stats["kits_file"] == str(kits_file)
+    assert with_kits(stats, os.getuid())["kits"] == names  # as `mounts --json` lists them
+    assert stat.S_IMODE(kits_file.stat().st_mode) == 0o600
+    os.chown(kits_file, 65534, 65534)  # a file another user's daemon could name
+    assert "kits" not in with_kits(stats, os.getuid())
+    assert "kits" not in with_kits({**stats, "kits_file": "/etc/passwd"}, os.getuid())
