@@ -38,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="client certificate's key")
     p.add_argument("--proxy", help="HTTP(S) proxy")
     p.add_argument("--mirror", action="append", default=[], help="mirror to try first")
+    p.add_argument(
+        "--allow-local",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also serve kits from OCI layouts or kit's local storage inside this folder "
+        "(repeatable; default none: registries only, see README's Security)",
+    )
     p.add_argument("--timeout", type=float, default=MountOptions().timeout, help="seconds")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

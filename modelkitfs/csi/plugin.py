@@ -137,6 +137,7 @@ def serve(arguments: argparse.Namespace) -> int:
             timeout=arguments.timeout,
             log_level=arguments.log_level.upper(),
             allow_other=True,  # the pods' processes run as any user
+            allow_local=arguments.allow_local,  # none of the node's files unless listed
         )
         options.check()
     except ModelKitFSError as exc:

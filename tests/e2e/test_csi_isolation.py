@@ -29,7 +29,7 @@ from tests.support.csi_plugin import (
     pods_of,
     running_plugin,
 )
-from tests.support.kitbuilder import build_modelkit, push
+from tests.support.kitbuilder import build_modelkit, push, store_locally
 from tests.support.recording_proxy import RecordingProxy
 from tests.support.registry_proxy import CountingProxy
 from tests.support.registry_server import RegistryAuth, running_registry
@@ -235,3 +235,51 @@ def test_a_stopped_node_service_never_wedges_the_plugin(
     assert not any(mounted(pod.target) for pod in during)  # nothing landed late
     plugin.node.NodePublishVolume(during[0].publish_request(), timeout=120)
     assert (during[0].target / "weights.bin").read_bytes() == data
+
+
+def test_no_volume_reaches_the_nodes_kit_storage(
+    tmp_path: Path, registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's kit storage holds ``secret:v1``: a volume naming it, shared or with a mount
+    of its own, and a pushed kit whose ``model.path`` names it, all get nothing of it."""
+    home = tmp_path / "kitops"
+    write(tmp_path / "secret/secret.bin", b"the node's own\n")
+    secret = build_modelkit(
+        tmp_path / "secret", {"manifestVersion": "1.0.0", "model": {"path": "secret.bin"}}
+    )
+    store_locally(home, "localhost", "secret", "v1", secret)
+    write(tmp_path / "hostile/README.md", b"# hi\n")
+    hostile = build_modelkit(
+        tmp_path / "hostile",
+        {
+            "manifestVersion": "1.0.0",
+            "model": {"path": "secret:v1"},
+            "docs": [{"path": "README.md"}],
+        },
+    )
+    push(registry, "csi/hostile", "v1", hostile)
+    monkeypatch.setenv("KITOPS_HOME", str(home))  # the plugin and its node service see it
+    (tmp_path / "node").mkdir()
+    with running_plugin(tmp_path / "node") as plugin, pods_of(plugin) as pods:
+        for name, attributes, code in [
+            ("shared", {"reference": "secret:v1"}, grpc.StatusCode.PERMISSION_DENIED),
+            (
+                "own",
+                {"reference": "secret:v1", "filter": "model"},
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+            (
+                "hostile",
+                {"reference": f"{registry}/csi/hostile:v1"},
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+        ]:
+            pod = Pod(tmp_path / "node", name, attributes)
+            pods.append(pod)
+            refused, details = error_of(plugin.node.NodePublishVolume, pod.publish_request())
+            assert refused == code, (refused, details)
+            assert not mounted(pod.target)
+        assert (
+            "its model.path 'secret:v1' names kit's local storage"
+            in plugin.log + (tmp_path / "node/state/node-service.log").read_text()
+        )
