@@ -184,11 +184,30 @@ def test_missing_references_and_impossible_names_cost_at_most_one_request(
     said = [line for line in service.log.splitlines() if "nothing:here" in line]
     assert len(said) == 1 and "not found" in said[0]  # said once, not a thousand times
     proxy.reset()
-    for name in (".git", "__pycache__", "HEAD~1", "a..b", "x@y", "UPPER"):
+    upper = f"weights@sha256:{'A' * 64}"  # a registry would answer 500s for a while
+    for name in (".git", "__pycache__", "HEAD~1", "a..b", "x@y", "UPPER", upper):
         for _ in range(100):
             with pytest.raises(FileNotFoundError):
                 os.stat(folder / name)
     assert proxy.counters == {k: 0 for k in proxy.counters}
+
+
+@pytest.mark.parametrize("service", [{"tag_ttl": 0.5, "timeout": 3.0}], indirect=True)
+def test_a_tag_is_served_from_its_last_digest_while_its_registry_fails(
+    weights: tuple[str, bytes, str], faulty: CountingProxy, service: Service
+) -> None:
+    repo_tag, data, digest = weights
+    tag = service.root / faulty.address / repo_tag
+    with open(tag / "weights.bin", "rb") as f:
+        assert f.read(MiB) == data[:MiB]
+    faulty.inject("status", count=1000, target="manifest")  # blobs still come
+    warning = "serving the kit it named last"
+    wait_for(
+        lambda: os.readlink(tag) == f"weights@{digest}" and warning in service.log,
+        "the tag was resolved during the outage",
+    )
+    assert (tag / "weights.bin").read_bytes() == data
+    assert service.log.count(warning) == 1
 
 
 @pytest.mark.parametrize("service", [{"idle": 0.5}], indirect=True)
