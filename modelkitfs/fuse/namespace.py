@@ -74,6 +74,7 @@ class Entry:
     resolved_at: float = float("-inf")  # when the tag was last resolved (trio's clock)
     holds: int = 0  # the kernel's lookups not yet forgotten, and the service's holds
     kits: int = 0  # kits served at or under it
+    let_go: bool = False  # the kernel was asked to let go of it
 
     @property
     def mode(self) -> int:
@@ -108,6 +109,7 @@ class Namespace:
         self._numbers = Numbers(ROOT + 1)
         # Entries the kernel was answered, the least recently first.
         self._answered: OrderedDict[int, Entry] = OrderedDict()
+        self.letting_go = 0  # entries the kernel was asked to let go of and still holds
 
     def get(self, inode: int) -> Entry | None:
         return self.entries.get(inode)
@@ -146,6 +148,8 @@ class Namespace:
             inode, entry = self._answered.popitem(last=False)
             if self.entries.get(inode) is entry and not entry.kits:
                 found.append(entry)
+                self.letting_go += not entry.let_go
+                entry.let_go = True
         return found
 
     def serve(self, entry: Entry) -> None:
@@ -183,6 +187,7 @@ class Namespace:
         ):
             del self.entries[entry.inode]
             self._answered.pop(entry.inode, None)
+            self.letting_go -= entry.let_go
             self._numbers.give(entry.inode)
             parent = self.entries[entry.parent]
             parent.children.pop(entry.name, None)

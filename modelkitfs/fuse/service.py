@@ -32,15 +32,14 @@ import trio
 
 from modelkitfs.fuse.guard import guarded
 from modelkitfs.fuse.loads import KitLoader, Loaded, Loads
-from modelkitfs.fuse.namespace import ROOT, Entry, Kind, Namespace, Numbers
+from modelkitfs.fuse.namespace import NAMES_KEPT, ROOT, Entry, Kind, Namespace, Numbers
 from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations, Listed, reply
 from modelkitfs.kit.tree import ROOT_INODE
 
 log = logging.getLogger(__name__)
 
 SLOT_BITS = 32
-
-__all__ = ["SLOT_BITS", "KitLoader", "ServiceOperations"]
+PACE = 0.1  # seconds a new name may wait for the kernel to let go of others
 
 
 async def no_stats() -> dict[str, Any]:
@@ -100,6 +99,7 @@ class ServiceOperations(pyfuse3.Operations):
         self._folders: dict[int, tuple[Entry, list[tuple[bytes, Entry]]]] = {}  # listings by fh
         self._kit_dirs: dict[int, tuple[_Kit, KitOperations, int]] = {}  # kits' listings by fh
         self._next_fh = 1
+        self._behind = trio.lowlevel.ParkingLot()  # names waiting for the kernel to let go
         self.uid, self.gid = os.getuid(), os.getgid()
 
     @property
@@ -143,15 +143,12 @@ class ServiceOperations(pyfuse3.Operations):
 
     def subject(self, handler: str, args: tuple[Any, ...]) -> str:
         first = args[0] if args and isinstance(args[0], int) else 0
-        if handler in ("readdir", "releasedir"):
-            if (kit_dir := self._kit_dirs.get(first)) is not None:
-                return kit_dir[0].entry.path
-            folder = self._folders.get(first)
-            return folder[0].path if folder is not None else "a folder"
-        if (kit := self.kits.get(first >> SLOT_BITS)) is not None:
-            return kit.entry.path
-        entry = self.namespace.get(first)
-        return (entry.path or "the root") if entry is not None else "the root"
+        if handler in ("readdir", "releasedir"):  # by handle
+            held = self._kit_dirs.get(first)
+            return held[0].entry.path if held else "a folder of the root"
+        kit = self.kits.get(first >> SLOT_BITS)
+        entry = kit.entry if kit else self.namespace.get(first)
+        return entry.path if entry and entry.path else "the root"
 
     async def invalidate_blob(self, digest: str) -> None:
         for kit in list(self.kits.values()):
@@ -169,6 +166,8 @@ class ServiceOperations(pyfuse3.Operations):
             parent = self._entry(parent_inode)
             attributes = self._attributes(parent if name == b"." else self._entry(parent.parent))
         else:
+            if self.namespace.letting_go > NAMES_KEPT:
+                await self._keep_pace()
             entry = self.namespace.child(self._entry(parent_inode), os.fsdecode(name))
             if entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -222,6 +221,13 @@ class ServiceOperations(pyfuse3.Operations):
         for entry in self.namespace.surplus():
             self.let_go(entry.parent, entry.name)
 
+    async def _keep_pace(self) -> None:
+        """Wait (a little) for the kernel to let go of what it was asked to: it does so in a
+        thread of its own, which a flood of new names would leave behind (and their entries
+        held meanwhile). The wait is bounded: forgets come in on other workers, or not."""
+        with trio.move_on_after(PACE):
+            await self._behind.park()
+
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             if not inode >> SLOT_BITS:
@@ -230,6 +236,8 @@ class ServiceOperations(pyfuse3.Operations):
                 kit.known -= count
                 if kit.known <= 0:
                     self._drop(kit)
+        if self.namespace.letting_go <= NAMES_KEPT:
+            self._behind.unpark_all()
 
     def _drop(self, kit: _Kit) -> None:
         """The kernel holds nothing of ``kit``'s slot: the slot and its name go (the tree, if

@@ -28,7 +28,7 @@ from modelkitfs.errors import (
 from modelkitfs.fuse.loads import NEGATIVE_ENTRIES
 from modelkitfs.fuse.namespace import NAMES_KEPT, ROOT, Entry, Kind
 from modelkitfs.fuse.operations import STATS_XATTR
-from modelkitfs.fuse.service import SLOT_BITS, ServiceOperations
+from modelkitfs.fuse.service import PACE, SLOT_BITS, ServiceOperations
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, TreeLayer
 from modelkitfs.reference import Reference
 
@@ -462,3 +462,26 @@ def test_an_idle_kit_is_let_go_of_and_goes_once_the_kernel_forgets_it() -> None:
         assert list(service.namespace.entries) == [ROOT]
 
     run(test, idle=10)
+
+
+def test_a_flood_of_new_names_waits_for_the_kernel_to_let_go() -> None:
+    """The kernel lets go in a thread of its own, which a flood of names may leave behind:
+    beyond NAMES_KEPT waiting to be let go of, a new name waits (a little) for it."""
+
+    async def test(service: ServiceOperations, loader: Loader) -> None:
+        kernel = Kernel(service)  # behind: lets go only when told
+        for n in range(2 * NAMES_KEPT + 1):
+            await service.lookup(ROOT, f"x{n}".encode())
+        assert service.namespace.letting_go == NAMES_KEPT + 1
+        started = trio.current_time()
+        await service.lookup(ROOT, b"late")  # the kernel does not catch up: at most PACE
+        assert trio.current_time() - started == pytest.approx(PACE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.lookup, ROOT, b"later")
+            await trio.testing.wait_all_tasks_blocked()
+            await kernel.let_go()  # it catches up: the name goes on at once
+            started = trio.current_time()
+        assert trio.current_time() == started
+        assert len(service.namespace.entries) <= NAMES_KEPT + 3
+
+    run(test)
