@@ -192,7 +192,7 @@ def test_missing_references_and_impossible_names_cost_at_most_one_request(
     assert proxy.counters == {k: 0 for k in proxy.counters}
 
 
-@pytest.mark.parametrize("service", [{"tag_ttl": 0.5, "timeout": 3.0}], indirect=True)
+@pytest.mark.parametrize("service", [{"tag_ttl": 0.5, "timeout": 2.0}], indirect=True)
 def test_a_tag_is_served_from_its_last_digest_while_its_registry_fails(
     weights: tuple[str, bytes, str], faulty: CountingProxy, service: Service
 ) -> None:
@@ -361,7 +361,7 @@ def test_mounts_lists_the_service_and_its_kits_and_umount_stops_it(
     assert not os.path.ismount(service.root)
 
 
-@pytest.mark.parametrize("service", [{"idle": 0.5, "timeout": 3.0}], indirect=True)
+@pytest.mark.parametrize("service", [{"idle": 0.5, "timeout": 2.0}], indirect=True)
 def test_a_kit_that_cannot_be_loaded_again_fails_alone_and_the_mount_serves_on(
     tmp_path: Path,
     registry: str,
