@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelkitfs.blobs.blockfile import make_folders
 from modelkitfs.kit import ModelKit
 
 FOLDER = "kits"
@@ -60,7 +61,7 @@ def record_kit(cache_dir: str | os.PathLike[str], reference: str, kit: ModelKit)
         "last_used": time.time(),
     }
     with contextlib.suppress(OSError):
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as out:
             json.dump(document, out)
         os.replace(out.name, path)

@@ -30,6 +30,7 @@ import setproctitle
 import trio
 
 from modelkitfs import errors
+from modelkitfs.blobs.blockfile import make_folders
 from modelkitfs.blobs.budget import settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
@@ -116,9 +117,9 @@ def daemon_log(cache_dir: str) -> tuple[Path, OSError | None]:
     this user's under the temporary directory; with the cache's fault."""
     path = log_path(cache_dir)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            return path, None
+        make_folders(path.parent)  # the cache's folders are its owner's alone
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        return path, None
     except OSError as exc:
         fallback = Path(tempfile.gettempdir()) / f"modelkitfs-{os.getuid()}" / path.name
         fallback.parent.mkdir(mode=0o700, exist_ok=True)
