@@ -40,18 +40,6 @@ USERS = {"ada": PASSWORD}
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    with running_plugin(tmp_path_factory.mktemp("csi")) as handle:
-        yield handle
-
-
-@pytest.fixture
-def pods(plugin: Plugin) -> Iterator[list[Pod]]:
-    with pods_of(plugin) as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
     """A registry that wants a login, holding a one-file kit: (reference, the file's bytes)."""
     directory = tmp_path_factory.mktemp("private")

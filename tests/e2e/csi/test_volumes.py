@@ -5,7 +5,6 @@ registry, with real FUSE and real bind mounts under the test's folder."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,10 @@ import pytest
 
 from modelkitfs.csi.protocol import messages
 from tests.conftest import NESTED_KITFILE, MiB, assert_same_tree, write
-from tests.support.csi_plugin import NODE, Plugin, Pod, error_of, mounted, pods_of, running_plugin
+from tests.support.csi_plugin import NODE, Plugin, Pod, error_of, mounted
 from tests.support.kitbuilder import build_modelkit, expected_tree, push, selected_tree
 from tests.support.registry_proxy import CountingProxy
 from tests.support.registry_server import free_port
-
-
-@pytest.fixture(scope="module")
-def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    with running_plugin(tmp_path_factory.mktemp("csi")) as handle:
-        yield handle
-
-
-@pytest.fixture
-def pods(plugin: Plugin) -> Iterator[list[Pod]]:
-    with pods_of(plugin) as made:
-        yield made
 
 
 @pytest.fixture(scope="module")
