@@ -23,11 +23,12 @@ import httpx
 import trio
 
 from modelkitfs.digests import sha256_digest, verify
-from modelkitfs.errors import ObjectStorageError, RangeIgnored, TransientError
+from modelkitfs.errors import NotFound, ObjectStorageError, RangeIgnored, TransientError
 from modelkitfs.registry.auth import Authenticator
 from modelkitfs.registry.credentials import Credential, find_credential
 from modelkitfs.registry.documents import (
     MANIFEST_ACCEPT,
+    OCI_INDEX,
     Manifest,
     check_blob,
     check_manifest,
@@ -166,6 +167,23 @@ class RegistryClient:
         if len(manifest.raw) <= MANIFESTS_KEPT:
             self._manifests[(repository, manifest.digest)] = manifest
         return manifest
+
+    async def referrers(self, repository: str, digest: str) -> Manifest | None:
+        """The OCI 1.1 referrers of manifest ``digest`` (an image index listing them); None
+        where the registry has no referrers API (404: CNCF Distribution 2.8), for the caller to
+        read the fallback tag ``sha256-<hex>`` instead. The index is the registry's answer of
+        the moment: it is never kept."""
+        what = f"referrers of {self.registry}/{repository}@{digest}"
+
+        async def fetch(base: str) -> Manifest:
+            url = self._mirrors.url(base, f"/v2/{repository}/referrers/{digest}")
+            response = await self._document(url, repository, {"Accept": OCI_INDEX}, what)
+            return Manifest(sha256_digest(response.content), OCI_INDEX, response.content)
+
+        try:
+            return await self._mirrors.via(fetch, what)
+        except NotFound:
+            return None
 
     async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
         """Fetch a small blob (a config) whole and verify it."""

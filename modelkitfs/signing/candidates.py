@@ -1,0 +1,81 @@
+"""What a signature found beside a manifest claims, before anyone trusts it: the bytes it
+signs, the signature, the certificate and log entry it carries, and what is already wrong with
+it (a payload for another manifest, a malformed annotation). The two formats cosign writes,
+:mod:`.classic` and :mod:`.bundles`, each make these; :mod:`.verifier` judges them alike."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography import x509
+
+from modelkitfs.registry.client import Manifest
+from modelkitfs.signing.rekor import LogEntry
+
+
+class SignatureStore(Protocol):
+    """Where signatures are read: the kit's own source (a registry client: credentials,
+    mirrors and retries as for the kit)."""
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest: ...
+
+    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes: ...
+
+    async def referrers(self, repository: str, digest: str) -> Manifest | None:
+        """The referrers API's index for ``digest``; None where the source has no such API."""
+        ...
+
+
+class Documents(Protocol):
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest: ...
+
+    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes: ...
+
+
+class WithoutReferrers:
+    """A source with no referrers API (an OCI layout, kit's storage): bundles are found by
+    the fallback tag alone."""
+
+    def __init__(self, source: Documents) -> None:
+        self.source = source
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        return await self.source.get_manifest(repository, identifier)
+
+    async def get_blob(self, repository: str, digest: str, size: int | None = None) -> bytes:
+        return await self.source.get_blob(repository, digest, size)
+
+    async def referrers(self, repository: str, digest: str) -> Manifest | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # "classic" (a .sig layer) or "bundle" (a sigstore bundle)
+    where: str  # which signature, for messages
+    signed: bytes = b""  # what the signature covers
+    logged: bytes = b""  # what the log entry hashes (the payload)
+    signature: bytes = b""
+    certificate: x509.Certificate | None = None
+    entry: LogEntry | None = None
+    entry_problem: str | None = None  # why the log entry could not be read
+    problem: str | None = None  # why it cannot count at all
+
+
+def broken(kind: str, where: str, problem: str) -> Candidate:
+    return Candidate(kind, where, problem=problem)
+
+
+def b64(text: object) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+
+
+def certificate(pem: bytes | None) -> x509.Certificate | None:
+    """The first certificate of ``pem`` (ValueError when it holds none)."""
+    return None if not pem else x509.load_pem_x509_certificates(pem)[0]
