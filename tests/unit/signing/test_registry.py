@@ -1,0 +1,81 @@
+"""Signatures read through the registry client, as a registry serves them: the referrers API,
+its 404 and the fallback tag, and layer blobs checked against their digests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from modelkitfs.registry.testing import MemoryRegistry
+from modelkitfs.signing import SignatureRefused, verify_digest
+from tests.support import cosign
+from tests.support.kitbuilder import Artifact
+from tests.unit.signing.doubles import KIT, REPOSITORY, key_policy
+
+
+def registry_with_kit() -> tuple[MemoryRegistry, Artifact]:
+    registry = MemoryRegistry()
+    kit = Artifact(json.dumps(KIT).encode(), b"")
+    registry.push(REPOSITORY, "v1", kit.manifest, kit.media_type, {})
+    return registry, kit
+
+
+def push(registry: MemoryRegistry, artifact: Artifact, tag: str) -> None:
+    registry.push(REPOSITORY, tag, artifact.manifest, artifact.media_type, artifact.blobs)
+
+
+def verify(registry: MemoryRegistry, kit: Artifact, policy) -> list:
+    async def main() -> list:
+        client = registry.client()
+        try:
+            verdict = await verify_digest(
+                client, "reg.test/team/kit", REPOSITORY, kit.digest, policy
+            )
+        finally:
+            await client.aclose()
+        return verdict.signers
+
+    return trio.run(main)
+
+
+def test_without_a_referrers_api_the_fallback_tag_is_read(tmp_path: Path) -> None:
+    key = cosign.new_key()
+    registry, kit = registry_with_kit()
+    referrer = cosign.referrer(kit, cosign.bundle(kit.digest, key))
+    push(registry, referrer, "unused")
+    push(registry, cosign.referrers_index([referrer]), cosign.fallback_tag(kit.digest))
+    assert verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
+    asked = [p for p in registry.documents if "referrers" in p or "sha256-" in p]
+    assert asked == [
+        f"/v2/{REPOSITORY}/manifests/{cosign.signature_tag(kit.digest)}",
+        f"/v2/{REPOSITORY}/referrers/{kit.digest}",
+        f"/v2/{REPOSITORY}/manifests/{cosign.fallback_tag(kit.digest)}",
+    ]
+
+
+def test_the_referrers_api_is_read_when_there_is_one(tmp_path: Path) -> None:
+    key = cosign.new_key()
+    registry, kit = registry_with_kit()
+    referrer = cosign.referrer(kit, cosign.bundle(kit.digest, key))
+    push(registry, referrer, "unused")
+    index = cosign.referrers_index([referrer])
+    registry.manifests[f"/v2/{REPOSITORY}/referrers/{kit.digest}"] = (
+        index.manifest,
+        index.media_type,
+    )
+    assert verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
+    assert f"/v2/{REPOSITORY}/manifests/{cosign.fallback_tag(kit.digest)}" not in registry.documents
+
+
+def test_a_payload_that_is_not_its_digest_does_not_count(tmp_path: Path) -> None:
+    key = cosign.new_key()
+    registry, kit = registry_with_kit()
+    signatures = cosign.signature_manifest([cosign.classic(kit.digest, key)])
+    digest = next(d for d, b in signatures.blobs.items() if b != signatures.config)
+    signatures.blobs[digest] = signatures.blobs[digest].replace(b"critical", b"CRITICAL")
+    push(registry, signatures, cosign.signature_tag(kit.digest))
+    with pytest.raises(SignatureRefused, match=r"its payload cannot be read .*does not match"):
+        verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
