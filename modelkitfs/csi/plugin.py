@@ -12,9 +12,10 @@ import signal
 import threading
 from concurrent import futures
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
+from google.protobuf.wrappers_pb2 import BoolValue
 
 from modelkitfs import __version__
 from modelkitfs.blobs.cache import default_cache_dir
@@ -24,7 +25,7 @@ from modelkitfs.csi.records import Records
 from modelkitfs.csi.volumes import CALL_TIMEOUT, VolumeError, Volumes, code_of
 from modelkitfs.daemon import configure_logging
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import MountOptions
+from modelkitfs.options import SIGNING_FIELDS, MountOptions, with_signing_environment
 
 log = logging.getLogger("modelkitfs.csi")
 
@@ -45,14 +46,20 @@ class Identity(services.IdentityServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
 
-    def GetPluginInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetPluginInfo(
+        self, request: messages.GetPluginInfoRequest, context: grpc.ServicerContext
+    ) -> messages.GetPluginInfoResponse:
         return messages.GetPluginInfoResponse(name=PLUGIN_NAME, vendor_version=__version__)
 
-    def GetPluginCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetPluginCapabilities(
+        self, request: messages.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> messages.GetPluginCapabilitiesResponse:
         return messages.GetPluginCapabilitiesResponse()  # a node plugin only: no controller
 
-    def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return messages.ProbeResponse(ready={"value": self.service.alive()})
+    def Probe(
+        self, request: messages.ProbeRequest, context: grpc.ServicerContext
+    ) -> messages.ProbeResponse:
+        return messages.ProbeResponse(ready=BoolValue(value=self.service.alive()))
 
 
 class Node(services.NodeServicer):
@@ -60,13 +67,19 @@ class Node(services.NodeServicer):
         self.volumes = volumes
         self.node_id = node_id
 
-    def NodeGetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def NodeGetInfo(
+        self, request: messages.NodeGetInfoRequest, context: grpc.ServicerContext
+    ) -> messages.NodeGetInfoResponse:
         return messages.NodeGetInfoResponse(node_id=self.node_id)
 
-    def NodeGetCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def NodeGetCapabilities(
+        self, request: messages.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> messages.NodeGetCapabilitiesResponse:
         return messages.NodeGetCapabilitiesResponse()  # no staging, stats or expansion
 
-    def NodePublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def NodePublishVolume(
+        self, request: messages.NodePublishVolumeRequest, context: grpc.ServicerContext
+    ) -> messages.NodePublishVolumeResponse:
         log.debug("publish %s at %s", request.volume_id, request.target_path)
         try:
             capability = request.volume_capability
@@ -89,7 +102,9 @@ class Node(services.NodeServicer):
             _fail(context, VolumeError("INTERNAL", f"publishing {request.target_path}: {exc}"))
         return messages.NodePublishVolumeResponse()
 
-    def NodeUnpublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def NodeUnpublishVolume(
+        self, request: messages.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> messages.NodeUnpublishVolumeResponse:
         log.debug("unpublish %s from %s", request.volume_id, request.target_path)
         try:
             self.volumes.unpublish(request.volume_id, request.target_path, _seconds(context))
@@ -138,7 +153,10 @@ def serve(arguments: argparse.Namespace) -> int:
             log_level=arguments.log_level.upper(),
             allow_other=True,  # the pods' processes run as any user
             allow_local=arguments.allow_local,  # none of the node's files unless listed
+            # Whose signatures every volume's kit needs (README, Signed kits).
+            **{name: getattr(arguments, name) for name in SIGNING_FIELDS},
         )
+        options = with_signing_environment(options)
         options.check()
     except ModelKitFSError as exc:
         log.error("%s", exc)

@@ -1,11 +1,16 @@
-"""The compiled CSI protocol speaks the spec's wire format: packages, services and field
+"""The generated CSI protocol speaks the spec's wire format: packages, services and field
 numbers as kubelet's generated code has them."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from modelkitfs.csi.protocol import messages, services
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_services_are_csi_v1() -> None:
@@ -67,3 +72,16 @@ def test_a_request_from_kubelet_s_bytes() -> None:
 def test_secrets_are_marked_as_such() -> None:
     field = messages.NodePublishVolumeRequest.DESCRIPTOR.fields_by_name["secrets"]
     assert "csi_secret" in str(field.GetOptions())
+
+
+def test_the_generated_modules_are_those_of_csi_proto(tmp_path: Path) -> None:
+    """scripts/generate-csi run again writes what is committed: the .proto is the source."""
+    generated = subprocess.run(
+        [str(ROOT / "scripts" / "generate-csi"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert generated.returncode == 0, generated.stderr
+    names = sorted(p.name for p in (tmp_path / "modelkitfs" / "csi").iterdir())
+    assert names == ["csi_pb2.py", "csi_pb2.pyi", "csi_pb2_grpc.py", "csi_pb2_grpc.pyi"]
+    for name in names:
+        fresh = (tmp_path / "modelkitfs" / "csi" / name).read_text()
+        assert fresh == (ROOT / "modelkitfs" / "csi" / name).read_text(), name

@@ -235,7 +235,8 @@ def test_a_publish_past_its_deadline_undoes_its_mount_when_it_ends(
         f"publishing {REF} at {target}: no answer within 0.01 s: what it mounts later is "
         "undone; try again"
     )
-    assert volumes.records.get(target) is not None  # under way
+    # Under way still: its thread records the volume, then waits in the bind.
+    wait_for(lambda: volumes.records.get(target) is not None, "the publish to be recorded")
     release.set()
     wait_for(lambda: volumes.records.get(target) is None, "the late publish to be undone")
     assert mounted == [] and not os.path.exists(target)
