@@ -34,6 +34,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_access import (
+    access_figures,
+    image_kit_ref,
+    images_blob_url,
+    make_images,
+    small_files_cold,
+)
 from bench_figures import loopback, object_link, production_like, service_figures
 from bench_tools import MODEL, ONE_TENSOR, Bench, MiB, make_source, process_with, transformer
 
@@ -45,11 +52,14 @@ from tests.support.static_server import running_nginx
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a 40 MiB model and 2,000 files")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 40 MiB model, 2,000 files, 1,000 images"
+    )
     args = parser.parse_args()
     shapes, small_files = (
         (transformer(8192, 256, 10), 2000) if args.quick else (transformer(50257, 1024, 18), 20000)
     )
+    image_count, fio_seconds = (1000, 1.0) if args.quick else (20000, 5.0)
     tensor_mib = np.prod(shapes[ONE_TENSOR]) * 4 / MiB
     with tempfile.TemporaryDirectory(prefix="modelkitfs-bench-") as temp:
         base = Path(temp)
@@ -68,13 +78,33 @@ def main() -> None:
         model_digest, data_digest = layers[0]["digest"], layers[1]["digest"]
         layer_tar = base / "model-layer.tar"
         layer_tar.write_bytes(plain.blobs[model_digest])
+        images = base / "images-src"
+        make_images(images, image_count)
+        image_kit = build_modelkit(
+            images, {"manifestVersion": "1.0.0", "datasets": [{"name": "images", "path": "images"}]}
+        )
+        images_digest = json.loads(image_kit.manifest)["layers"][0]["digest"]
+        images_tar = base / "images-layer.tar"
+        images_tar.write_bytes(image_kit.blobs[images_digest])
         (base / "registry").mkdir()
         with running_registry(base / "registry") as registry:
             push(registry, "bench/kit", "plain", plain)
             push(registry, "bench/kit", "gzip", build_modelkit(source, kitfile, compression="gzip"))
+            push(registry, "bench/images", "plain", image_kit)
+            del image_kit
             loopback(bench, registry, source, model_digest, data_digest, layer_tar, tensor_mib)
+            access_figures(
+                bench, registry, source, layer_tar, images, images_tar, images_digest, fio_seconds
+            )
             with LinkProxy(registry) as link:
                 object_link(bench, link, model_digest, data_digest, tensor_mib)
+                small_files_cold(
+                    bench,
+                    image_kit_ref(link.address),
+                    images,
+                    images_blob_url(link.address, images_digest),
+                    "link: ",
+                )
         storage = storage_folder(base / "stored")
         storage.mkdir(parents=True)
         with (

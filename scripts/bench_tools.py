@@ -171,18 +171,53 @@ def evict_from_page_cache(folder: Path) -> None:
                     os.close(fd)
 
 
+@contextlib.contextmanager
+def ratarmounted(base: Path, tar: Path) -> Iterator[Path | None]:
+    """``tar`` mounted by ratarmount (None where it is not installed)."""
+    binary = shutil.which("ratarmount") or str(Path(sys.executable).parent / "ratarmount")
+    if not os.path.exists(binary):
+        yield None
+        return
+    mountpoint = Path(tempfile.mkdtemp(dir=base))
+    subprocess.run([binary, str(tar), str(mountpoint)], check=True, capture_output=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
 def ratarmount_read(base: Path, layer_tar: Path, size: float) -> tuple[float, str] | None:
     """Seconds for ratarmount to read the model out of the layer tar on local disk (warm), and
     the CPU that cost."""
-    binary = shutil.which("ratarmount") or str(Path(sys.executable).parent / "ratarmount")
-    if not os.path.exists(binary):
-        return None
-    mountpoint = Path(tempfile.mkdtemp(dir=base))
-    subprocess.run([binary, str(layer_tar), str(mountpoint)], check=True, capture_output=True)
-    try:
+    with ratarmounted(base, layer_tar) as mountpoint:
+        if mountpoint is None:
+            return None
         read_all(mountpoint / MODEL)  # warm its page cache and index, as ours is warm
         cpu = CpuUse({"ratarmount": process_with("ratarmount", str(mountpoint))})
         seconds = timed(lambda: read_all(mountpoint / MODEL))
         return seconds, cpu.stop(size)
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def drop_page_cache(*folders: Path) -> None:
+    """Empty the page cache: all of it as root (``drop_caches``), else the pages of every
+    file under ``folders``."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3")
+    except OSError:
+        for folder in folders:
+            evict_from_page_cache(folder)
+
+
+def wait_for_exit(pid: int, longest: float = 120) -> None:
+    """Wait until process ``pid`` has ended (a daemon writing its last blocks after its
+    unmount), at most ``longest`` seconds."""
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in "ZX":  # ended, not yet reaped
+            return
+        time.sleep(0.05)
