@@ -33,6 +33,11 @@ class NotAllowed(AuthenticationError):
     mount, PERMISSION_DENIED to the CSI plugin."""
 
 
+class SignatureRefused(NotAllowed):
+    """No signature the signature policy trusts (README, Signed kits): EACCES in a mount,
+    PERMISSION_DENIED to the CSI plugin, exit 1 from ``verify``; the message says why."""
+
+
 class DigestMismatch(RegistryError):
     """Content did not hash to the digest that names it."""
 

@@ -125,6 +125,15 @@ class SourcesCollector(Collector):
         )
         evicted.add_metric([], budget.evicted_bytes)
         yield from (evictions, evicted)
+        checks = CounterMetricFamily(
+            "modelkitfs_signature_checks",
+            "Manifest digests checked against the signature policy, by result (refused: "
+            "served nothing; warned: served by a rule in warn mode)",
+            labels=["result"],
+        )
+        for result, count in self.sources.signature_checks.items():
+            checks.add_metric([result], count)
+        yield checks
         if budget.max_bytes is not None:
             yield GaugeMetricFamily(
                 "modelkitfs_cache_max_bytes", "The disk cache's cap", value=budget.max_bytes

@@ -10,6 +10,7 @@ The CLI's choices come from the tuples here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -25,6 +26,7 @@ from modelkitfs.errors import InvalidFilter, ModelKitFSError
 from modelkitfs.kit import Filter, parse_labels
 from modelkitfs.kit.filters import FILTER_TYPES, parse_filter
 from modelkitfs.registry.transport import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
+from modelkitfs.signing import Policy, load_policy
 
 VERIFY_MODES = ("complete", "full")
 PREFETCH_MODES = ("none", "model", "all")
@@ -54,6 +56,16 @@ class MountOptions:
     # Local sources (OCI layouts, kit's storage) a session may read: None, any (a user's own
     # commands); else only those inside these folders (the node service and the CSI plugin).
     allow_local: tuple[str, ...] | None = None
+    # Signers a kit must be signed by (README, Signed kits), named as cosign names them: PEM
+    # public keys (files, or the PEM itself), a keyless identity (exact or a regexp) with its
+    # OIDC issuer, sigstore's trusted_root.json, and a policy file. None of them: no check.
+    verify_keys: tuple[str, ...] = ()
+    certificate_identity: str | None = None
+    certificate_identity_regexp: str | None = None
+    certificate_oidc_issuer: str | None = None
+    trusted_root: str | None = None
+    insecure_ignore_tlog: bool = False
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -72,6 +84,23 @@ class MountOptions:
             put("allow_local", tuple(_folder(f) for f in _sequence(self.allow_local)))
         if self.metrics is not None:
             metrics_address(self.metrics)
+        put("verify_keys", tuple(_path(k) for k in _sequence(self.verify_keys)))
+        put("trusted_root", _path(self.trusted_root) if self.trusted_root else None)
+        put("policy", _path(self.policy) if self.policy else None)
+        put("insecure_ignore_tlog", bool(self.insecure_ignore_tlog))
+        self.signature_policy()  # a key, trusted root or policy that cannot be used: now
+
+    def signature_policy(self) -> Policy | None:
+        """The signature policy these options give (None: no check), read from its files."""
+        return load_policy(
+            self.verify_keys,
+            self.certificate_identity,
+            self.certificate_identity_regexp,
+            self.certificate_oidc_issuer,
+            self.trusted_root,
+            self.insecure_ignore_tlog,
+            self.policy,
+        )
 
     def check(self) -> None:
         """Raise the error what these options name on disk would cause (CA bundles, client
@@ -156,6 +185,42 @@ def _timeout(value: Any) -> float:
     return seconds
 
 
+def _path(value: Any) -> str:
+    """A file named by a signature option, absolute (a daemon may run elsewhere); a PEM given
+    as the value itself ($COSIGN_KEY) as it is."""
+    text = str(value)
+    return text if text.lstrip().startswith("-----BEGIN") else os.path.abspath(text)
+
+
+SIGNING_FIELDS = (
+    "verify_keys",
+    "certificate_identity",
+    "certificate_identity_regexp",
+    "certificate_oidc_issuer",
+    "trusted_root",
+    "insecure_ignore_tlog",
+    "policy",
+)
+SIGNERS = tuple(f for f in SIGNING_FIELDS if f not in ("trusted_root", "insecure_ignore_tlog"))
+SIGNING_ENVIRONMENT = {
+    "COSIGN_KEY": "verify_keys",
+    "COSIGN_CERT_IDENTITY": "certificate_identity",
+    "COSIGN_CERT_OIDC_ISSUER": "certificate_oidc_issuer",
+}
+
+
+def signing_environment(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The signers kit's init container takes from $COSIGN_KEY, or $COSIGN_CERT_IDENTITY and
+    $COSIGN_CERT_OIDC_ISSUER, for options ``given`` (field values) that name no signer."""
+    if any(given.get(name) for name in SIGNERS):
+        return {}
+    return {
+        field_name: os.environ[variable]
+        for variable, field_name in SIGNING_ENVIRONMENT.items()
+        if os.environ.get(variable)
+    }
+
+
 def _folder(value: Any) -> str:
     """``--allow-local DIR``: an existing folder, by its real path (a symlink in it cannot
     lead a reference out of it: references are resolved to real paths before the check)."""
@@ -192,7 +257,9 @@ def merged_options(options: MountOptions | None, overrides: dict[str, Any]) -> M
         raise ModelKitFSError(
             f"unknown option(s) {', '.join(unknown)}: use {', '.join(sorted(OPTION_NAMES))}"
         )
-    merged = (options or MountOptions()).replace(**overrides)
+    base = options or MountOptions()
+    given = {name: overrides.get(name, getattr(base, name)) for name in SIGNERS}
+    merged = base.replace(**{**signing_environment(given), **overrides})
     merged.check()
     return merged
 
@@ -205,3 +272,53 @@ def metrics_address(text: str) -> tuple[str, int]:
             f"--metrics {text!r}: give HOST:PORT to serve metrics on, e.g. 127.0.0.1:9464"
         )
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def signing_arguments(parser: argparse.ArgumentParser, *, policy: bool = False) -> None:
+    """Whose signature a kit needs, as cosign verify and kit's init container name it (README,
+    Signed kits); none: no check."""
+    sign = parser.add_argument_group("signatures (as cosign verify's flags; none given: no check)")
+    sign.add_argument(
+        "--verify-key",
+        dest="verify_keys",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="serve only what this PEM public key signed (cosign.pub; repeatable: any one "
+        "suffices; default $COSIGN_KEY)",
+    )
+    sign.add_argument(
+        "--certificate-identity",
+        metavar="IDENTITY",
+        help="keyless: the signer's identity in its certificate (an email or URI; default "
+        "$COSIGN_CERT_IDENTITY)",
+    )
+    sign.add_argument(
+        "--certificate-identity-regexp",
+        metavar="REGEXP",
+        help="keyless: a regular expression the identity must match (found anywhere, as "
+        "cosign's: anchor it with ^ and $)",
+    )
+    sign.add_argument(
+        "--certificate-oidc-issuer",
+        metavar="URL",
+        help="keyless: the OIDC issuer of the signer's identity (default $COSIGN_CERT_OIDC_ISSUER)",
+    )
+    sign.add_argument(
+        "--trusted-root",
+        metavar="FILE",
+        help="sigstore's trusted_root.json: the Fulcio CAs and Rekor keys signatures are "
+        "checked against (nothing is fetched)",
+    )
+    sign.add_argument(
+        "--insecure-ignore-tlog",
+        action="store_true",
+        help="accept key signatures without checking their transparency-log entry, as cosign",
+    )
+    if policy:
+        sign.add_argument(
+            "--policy",
+            metavar="FILE",
+            help="which signers each kit needs: a file of ClusterImagePolicy specs (images[].glob, "
+            "authorities[].key|keyless, mode enforce|warn); a kit no glob covers is refused",
+        )

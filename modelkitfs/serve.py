@@ -49,6 +49,9 @@ class SourcesLoader:
     async def resolve(self, reference: Reference) -> str:
         store = self.sources.store_for(reference)
         fetched = await store.source.get_manifest(store.repository, reference.identifier)
+        # A tag's symlink moves only to a digest the signature policy trusts (README, Signed
+        # kits): a refusal is EACCES, with the reason in the log.
+        await self.sources.check_signed(reference, fetched.digest)
         return fetched.digest
 
     async def load(self, reference: Reference) -> tuple[KitTree, Callable[[], dict[str, Any]]]:

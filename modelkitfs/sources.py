@@ -33,6 +33,10 @@ from modelkitfs.reference import DEFAULT_REGISTRY, Reference
 from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
 from modelkitfs.registry.layout import LoginChecked, kit_storage
 from modelkitfs.registry.source import BlobSource
+from modelkitfs.signing import Policy, SignatureRefused, SignatureStore, Verdict, verify_digest
+from modelkitfs.signing.candidates import WithoutReferrers
+from modelkitfs.signing.remembered import Remembered
+from modelkitfs.signing.verifier import signatures_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ class Sources:
         self.clients: dict[str, RegistryClient] = {}
         self.stores: dict[tuple[str, str], BlobStore] = {}
         self.corrupt_handlers: list[Callable[[str], Awaitable[None]]] = []
+        self.policy = options.signature_policy()
+        self.passes = Remembered(options.cache_dir)
+        self.signature_checks = {"passed": 0, "refused": 0, "warned": 0}
 
     async def __aenter__(self) -> Sources:
         self._exit = contextlib.AsyncExitStack()
@@ -95,7 +102,51 @@ class Sources:
             reference,
             filters=list(self.options.filters),
             labels=dict(self.options.labels),
+            check=self.check_signed,
         )
+
+    async def check_signed(self, reference: Reference, digest: str) -> Verdict | None:
+        """Refuse manifest ``digest`` (what ``reference`` resolved to) with
+        :class:`~modelkitfs.signing.SignatureRefused` unless the options' signature policy
+        trusts it; None when there is no policy. A pass is remembered per policy."""
+        if self.policy is None:
+            return None
+        return await self.verify(reference, digest, self.policy)
+
+    async def verify(
+        self, reference: Reference, digest: str, policy: Policy, *, remember: bool = True
+    ) -> Verdict:
+        """``digest``'s signatures judged by ``policy`` (``remember``: a pass remembered
+        before is taken, and a new one kept)."""
+        name = _name(reference)
+        key = Remembered.key(policy.digest, name, digest)
+        if remember and (signers := await self.passes.get(key)) is not None:
+            return Verdict(name, digest, signers)
+        store = self.signature_store(reference)
+        try:
+            verdict = await verify_digest(store, name, reference.repository, digest, policy)
+        except SignatureRefused:
+            self.signature_checks["refused"] += 1
+            raise
+        if verdict.warnings:
+            self.signature_checks["warned"] += 1
+            return verdict
+        self.signature_checks["passed"] += 1
+        if remember:
+            await self.passes.put(key, verdict.signers)
+        log.info("%s@%s is signed by %s", name, digest, "; ".join(map(str, verdict.signers)))
+        return verdict
+
+    async def signatures(self, reference: Reference, digest: str) -> dict[str, int]:
+        """How many signatures of each format ``digest`` carries, none checked."""
+        return await signatures_of(self.signature_store(reference), reference.repository, digest)
+
+    def signature_store(self, target: Reference) -> SignatureStore:
+        """Where ``target``'s signatures are read: its registry (not kit's local copy, which
+        holds none), else the folder it is in."""
+        store = self.store_for(target)
+        client = None if target.is_layout else self.clients.get(target.registry)
+        return client if client is not None else WithoutReferrers(store.source)
 
     def store_for(self, target: Reference) -> BlobStore:
         key = (target.registry, target.repository)
@@ -180,4 +231,12 @@ class Sources:
             },
             # False while writes are paused after one failed (a full or read-only disk).
             "cache_writable": all(s.cache.writable for s in self.stores.values()),
+            "signature_checks": dict(self.signature_checks),  # by outcome
         }
+
+
+def _name(reference: Reference) -> str:
+    """What a policy's globs match: ``registry/repository`` (the folder of a layout)."""
+    if reference.is_layout:
+        return f"{reference.registry}{reference.repository}"
+    return f"{reference.registry}/{reference.repository}"

@@ -12,7 +12,18 @@ import os
 import sys
 
 from modelkitfs import __version__
-from modelkitfs.cli import cache, completion, inspect, kits, ls, mount, prefetch, read, serve
+from modelkitfs.cli import (
+    cache,
+    completion,
+    inspect,
+    kits,
+    ls,
+    mount,
+    prefetch,
+    read,
+    serve,
+    verify,
+)
 from modelkitfs.cli.network import blame_the_proxy
 from modelkitfs.cli.output import (
     expected_failure,
@@ -24,7 +35,7 @@ from modelkitfs.cli.output import (
 from modelkitfs.cli.parser import Commands, Parser, join_dashed_values
 from modelkitfs.registry.credentials import pair_registry
 
-MODULES = (mount, serve, prefetch, inspect, ls, read, kits, cache, completion)
+MODULES = (mount, serve, prefetch, inspect, ls, read, verify, kits, cache, completion)
 OVERVIEW = ("mount", "inspect", "ls", "cat", "umount", "prefetch", "cache")
 
 

@@ -17,6 +17,7 @@ from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, o
 from modelkitfs.kit.kitfile import render_kitfile
 from modelkitfs.kit.plan import FILTER_TYPE_OF
 from modelkitfs.reader import KitReader
+from modelkitfs.signing import Signer
 
 SECTIONS = ("datasets", "code", "docs", "prompts")
 
@@ -53,6 +54,7 @@ def run_inspect(args: argparse.Namespace) -> None:
         return
     print(f"reference {kit['reference']}")
     print(f"manifest  {kit['manifest']}")
+    print(f"signed    {_signed(kit['signatures'])}")
     for section in ("package", "model"):
         if kit[section]:
             print(f"{section:9} {_summary(kit[section])}")
@@ -105,9 +107,13 @@ async def _describe(reader: KitReader) -> dict[str, Any]:
             }
         )
     kitfile = kit.kitfile
+    found = await reader.sources.signatures(reader.ref, kit.manifest_digest)
+    verdict = await reader.sources.check_signed(reader.ref, kit.manifest_digest)
+    signers = [signer.as_dict() for signer in verdict.signers] if verdict else None
     return {
         "reference": reader.reference,
         "manifest": kit.manifest_digest,
+        "signatures": {**found, "signers": signers},
         "manifestVersion": kitfile.get("manifestVersion"),
         "package": _section(kitfile.get("package")),
         "model": _section(kitfile.get("model")),
@@ -119,6 +125,16 @@ async def _describe(reader: KitReader) -> dict[str, Any]:
         "cached": sum(layer["cached"] for layer in layers),
         "layers": layers,
     }
+
+
+def _signed(signatures: dict[str, Any]) -> str:
+    """Whether the kit carries signatures, and whose were checked (README, Signed kits)."""
+    counts = [f"{signatures[kind]} {kind}" for kind in ("classic", "bundle") if signatures[kind]]
+    carried = ", ".join(counts) + " signature(s)" if counts else "no signature"
+    signers = signatures["signers"]
+    if signers is None:
+        return f"{carried} (not checked: give --verify-key or --certificate-identity)"
+    return f"{carried}; valid: " + ("; ".join(str(Signer(**s)) for s in signers) or "none")
 
 
 def _section(section: Any) -> dict[str, Any]:

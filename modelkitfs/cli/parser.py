@@ -25,6 +25,8 @@ from modelkitfs.options import (
     PREFETCH_MODES,
     VERIFY_MODES,
     MountOptions,
+    signing_arguments,
+    signing_environment,
 )
 from modelkitfs.reader import KitReader
 from modelkitfs.registry.transport import DEFAULT_TIMEOUT
@@ -130,8 +132,12 @@ def kit_arguments(
     access_arguments(parser, fetches=fetches)
 
 
-def access_arguments(parser: argparse.ArgumentParser, *, fetches: bool = True) -> None:
-    """How to reach registries and where to cache (every command that reads kits)."""
+def access_arguments(
+    parser: argparse.ArgumentParser, *, fetches: bool = True, policy: bool = False
+) -> None:
+    """How to reach registries, where to cache and whose signatures to require (every command
+    that reads kits); ``policy``: a policy file too (serve)."""
+    signing_arguments(parser, policy=policy)  # as the CSI plugin's
     net = parser.add_argument_group("network (as kit's flags)")
     net.add_argument("--plain-http", action="store_true", help="talk plain HTTP to the registry")
     net.add_argument(
@@ -231,7 +237,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
     """The command's options, parsed (every such flag is named after its field), with a cache
     folder that is not a file."""
     given = {name: getattr(args, name) for name in OPTION_NAMES if name in args}
-    options = MountOptions(**given)
+    options = MountOptions(**{**given, **signing_environment(given)})
     check_cache_folder(options.cache_dir or default_cache_dir())
     if "reference" in args:
         check_proxy(options.proxy, args.reference)

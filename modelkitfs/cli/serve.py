@@ -28,7 +28,7 @@ def add(commands: Commands) -> None:
         "bash": "_shtab_compgen_dirs",
         "zsh": "_files -/",
     }
-    access_arguments(s, fetches=True)
+    access_arguments(s, fetches=True, policy=True)
     daemon_arguments(s)
     s.add_argument(
         "--allow-local",

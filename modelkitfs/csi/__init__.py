@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from modelkitfs.options import MountOptions
+from modelkitfs.options import MountOptions, signing_arguments
 
 DEFAULT_STATE_DIR = "/var/lib/modelkitfs-csi"
 
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable; default none: registries only, see README's Security)",
     )
     p.add_argument("--timeout", type=float, default=MountOptions().timeout, help="seconds")
+    signing_arguments(p, policy=True)  # the node's signature policy, for every volume
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -25,7 +25,7 @@ from modelkitfs.csi.records import Records
 from modelkitfs.csi.volumes import CALL_TIMEOUT, VolumeError, Volumes, code_of
 from modelkitfs.daemon import configure_logging
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import SIGNING_FIELDS, MountOptions, with_signing_environment
+from modelkitfs.options import SIGNING_FIELDS, MountOptions, signing_environment
 
 log = logging.getLogger("modelkitfs.csi")
 
@@ -138,6 +138,7 @@ def serve(arguments: argparse.Namespace) -> int:
     configure_logging(arguments.log_level)
     try:
         socket_path = _socket_path(arguments.endpoint)
+        signing = {name: getattr(arguments, name) for name in SIGNING_FIELDS}
         options = MountOptions(
             plain_http=arguments.plain_http,
             tls_verify=arguments.tls_verify == "true",
@@ -154,9 +155,8 @@ def serve(arguments: argparse.Namespace) -> int:
             allow_other=True,  # the pods' processes run as any user
             allow_local=arguments.allow_local,  # none of the node's files unless listed
             # Whose signatures every volume's kit needs (README, Signed kits).
-            **{name: getattr(arguments, name) for name in SIGNING_FIELDS},
+            **{**signing, **signing_environment(signing)},
         )
-        options = with_signing_environment(options)
         options.check()
     except ModelKitFSError as exc:
         log.error("%s", exc)

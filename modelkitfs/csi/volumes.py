@@ -52,6 +52,7 @@ from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
 from modelkitfs.registry.credentials import find_credential
+from modelkitfs.signing import verify_digest
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,8 @@ def _probe(
     options: MountOptions,
     login: Login | None,
 ) -> ModelKitFSError | None:
-    """What the registry answers for the manifest: None when it serves it."""
+    """What the registry answers for the manifest, and why the signature policy refuses it:
+    None when it serves it and the policy (if any) trusts it."""
 
     async def ask() -> None:
         client = RegistryClient(
@@ -313,7 +315,10 @@ def _probe(
             credentials=login.credential if login is not None else find_credential,
         )
         try:
-            await client.get_manifest(repository, identifier)
+            manifest = await client.get_manifest(repository, identifier)
+            if (policy := options.signature_policy()) is not None:
+                name = f"{registry}/{repository}"
+                await verify_digest(client, name, repository, manifest.digest, policy)
         finally:
             await client.aclose()
 

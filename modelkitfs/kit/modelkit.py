@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,10 @@ MAX_MODEL_REFERENCES = 10
 StoreFor = Callable[[Reference], BlobStore]
 """The blob store of a reference's registry and repository (model.path may name another)."""
 
+CheckSigned = Callable[[Reference, str], Awaitable[object]]
+"""Refuses a manifest digest (of the reference it was resolved from) that the session's
+signature policy does not trust, before anything of it is read (README, Signed kits)."""
+
 
 @dataclass
 class ModelKit:
@@ -70,18 +74,25 @@ async def open_modelkit(
     *,
     filters: Sequence[Filter] = (),
     labels: Mapping[str, str] | None = None,
+    check: CheckSigned | None = None,
 ) -> ModelKit:
     """Resolve ``reference`` (picking an index entry by ``labels``) and build its lazy tree,
-    holding what ``kit unpack --filter ...`` would write."""
-    kit = await _resolve(store_for, reference, labels or {})
-    layers = await _tree_layers(store_for, kit, filters, [])
+    holding what ``kit unpack --filter ...`` would write. ``check`` is given every manifest
+    digest a reference resolves to (the kit's, and those of the kits its ``model.path`` names)
+    as soon as it is fetched: the digest opened, never a tag's value read separately."""
+    kit = await _resolve(store_for, reference, labels or {}, check)
+    layers = await _tree_layers(store_for, kit, filters, [], check)
     kitfile = render_kitfile(kit.kitfile) if kit.has_kitfile and selects_kitfile(filters) else None
     return ModelKit(str(reference), kit.digest, kit.manifest, kit.kitfile, KitTree(layers, kitfile))
 
 
-async def _resolve(store_for: StoreFor, ref: Reference, labels: Mapping[str, str]) -> _Resolved:
+async def _resolve(
+    store_for: StoreFor, ref: Reference, labels: Mapping[str, str], check: CheckSigned | None
+) -> _Resolved:
     store = store_for(ref)
     fetched = await store.source.get_manifest(store.repository, ref.identifier)
+    if check is not None:  # an index's entries are named by the digest checked here
+        await check(ref, fetched.digest)
     parsed = parse_manifest(fetched.raw, fetched.media_type, str(ref))
     if isinstance(parsed, ModelKitIndex):
         entry = select_entry(parsed, dict(labels), str(ref))
@@ -137,7 +148,11 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 
 
 async def _tree_layers(
-    store_for: StoreFor, kit: _Resolved, filters: Sequence[Filter], chain: list[str]
+    store_for: StoreFor,
+    kit: _Resolved,
+    filters: Sequence[Filter],
+    chain: list[str],
+    check: CheckSigned | None,
 ) -> list[TreeLayer]:
     """The layers of ``kit`` in unpack order, preceded by the model of the ModelKit its
     ``model.path`` names, if it names one (as kit unpacks it: model and parts only)."""
@@ -156,8 +171,8 @@ async def _tree_layers(
                 raise SelectionError(
                     f"reached maximum number of model references: [{'=>'.join(chain)}]"
                 )
-            referenced = await _resolve(store_for, ref, {})
-            layers += await _tree_layers(store_for, referenced, wanted, chain)
+            referenced = await _resolve(store_for, ref, {}, check)
+            layers += await _tree_layers(store_for, referenced, wanted, chain, check)
     for planned in plan_layers(kit.manifest, kit.kitfile, filters):
         layers.append(_tree_layer(kit.store, planned))
     return layers

@@ -37,7 +37,7 @@ from modelkitfs.signing.keys import BadKey, PublicKey, key_id, load_public_key
 from modelkitfs.signing.trust import BadTrustedRoot, TrustedRoot, parse_trusted_root
 
 MODES = ("enforce", "warn")
-COMMAND_LINE = "the command line's signers"
+COMMAND_LINE = "the command line"
 KEY_FIELDS = {"data", "path", "trustedRoot"}
 KEYLESS_FIELDS = {"identities", "trustedRoot", "url", "ctlog"}
 IDENTITY_FIELDS = {"issuer", "issuerRegExp", "subject", "subjectRegExp"}

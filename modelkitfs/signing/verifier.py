@@ -15,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelkitfs.errors import NotAllowed
+from modelkitfs.errors import SignatureRefused
 from modelkitfs.signing.bundles import bundle_signatures
 from modelkitfs.signing.candidates import Candidate, SignatureStore
 from modelkitfs.signing.certificates import check_certificate, matching, names
@@ -27,11 +27,6 @@ from modelkitfs.signing.rekor import LogEntry, Refusal, check_body, check_entry
 log = logging.getLogger(__name__)
 
 REASONS_SHOWN = 3
-
-
-class SignatureRefused(NotAllowed):
-    """No signature the policy trusts: EACCES in a mount, PERMISSION_DENIED to the CSI plugin,
-    exit 1 from ``verify``."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -51,3 +52,35 @@ def test_the_stats_attribute_stays_small_with_thousands_of_kits(tmp_path: Path) 
     os.chown(kits_file, 65534, 65534)  # a file another user's daemon could name
     assert "kits" not in with_kits(stats, os.getuid())
     assert "kits" not in with_kits({**stats, "kits_file": "/etc/passwd"}, os.getuid())
+
+
+def test_a_tag_resolves_only_to_a_digest_the_signature_policy_trusts(tmp_path: Path) -> None:
+    """The service's tag symlinks move only to digests that pass (README, Signed kits)."""
+    from modelkitfs.reference import parse_reference
+    from modelkitfs.registry.testing import MemoryRegistry
+    from modelkitfs.serve import SourcesLoader
+    from modelkitfs.signing import SignatureRefused
+    from tests.support import cosign
+
+    key = cosign.new_key()
+    registry = MemoryRegistry()
+    signed = registry.push("team/kit", "v1", b'{"schemaVersion":2,"layers":[]}', "", {})
+    signatures = cosign.signature_manifest([cosign.classic(signed, key)])
+    tag = cosign.signature_tag(signed)
+    registry.push("team/kit", tag, signatures.manifest, "", signatures.blobs)
+    options = MountOptions(
+        cache_dir=str(tmp_path),
+        verify_keys=[str(cosign.write_public(key, tmp_path / "cosign.pub"))],
+        insecure_ignore_tlog=True,
+    )
+
+    async def main() -> None:
+        async with Sources(options) as sources:
+            sources.clients["reg.test"] = registry.client()
+            loader = SourcesLoader(sources)
+            assert await loader.resolve(parse_reference("reg.test/team/kit:v1")) == signed
+            registry.push("team/kit", "v1", b'{"schemaVersion":2,"layers":[{}]}', "", {})
+            with pytest.raises(SignatureRefused, match="carries no signature"):
+                await loader.resolve(parse_reference("reg.test/team/kit:v1"))
+
+    trio.run(main)

@@ -3,6 +3,7 @@ machine's own files only as its options' trust allows."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ from modelkitfs.blobs.verification import VERIFIED_RECORD
 from modelkitfs.errors import ModelKitFSError, NotAllowed
 from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
+from modelkitfs.registry.testing import MemoryRegistry
+from modelkitfs.signing import SignatureRefused
 from modelkitfs.sources import Sources
+from tests.support import cosign
 from tests.support.kitbuilder import build_modelkit, store_locally, write_layout
 from tests.unit.blobs.stores import BLOCK, OneBlob
 
@@ -112,3 +116,93 @@ def test_a_session_reads_local_sources_only_inside_the_folders_it_may(
                     await sources.open_kit(parse_reference(reference))
 
     trio.run(main)
+
+
+# --- signatures (README, Signed kits) ---------------------------------------------------------
+
+SIGNED_REPOSITORY = "team/kit"
+
+
+def registry_kit(directory: Path, registry: MemoryRegistry, tag: str, data: bytes, **kitfile):
+    """A one-file kit pushed at ``tag``; its artifact."""
+    directory.mkdir()
+    (directory / "weights.bin").write_bytes(data)
+    kit = build_modelkit(directory, {"manifestVersion": "1.0.0", **kitfile})
+    registry.push(SIGNED_REPOSITORY, tag, kit.manifest, kit.media_type, kit.blobs)
+    return kit
+
+
+def sign_in(registry: MemoryRegistry, digest: str, key) -> None:
+    signatures = cosign.signature_manifest([cosign.classic(digest, key)])
+    registry.push(
+        SIGNED_REPOSITORY,
+        cosign.signature_tag(digest),
+        signatures.manifest,
+        signatures.media_type,
+        signatures.blobs,
+    )
+
+
+def open_with(registry: MemoryRegistry, options: MountOptions, reference: str):
+    async def main():
+        async with Sources(options) as sources:
+            sources.clients["reg.test"] = registry.client()
+            kit = await sources.open_kit(parse_reference(reference))
+            await kit.tree.aclose()
+            return kit, sources.signature_checks
+
+    return trio.run(main)
+
+
+def signed_options(tmp_path: Path, key, name: str = "cosign.pub") -> MountOptions:
+    path = cosign.write_public(key, tmp_path / name)
+    return MountOptions(
+        cache_dir=str(tmp_path / "cache"), verify_keys=[str(path)], insecure_ignore_tlog=True
+    )
+
+
+def test_an_unsigned_kit_is_refused_before_its_config_is_read(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    kit = registry_kit(tmp_path / "kit", registry, "v1", b"weights")
+    options = signed_options(tmp_path, cosign.new_key())
+    with pytest.raises(SignatureRefused, match=f"reg.test/team/kit@{kit.digest} is refused"):
+        open_with(registry, options, "reg.test/team/kit:v1")
+    config = json.loads(kit.manifest)["config"]["digest"]
+    assert not any(config in path for path in registry.documents)
+
+
+def test_a_signed_kit_opens_and_its_pass_is_remembered_per_policy(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    key = cosign.new_key()
+    kit = registry_kit(tmp_path / "kit", registry, "v1", b"weights")
+    sign_in(registry, kit.digest, key)
+    options = signed_options(tmp_path, key)
+    opened, checks = open_with(registry, options, "reg.test/team/kit:v1")
+    assert opened.manifest_digest == kit.digest and checks["passed"] == 1
+    signature_requests = [p for p in registry.documents if ".sig" in p]
+    assert len(signature_requests) == 1
+
+    _, checks = open_with(registry, options, "reg.test/team/kit:v1")  # a new session
+    assert checks["passed"] == 0
+    assert [p for p in registry.documents if ".sig" in p] == signature_requests
+
+    another = options.replace(verify_keys=[str(cosign.write_public(key, tmp_path / "b.pub"))])
+    assert open_with(registry, another, "reg.test/team/kit:v1")[1]["passed"] == 0  # same key
+    with_tlog = options.replace(
+        insecure_ignore_tlog=False,
+        trusted_root=str(cosign.trusted_root(tmp_path / "root.json", rekor=cosign.Rekor())),
+    )
+    with pytest.raises(SignatureRefused, match="it carries no transparency-log entry"):
+        open_with(registry, with_tlog, "reg.test/team/kit:v1")  # another policy: checked again
+
+
+def test_the_kit_a_model_path_names_is_checked_too(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    key = cosign.new_key()
+    base = registry_kit(tmp_path / "base", registry, "base", b"base weights")
+    kit = registry_kit(
+        tmp_path / "kit", registry, "v1", b"adapter", model={"path": "reg.test/team/kit:base"}
+    )
+    sign_in(registry, kit.digest, key)
+    with pytest.raises(SignatureRefused, match=f"@{base.digest} is refused"):
+        open_with(registry, signed_options(tmp_path, key), "reg.test/team/kit:v1")

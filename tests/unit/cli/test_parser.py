@@ -48,3 +48,51 @@ def test_options_that_do_nothing_are_refused(
         build_parser().parse_args(argv)
     assert exited.value.code == 1
     assert capsys.readouterr().err.startswith(f"modelkitfs: error: {message}")
+
+
+@pytest.mark.parametrize("command", ["mount", "serve", "prefetch", "inspect", "ls", "cat", "cp"])
+def test_every_command_that_reads_a_kit_takes_cosign_s_flags(tmp_path, command) -> None:
+    from tests.support import cosign
+
+    key = cosign.write_public(cosign.new_key(), tmp_path / "cosign.pub")
+    root = cosign.trusted_root(tmp_path / "root.json", cosign.Fulcio(), cosign.Rekor())
+    positional = {"mount": ["/mnt"], "serve": [], "cat": ["f"], "cp": ["f", "d"]}.get(command, [])
+    reference = [] if command == "serve" else ["r.io/k:v1"]
+    args = build_parser().parse_args(
+        [
+            command,
+            *("--verify-key", str(key), "--certificate-identity", "ci@example.com"),
+            *("--certificate-oidc-issuer", "https://issuer.example"),
+            *("--trusted-root", str(root), "--insecure-ignore-tlog"),
+            *(["/kits"] if command == "serve" else [*reference, *positional]),
+        ]
+    )
+    options = options_from(args)
+    assert options.verify_keys == (str(key),) and options.trusted_root == str(root)
+    assert options.certificate_identity == "ci@example.com"
+    assert options.certificate_oidc_issuer == "https://issuer.example"
+    assert options.insecure_ignore_tlog
+    policy = options.signature_policy()
+    assert policy is not None and len(policy.rules[0].authorities) == 2
+
+
+def test_cosign_s_environment_names_the_signers_when_no_flag_does(tmp_path, monkeypatch) -> None:
+    from tests.support import cosign
+
+    key = cosign.write_public(cosign.new_key(), tmp_path / "cosign.pub")
+    monkeypatch.setenv("COSIGN_KEY", str(key))
+    options = options_from(build_parser().parse_args(["ls", "--insecure-ignore-tlog", "r.io/k:v"]))
+    assert options.verify_keys == (str(key),)
+    other = cosign.write_public(cosign.new_key(), tmp_path / "other.pub")
+    flagged = build_parser().parse_args(["ls", "--verify-key", str(other), "r.io/k:v"])
+    assert options_from(flagged).verify_keys == (str(other),)  # a flag wins, alone
+    monkeypatch.delenv("COSIGN_KEY")
+    monkeypatch.setenv("COSIGN_CERT_IDENTITY", "ci@example.com")
+    monkeypatch.setenv("COSIGN_CERT_OIDC_ISSUER", "https://issuer.example")
+    with pytest.raises(Exception, match="give --trusted-root FILE"):
+        options_from(build_parser().parse_args(["ls", "r.io/k:v"]))
+
+
+def test_policy_is_for_serve_and_verify_only() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mount", "--policy", "p.yaml", "r.io/k:v", "/mnt"])

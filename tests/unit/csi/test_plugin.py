@@ -21,6 +21,17 @@ def test_the_documented_command_line_parses() -> None:
     assert args.mirror == ["m:5000"] and args.run is run_csi
 
 
+def test_the_node_s_signature_policy_is_a_flag_of_the_plugin(tmp_path: Path) -> None:
+    from modelkitfs.options import SIGNING_FIELDS, MountOptions
+
+    command = "csi --endpoint unix:///c.sock --node-id n --policy /p.yaml --verify-key /k.pub"
+    args = build_parser().parse_args([*command.split(), "--insecure-ignore-tlog"])
+    given = {name: getattr(args, name) for name in SIGNING_FIELDS}
+    assert given["policy"] == "/p.yaml" and given["verify_keys"] == ["/k.pub"]
+    assert given["insecure_ignore_tlog"] is True
+    assert set(given) <= set(MountOptions.__dataclass_fields__)
+
+
 class Context:
     def __init__(self, remaining: float | None) -> None:
         self.remaining = remaining

@@ -75,6 +75,7 @@ def error(volumes: Volumes, *args: object) -> VolumeError:
         # A mount daemon's error, by the kind it reported: a kit its model.path names missing.
         (DaemonError("x", "NotFound"), "NOT_FOUND"),
         (DaemonError("x", "NotAllowed"), "PERMISSION_DENIED"),
+        (DaemonError("x", "SignatureRefused"), "PERMISSION_DENIED"),  # README, Signed kits
         (DaemonError("x", "GaveUp"), "UNAVAILABLE"),
         (DaemonError("x", ""), "INTERNAL"),
         (DaemonError("x", "Path"), "INTERNAL"),  # no error of ours
