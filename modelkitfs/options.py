@@ -201,7 +201,8 @@ SIGNING_FIELDS = (
     "insecure_ignore_tlog",
     "policy",
 )
-SIGNERS = tuple(f for f in SIGNING_FIELDS if f not in ("trusted_root", "insecure_ignore_tlog"))
+FLAG_SIGNERS = SIGNING_FIELDS[:4]  # the signers cosign's flags name
+SIGNERS = (*FLAG_SIGNERS, "policy")
 SIGNING_ENVIRONMENT = {
     "COSIGN_KEY": "verify_keys",
     "COSIGN_CERT_IDENTITY": "certificate_identity",

@@ -1,7 +1,9 @@
 """What a publish request asks for, checked: the kit, its options and its credentials.
 
 A pod's inline volume names the kit in ``volumeAttributes`` (``reference``, and optionally
-``filter``, ``label``, ``plainHTTP``, ``timeout``), which kubelet passes as the request's
+``filter``, ``label``, ``plainHTTP``, ``timeout``, and signers the kit must be signed by besides
+those the node's policy requires: ``verifyKey``, ``certificateIdentity`` with
+``certificateOidcIssuer``), which kubelet passes as the request's
 ``volume_context`` beside the pod's own keys (``csi.storage.k8s.io/...``); its
 ``nodePublishSecretRef`` arrives as ``secrets``: ``username``/``password`` (for the kit's
 registry), or a ``.dockerconfigjson`` as in an image pull secret, kept whole as a :class:`Login`
@@ -20,9 +22,11 @@ from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import parse_filters, parse_labels
 from modelkitfs.reference import DEFAULT_REGISTRY, is_registry, parse_reference
 from modelkitfs.registry.credentials import AUTH_CONFIG, Credential, from_auths
+from modelkitfs.signing.keys import BadKey, load_public_key
 
 POD_PREFIX = "csi.storage.k8s.io/"
-ATTRIBUTES = ("reference", "filter", "label", "plainHTTP", "timeout")
+SIGNERS = ("verifyKey", "certificateIdentity", "certificateOidcIssuer")
+ATTRIBUTES = ("reference", "filter", "label", "plainHTTP", "timeout", *SIGNERS)
 FILTER_SEPARATOR = ";"  # kit's filter syntax has commas of its own: filters are split on this
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
 SECRET = "the volume's nodePublishSecretRef"
@@ -42,6 +46,21 @@ class VolumeSpec:
     plain_http: bool | None = None  # None: as the plugin was told
     timeout: float | None = None
     credentials: bool = False  # whether the secrets carried credentials (never which)
+    # Signers required besides the node's (README, Signed kits): a PEM public key, a keyless
+    # identity and its issuer.
+    verify_key: str | None = None
+    certificate_identity: str | None = None
+    certificate_oidc_issuer: str | None = None
+
+    @property
+    def signers(self) -> dict[str, Any]:
+        """The signers the volume asks for, as MountOptions fields (none: empty)."""
+        found = {
+            "verify_keys": [self.verify_key] if self.verify_key else [],
+            "certificate_identity": self.certificate_identity,
+            "certificate_oidc_issuer": self.certificate_oidc_issuer,
+        }
+        return {name: value for name, value in found.items() if value}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +129,7 @@ def parse_volume(
         plain_http=_boolean(context, "plainHTTP"),
         timeout=_seconds(context, "timeout"),
         credentials=login is not None,
+        **_signers(context),
     )
     return spec, login, pod
 
@@ -122,6 +142,27 @@ def service_path(reference: str) -> str:
     return (
         text.removeprefix(f"{DEFAULT_REGISTRY}/") if parsed.registry == DEFAULT_REGISTRY else text
     )
+
+
+def _signers(context: dict[str, str]) -> dict[str, str | None]:
+    """The signers a volume requires: a PEM public key, or an identity with its issuer."""
+    key = context.get("verifyKey", "").strip() or None
+    if key is not None:
+        try:
+            load_public_key(key.encode())
+        except BadKey as exc:
+            raise InvalidVolume(
+                f"volume attribute 'verifyKey': {exc}: give the PEM public key itself "
+                "(-----BEGIN PUBLIC KEY-----...)"
+            ) from None
+    identity = context.get("certificateIdentity", "").strip() or None
+    issuer = context.get("certificateOidcIssuer", "").strip() or None
+    if (identity is None) != (issuer is None):
+        raise InvalidVolume(
+            "volume attributes 'certificateIdentity' and 'certificateOidcIssuer' go together: "
+            "give both"
+        )
+    return {"verify_key": key, "certificate_identity": identity, "certificate_oidc_issuer": issuer}
 
 
 def _boolean(context: dict[str, str], key: str) -> bool | None:

@@ -48,11 +48,11 @@ from modelkitfs.errors import (
     SelectionError,
 )
 from modelkitfs.mount import DaemonError, mount
-from modelkitfs.options import MountOptions
+from modelkitfs.options import FLAG_SIGNERS, MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
 from modelkitfs.registry.credentials import find_credential
-from modelkitfs.signing import verify_digest
+from modelkitfs.signing import PolicyError, verify_digest
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,11 @@ class Volumes:
             and not spec.credentials
             and spec.plain_http in (None, self.options.plain_http)
             and spec.timeout in (None, self.options.timeout)
+            and not spec.signers
         )
 
     def _volume_options(self, spec: VolumeSpec) -> MountOptions:
-        return self.options.replace(
+        options = self.options.replace(
             filters=list(spec.filters),
             labels=list(spec.labels),
             plain_http=self.options.plain_http if spec.plain_http is None else spec.plain_http,
@@ -209,6 +210,20 @@ class Volumes:
             allow_other=True,  # the pod's processes run as any user
             prefetch="none",
         )
+        if not spec.signers:
+            return options
+        # A volume's signers are a rule of their own beside the node's policy file: both
+        # must pass. Signers the node names by flags would be replaced: never.
+        if any(getattr(self.options, name) for name in FLAG_SIGNERS):
+            raise InvalidVolume(
+                "volume attributes 'verifyKey' and 'certificateIdentity' add signers to the "
+                "node's --policy file; this node names its signers by flags, which a volume "
+                "cannot change: leave them out, or ask the operator for a --policy file"
+            )
+        try:
+            return options.replace(**spec.signers)
+        except PolicyError as exc:
+            raise InvalidVolume(f"the volume's signers: {exc}") from None
 
     def _kit_folder(self, spec: VolumeSpec, login: Login | None) -> str:
         """The node service's folder of the kit, pinned by digest; looking it up loads the kit

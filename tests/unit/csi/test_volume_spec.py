@@ -140,3 +140,35 @@ def test_malformed_secrets_never_show_their_values(secrets: dict[str, str], mess
 )
 def test_where_the_node_service_shows_a_kit(reference: str, path: str) -> None:
     assert service_path(reference) == path
+
+
+def test_a_volume_may_name_signers_its_kit_needs() -> None:
+    from tests.support import cosign
+
+    pem = cosign.public_pem(cosign.new_key()).decode()
+    context = {
+        "reference": REF,
+        "verifyKey": pem,
+        "certificateIdentity": "ci@example.com",
+        "certificateOidcIssuer": "https://issuer.example",
+    }
+    spec, _, _ = parse_volume(context, {})
+    assert spec.signers == {
+        "verify_keys": [pem.strip()],
+        "certificate_identity": "ci@example.com",
+        "certificate_oidc_issuer": "https://issuer.example",
+    }
+    assert parse_volume({"reference": REF}, {})[0].signers == {}
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"verifyKey": "cosign.pub"}, "volume attribute 'verifyKey': not a PEM public key"),
+        ({"certificateIdentity": "ci@example.com"}, "volume attributes 'certificateIdentity' and"),
+        ({"certificateOidcIssuer": "https://i"}, "volume attributes 'certificateIdentity' and"),
+    ],
+)
+def test_malformed_signers_say_what_to_write(context: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidVolume, match=f"^{message}"):
+        parse_volume({"reference": REF, **context}, {})

@@ -261,3 +261,35 @@ def test_a_node_service_that_does_not_answer_fails_publishes_at_once(
     assert volumes.records.all() == []
     release.set()
     wait_for(service.alive, "the node service to answer again")
+
+
+def test_a_volume_s_signers_are_added_to_the_node_s_policy_never_replace_it(
+    tmp_path: Path,
+) -> None:
+    from modelkitfs.csi.volume_spec import InvalidVolume
+    from tests.support import cosign
+
+    node_key, pod_key = cosign.new_key(), cosign.new_key()
+    node_pub = cosign.write_public(node_key, tmp_path / "node.pub")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("images: [{glob: '**'}]\nauthorities: [{key: {path: node.pub}}]\n")
+    service = RunningService(str(tmp_path / "kits"), None, None)
+    node = MountOptions(policy=str(policy), insecure_ignore_tlog=True)
+    volumes = Volumes(Records(tmp_path / "state"), service, node)
+    context = {"reference": REF, "verifyKey": cosign.public_pem(pod_key).decode()}
+    spec, _, _ = parse_volume(context, {})
+    assert not volumes._shares(spec)  # checked by a mount of its own
+    combined = volumes._volume_options(spec).signature_policy()
+    assert combined is not None
+    assert [rule.origin.split(",")[0] for rule in combined.rules] == [
+        "the command line",
+        f"--policy {policy}",
+    ]  # both must pass
+
+    flagged = Volumes(
+        Records(tmp_path / "state2"),
+        service,
+        MountOptions(verify_keys=[str(node_pub)], insecure_ignore_tlog=True),
+    )
+    with pytest.raises(InvalidVolume, match="this node names its signers by flags"):
+        flagged._volume_options(spec)
