@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.blobs.pages import Sums
 
 
 class BlockClaim(Protocol):
@@ -54,6 +55,22 @@ class BlockCache(Protocol):
         self, digest: str, block_size: int, index: int, expected_size: int
     ) -> Buffer | None:
         """The block's bytes, or None when absent (or damaged: then it is dropped)."""
+        ...
+
+    def read_pages(
+        self,
+        digest: str,
+        block_size: int,
+        index: int,
+        span: tuple[int, int],
+        length: int,
+        sums: Sums,
+        nowait: bool = False,
+    ) -> bytes | None:
+        """Bytes ``span`` of a block of ``length`` bytes checked before, read by the pages
+        holding them, each checked against ``sums`` (:mod:`~modelkitfs.blobs.pages`); None
+        when absent or a page differs. ``nowait``: called on the event loop; raise
+        BlockingIOError rather than wait for the disk."""
         ...
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:

@@ -6,13 +6,10 @@ own. Reserving is per block, many at a time (a run of adjacent blocks goes out a
 request), which is why this is not the keyed :class:`~modelkitfs.singleflight.SingleFlight`:
 one piece of work lands many keys, and a flight carries the block itself to its waiters (a
 cache that cannot be written keeps it nowhere else).
-
-Also here: :func:`join_blocks`, a read out of blocks laid end to end, copied once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -69,14 +66,3 @@ def for_waiters(exc: BaseException) -> BaseException | None:
     """What readers waiting on a failed flight are told: its error, but not the cancellation
     of the task that flew it (an index walk's fetching ahead, say): they look again."""
     return None if isinstance(exc, trio.Cancelled) else exc
-
-
-def join_blocks(blocks: Sequence[Buffer], start: int, length: int) -> bytes:
-    """``length`` bytes from ``start`` in the blocks laid end to end, copied once."""
-    views, skip, left = [], start, length
-    for block in blocks:
-        view = memoryview(block)[skip : skip + left]
-        skip = max(0, skip - len(block))
-        left -= len(view)
-        views.append(view)
-    return b"".join(views)

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.blobs.pages import PAGE, Sums, checked_span
 
 Key = tuple[str, int]  # (digest, block index)
 
@@ -129,6 +130,23 @@ class MemoryCache:
         if data is None or len(data) != expected_size:
             return None
         return bytearray(data)  # the reader's own copy, as a disk read would be
+
+    def read_pages(
+        self,
+        digest: str,
+        block_size: int,
+        index: int,
+        span: tuple[int, int],
+        length: int,
+        sums: Sums,
+        nowait: bool = False,
+    ) -> bytes | None:
+        data = self.blocks.get((f"{digest}/{block_size}", index))
+        if data is None or len(data) != length:
+            return None
+        first = span[0] // PAGE
+        pages = memoryview(data)[first * PAGE : -(-span[1] // PAGE) * PAGE]
+        return checked_span(pages, first, span[0], span[1], sums)
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
         key = f"{digest}/{block_size}"

@@ -2,11 +2,17 @@
 
 Readers are told apart by position, not by file handle, so page faults of an mmap (safetensors)
 count as well as ``read`` calls: each blob keeps a few cursors, and a read that starts near where
-one ended (up to 1 MiB back, 16 MiB forward: the kernel reorders its readahead requests)
-continues it. Once a cursor has read 1 MiB in order it gets a window of parts fetched ahead
-of it, which grows with the bytes read in order: an eighth of them, between 4 and 64 MiB. So a
-long stream soon has many requests in flight, while a reader that stops (one tensor of a model)
-leaves little fetched in vain. A read that matches no cursor starts a new one.
+one ended (up to 1 MiB back; forward, up to four times its own length, at least 128 KiB and at
+most 16 MiB: the kernel reorders its readahead requests) continues it. Only the bytes read
+count as read in order, never a jump: a random reader, whose reads now and then land a little
+past a cursor, is no stream (counting its jumps fetched 4 MiB windows behind 4 KiB reads).
+Once a cursor has read 1 MiB in order it gets a window of parts fetched ahead of it, which
+grows with the bytes read in order: an eighth of them, between 4 and 64 MiB, and no more than
+its share of ``max_bytes`` (the memory blocks fetched ahead wait in) among the streams going
+on: four readers of one file each get a quarter, rather than pushing each other's blocks out of
+memory before they are read. So a long stream soon has many requests in flight, while a reader
+that stops (one tensor of a model) leaves little fetched in vain. A read that matches no cursor
+starts a new one.
 
 A reader that jumps into a unit it takes whole (a safetensors tensor: the tree knows where they
 end) gets the rest of the unit fetched at once, in parallel parts: one tensor costs one round
@@ -32,7 +38,10 @@ MAX_WINDOW = 64 * MiB
 GROWTH_DIVISOR = 8
 BACKWARD = MiB
 FORWARD = 16 * MiB
+MIN_FORWARD = 128 * 1024
+JUMP_READS = 4  # a read continues a cursor up to this many of its lengths past its end
 CURSORS_PER_BLOB = 8
+RECENT = 64  # reads (of any blob) since a stream's last one for it to count as going on
 
 
 @dataclass
@@ -46,8 +55,10 @@ class _Cursor:
 class Readahead:
     """Decides what to fetch ahead; the blob store does the fetching."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = MAX_WINDOW) -> None:
+        self.max_bytes = max_bytes
         self._cursors: dict[str, list[_Cursor]] = {}
+        self._moving: dict[int, int] = {}  # streams (ids of their cursors): last read
         self._clock = 0
 
     def advise(
@@ -69,7 +80,8 @@ class Readahead:
         data_end = min(size, limit if limit is not None else size)
         unit_target = min(unit_end, end + MAX_WINDOW, data_end) if unit_end is not None else 0
         cursors = self._cursors.setdefault(digest, [])
-        cursor = next((c for c in cursors if c.end - BACKWARD <= offset <= c.end + FORWARD), None)
+        reach = min(FORWARD, max(MIN_FORWARD, JUMP_READS * (end - offset)))
+        cursor = next((c for c in cursors if c.end - BACKWARD <= offset <= c.end + reach), None)
         if cursor is None:
             cursor = _Cursor(end, end - offset, end, self._clock)
             cursors.append(cursor)
@@ -77,12 +89,21 @@ class Readahead:
                 cursors.remove(min(cursors, key=lambda c: c.used))
             return self._parts(cursor, unit_target, unit_target - end, unit_target)
         cursor.used = self._clock
-        cursor.sequential += max(0, end - cursor.end)
+        cursor.sequential += max(0, end - max(offset, cursor.end))
         cursor.end = max(cursor.end, end)
         if cursor.sequential < MIN_SEQUENTIAL:
             return self._parts(cursor, unit_target, unit_target - cursor.end, unit_target)
-        window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW)
+        share = max(MIN_WINDOW, self.max_bytes // self._streams(cursor))
+        window = min(max(cursor.sequential // GROWTH_DIVISOR, MIN_WINDOW), MAX_WINDOW, share)
         return self._parts(cursor, min(data_end, cursor.end + window), window, data_end)
+
+    def _streams(self, cursor: _Cursor) -> int:
+        """Streams going on, ``cursor`` among them: cursors read in order that have moved in
+        the last ``RECENT`` reads."""
+        self._moving[id(cursor)] = self._clock
+        for key in [k for k, used in self._moving.items() if used <= self._clock - RECENT]:
+            del self._moving[key]
+        return len(self._moving)
 
     @staticmethod
     def _parts(cursor: _Cursor, target: int, window: int, last: int) -> list[tuple[int, int]]:

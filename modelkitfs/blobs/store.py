@@ -26,9 +26,10 @@ from modelkitfs.blobs.block_cache import BlockCache
 from modelkitfs.blobs.blockfile import Buffer
 from modelkitfs.blobs.budget import CacheBudget
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST, Downloads
-from modelkitfs.blobs.flights import Flight, Flights, for_waiters, join_blocks
+from modelkitfs.blobs.flights import Flight, Flights, for_waiters
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.memory import BlockMemory
+from modelkitfs.blobs.pages import CheckedPages, Sums
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import Verifier
 from modelkitfs.blobs.write_behind import WriteBehind
@@ -86,7 +87,8 @@ class BlobStore:
         self.verifier = Verifier(
             self, Jobs(nursery, "verifying a blob"), full=verify == "full", on_corrupt=on_corrupt
         )
-        self._readahead = Readahead()
+        self._readahead = Readahead(memory_bytes * 3 // 4)
+        self.checked = CheckedPages()  # page sums of blocks checked in this process
 
     def _pin(self, key: tuple[str, int]) -> None:
         if not self.source.in_place:
@@ -141,12 +143,48 @@ class BlobStore:
                 )
                 if flights:
                     self.background.start(self._fetch_ahead, digest, size, flights)
-        first, last = offset // self.block_size, (end - 1) // self.block_size
-        blocks = [await self.block(digest, size, i, last) for i in range(first, last + 1)]
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        parts = [
+            await self._part(digest, size, i, max(offset - i * bs, 0), min(end - i * bs, bs), last)
+            for i in range(first, last + 1)
+        ]
         if ahead:
-            for index in range(first, end // self.block_size):
+            for index in range(first, end // bs):
                 self.memory.passed((digest, index))
-        return join_blocks(blocks, offset - first * self.block_size, end - offset)
+        return b"".join(parts)
+
+    async def _part(
+        self, digest: str, size: int, index: int, start: int, stop: int, wanted_last: int
+    ) -> Buffer:
+        """Bytes ``[start, stop)`` of block ``index``. Part of a block checked before and not
+        in memory is read by its pages from the disk cache (:mod:`~modelkitfs.blobs.pages`);
+        else the whole block is taken (and checked, when it comes from disk), its page sums
+        remembered when only part of it was wanted."""
+        key = (digest, index)
+        partial = stop - start < self.block_len(size, index)
+        if partial and key not in self.memory and key not in self.flights:
+            sums = self.checked.get(key)
+            if sums is not None and (data := await self._pages(key, size, start, stop, sums)):
+                self.stats.disk_hits += 1
+                return data
+        block = await self.block(digest, size, index, wanted_last)
+        if partial:
+            self.checked.remember(key, block)
+        return memoryview(block)[start:stop]
+
+    async def _pages(
+        self, key: tuple[str, int], size: int, start: int, stop: int, sums: Sums
+    ) -> bytes | None:
+        """Bytes ``[start, stop)`` of a checked block from the pages of its file: from the
+        page cache at once where they are, else in a worker thread; None when the file is
+        gone or a page differs from its sum."""
+        digest, index = key
+        args = (digest, self.block_size, index, (start, stop), self.block_len(size, index), sums)
+        try:
+            return self.cache.read_pages(*args, nowait=True)
+        except BlockingIOError:
+            return await trio.to_thread.run_sync(self.cache.read_pages, *args)
 
     async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
         """Bring reserved blocks into memory for a reader that will want them soon: from the
@@ -294,6 +332,7 @@ class BlobStore:
     async def forget(self, digest: str) -> None:
         """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
         self.memory.forget(digest)
+        self.checked.forget(digest)
         self.verifier.forget(digest)
         await trio.to_thread.run_sync(self.cache.remove_blocks, digest)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from modelkitfs.blobs.flights import Flights, for_waiters, join_blocks
+from modelkitfs.blobs.flights import Flights, for_waiters
 from modelkitfs.blobs.memory import BlockMemory
 
 
@@ -33,10 +33,3 @@ def test_waiters_get_the_error_but_not_the_cancellation_of_the_flier() -> None:
         assert for_waiters(trio.Cancelled._create()) is None
 
     trio.run(main)
-
-
-def test_a_read_across_blocks_is_joined_once() -> None:
-    blocks = [b"abcd", b"efgh", b"ij"]
-    assert join_blocks(blocks, 2, 7) == b"cdefghi"
-    assert join_blocks(blocks, 0, 10) == b"abcdefghij"
-    assert join_blocks(blocks[1:], 3, 1) == b"h"

@@ -1,0 +1,139 @@
+"""Small reads of checked blocks read just their pages, and never serve a wrong byte: not from a
+block file damaged, cut short or evicted after its check."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from modelkitfs.blobs import BlobStore, DiskCache
+from modelkitfs.blobs import pages as pages_module
+from modelkitfs.blobs.pages import PAGE, CheckedPages
+from tests.unit.blobs.stores import BLOCK, OneBlob, opened
+
+CHECKED = 3  # the block read in part, then left in memory no more
+AT = CHECKED * BLOCK + 5000  # a 4 KiB read across two of its pages
+
+
+class CountingCache(DiskCache):
+    """A disk cache counting the blocks read whole."""
+
+    whole_reads = 0
+
+    def read_block(self, *args: Any) -> Any:
+        self.whole_reads += 1
+        return super().read_block(*args)
+
+
+def with_checked_block(
+    tmp_path: Path, then: Callable[[BlobStore, OneBlob, CountingCache, Path], Awaitable[None]]
+) -> None:
+    """Every block of a blob on disk; a new store (this process, later) reads part of block
+    ``CHECKED``, which checks it whole, and lets it leave memory; then ``then``."""
+    source, cache = OneBlob(size=8 * BLOCK + 3), CountingCache(tmp_path)
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            await store.read(source.digest, source.size, 0, source.size)
+        async with opened(source, cache) as store:
+            assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+            store.memory.pop((source.digest, CHECKED))
+            await then(store, source, cache, cache.block_path(source.digest, BLOCK, CHECKED))
+
+    trio.run(main)
+
+
+async def read(store: BlobStore, source: OneBlob, offset: int, length: int = PAGE) -> bytes:
+    return await store.read(source.digest, source.size, offset, length)
+
+
+def test_small_reads_of_a_checked_block_read_its_pages_not_the_block(tmp_path: Path) -> None:
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        whole, sent = cache.whole_reads, source.sent
+        for offset in (AT, CHECKED * BLOCK, (CHECKED + 1) * BLOCK - 100, AT + 1):
+            assert (
+                await read(store, source, offset, 100 + PAGE)
+                == source.data[offset : offset + 100 + PAGE]
+            )
+        assert cache.whole_reads == whole + 1  # only block 4, which the third read began
+        assert source.sent == sent
+        assert (source.digest, CHECKED) not in store.memory  # nor kept in memory
+
+    with_checked_block(tmp_path, then)
+
+
+def test_a_block_file_damaged_after_its_check_is_read_whole_dropped_and_fetched_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        with open(path, "r+b") as f:  # one bit of the page read, the checksum left as it was
+            f.seek(AT % BLOCK + 10)
+            byte = f.read(1)
+            f.seek(AT % BLOCK + 10)
+            f.write(bytes([byte[0] ^ 1]))
+        sent = source.sent
+        with caplog.at_level(logging.WARNING):
+            assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+        assert "is damaged" in caplog.text
+        assert source.sent == sent + BLOCK  # the block downloaded again
+
+    with_checked_block(tmp_path, then)
+
+
+def test_a_block_file_cut_short_after_its_check_is_fetched_again(tmp_path: Path) -> None:
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        os.truncate(path, AT % BLOCK)  # shorter than the page read
+        sent = source.sent
+        assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+        assert source.sent == sent + BLOCK
+
+    with_checked_block(tmp_path, then)
+
+
+def test_a_block_evicted_by_another_process_is_fetched_again(tmp_path: Path) -> None:
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        path.unlink()
+        sent = source.sent
+        assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+        assert source.sent == sent + BLOCK
+
+    with_checked_block(tmp_path, then)
+
+
+def test_a_block_evicted_while_its_pages_are_read_is_read_from_the_open_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its pages come from the disk
+        os.close(fd)
+        preadv = os.preadv
+
+        def evicted_once_open(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+            if not flags:  # the read that waits for the disk, in a worker thread
+                path.unlink(missing_ok=True)  # by another process, between open and read
+            return preadv(fd, buffers, offset, flags)
+
+        monkeypatch.setattr(pages_module.os, "preadv", evicted_once_open)
+        sent, whole = source.sent, cache.whole_reads
+        assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+        assert (source.sent, cache.whole_reads) == (sent, whole)
+        assert not path.exists()
+
+    with_checked_block(tmp_path, then)
+
+
+def test_page_sums_are_kept_for_the_most_recently_used_blocks() -> None:
+    checked = CheckedPages(max_blocks=2)
+    for index in range(3):
+        checked.remember(("d", index), bytes(PAGE + 1))
+    assert checked.get(("d", 0)) is None
+    assert checked.get(("d", 2)) is not None and len(checked.get(("d", 2)) or []) == 2
+    checked.forget("d")
+    assert checked.get(("d", 2)) is None
