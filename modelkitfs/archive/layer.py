@@ -103,6 +103,15 @@ class LayerArchive:
             )
         return await self.stream.read(offset, length)
 
+    def read_now(
+        self, offset: int, length: int, end: int, unit_end: int | None = None
+    ) -> bytes | None:
+        """What :meth:`read` answers, if it can be had without waiting (an uncompressed
+        layer's bytes in memory or the page cache); else None."""
+        if not isinstance(self.stream, PlainStream):
+            return None
+        return self.blob.read_now(offset, length, ahead_limit=end, unit_end=unit_end)
+
     async def cached_bytes(self, offset: int, length: int) -> int | None:
         """How many of ``length`` uncompressed bytes at ``offset`` are cached; None for a
         compressed layer, whose bytes are not cached one file at a time."""

@@ -67,6 +67,19 @@ class Blob:
             unit_end=unit_end,
         )
 
+    def read_now(
+        self,
+        offset: int,
+        length: int,
+        *,
+        ahead_limit: int | None = None,
+        unit_end: int | None = None,
+    ) -> bytes | None:
+        """What :meth:`read` answers, if it can be had without waiting; else None."""
+        return self.store.read_now(
+            self.digest, self.size, offset, length, ahead_limit=ahead_limit, unit_end=unit_end
+        )
+
     async def cached_bytes(self, start: int = 0, end: int | None = None) -> int:
         return await self.store.cached_bytes(self.digest, self.size, start, end)
 

@@ -22,10 +22,15 @@ from __future__ import annotations
 import os
 from array import array
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
+import trio
 import xxhash
 
 from modelkitfs.buffers import Buffer
+
+if TYPE_CHECKING:
+    from modelkitfs.blobs.store import BlobStore
 
 PAGE = 4096
 MAX_BLOCKS = 16384  # 16 MiB of sums: 16 GiB of 1 MiB blocks
@@ -106,3 +111,45 @@ class CheckedPages:
     def forget(self, digest: str) -> None:
         for key in [k for k in self._sums if k[0] == digest]:
             del self._sums[key]
+
+
+class SmallReads:
+    """Small reads of a store's blocks by their pages, once each block has been checked."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.checked = CheckedPages()
+
+    def remember(self, key: tuple[str, int], block: Buffer) -> None:
+        self.checked.remember(key, block)
+
+    def now(self, digest: str, size: int, index: int, span: tuple[int, int]) -> bytes | None:
+        """Bytes ``span`` of the block if its pages are in the page cache; else None."""
+        if (args := self._args(digest, size, index, span)) is None:
+            return None
+        try:
+            return self._counted(self.store.cache.read_pages(*args, nowait=True))
+        except BlockingIOError:
+            return None
+
+    async def read(self, digest: str, size: int, index: int, span: tuple[int, int]) -> bytes | None:
+        """Bytes ``span`` of the block, read by its pages in a worker thread; None when it has
+        not been checked (or is on its way), or its file is gone or damaged."""
+        if (args := self._args(digest, size, index, span)) is None:
+            return None
+        return self._counted(await trio.to_thread.run_sync(self.store.cache.read_pages, *args))
+
+    def _args(
+        self, digest: str, size: int, index: int, span: tuple[int, int]
+    ) -> tuple[str, int, int, tuple[int, int], int, Sums] | None:
+        """What the cache reads the pages with; None for a block not checked, or on its way
+        (it may have proved wrong: its new bytes are taken whole)."""
+        store, key = self.store, (digest, index)
+        if key in store.flights or (sums := self.checked.get(key)) is None:
+            return None
+        return digest, store.block_size, index, span, store.block_len(size, index), sums
+
+    def _counted(self, data: bytes | None) -> bytes | None:
+        if data is not None:
+            self.store.stats.disk_hits += 1
+        return data

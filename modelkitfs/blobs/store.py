@@ -29,7 +29,7 @@ from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST, Downloads
 from modelkitfs.blobs.flights import Flight, Flights, for_waiters
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.memory import BlockMemory
-from modelkitfs.blobs.pages import CheckedPages, Sums
+from modelkitfs.blobs.pages import SmallReads
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import Verifier
 from modelkitfs.blobs.write_behind import WriteBehind
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 LOAD_RUN = 4  # blocks read from the disk cache in one worker-thread call, fetching ahead
+# A read of at most a block over this is small: it may read a checked block's pages alone.
+SMALL_READ = 4
 
 
 @dataclass
@@ -88,7 +90,7 @@ class BlobStore:
             self, Jobs(nursery, "verifying a blob"), full=verify == "full", on_corrupt=on_corrupt
         )
         self._readahead = Readahead(memory_bytes * 3 // 4)
-        self.checked = CheckedPages()  # page sums of blocks checked in this process
+        self.small = SmallReads(self)
 
     def _pin(self, key: tuple[str, int]) -> None:
         if not self.source.in_place:
@@ -134,57 +136,103 @@ class BlobStore:
         if self.verifier.must_verify(digest):
             await self.verifier.verified(digest, size)
         if ahead:
-            advice = self._readahead.advise(digest, size, offset, end, ahead_limit, unit_end)
-            for start, stop in advice:
-                # Reserved now, before this read looks for its own blocks, so that a block
-                # both want is fetched once, as part of the larger request.
-                flights = self.flights.reserve(
-                    digest, start // self.block_size, (stop - 1) // self.block_size, self.memory
-                )
-                if flights:
-                    self.background.start(self._fetch_ahead, digest, size, flights)
-        bs = self.block_size
-        first, last = offset // bs, (end - 1) // bs
+            self._ahead(digest, size, offset, end, ahead_limit, unit_end)
+        small = end - offset <= self.block_size // SMALL_READ
         parts = [
-            await self._part(digest, size, i, max(offset - i * bs, 0), min(end - i * bs, bs), last)
-            for i in range(first, last + 1)
+            self._part_now(digest, size, i, span, small)
+            or await self._part(digest, size, i, span, small, (end - 1) // self.block_size)
+            for i, span in self._spans(offset, end)
         ]
         if ahead:
-            for index in range(first, end // bs):
-                self.memory.passed((digest, index))
+            self._passed(digest, offset, end)
         return b"".join(parts)
 
-    async def _part(
-        self, digest: str, size: int, index: int, start: int, stop: int, wanted_last: int
-    ) -> Buffer:
-        """Bytes ``[start, stop)`` of block ``index``. Part of a block checked before and not
-        in memory is read by its pages from the disk cache (:mod:`~modelkitfs.blobs.pages`);
-        else the whole block is taken (and checked, when it comes from disk), its page sums
-        remembered when only part of it was wanted."""
-        key = (digest, index)
-        partial = stop - start < self.block_len(size, index)
-        if partial and key not in self.memory and key not in self.flights:
-            sums = self.checked.get(key)
-            if sums is not None and (data := await self._pages(key, size, start, stop, sums)):
-                self.stats.disk_hits += 1
-                return data
-        block = await self.block(digest, size, index, wanted_last)
-        if partial:
-            self.checked.remember(key, block)
-        return memoryview(block)[start:stop]
-
-    async def _pages(
-        self, key: tuple[str, int], size: int, start: int, stop: int, sums: Sums
+    def read_now(
+        self,
+        digest: str,
+        size: int,
+        offset: int,
+        length: int,
+        *,
+        ahead_limit: int | None = None,
+        unit_end: int | None = None,
     ) -> bytes | None:
-        """Bytes ``[start, stop)`` of a checked block from the pages of its file: from the
-        page cache at once where they are, else in a worker thread; None when the file is
-        gone or a page differs from its sum."""
-        digest, index = key
-        args = (digest, self.block_size, index, (start, stop), self.block_len(size, index), sums)
-        try:
-            return self.cache.read_pages(*args, nowait=True)
-        except BlockingIOError:
-            return await trio.to_thread.run_sync(self.cache.read_pages, *args)
+        """What :meth:`read` answers (fetching ahead), if it can be had at once: each block it
+        needs in memory, or (a small read of a checked block) its pages in the page cache;
+        else None. No task, no thread, no wait: such a request costs the event loop little."""
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        if self.source.in_place or self.verifier.must_verify(digest):
+            return None
+        small = end - offset <= self.block_size // SMALL_READ
+        parts = []
+        for i, span in self._spans(offset, end):
+            if (part := self._part_now(digest, size, i, span, small)) is None:
+                return None
+            parts.append(part)
+        self._ahead(digest, size, offset, end, ahead_limit, unit_end)
+        self._passed(digest, offset, end)
+        return b"".join(parts)
+
+    def _spans(self, offset: int, end: int) -> list[tuple[int, tuple[int, int]]]:
+        """The blocks bytes ``[offset, end)`` lie in, and where in each."""
+        bs = self.block_size
+        return [
+            (i, (max(offset - i * bs, 0), min(end - i * bs, bs)))
+            for i in range(offset // bs, (end - 1) // bs + 1)
+        ]
+
+    def _ahead(self, digest: str, size: int, offset: int, end: int, *advice: int | None) -> None:
+        """Start fetching what the readahead advises after a read of ``[offset, end)``."""
+        for start, stop in self._readahead.advise(digest, size, offset, end, *advice):
+            # Reserved now, before the read looks for its own blocks, so that a block both
+            # want is fetched once, as part of the larger request.
+            flights = self.flights.reserve(
+                digest, start // self.block_size, (stop - 1) // self.block_size, self.memory
+            )
+            if flights:
+                self.background.start(self._fetch_ahead, digest, size, flights)
+
+    def _passed(self, digest: str, offset: int, end: int) -> None:
+        """A reader in order has read the blocks ``[offset, end)`` ends in: they leave memory
+        first."""
+        for index in range(offset // self.block_size, end // self.block_size):
+            self.memory.passed((digest, index))
+
+    def _part_now(
+        self, digest: str, size: int, index: int, span: tuple[int, int], small: bool
+    ) -> Buffer | None:
+        """Bytes ``span`` of block ``index`` if they can be had at once: the block in memory,
+        or (a ``small`` read) the pages of a block checked before, in the page cache; else
+        None. A block in memory read by a small read has its page sums remembered: it will
+        be read so again once it has left memory."""
+        key = (digest, index)
+        if (block := self.memory.get(key)) is not None:
+            self.stats.memory_hits += 1
+            if small:
+                self.small.remember(key, block)
+            return memoryview(block)[span[0] : span[1]]
+        return self.small.now(digest, size, index, span) if small else None
+
+    async def _part(
+        self,
+        digest: str,
+        size: int,
+        index: int,
+        span: tuple[int, int],
+        small: bool,
+        wanted_last: int,
+    ) -> Buffer:
+        """Bytes ``span`` of block ``index``, waiting: a small read of a checked block reads
+        its pages from the disk cache; else the whole block is taken (and checked, when it
+        comes from disk), its page sums remembered for a small read."""
+        if small and (pages := await self.small.read(digest, size, index, span)) is not None:
+            return pages
+        block = await self.block(digest, size, index, wanted_last)
+        if small:
+            self.small.remember((digest, index), block)
+        return memoryview(block)[span[0] : span[1]]
 
     async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
         """Bring reserved blocks into memory for a reader that will want them soon: from the
@@ -332,7 +380,7 @@ class BlobStore:
     async def forget(self, digest: str) -> None:
         """Drop every block of ``digest`` from memory and disk (its bytes proved wrong)."""
         self.memory.forget(digest)
-        self.checked.forget(digest)
+        self.small.checked.forget(digest)
         self.verifier.forget(digest)
         await trio.to_thread.run_sync(self.cache.remove_blocks, digest)
 

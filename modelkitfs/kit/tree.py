@@ -147,6 +147,22 @@ class KitTree:
         for layer in self.layers:
             await layer.archive.aclose()
 
+    def read_now(self, node: Node, offset: int, size: int) -> bytes | None:
+        """What :meth:`read` answers, if it can be had without waiting; else None."""
+        if node.content is not None or node.layer is None or offset >= node.size:
+            return None
+        size = min(size, node.size - offset)
+        archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
+        if not _may_hold_tensors(node):
+            return archive.read_now(start, size, end)
+        key = _file_key(node)
+        if offset == 0 or key not in self._layouts:  # its layout is learnt first
+            return None
+        layout = self._layouts[key]
+        tensor_end = layout.entered(offset, size) if layout is not None else None
+        unit_end = None if tensor_end is None else node.offset + tensor_end
+        return archive.read_now(start, size, end, unit_end)
+
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         if node.content is not None:
             return node.content[offset : offset + size]

@@ -159,3 +159,22 @@ def test_messages_name_the_source_and_repository() -> None:
             assert store.describe() == "registry.example/repo"
 
     trio.run(main)
+
+
+def test_a_read_at_once_answers_only_with_blocks_it_has_never_waiting() -> None:
+    source = OneBlob(size=6 * BLOCK)
+    digest, size, data = source.digest, source.size, source.data
+
+    async def main() -> None:
+        async with opened(source, MemoryCache()) as store:
+            assert store.read_now(digest, size, BLOCK, 100) is None  # nothing here yet
+            assert source.sent == 0
+            assert await store.read(digest, size, BLOCK + 7, 100) == data[BLOCK + 7 : BLOCK + 107]
+            assert store.read_now(digest, size, BLOCK + 50, 900) == data[BLOCK + 50 : BLOCK + 950]
+            assert store.read_now(digest, size, 2 * BLOCK - 10, 20) is None  # block 2 is not
+            await store.flush()
+            store.memory.pop((digest, 1))  # gone from memory: its checked pages are read
+            assert store.read_now(digest, size, BLOCK + 9, 99) == data[BLOCK + 9 : BLOCK + 108]
+            assert store.read_now(digest, size, size, 10) == b""
+
+    trio.run(main)
