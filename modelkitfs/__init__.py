@@ -5,6 +5,7 @@
 ...     config = (root / "config.json").read_text()
 >>> with modelkitfs.open("registry.example/team/llm:v1", "data/train.csv") as f:   # no FUSE
 ...     header = f.readline()
+>>> modelkitfs.verify("registry.example/team/llm:v1", verify_keys=["cosign.pub"]).signers
 """
 
 from modelkitfs.errors import ModelKitFSError
@@ -12,6 +13,7 @@ from modelkitfs.mount import Mount, mount, mount_foreground, serve, unmount
 from modelkitfs.options import MountOptions
 from modelkitfs.reader import KitReader
 from modelkitfs.reader import open_file as open
+from modelkitfs.verification import verify
 
 __version__ = "0.1.0"
 __all__ = [
@@ -25,4 +27,5 @@ __all__ = [
     "open",
     "serve",
     "unmount",
+    "verify",
 ]
