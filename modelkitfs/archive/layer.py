@@ -3,10 +3,17 @@
 A layer is a byte stream (the blob as it is, or gunzipped, or un-zstd'ed) holding either a tar
 archive or, for raw layers, the bytes of exactly one file. The kit layer sees only
 :class:`LayerArchive`; how a layer is encoded stays here.
+
+A layer read file after file from every part of it (an image folder under a data loader's
+shuffled workers) is a layer that will be read whole: once reads have taken ``BROAD_FILES``
+files from ``BROAD_REGIONS`` of its sixteenths, it is fetched as a prefetch fetches it, in large
+parallel requests, rather than block by block as each file asks. A reader of one large file,
+however randomly, never gets its layer fetched whole so.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,9 +29,13 @@ from modelkitfs.archive.index import (
 from modelkitfs.archive.tar import build_tar_index
 from modelkitfs.archive.zstd import ZstdStream
 from modelkitfs.blobs import Blob
-from modelkitfs.errors import ArchiveError
+from modelkitfs.errors import ArchiveError, ModelKitFSError
+
+log = logging.getLogger(__name__)
 
 RAW_FILE_MODE = 0o644
+BROAD_FILES = 32  # files read from a layer...
+BROAD_REGIONS = 8  # ...from this many of its sixteenths: it is fetched whole
 
 
 class LayerStream(IndexSource, Protocol):
@@ -69,6 +80,8 @@ class LayerArchive:
         self.blob = blob
         self.stream = stream
         self.raw = raw
+        self._files: set[int] | None = set()  # where files read end; None once fetched whole
+        self._regions: set[int] = set()  # sixteenths of the layer they were read from
 
     @property
     def digest(self) -> str:
@@ -98,10 +111,28 @@ class LayerArchive:
         ``end``, where the file being read ends; ``unit_end`` is where a unit the reader takes
         whole ends (a tensor): the rest of it is fetched at once."""
         if isinstance(self.stream, PlainStream):
+            self._note(offset, end)
             return await self.blob.read(
                 offset, length, ahead=readahead, ahead_limit=end, unit_end=unit_end
             )
         return await self.stream.read(offset, length)
+
+    def _note(self, offset: int, end: int | None) -> None:
+        """A read of the file ending at ``end``: fetch the layer whole once it is read broadly
+        (see the module's docstring)."""
+        if self._files is None or end is None or end in self._files or not self.blob.cached:
+            return
+        self._files.add(end)
+        self._regions.add(offset * 16 // max(self.blob.size, 1))
+        if len(self._files) >= BROAD_FILES and len(self._regions) >= BROAD_REGIONS:
+            self._files = None
+            self.blob.in_background(self._fetch_whole)
+
+    async def _fetch_whole(self) -> None:
+        try:
+            await self.blob.fetch_verified()
+        except ModelKitFSError as exc:  # the cache cannot keep it: block by block, as before
+            log.info("layer %s is read broadly but cannot be fetched whole: %s", self.digest, exc)
 
     def read_now(
         self, offset: int, length: int, end: int, unit_end: int | None = None
@@ -110,6 +141,7 @@ class LayerArchive:
         layer's bytes in memory or the page cache); else None."""
         if not isinstance(self.stream, PlainStream):
             return None
+        self._note(offset, end)
         return self.blob.read_now(offset, length, ahead_limit=end, unit_end=unit_end)
 
     async def cached_bytes(self, offset: int, length: int) -> int | None:
