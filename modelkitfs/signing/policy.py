@@ -12,9 +12,12 @@ or its ``spec``): ``images[].glob``, ``authorities[]`` each ``key`` (``data`` or
 satisfied, by any one of its authorities; a kit no rule covers is refused.
 
 Globs name repositories (``registry.example/team/*``, ``**``): a tag or a digest is never
-trusted, the signature binds the digest. The policy's digest covers what it trusts (keys,
-identities, trusted roots, modes), not where the files were, so a pass remembered under it
-(:mod:`.remembered`) is checked again when any of that changes.
+trusted, the signature binds the digest. A registry is matched by one name, however a
+reference spells it (``Registry.Example.:443`` is ``registry.example``; Docker Hub's three
+names are ``docker.io``), or a kit named otherwise would escape its registry's rules. The
+policy's digest covers what it trusts (keys, identities, trusted roots, modes), not where the
+files were, so a pass remembered under it (:mod:`.remembered`) is checked again when any of
+that changes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes
 
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.reference import LAYOUT_PREFIX
 from modelkitfs.signing.keys import BadKey, PublicKey, key_id, load_public_key
 from modelkitfs.signing.trust import BadTrustedRoot, TrustedRoot, parse_trusted_root
 
@@ -41,6 +45,8 @@ COMMAND_LINE = "the command line"
 KEY_FIELDS = {"data", "path", "trustedRoot"}
 KEYLESS_FIELDS = {"identities", "trustedRoot", "url", "ctlog"}
 IDENTITY_FIELDS = {"issuer", "issuerRegExp", "subject", "subjectRegExp"}
+DOCKER_HUB = {"index.docker.io", "registry-1.docker.io"}  # docker.io by its other names
+_HOST = re.compile(r"(.*?)\.*(:[0-9]+)?")  # a host, its trailing dots, its port
 
 
 class PolicyError(ModelKitFSError):
@@ -102,11 +108,11 @@ class Rule:
 
     @cached_property
     def _patterns(self) -> tuple[re.Pattern[str], ...]:
-        return tuple(_glob_pattern(glob) for glob in self.globs)
+        return tuple(_glob_pattern(canonical_name(glob)) for glob in self.globs)
 
     def covers(self, name: str) -> bool:
         """Whether ``name`` (``registry/repository``) is one of this rule's images."""
-        return any(pattern.fullmatch(name) for pattern in self._patterns)
+        return any(pattern.fullmatch(canonical_name(name)) for pattern in self._patterns)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,22 @@ class Policy:
 
     def rules_for(self, name: str) -> list[Rule]:
         return [rule for rule in self.rules if rule.covers(name)]
+
+
+def canonical_name(name: str) -> str:
+    """``registry/repository`` with the registry named as it is reached: host names are
+    case-insensitive, a trailing dot and https's port 443 name the same host, and docker.io
+    answers to three names. A layout's folder is a path: kept as it is."""
+    if name.startswith(LAYOUT_PREFIX):
+        return name
+    host, slash, repository = name.partition("/")
+    match = _HOST.fullmatch(host.lower())
+    assert match is not None  # any text is a host
+    hostname, port = match[1], match[2] or ""
+    port = "" if port == ":443" else port
+    if hostname in DOCKER_HUB and not port:
+        hostname = "docker.io"
+    return f"{hostname}{port}{slash}{repository}"
 
 
 def _glob_pattern(glob: str) -> re.Pattern[str]:

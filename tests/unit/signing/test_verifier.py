@@ -323,3 +323,35 @@ def test_a_rule_in_warn_mode_warns(tmp_path: Path, key, caplog) -> None:
         verdict = Signed().verify(policy)
     assert verdict.signers == [] and "carries no signature" in verdict.warnings[0]
     assert "mode warn: served all the same" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("glob", "name"),
+    [
+        ("memory.registry/team/*", "MEMORY.Registry/team/kit"),
+        ("memory.registry/team/*", "memory.registry./team/kit"),
+        ("memory.registry/team/*", "memory.registry:443/team/kit"),
+        ("docker.io/team/*", "index.docker.io/team/kit"),
+        ("docker.io/team/*", "registry-1.docker.io/team/kit"),
+        ("Index.Docker.io:443/team/*", "docker.io/team/kit"),
+    ],
+)
+def test_a_registry_named_otherwise_is_judged_by_its_own_rules(
+    tmp_path: Path, key, glob: str, name: str
+) -> None:
+    """A host in upper case, with a trailing dot or https's port, or Docker Hub by another of
+    its names, is the same registry: its rules cover it, not only a looser '**'."""
+    anyone = cosign.new_key()
+    cosign.write_public(key, tmp_path / "team.pub")
+    cosign.write_public(anyone, tmp_path / "anyone.pub")
+    text = (
+        f"images: [{{glob: '{glob}'}}]\nauthorities: [{{key: {{path: team.pub}}}}]\n---\n"
+        "images: [{glob: '**'}]\nauthorities: [{key: {path: anyone.pub}}]\n"
+    )
+    policy = load_policy(policy_file=policy_file(tmp_path, text), ignore_tlog=True)
+    kit = Signed()
+    kit.classic(cosign.classic(kit.digest, anyone))
+    with pytest.raises(SignatureRefused, match=r"policy 1 .*not signed by key .*team.pub"):
+        kit.verify(policy, name=name)
+    kit.classic(cosign.classic(kit.digest, key), cosign.classic(kit.digest, anyone))
+    assert len(kit.verify(policy, name=name).signers) == 2
