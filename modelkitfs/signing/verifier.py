@@ -160,6 +160,11 @@ def accept(candidate: Candidate, authority: AuthorityType, ignore_tlog: bool) ->
     leaf = candidate.certificate
     if leaf is None:
         raise Refusal("it carries no certificate: it is no keyless signature")
+    entry = _entry(candidate)
+    moment = check_entry(entry, authority.trusted_root)
+    # Issued by the trusted root first: anyone's own CA may write a name that the policy's
+    # regexps would take quadratic time over.
+    check_certificate(leaf, authority.trusted_root, moment)
     identity = matching(leaf, authority.identities)
     if identity is None:
         subjects, issuer = names(leaf)
@@ -169,10 +174,7 @@ def accept(candidate: Candidate, authority: AuthorityType, ignore_tlog: bool) ->
         )
     if not signature_valid(leaf.public_key(), candidate.signature, candidate.signed):  # type: ignore[arg-type]
         raise Refusal("its signature does not verify with its certificate's key")
-    entry = _entry(candidate)
-    moment = check_entry(entry, authority.trusted_root)
     check_body(entry, candidate.logged, candidate.signature, leaf)
-    check_certificate(leaf, authority.trusted_root, moment)
     subjects, issuer = names(leaf)
     return Signer(
         candidate.kind,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.signing import SignatureRefused, load_policy
+from modelkitfs.signing.policy import Identity
 from tests.support import cosign
 from tests.unit.signing.doubles import NAME, Signed, key_policy
 
@@ -205,6 +206,22 @@ def test_a_certificate_of_another_authority_is_refused(tmp_path: Path) -> None:
         SignatureRefused, match="not issued by a certificate authority of the trusted root"
     ):
         kit.verify(policy)
+
+
+def test_the_policys_regexps_see_only_certificates_of_the_trusted_root(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Anyone's own CA may write any name: an unanchored regexp takes quadratic time on a long
+    one, so a certificate is matched to the policy's identities only once the root issued it."""
+    _, rekor, policy = keyless(tmp_path, policy_identity=None, identity_regexp=r".*@example\.com")
+    matched: list[object] = []
+    monkeypatch.setattr(Identity, "matches", lambda *args: matched.append(args) or False)
+    kit = keyless_kit(cosign.Fulcio(), rekor, identity="a" * 10_000 + "@elsewhere.example")
+    with pytest.raises(
+        SignatureRefused, match="not issued by a certificate authority of the trusted root"
+    ):
+        kit.verify(policy)
+    assert matched == []
 
 
 def test_a_certificate_not_for_code_signing_is_refused(tmp_path: Path) -> None:
