@@ -45,6 +45,9 @@ COMMAND_LINE = "the command line"
 KEY_FIELDS = {"data", "path", "trustedRoot"}
 KEYLESS_FIELDS = {"identities", "trustedRoot", "url", "ctlog"}
 IDENTITY_FIELDS = {"issuer", "issuerRegExp", "subject", "subjectRegExp"}
+# What is not checked here (attestations, CUE/Rego policies...) is refused, never ignored.
+SPEC_FIELDS = {"images", "authorities", "mode", "match"}
+AUTHORITY_FIELDS = {"name", "key", "keyless", "ctlog"}
 DOCKER_HUB = {"index.docker.io", "registry-1.docker.io"}  # docker.io by its other names
 _HOST = re.compile(r"(.*?)\.*(:[0-9]+)?")  # a host, its trailing dots, its port
 
@@ -223,6 +226,7 @@ def _rule(document: Any, where: str, folder: str, root: TrustedRoot | None) -> R
     spec = document.get("spec", document) if isinstance(document, dict) else None
     if not isinstance(spec, dict):
         raise PolicyError(f"{where}: not a mapping with 'images' and 'authorities'")
+    _known(spec, SPEC_FIELDS, where)
     images = spec.get("images")
     listed = [i.get("glob") for i in images or [] if isinstance(i, dict)]
     if not isinstance(images, list) or not listed or not all(isinstance(g, str) for g in listed):
@@ -252,6 +256,8 @@ def _check_glob(glob: str, where: str) -> None:
 
 
 def _authority(entry: Any, where: str, folder: str, root: TrustedRoot | None) -> AuthorityType:
+    if isinstance(entry, dict):
+        _known(entry, AUTHORITY_FIELDS, where)
     kinds = [k for k in ("key", "keyless") if isinstance(entry, dict) and k in entry]
     if len(kinds) != 1 or not isinstance(entry[kinds[0]], dict):
         raise PolicyError(f"{where}: give exactly one of 'key' or 'keyless', as a mapping")

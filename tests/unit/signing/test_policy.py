@@ -151,3 +151,23 @@ def test_canonical_json_orders_keys_by_utf16_and_escapes_minimally() -> None:
             '{"body":"é\\n","integratedTime":1,"logID":"ab","logIndex":2,"\U0001f600":0,"\uff00":0}'
         ).encode()
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("authorities: [{key: {path: cosign.pub}, attestations: [{name: sbom}]}]", "attestations"),
+        ("policy: {type: cue, data: 'x'}\nauthorities: [{key: {path: cosign.pub}}]", "policy"),
+    ],
+)
+def test_a_requirement_of_policy_controller_not_checked_here_is_refused(
+    tmp_path: Path, extra: str, field: str
+) -> None:
+    """An attestation or a CUE/Rego policy a ClusterImagePolicy requires is not checked here:
+    ignored, it would serve what the operator's policy refuses."""
+    cosign.write_public(cosign.new_key(), tmp_path / "cosign.pub")
+    path = write(tmp_path, "policy.yaml", f"images: [{{glob: '**'}}]\n{extra}\n")
+    with pytest.raises(
+        PolicyError, match=rf"^--policy {path}, policy 1.*unknown field\(s\) {field}:"
+    ):
+        load_policy(policy_file=path)
