@@ -6,8 +6,9 @@ Distribution 2.8 has none), by the fallback tag ``sha256-<hex>``, an index of re
 referrer must name the kit's manifest as its ``subject``; the envelope's payload is an in-toto
 statement with cosign's signing predicate whose subject is the manifest digest (cosign accepts
 any verified bundle, attestations included; this is stricter: an attestation is not a
-signature). The signature covers DSSE's pre-authentication encoding; the key is given by the
-policy, or the certificate by the bundle; the log entry is its first ``tlogEntries``.
+signature). Its one signature (sigstore's bundles hold one) covers DSSE's pre-authentication
+encoding; the key is given by the policy, or the certificate by the bundle; the log entry is
+its first ``tlogEntries``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from cryptography import x509
 
 from modelkitfs.errors import DigestMismatch, NotFound
-from modelkitfs.signing.candidates import Candidate, SignatureStore, b64, broken
+from modelkitfs.signing.candidates import MAX_SIGNATURES, Candidate, SignatureStore, b64, broken
 from modelkitfs.signing.rekor import Refusal, from_tlog_entry
 
 ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -26,7 +27,6 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle"
 IN_TOTO = "application/vnd.in-toto+json"
 STATEMENT = "https://in-toto.io/Statement/v1"
 PREDICATE = "https://sigstore.dev/cosign/sign/v1"
-MAX_REFERRERS = 32  # bundles read per manifest, at most
 
 
 def fallback_tag(digest: str) -> str:
@@ -46,7 +46,7 @@ async def bundle_signatures(store: SignatureStore, repository: str, digest: str)
     except (ValueError, KeyError, TypeError, AttributeError):
         return [broken("bundle", f"the referrers of {digest}", "their index is malformed")]
     found: list[Candidate] = []
-    for referrer in digests[:MAX_REFERRERS]:
+    for referrer in digests[:MAX_SIGNATURES]:
         found += await _referrer(store, repository, digest, referrer)
     return found
 
@@ -82,6 +82,9 @@ def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
         return [broken("bundle", where, "it is no sigstore bundle with a DSSE envelope")]
     if not str(bundle.get("mediaType", "")).startswith(BUNDLE_MEDIA_TYPE):
         return [broken("bundle", where, "it is no sigstore bundle (mediaType)")]
+    if len(signatures) != 1:  # as sigstore's bundle format requires
+        problem = f"its DSSE envelope holds {len(signatures)} signatures, not one"
+        return [broken("bundle", where, problem)]
     if problem := statement_problem(payload_type, payload, digest):
         return [broken("bundle", where, problem)]
     try:
@@ -96,10 +99,7 @@ def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
         except Refusal as exc:
             entry_problem = str(exc)
     signed = pae(payload_type, payload)
-    return [
-        Candidate("bundle", where, signed, payload, sig, leaf, entry, entry_problem)
-        for sig in signatures
-    ]
+    return [Candidate("bundle", where, signed, payload, signatures[0], leaf, entry, entry_problem)]
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

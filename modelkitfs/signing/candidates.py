@@ -15,6 +15,10 @@ from cryptography import x509
 from modelkitfs.registry.client import Manifest
 from modelkitfs.signing.rekor import LogEntry
 
+# Signatures read per manifest and format, at most (cosign reads 50): whoever can push beside
+# a kit must not make each check of it cost thousands of requests and verifications.
+MAX_SIGNATURES = 32
+
 
 class SignatureStore(Protocol):
     """Where signatures are read: the kit's own source (a registry client: credentials,

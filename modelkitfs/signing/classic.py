@@ -16,7 +16,14 @@ import json
 from typing import Any
 
 from modelkitfs.errors import DigestMismatch, NotFound
-from modelkitfs.signing.candidates import Candidate, SignatureStore, b64, broken, certificate
+from modelkitfs.signing.candidates import (
+    MAX_SIGNATURES,
+    Candidate,
+    SignatureStore,
+    b64,
+    broken,
+    certificate,
+)
 from modelkitfs.signing.rekor import Refusal, from_cosign_annotation
 
 LAYER_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -44,7 +51,7 @@ async def classic_signatures(
     except (ValueError, KeyError, TypeError, AttributeError):
         return [broken("classic", tag, "its manifest is malformed")]
     found = []
-    for number, descriptor in listed:
+    for number, descriptor in listed[:MAX_SIGNATURES]:
         where = f"{tag} layer {number}"
         try:
             payload = await store.get_blob(

@@ -11,6 +11,7 @@ import trio
 
 from modelkitfs.registry.testing import MemoryRegistry
 from modelkitfs.signing import SignatureRefused, verify_digest
+from modelkitfs.signing.candidates import MAX_SIGNATURES
 from tests.support import cosign
 from tests.support.kitbuilder import Artifact
 from tests.unit.signing.doubles import KIT, REPOSITORY, key_policy
@@ -79,3 +80,14 @@ def test_a_payload_that_is_not_its_digest_does_not_count(tmp_path: Path) -> None
     push(registry, signatures, cosign.signature_tag(kit.digest))
     with pytest.raises(SignatureRefused, match=r"its payload cannot be read .*does not match"):
         verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
+
+
+def test_a_signature_manifest_costs_a_bounded_number_of_requests(tmp_path: Path) -> None:
+    """A .sig manifest may list thousands of layers (cosign reads 50 at most): each check
+    fetches MAX_SIGNATURES payloads at most, not one per layer."""
+    registry, kit = registry_with_kit()
+    layers = [cosign.classic(kit.digest, cosign.new_key()) for _ in range(MAX_SIGNATURES + 8)]
+    push(registry, cosign.signature_manifest(layers), cosign.signature_tag(kit.digest))
+    with pytest.raises(SignatureRefused, match=f"none of its {MAX_SIGNATURES} signatures"):
+        verify(registry, kit, key_policy(tmp_path, cosign.new_key(), ignore_tlog=True))
+    assert len([path for path in registry.documents if "/blobs/" in path]) == MAX_SIGNATURES

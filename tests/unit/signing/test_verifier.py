@@ -281,6 +281,17 @@ def test_a_bundle_about_another_manifest_is_refused(tmp_path: Path, key) -> None
         kit.verify(key_policy(tmp_path, key, ignore_tlog=True))
 
 
+def test_a_bundle_holds_one_signature(tmp_path: Path, key) -> None:
+    """As sigstore's bundle format says: an envelope of a thousand signatures would cost a
+    thousand checks of each authority."""
+    kit = Signed()
+    document = json.loads(cosign.bundle(kit.digest, key))
+    document["dsseEnvelope"]["signatures"] *= 1000
+    kit.bundles(json.dumps(document).encode())
+    with pytest.raises(SignatureRefused, match="its DSSE envelope holds 1000 signatures, not one"):
+        kit.verify(key_policy(tmp_path, key, ignore_tlog=True))
+
+
 def test_a_bundle_by_another_key_is_refused(tmp_path: Path, key) -> None:
     kit = Signed()
     kit.bundles(cosign.bundle(kit.digest, cosign.new_key()))
