@@ -82,9 +82,8 @@ def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
         return [broken("bundle", where, "it is no sigstore bundle with a DSSE envelope")]
     if not str(bundle.get("mediaType", "")).startswith(BUNDLE_MEDIA_TYPE):
         return [broken("bundle", where, "it is no sigstore bundle (mediaType)")]
-    if len(signatures) != 1:  # as sigstore's bundle format requires
-        problem = f"its DSSE envelope holds {len(signatures)} signatures, not one"
-        return [broken("bundle", where, problem)]
+    if (held := len(signatures)) != 1:  # as sigstore's bundle format requires
+        return [broken("bundle", where, f"its DSSE envelope holds {held} signatures, not one")]
     if problem := statement_problem(payload_type, payload, digest):
         return [broken("bundle", where, problem)]
     try:
