@@ -13,13 +13,13 @@ its first ``tlogEntries``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cryptography import x509
 
 from modelkitfs.errors import DigestMismatch, NotFound
 from modelkitfs.signing.candidates import MAX_SIGNATURES, Candidate, SignatureStore, b64, broken
+from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_tlog_entry
 
 ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -41,7 +41,7 @@ async def bundle_signatures(store: SignatureStore, repository: str, digest: str)
         except NotFound:
             return []
     try:
-        listed = json.loads(index.raw).get("manifests") or []
+        listed = parse_json(index.raw).get("manifests") or []
         digests = [str(d["digest"]) for d in listed if d.get("artifactType") == ARTIFACT_TYPE]
     except (ValueError, KeyError, TypeError, AttributeError):
         return [broken("bundle", f"the referrers of {digest}", "their index is malformed")]
@@ -56,7 +56,7 @@ async def _referrer(
 ) -> list[Candidate]:
     where = f"bundle {referrer[:19]}"
     try:
-        manifest = json.loads((await store.get_manifest(repository, referrer)).raw)
+        manifest = parse_json((await store.get_manifest(repository, referrer)).raw)
         if (manifest.get("subject") or {}).get("digest") != digest:
             return [broken("bundle", where, "its subject is another manifest")]
         layer = next(
@@ -73,7 +73,7 @@ async def _referrer(
 def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
     """The signatures of sigstore bundle ``raw``, as signatures of manifest ``digest``."""
     try:
-        bundle = json.loads(raw)
+        bundle = parse_json(raw)
         envelope = bundle["dsseEnvelope"]
         material = bundle["verificationMaterial"]
         payload_type, payload = str(envelope["payloadType"]), b64(envelope["payload"])
@@ -82,6 +82,8 @@ def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
         return [broken("bundle", where, "it is no sigstore bundle with a DSSE envelope")]
     if not str(bundle.get("mediaType", "")).startswith(BUNDLE_MEDIA_TYPE):
         return [broken("bundle", where, "it is no sigstore bundle (mediaType)")]
+    if not isinstance(material, dict):
+        return [broken("bundle", where, "its verificationMaterial is no mapping")]
     if (held := len(signatures)) != 1:  # as sigstore's bundle format requires
         return [broken("bundle", where, f"its DSSE envelope holds {held} signatures, not one")]
     if problem := statement_problem(payload_type, payload, digest):
@@ -94,7 +96,7 @@ def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:
     entries = material.get("tlogEntries") or []
     if entries:
         try:
-            entry = from_tlog_entry(entries[0])
+            entry = from_tlog_entry(entries[0] if isinstance(entries, list) else None)
         except Refusal as exc:
             entry_problem = str(exc)
     signed = pae(payload_type, payload)
@@ -112,7 +114,7 @@ def statement_problem(payload_type: str, payload: bytes, digest: str) -> str | N
     if payload_type != IN_TOTO:
         return f"its payload is a {payload_type!r}, not an in-toto statement"
     try:
-        statement = json.loads(payload)
+        statement = parse_json(payload)
         subjects = [str(s["digest"]["sha256"]) for s in statement["subject"]]
         predicate = statement["predicateType"]
     except (ValueError, KeyError, TypeError):

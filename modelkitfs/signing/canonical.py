@@ -1,4 +1,5 @@
-"""RFC 8785 canonical JSON: what Rekor signs when it promises to log an entry.
+"""JSON as signatures use it: RFC 8785's canonical form, what Rekor signs when it promises to
+log an entry; and the parsing of documents that whoever pushes beside a kit wrote.
 
 The signed entry timestamp covers the canonical form of ``{body, integratedTime, logID,
 logIndex}``: keys sorted by their UTF-16 code units, no whitespace, strings escaped minimally
@@ -10,6 +11,15 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A document someone else wrote, or ValueError: also when it nests deeper than Python's
+    parser recurses (``[[[[...``), which would otherwise end the whole check with a traceback."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 def canonical_json(value: Any) -> bytes:

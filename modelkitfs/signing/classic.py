@@ -12,7 +12,6 @@ checked, as cosign does not (a kit copied to another registry keeps its signatur
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelkitfs.errors import DigestMismatch, NotFound
@@ -24,6 +23,7 @@ from modelkitfs.signing.candidates import (
     broken,
     certificate,
 )
+from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_cosign_annotation
 
 LAYER_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -46,7 +46,7 @@ async def classic_signatures(
     except NotFound:
         return []
     try:
-        layers = json.loads(manifest.raw)["layers"]
+        layers = parse_json(manifest.raw)["layers"]
         listed = [(n, d) for n, d in enumerate(layers, 1) if d.get("mediaType") == LAYER_TYPE]
     except (ValueError, KeyError, TypeError, AttributeError):
         return [broken("classic", tag, "its manifest is malformed")]
@@ -67,6 +67,8 @@ async def classic_signatures(
 def from_layer(payload: bytes, annotations: dict[str, Any], digest: str, where: str) -> Candidate:
     """The signature of one layer (its blob ``payload`` and its descriptor's annotations), as
     a signature of the manifest ``digest``."""
+    if not isinstance(annotations, dict):
+        return broken("classic", where, "its layer's annotations are no mapping")
     if problem := payload_problem(payload, digest):
         return broken("classic", where, problem)
     try:
@@ -89,7 +91,7 @@ def from_layer(payload: bytes, annotations: dict[str, Any], digest: str, where: 
 def payload_problem(payload: bytes, digest: str) -> str | None:
     """Why ``payload`` is no cosign signature payload for ``digest``, if it is not."""
     try:
-        critical = json.loads(payload)["critical"]
+        critical = parse_json(payload)["critical"]
         kind = critical["type"]
         signed = critical["image"]["docker-manifest-digest"]
     except (ValueError, KeyError, TypeError):

@@ -18,18 +18,18 @@ import base64
 import binascii
 import datetime
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from modelkitfs.signing.canonical import canonical_json
+from modelkitfs.signing.canonical import canonical_json, parse_json
 from modelkitfs.signing.keys import PublicKey, key_der, signature_valid
 from modelkitfs.signing.trust import TrustedRoot
 
 Material = PublicKey | x509.Certificate  # what a signature names as its signer
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the last time a datetime holds
 
 
 class Refusal(Exception):
@@ -44,6 +44,14 @@ class LogEntry:
     log_id: str  # hex sha256 of the log's key
     timestamp: bytes  # the signed entry timestamp
 
+    def __post_init__(self) -> None:
+        """ValueError for what no log writes (its checks would fail with a traceback): a body
+        and log id that are not base64 and hex, a time no datetime holds."""
+        _b64(self.body)
+        bytes.fromhex(self.log_id)
+        if not 0 <= self.integrated_time <= LAST_SECOND:
+            raise ValueError(f"integratedTime {self.integrated_time} is out of range")
+
     @property
     def moment(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.integrated_time, datetime.timezone.utc)
@@ -52,7 +60,7 @@ class LogEntry:
 def from_cosign_annotation(text: str) -> LogEntry:
     """The entry of cosign's ``dev.sigstore.cosign/bundle`` annotation."""
     try:
-        document = json.loads(text)
+        document = parse_json(text)
         payload = document["Payload"]
         return LogEntry(
             str(payload["body"]),
@@ -61,7 +69,7 @@ def from_cosign_annotation(text: str) -> LogEntry:
             str(payload["logID"]),
             _b64(document["SignedEntryTimestamp"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise Refusal(f"its log entry (bundle annotation) is malformed ({exc})") from None
 
 
@@ -82,7 +90,7 @@ def from_tlog_entry(entry: Any) -> LogEntry:
             _b64(entry["logId"]["keyId"]).hex(),
             _b64(promise["signedEntryTimestamp"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise Refusal(f"its log entry is malformed ({exc})") from None
 
 
@@ -112,7 +120,7 @@ def check_body(entry: LogEntry, signed: bytes, signature: bytes, signer: Materia
     """Refuse unless the logged body names ``signature`` over ``signed`` (the payload) by
     ``signer``."""
     try:
-        body = json.loads(_b64(entry.body))
+        body = parse_json(_b64(entry.body))
         kind, spec = body["kind"], body["spec"]
         if kind == "hashedrekord":
             hashed = spec["data"]["hash"]

@@ -113,11 +113,13 @@ class Rekor:
         )
         return hashlib.sha256(der).hexdigest()
 
-    def entry(self, body: dict[str, Any], when: datetime.datetime = NOW) -> dict[str, Any]:
-        """The log's promise for ``body``: cosign's bundle annotation's shape."""
+    def entry(self, body: dict[str, Any] | bytes, when: datetime.datetime = NOW) -> dict[str, Any]:
+        """The log's promise for ``body`` (a document, or its bytes as they are): cosign's
+        bundle annotation's shape."""
         self.index += 1
+        raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
         promised = {
-            "body": b64(json.dumps(body, separators=(",", ":")).encode()),
+            "body": b64(raw),
             "integratedTime": int(when.timestamp()),
             "logID": self.log_id,
             "logIndex": self.index,
