@@ -18,7 +18,15 @@ from typing import Any
 from cryptography import x509
 
 from modelkitfs.errors import DigestMismatch, NotFound
-from modelkitfs.signing.candidates import MAX_SIGNATURES, Candidate, SignatureStore, b64, broken
+from modelkitfs.signing.candidates import (
+    MAX_SIGNATURES,
+    Candidate,
+    SignatureStore,
+    Unverifiable,
+    b64,
+    broken,
+    sha256_named,
+)
 from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_tlog_entry
 
@@ -56,14 +64,14 @@ async def _referrer(
 ) -> list[Candidate]:
     where = f"bundle {referrer[:19]}"
     try:
-        manifest = parse_json((await store.get_manifest(repository, referrer)).raw)
+        manifest = parse_json((await store.get_manifest(repository, sha256_named(referrer))).raw)
         if (manifest.get("subject") or {}).get("digest") != digest:
             return [broken("bundle", where, "its subject is another manifest")]
         layer = next(
             d for d in manifest["layers"] if str(d["mediaType"]).startswith(BUNDLE_MEDIA_TYPE)
         )
-        raw = await store.get_blob(repository, str(layer["digest"]), layer.get("size"))
-    except (DigestMismatch, NotFound) as exc:
+        raw = await store.get_blob(repository, sha256_named(layer["digest"]), layer.get("size"))
+    except (DigestMismatch, NotFound, Unverifiable) as exc:
         return [broken("bundle", where, f"it cannot be read ({exc})")]
     except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
         return [broken("bundle", where, "its manifest holds no sigstore bundle layer")]

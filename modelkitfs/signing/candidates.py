@@ -12,6 +12,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from modelkitfs.digests import is_sha256
 from modelkitfs.registry.client import Manifest
 from modelkitfs.signing.rekor import LogEntry
 
@@ -67,6 +68,18 @@ class Candidate:
     entry: LogEntry | None = None
     entry_problem: str | None = None  # why the log entry could not be read
     problem: str | None = None  # why it cannot count at all
+
+
+class Unverifiable(ValueError):
+    """A signature's blob or manifest named by no sha256 digest: what a registry sends for it
+    could not be checked, so it is not asked for."""
+
+
+def sha256_named(digest: object) -> str:
+    """``digest``, a sha256 digest (else :class:`Unverifiable`)."""
+    if not is_sha256(text := str(digest)):
+        raise Unverifiable(f"{text[:24]!r} is no sha256 digest")
+    return text
 
 
 def broken(kind: str, where: str, problem: str) -> Candidate:

@@ -5,7 +5,8 @@ The layer blob is the payload, Go's JSON of ``{"critical": {"identity": {"docker
 "image": {"docker-manifest-digest"}, "type": "cosign container image signature"}, "optional"}``;
 the signature (base64 DER) and, for keyless signing, the certificate, chain and Rekor entry are
 annotations of the layer's descriptor. The blob is read through the source, which checks it
-against the descriptor's digest, and the payload must name the manifest digest being checked:
+against the descriptor's digest (sha256: no other is asked for), and at most
+``MAX_SIGNATURES`` of them; the payload must name the manifest digest being checked:
 a signature of another manifest is no signature of this one. ``docker-reference`` is not
 checked, as cosign does not (a kit copied to another registry keeps its signatures).
 """
@@ -19,9 +20,11 @@ from modelkitfs.signing.candidates import (
     MAX_SIGNATURES,
     Candidate,
     SignatureStore,
+    Unverifiable,
     b64,
     broken,
     certificate,
+    sha256_named,
 )
 from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_cosign_annotation
@@ -54,10 +57,9 @@ async def classic_signatures(
     for number, descriptor in listed[:MAX_SIGNATURES]:
         where = f"{tag} layer {number}"
         try:
-            payload = await store.get_blob(
-                repository, str(descriptor["digest"]), descriptor.get("size")
-            )
-        except (DigestMismatch, NotFound, KeyError) as exc:
+            named = sha256_named(descriptor.get("digest"))
+            payload = await store.get_blob(repository, named, descriptor.get("size"))
+        except (DigestMismatch, NotFound, Unverifiable) as exc:
             found.append(broken("classic", where, f"its payload cannot be read ({exc})"))
             continue
         found.append(from_layer(payload, descriptor.get("annotations") or {}, digest, where))

@@ -91,3 +91,29 @@ def test_a_signature_manifest_costs_a_bounded_number_of_requests(tmp_path: Path)
     with pytest.raises(SignatureRefused, match=f"none of its {MAX_SIGNATURES} signatures"):
         verify(registry, kit, key_policy(tmp_path, cosign.new_key(), ignore_tlog=True))
     assert len([path for path in registry.documents if "/blobs/" in path]) == MAX_SIGNATURES
+
+
+def test_a_signature_naming_a_digest_that_is_no_sha256_is_refused_alone(tmp_path: Path) -> None:
+    """A layer or referrer named by another algorithm, whose bytes could not be checked, is
+    refused alone and never asked for (a registry would answer it); the valid signature beside
+    it counts."""
+    key = cosign.new_key()
+    registry, kit = registry_with_kit()
+    md5, sha512 = "md5:" + "ab" * 16, "sha512:" + "cd" * 64
+    signatures = cosign.signature_manifest([cosign.classic(kit.digest, key)])
+    manifest = json.loads(signatures.manifest)
+    manifest["layers"].insert(0, {**manifest["layers"][0], "digest": md5})
+    signatures.manifest = json.dumps(manifest).encode()
+    push(registry, signatures, cosign.signature_tag(kit.digest))
+    registry.push(REPOSITORY, "unused", b"{}", "", {md5: b"payload"})
+    referrer = cosign.referrer(kit, cosign.bundle(kit.digest, key))
+    push(registry, referrer, "unused")
+    registry.manifests[f"/v2/{REPOSITORY}/manifests/{sha512}"] = (referrer.manifest, "")
+    index = cosign.referrers_index([referrer])
+    listed = json.loads(index.manifest)
+    listed["manifests"].insert(0, {**listed["manifests"][0], "digest": sha512})
+    index.manifest = json.dumps(listed).encode()
+    push(registry, index, cosign.fallback_tag(kit.digest))
+    signers = verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
+    assert [signer.format for signer in signers] == ["classic", "bundle"]
+    assert not [path for path in registry.documents if md5 in path or sha512 in path]
