@@ -5,7 +5,7 @@ the cache is its owner's, README, Security), under the sha256 of the policy's di
 repository and the manifest digest: another policy (a new key, a changed trusted root) or
 another repository (whose rules may differ) checks again. Only passes are kept: a refusal is
 checked again next time, so that a kit signed since is served. A cache that cannot be written
-keeps passes in memory only.
+(or whose parent folder is not made yet) keeps passes in memory only.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class Remembered:
         if self.folder is None:
             return
         try:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for folder in (self.folder.parent, self.folder):  # the cache's, and never above it
+                folder.mkdir(mode=0o700, exist_ok=True)
             with tempfile.NamedTemporaryFile(
                 "w", dir=self.folder, suffix=".tmp", delete=False
             ) as out:  # created 0600
