@@ -36,7 +36,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes
 
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.reference import LAYOUT_PREFIX
+from modelkitfs.reference import DEFAULT_REGISTRY, LAYOUT_PREFIX
 from modelkitfs.signing.keys import BadKey, PublicKey, key_id, load_public_key
 from modelkitfs.signing.trust import BadTrustedRoot, TrustedRoot, parse_trusted_root
 
@@ -131,7 +131,8 @@ class Policy:
 def canonical_name(name: str) -> str:
     """``registry/repository`` with the registry named as it is reached: host names are
     case-insensitive, a trailing dot and https's port 443 name the same host, and docker.io
-    answers to three names. A layout's folder is a path: kept as it is."""
+    answers to three names. A layout's folder is a path: kept as it is; and ``localhost``
+    alone names kit's local storage, not a registry listening on this machine."""
     if name.startswith(LAYOUT_PREFIX):
         return name
     host, slash, repository = name.partition("/")
@@ -139,6 +140,8 @@ def canonical_name(name: str) -> str:
     assert match is not None  # any text is a host
     hostname, port = match[1], match[2] or ""
     port = "" if port == ":443" else port
+    if hostname == DEFAULT_REGISTRY and host != DEFAULT_REGISTRY:
+        hostname, port = host.lower(), ""
     if hostname in DOCKER_HUB and not port:
         hostname = "docker.io"
     return f"{hostname}{port}{slash}{repository}"

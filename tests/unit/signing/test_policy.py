@@ -171,3 +171,14 @@ def test_a_requirement_of_policy_controller_not_checked_here_is_refused(
         PolicyError, match=rf"^--policy {path}, policy 1.*unknown field\(s\) {field}:"
     ):
         load_policy(policy_file=path)
+
+
+@pytest.mark.parametrize("name", ["localhost:443/team/kit", "localhost./team/kit"])
+def test_a_registry_on_this_machine_is_not_kits_local_storage(tmp_path: Path, name: str) -> None:
+    """``localhost/...`` names kit's local storage; a registry listening on this machine's port
+    443 is another source, which a rule for the storage does not cover."""
+    cosign.write_public(cosign.new_key(), tmp_path / "cosign.pub")
+    text = "images: [{glob: 'localhost/**'}]\nauthorities: [{key: {path: cosign.pub}}]\n"
+    policy = load_policy(policy_file=write(tmp_path, "policy.yaml", text))
+    assert policy is not None
+    assert policy.rules_for("localhost/team/kit") and not policy.rules_for(name)
