@@ -27,6 +27,7 @@ from modelkitfs.signing.rekor import LogEntry, Refusal, check_body, check_entry
 log = logging.getLogger(__name__)
 
 REASONS_SHOWN = 3
+REASON_LENGTH = 300  # characters of one signature's reason shown, at most
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def _why(rule: Rule, candidates: list[Candidate], reasons: list[str], digest: st
             f"it carries no signature (no {signature_tag(digest)} and no sigstore bundle among "
             "its referrers): sign it with 'cosign sign'"
         )
-    shown = list(dict.fromkeys(reasons))
+    shown = list(dict.fromkeys(map(_one_line, reasons)))
     more = f"; and {len(shown) - REASONS_SHOWN} more" if len(shown) > REASONS_SHOWN else ""
     count = len(candidates)
     return (
@@ -132,6 +133,14 @@ def _why(rule: Rule, candidates: list[Candidate], reasons: list[str], digest: st
         + "; ".join(shown[:REASONS_SHOWN])
         + more
     )
+
+
+def _one_line(reason: str) -> str:
+    """``reason`` short and on one line: it quotes what whoever pushed a signature wrote, which
+    must not forge lines of the log or fill it."""
+    cut = reason[:REASON_LENGTH]
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return text + ("..." if len(reason) > REASON_LENGTH else "")
 
 
 def accept(candidate: Candidate, authority: AuthorityType, ignore_tlog: bool) -> Signer:

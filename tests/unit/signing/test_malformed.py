@@ -110,3 +110,15 @@ def test_a_malformed_bundle_is_refused_alone(tmp_path: Path, key, case: str) -> 
         malformed_bundle(kit.digest, key, rekor, case), cosign.bundle(kit.digest, key, rekor=rekor)
     )
     assert len(kit.verify(policy).signers) == 1
+
+
+def test_a_refusal_stays_one_short_line_whatever_a_signature_says(tmp_path: Path, key) -> None:
+    """What a signature says is quoted in the refusal and the log: its line breaks must not
+    start lines of their own (a forged 'is signed by' line), nor its size make the line huge."""
+    kit = Signed()
+    forged = "sha256:0\n2024-01-01 INFO modelkitfs: forged line " + "x" * 10_000
+    kit.classic(cosign.classic(kit.digest, key, signed_digest=forged))
+    with pytest.raises(SignatureRefused) as refused:
+        kit.verify(key_policy(tmp_path, key, ignore_tlog=True))
+    message = str(refused.value)
+    assert "\n" not in message and "forged line" in message and len(message) < 2000
