@@ -224,6 +224,28 @@ def test_the_policys_regexps_see_only_certificates_of_the_trusted_root(
     assert matched == []
 
 
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ("certificateAuthorities", "not issued by a certificate authority of the trusted root"),
+        ("tlogs", "which the trusted root does not hold for"),
+    ],
+)
+def test_a_ca_or_log_the_root_retired_before_the_signing_is_refused(
+    tmp_path: Path, section: str, says: str
+) -> None:
+    fulcio, rekor, _ = keyless(tmp_path)
+    path = tmp_path / "root.json"
+    root = json.loads(path.read_text())
+    entry = root[section][0]
+    window = entry["publicKey"]["validFor"] if section == "tlogs" else entry["validFor"]
+    window["end"] = (cosign.NOW - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path.write_text(json.dumps(root))
+    policy = load_policy(identity=IDENTITY, issuer=ISSUER, trusted_root=str(path))
+    with pytest.raises(SignatureRefused, match=says):
+        keyless_kit(fulcio, rekor).verify(policy)
+
+
 def test_a_certificate_not_for_code_signing_is_refused(tmp_path: Path) -> None:
     fulcio, rekor, policy = keyless(tmp_path)
     with pytest.raises(SignatureRefused, match="its certificate is not for code signing"):
