@@ -296,6 +296,20 @@ def test_an_attestation_is_no_signature(tmp_path: Path, key) -> None:
         kit.verify(key_policy(tmp_path, key, ignore_tlog=True))
 
 
+def test_a_dsse_envelope_of_another_payload_type_is_refused(tmp_path: Path, key) -> None:
+    """The statement is signed as an in-toto statement or it is no statement at all (the
+    signature over DSSE's encoding binds the type it was made for)."""
+    kit = Signed()
+    document = json.loads(cosign.bundle(kit.digest, key))
+    envelope = document["dsseEnvelope"]
+    envelope["payloadType"] = "application/vnd.example.other+json"
+    signed = cosign.pae(envelope["payloadType"], cosign.statement(kit.digest))
+    envelope["signatures"] = [{"sig": cosign.b64(cosign.sign(key, signed))}]
+    kit.bundles(json.dumps(document).encode())
+    with pytest.raises(SignatureRefused, match="other\\+json', not an in-toto statement"):
+        kit.verify(key_policy(tmp_path, key, ignore_tlog=True))
+
+
 def test_a_bundle_about_another_manifest_is_refused(tmp_path: Path, key) -> None:
     kit = Signed()
     kit.bundles(cosign.bundle("sha256:" + "cd" * 32, key))
