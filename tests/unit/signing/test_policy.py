@@ -1,16 +1,23 @@
-"""Policies from cosign's flags and from policy files: what they trust, their digest, and a one
-line naming what is wrong with a bad one."""
+"""Policies from cosign's flags and from policy files: what they trust, their digest, a one
+line naming what is wrong with a bad one, and which rules judge a kit."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from modelkitfs.signing import PolicyError, load_policy
+from modelkitfs.signing import PolicyError, SignatureRefused, load_policy
 from modelkitfs.signing.canonical import canonical_json
 from modelkitfs.signing.policy import Identity, KeyAuthority, KeylessAuthority
 from tests.support import cosign
+from tests.unit.signing.doubles import NAME, Signed
+
+
+@pytest.fixture
+def key() -> object:
+    return cosign.new_key()
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -182,3 +189,87 @@ def test_a_registry_on_this_machine_is_not_kits_local_storage(tmp_path: Path, na
     policy = load_policy(policy_file=write(tmp_path, "policy.yaml", text))
     assert policy is not None
     assert policy.rules_for("localhost/team/kit") and not policy.rules_for(name)
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+def policy_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_reference_no_glob_covers_is_refused(tmp_path: Path, key) -> None:
+    cosign.write_public(key, tmp_path / "cosign.pub")
+    policy = load_policy(
+        policy_file=policy_file(
+            tmp_path,
+            "images: [{glob: 'memory.registry/other/*'}]\n"
+            "authorities: [{key: {path: cosign.pub}}]\n",
+        ),
+        ignore_tlog=True,
+    )
+    kit = Signed()
+    kit.classic(cosign.classic(kit.digest, key))
+    with pytest.raises(SignatureRefused, match=f"no rule of the signature policy covers {NAME}"):
+        kit.verify(policy)
+
+
+def test_every_covering_rule_must_be_satisfied(tmp_path: Path, key) -> None:
+    other = cosign.new_key()
+    cosign.write_public(key, tmp_path / "a.pub")
+    cosign.write_public(other, tmp_path / "b.pub")
+    text = (
+        "images: [{glob: 'memory.registry/**'}]\nauthorities: [{key: {path: a.pub}}]\n---\n"
+        "images: [{glob: 'memory.registry/team/*'}]\nauthorities: [{key: {path: b.pub}}]\n"
+    )
+    policy = load_policy(policy_file=policy_file(tmp_path, text), ignore_tlog=True)
+    kit = Signed()
+    kit.classic(cosign.classic(kit.digest, key))
+    with pytest.raises(SignatureRefused, match=r"policy 2 .*not signed by key .*b.pub"):
+        kit.verify(policy)
+    kit.classic(cosign.classic(kit.digest, key), cosign.classic(kit.digest, other))
+    assert len(kit.verify(policy).signers) == 2
+
+
+def test_a_rule_in_warn_mode_warns(tmp_path: Path, key, caplog) -> None:
+    cosign.write_public(key, tmp_path / "cosign.pub")
+    text = "images: [{glob: '**'}]\nmode: warn\nauthorities: [{key: {path: cosign.pub}}]\n"
+    policy = load_policy(policy_file=policy_file(tmp_path, text), ignore_tlog=True)
+    with caplog.at_level(logging.WARNING):
+        verdict = Signed().verify(policy)
+    assert verdict.signers == [] and "carries no signature" in verdict.warnings[0]
+    assert "mode warn: served all the same" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("glob", "name"),
+    [
+        ("memory.registry/team/*", "MEMORY.Registry/team/kit"),
+        ("memory.registry/team/*", "memory.registry./team/kit"),
+        ("memory.registry/team/*", "memory.registry:443/team/kit"),
+        ("docker.io/team/*", "index.docker.io/team/kit"),
+        ("docker.io/team/*", "registry-1.docker.io/team/kit"),
+        ("Index.Docker.io:443/team/*", "docker.io/team/kit"),
+    ],
+)
+def test_a_registry_named_otherwise_is_judged_by_its_own_rules(
+    tmp_path: Path, key, glob: str, name: str
+) -> None:
+    """A host in upper case, with a trailing dot or https's port, or Docker Hub by another of
+    its names, is the same registry: its rules cover it, not only a looser '**'."""
+    anyone = cosign.new_key()
+    cosign.write_public(key, tmp_path / "team.pub")
+    cosign.write_public(anyone, tmp_path / "anyone.pub")
+    text = (
+        f"images: [{{glob: '{glob}'}}]\nauthorities: [{{key: {{path: team.pub}}}}]\n---\n"
+        "images: [{glob: '**'}]\nauthorities: [{key: {path: anyone.pub}}]\n"
+    )
+    policy = load_policy(policy_file=policy_file(tmp_path, text), ignore_tlog=True)
+    kit = Signed()
+    kit.classic(cosign.classic(kit.digest, anyone))
+    with pytest.raises(SignatureRefused, match=r"policy 1 .*not signed by key .*team.pub"):
+        kit.verify(policy, name=name)
+    kit.classic(cosign.classic(kit.digest, key), cosign.classic(kit.digest, anyone))
+    assert len(kit.verify(policy, name=name).signers) == 2
