@@ -25,6 +25,7 @@ from modelkitfs.signing.candidates import (
     Unverifiable,
     b64,
     broken,
+    fetchable,
     sha256_named,
 )
 from modelkitfs.signing.canonical import parse_json
@@ -70,7 +71,7 @@ async def _referrer(
         layer = next(
             d for d in manifest["layers"] if str(d["mediaType"]).startswith(BUNDLE_MEDIA_TYPE)
         )
-        raw = await store.get_blob(repository, sha256_named(layer["digest"]), layer.get("size"))
+        raw = await store.get_blob(repository, *fetchable(layer))
     except (DigestMismatch, NotFound, Unverifiable) as exc:
         return [broken("bundle", where, f"it cannot be read ({exc})")]
     except (ValueError, KeyError, TypeError, AttributeError, StopIteration):

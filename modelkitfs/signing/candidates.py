@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -19,6 +19,7 @@ from modelkitfs.signing.rekor import LogEntry
 # Signatures read per manifest and format, at most (cosign reads 50): whoever can push beside
 # a kit must not make each check of it cost thousands of requests and verifications.
 MAX_SIGNATURES = 32
+MAX_SIGNATURE_BYTES = 256 * 1024  # a payload or bundle blob, at most: they take a few KiB
 
 
 class SignatureStore(Protocol):
@@ -71,8 +72,8 @@ class Candidate:
 
 
 class Unverifiable(ValueError):
-    """A signature's blob or manifest named by no sha256 digest: what a registry sends for it
-    could not be checked, so it is not asked for."""
+    """A signature's blob or manifest that is not asked for: named by no sha256 digest (what a
+    registry sends for it could not be checked), or larger than any signature."""
 
 
 def sha256_named(digest: object) -> str:
@@ -80,6 +81,17 @@ def sha256_named(digest: object) -> str:
     if not is_sha256(text := str(digest)):
         raise Unverifiable(f"{text[:24]!r} is no sha256 digest")
     return text
+
+
+def fetchable(descriptor: dict[str, Any]) -> tuple[str, int]:
+    """The digest and size of the signature blob ``descriptor`` names, if worth fetching (else
+    :class:`Unverifiable`): a check holds each in memory."""
+    size = descriptor.get("size")
+    if not isinstance(size, int) or not 0 <= size <= MAX_SIGNATURE_BYTES:
+        raise Unverifiable(
+            f"its size {str(size)[:24]} is no signature's (<= {MAX_SIGNATURE_BYTES})"
+        )
+    return sha256_named(descriptor.get("digest")), size
 
 
 def broken(kind: str, where: str, problem: str) -> Candidate:

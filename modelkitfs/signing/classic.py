@@ -24,7 +24,7 @@ from modelkitfs.signing.candidates import (
     b64,
     broken,
     certificate,
-    sha256_named,
+    fetchable,
 )
 from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_cosign_annotation
@@ -57,8 +57,7 @@ async def classic_signatures(
     for number, descriptor in listed[:MAX_SIGNATURES]:
         where = f"{tag} layer {number}"
         try:
-            named = sha256_named(descriptor.get("digest"))
-            payload = await store.get_blob(repository, named, descriptor.get("size"))
+            payload = await store.get_blob(repository, *fetchable(descriptor))
         except (DigestMismatch, NotFound, Unverifiable) as exc:
             found.append(broken("classic", where, f"its payload cannot be read ({exc})"))
             continue

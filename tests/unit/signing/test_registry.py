@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from modelkitfs.digests import sha256_digest
 from modelkitfs.registry.testing import MemoryRegistry
 from modelkitfs.signing import SignatureRefused, verify_digest
-from modelkitfs.signing.candidates import MAX_SIGNATURES
+from modelkitfs.signing.candidates import MAX_SIGNATURE_BYTES, MAX_SIGNATURES
 from tests.support import cosign
 from tests.support.kitbuilder import Artifact
 from tests.unit.signing.doubles import KIT, REPOSITORY, key_policy
@@ -117,3 +118,33 @@ def test_a_signature_naming_a_digest_that_is_no_sha256_is_refused_alone(tmp_path
     signers = verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
     assert [signer.format for signer in signers] == ["classic", "bundle"]
     assert not [path for path in registry.documents if md5 in path or sha512 in path]
+
+
+def test_a_signature_blob_larger_than_a_signature_is_never_fetched(tmp_path: Path) -> None:
+    """A payload or bundle is a few KiB: one whose descriptor says more is refused alone and
+    never fetched (each check would hold it in memory, the node service one per kit named)."""
+    key = cosign.new_key()
+    registry, kit = registry_with_kit()
+    big = b" " * (MAX_SIGNATURE_BYTES + 1)
+    big_digest = sha256_digest(big)
+    registry.push(REPOSITORY, "unused", b"{}", "", {big_digest: big})
+    large = {"mediaType": cosign.SIMPLESIGNING, "digest": big_digest, "size": len(big)}
+    signatures = cosign.signature_manifest([cosign.classic(kit.digest, key)])
+    manifest = json.loads(signatures.manifest)
+    manifest["layers"].insert(0, {**large, "annotations": manifest["layers"][0]["annotations"]})
+    signatures.manifest = json.dumps(manifest).encode()
+    push(registry, signatures, cosign.signature_tag(kit.digest))
+    referrer = cosign.referrer(kit, cosign.bundle(kit.digest, key))
+    document = json.loads(referrer.manifest)
+    document["layers"][0] = {**large, "mediaType": cosign.BUNDLE_TYPE}
+    large_referrer = Artifact(json.dumps(document).encode(), b"{}", referrer.blobs)
+    for artifact in (referrer, large_referrer):
+        push(registry, artifact, "unused")
+    push(
+        registry,
+        cosign.referrers_index([large_referrer, referrer]),
+        cosign.fallback_tag(kit.digest),
+    )
+    signers = verify(registry, kit, key_policy(tmp_path, key, ignore_tlog=True))
+    assert [signer.format for signer in signers] == ["classic", "bundle"]
+    assert not [path for path in registry.documents if big_digest in path]
