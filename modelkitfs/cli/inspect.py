@@ -107,8 +107,9 @@ async def _describe(reader: KitReader) -> dict[str, Any]:
             }
         )
     kitfile = kit.kitfile
-    found = await reader.sources.signatures(reader.ref, kit.manifest_digest)
-    verdict = await reader.sources.check_signed(reader.ref, kit.manifest_digest)
+    signed = kit.named_digest  # an index's signatures, for a kit picked from one
+    found = await reader.sources.signatures(reader.ref, signed)
+    verdict = await reader.sources.check_signed(reader.ref, signed)
     signers = [signer.as_dict() for signer in verdict.signers] if verdict else None
     return {
         "reference": reader.reference,

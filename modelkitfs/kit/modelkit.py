@@ -56,6 +56,7 @@ class ModelKit:
     manifest: ModelKitManifest
     kitfile: dict[str, Any]
     tree: KitTree
+    named_digest: str  # what the reference resolved to: an index's, for one of its entries
 
 
 @dataclass
@@ -63,6 +64,7 @@ class _Resolved:
     reference: Reference
     store: BlobStore
     digest: str
+    named_digest: str  # the index's, when ``digest`` is an entry picked from it
     manifest: ModelKitManifest
     kitfile: dict[str, Any]
     has_kitfile: bool  # False when derived from a ModelPack's layers: kit writes no Kitfile
@@ -83,7 +85,8 @@ async def open_modelkit(
     kit = await _resolve(store_for, reference, labels or {}, check)
     layers = await _tree_layers(store_for, kit, filters, [], check)
     kitfile = render_kitfile(kit.kitfile) if kit.has_kitfile and selects_kitfile(filters) else None
-    return ModelKit(str(reference), kit.digest, kit.manifest, kit.kitfile, KitTree(layers, kitfile))
+    tree = KitTree(layers, kitfile)
+    return ModelKit(str(reference), kit.digest, kit.manifest, kit.kitfile, tree, kit.named_digest)
 
 
 async def _resolve(
@@ -91,6 +94,7 @@ async def _resolve(
 ) -> _Resolved:
     store = store_for(ref)
     fetched = await store.source.get_manifest(store.repository, ref.identifier)
+    named = fetched.digest
     if check is not None:  # an index's entries are named by the digest checked here
         await check(ref, fetched.digest)
     parsed = parse_manifest(fetched.raw, fetched.media_type, str(ref))
@@ -106,7 +110,7 @@ async def _resolve(
             "mount it without --label"
         )
     kitfile, has_kitfile = await _kitfile(store, parsed, str(ref))
-    return _Resolved(ref, store, fetched.digest, parsed, kitfile, has_kitfile)
+    return _Resolved(ref, store, fetched.digest, named, parsed, kitfile, has_kitfile)
 
 
 async def _kitfile(

@@ -16,7 +16,7 @@ from tests.conftest import Mounts, one_file_kit
 from tests.e2e.test_serve import Service
 from tests.support import cosign
 from tests.support.clirun import assert_one_line_error, run_cli
-from tests.support.kitbuilder import Artifact, push
+from tests.support.kitbuilder import Artifact, build_index, push
 from tests.support.registry_proxy import CountingProxy
 
 SIZE = 1024 * 1024 + 7
@@ -148,3 +148,21 @@ def test_serve_refuses_an_unsigned_kit_with_eacces(
         assert "carries no signature" in service.log
     finally:
         service.stop()
+
+
+def test_inspect_checks_the_signatures_of_the_index_a_kit_was_picked_from(
+    tmp_path: Path, registry: str, proxy: CountingProxy, keys: Keys, kits: dict
+) -> None:
+    """cosign signs the index a tag names; ``mount --label`` serves its entry on that, and
+    ``inspect`` says so rather than look for signatures of the entry."""
+    _, _, entry = kits["unsigned"]
+    index = build_index([(entry, {"quantization": "q8_0"}, None)])
+    push(registry, REPOSITORY, "index", index)
+    sign_classic(registry, index, keys.key)
+    inspected = run_cli(
+        "inspect", "--plain-http", "--label", "quantization=q8_0", "--verify-key",
+        str(keys.public), "--insecure-ignore-tlog", f"{proxy.address}/{REPOSITORY}:index",
+        cache=tmp_path / "cache",
+    )  # fmt: skip
+    assert inspected.returncode == 0, inspected.stderr
+    assert "signed    1 classic signature(s); valid: " in inspected.stdout, inspected.stdout
