@@ -170,14 +170,16 @@ class Sources:
         others reads them only inside the folders the operator listed, and serves a registry's
         kit from kit's storage only once the registry has served its manifest to its login."""
         if target.is_layout:
-            return from_layout_folder(self._allowed(target.repository, str(target)))
-        storage = kit_storage()
-        if target.registry == DEFAULT_REGISTRY:
-            self._allowed(str(storage), str(target))
+            if (folder := self._readable(target.repository)) is None:
+                raise _outside(target)
+            return from_layout_folder(folder)
+        storage = self._readable(kit_storage())
+        if storage is None and target.registry == DEFAULT_REGISTRY:
+            raise _outside(target)
         local = (
-            from_kit_storage(target.registry, target.repository, target.identifier)
-            if self._may_read(storage)
-            else None
+            None
+            if storage is None
+            else from_kit_storage(target.registry, target.repository, target.identifier)
         )
         if target.registry == DEFAULT_REGISTRY:
             if local is None:
@@ -196,22 +198,14 @@ class Sources:
             return client
         return local if self.options.allow_local is None else LoginChecked(local, client)
 
-    def _may_read(self, path: str | os.PathLike[str]) -> bool:
-        folders = self.options.allow_local
-        if folders is None:
-            return True
+    def _readable(self, path: str | os.PathLike[str]) -> str | None:
+        """``path``'s real path, if this session may read it (a ``..`` or a symlink out of an
+        allowed folder leads outside it); None if not."""
         real = os.path.realpath(path)
-        return any(os.path.commonpath([folder, real]) == folder for folder in folders)
-
-    def _allowed(self, path: str, reference: str) -> str:
-        """``path``'s real path, if this session may read it."""
-        if not self._may_read(path):
-            raise NotAllowed(
-                f"{reference} is on this machine, outside the folders this service may read: "
-                "name a registry reference, or have the operator add the folder with "
-                "--allow-local"
-            )
-        return os.path.realpath(path)
+        folders = self.options.allow_local
+        if folders is None or any(os.path.commonpath([f, real]) == f for f in folders):
+            return real
+        return None
 
     async def _corrupt(self, digest: str) -> None:
         for handler in self.corrupt_handlers:
@@ -240,3 +234,10 @@ def _name(reference: Reference) -> str:
     if reference.is_layout:
         return f"{reference.registry}{reference.repository}"
     return f"{reference.registry}/{reference.repository}"
+
+
+def _outside(target: Reference) -> NotAllowed:
+    return NotAllowed(
+        f"{target} is on this machine, outside the folders this service may read: name a "
+        "registry reference, or have the operator add the folder with --allow-local"
+    )
