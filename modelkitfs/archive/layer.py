@@ -122,7 +122,8 @@ class LayerArchive:
         (see the module's docstring)."""
         if self._files is None or end is None or end in self._files or not self.blob.cached:
             return
-        self._files.add(end)
+        if len(self._files) < BROAD_FILES:  # enough counted: a million-file layer costs no more
+            self._files.add(end)
         self._regions.add(offset * 16 // max(self.blob.size, 1))
         if len(self._files) >= BROAD_FILES and len(self._regions) >= BROAD_REGIONS:
             self._files = None
