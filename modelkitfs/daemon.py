@@ -26,7 +26,7 @@ import trio
 
 from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError, MountError
-from modelkitfs.fuse import KitOperations, serve
+from modelkitfs.fuse import KitOperations, Pushes, serve
 from modelkitfs.fuse.session import kernel_refusal, mount_options
 from modelkitfs.kit import KitTree
 from modelkitfs.metrics import serve_metrics
@@ -73,11 +73,15 @@ async def serve_modelkit(
                 **_task_counts(),
                 "threads": threading.active_count(),
                 "pid": os.getpid(),
+                "pushed_bytes": pushes.pushed_bytes,
                 "log": log_file,
                 "cache_dir": options.cache_dir,
             }
 
-        operations = KitOperations(kit.tree, stats, timeout=options.timeout, name=str(ref))
+        pushes = Pushes()
+        operations = KitOperations(
+            kit.tree, stats, timeout=options.timeout, name=str(ref), pushes=pushes
+        )
         sources.corrupt_handlers.append(operations.invalidate_blob)
         if options.prefetch != "none":
             sources.start_soon(_fill_cache, kit.tree, options.prefetch)
@@ -92,6 +96,7 @@ async def serve_modelkit(
                 mountpoint,
                 mount_options(f"modelkitfs:{ref}", options.allow_other),
                 on_ready,
+                background=[pushes.run],
             )
         except RuntimeError as exc:
             raise MountError(kernel_refusal(mountpoint, exc)) from None

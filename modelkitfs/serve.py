@@ -100,6 +100,7 @@ async def serve_kits(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(operations.unload_idle)
+                nursery.start_soon(operations.pushes.run)
                 await serve(
                     operations,
                     root,

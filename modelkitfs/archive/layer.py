@@ -145,6 +145,22 @@ class LayerArchive:
         self._note(offset, end)
         return self.blob.read_now(offset, length, ahead_limit=end, unit_end=unit_end)
 
+    def block_around(self, offset: int) -> tuple[int, int] | None:
+        """Where the cache block holding uncompressed byte ``offset`` starts and ends; None for
+        a compressed layer, whose bytes are cached otherwise."""
+        if not isinstance(self.stream, PlainStream):
+            return None
+        size = self.blob.block_size
+        start = offset // size * size
+        return start, min(start + size, self.blob.size)
+
+    async def read_held(self, offset: int, length: int) -> bytes | None:
+        """What :meth:`read` answers if nothing needs fetching (the blob's ``read_held``);
+        None for a compressed layer."""
+        if not isinstance(self.stream, PlainStream):
+            return None
+        return await self.blob.read_held(offset, length)
+
     async def cached_bytes(self, offset: int, length: int) -> int | None:
         """How many of ``length`` uncompressed bytes at ``offset`` are cached; None for a
         compressed layer, whose bytes are not cached one file at a time."""

@@ -34,6 +34,11 @@ class Blob:
         self.size = size
 
     @property
+    def block_size(self) -> int:
+        """The size of the blocks its bytes are cached in."""
+        return self.store.block_size
+
+    @property
     def cached(self) -> bool:
         """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
         return not self.store.source.in_place
@@ -79,6 +84,10 @@ class Blob:
         return self.store.read_now(
             self.digest, self.size, offset, length, ahead_limit=ahead_limit, unit_end=unit_end
         )
+
+    async def read_held(self, offset: int, length: int) -> bytes | None:
+        """What :meth:`read` answers if it needs nothing fetched (see the store's)."""
+        return await self.store.read_held(self.digest, self.size, offset, length)
 
     async def cached_bytes(self, start: int = 0, end: int | None = None) -> int:
         return await self.store.cached_bytes(self.digest, self.size, start, end)

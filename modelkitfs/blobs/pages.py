@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore
 
 PAGE = 4096
+LARGE_SPAN = 256 * 1024  # read for a push into the page cache: not kept there twice
 MAX_BLOCKS = 16384  # 16 MiB of sums: 16 GiB of 1 MiB blocks
 _LOW32 = 0xFFFFFFFF
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -78,6 +79,8 @@ def read_span(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         buffer = bytearray(span)
         got = os.preadv(fd, [buffer], first * PAGE, os.RWF_NOWAIT if nowait else 0)
+        if span >= LARGE_SPAN:  # bound for the kernel's page cache of the file read (pushed)
+            os.posix_fadvise(fd, first * PAGE, span, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
     if got < span:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -21,6 +22,7 @@ import trio
 from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.fuse.guard import guarded
+from modelkitfs.fuse.pushes import Pushes
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class KitOperations(pyfuse3.Operations):
         timeout: float,
         inode_base: int = 0,
         name: str = "the kit",
+        pushes: Pushes | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -71,6 +74,7 @@ class KitOperations(pyfuse3.Operations):
         self.open_handles = 0  # files and folders open: while any is, the tree must stay
         self.stats = stats
         self.timeout = timeout  # seconds an operation may take before it fails with EIO
+        self.pushes = pushes  # the blocks around small reads, into the kernel's page cache
         self.uid, self.gid = os.getuid(), os.getgid()
         self.time_ns = time.time_ns()
         self._listings: dict[int, list[tuple[bytes, int]]] = {}
@@ -182,9 +186,13 @@ class KitOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
-        if (data := self.tree.read_now(node, off, size)) is not None:
-            return data  # in memory or the page cache: no task, no deadline to set
-        return await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
+        if (data := self.tree.read_now(node, off, size)) is None:
+            data = await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
+        if self.pushes is not None and (block := self.tree.block_around(node, off)) is not None:
+            start, end = block
+            read = partial(self.tree.read_held, node, start, end - start)
+            self.pushes.after_read(fh, block, (off, off + size), read)
+        return data
 
     async def release(self, fh: int) -> None:
         self.open_handles -= 1

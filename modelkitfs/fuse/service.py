@@ -34,6 +34,7 @@ from modelkitfs.fuse.guard import guarded
 from modelkitfs.fuse.loads import KitLoader, Loaded, Loads
 from modelkitfs.fuse.namespace import NAMES_KEPT, ROOT, Entry, Kind, Namespace, Numbers
 from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations, Listed, reply
+from modelkitfs.fuse.pushes import Pushes
 from modelkitfs.kit.tree import ROOT_INODE
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class ServiceOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._behind = trio.lowlevel.ParkingLot()  # names waiting for the kernel to let go
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.pushes = Pushes()  # every kit's, into the kernel's page cache: run while serving
 
     @property
     def kit_names(self) -> list[str]:
@@ -131,6 +133,7 @@ class ServiceOperations(pyfuse3.Operations):
                 timeout=self.timeout,
                 inode_base=kit.base,
                 name=kit.entry.path,
+                pushes=self.pushes,
             )
             kit.attributes = kit.operations.attributes(kit.root)
         return kit.operations

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pyfuse3
@@ -92,9 +92,11 @@ async def serve(
     mountpoint: str,
     options: Iterable[str],
     on_ready: Callable[[], None],
+    background: Iterable[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Mount ``operations`` at ``mountpoint`` and serve requests until the filesystem is
-    unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind."""
+    unmounted or SIGINT/SIGTERM arrives; always leave nothing mounted behind. ``background``:
+    work that runs as long as the session (pushes into the kernel's page cache)."""
     pyfuse3.init(operations, mountpoint, set(options))
 
     async def tune_then_announce() -> None:
@@ -105,6 +107,8 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal)
             nursery.start_soon(tune_then_announce)
+            for work in background:
+                nursery.start_soon(work)
             await pyfuse3.main(*WORKER_TASKS)
             nursery.cancel_scope.cancel()
     finally:

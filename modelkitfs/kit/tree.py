@@ -215,6 +215,25 @@ class KitTree:
             log.debug("no tensor layout for %s: %r", node.path, exc)
             return None
 
+    def block_around(self, node: Node, offset: int) -> tuple[int, int] | None:
+        """The part of file ``node`` that the cache block holding its byte ``offset`` holds,
+        as offsets in the file; None where bytes are not cached by blocks (a compressed layer,
+        the Kitfile)."""
+        if node.layer is None or node.content is not None or offset >= node.size:
+            return None
+        block = node.layer.archive.block_around(node.offset + offset)
+        if block is None:
+            return None
+        return max(block[0] - node.offset, 0), min(block[1] - node.offset, node.size)
+
+    async def read_held(self, node: Node, offset: int, size: int) -> bytes | None:
+        """Bytes of file ``node`` that need nothing fetched (see the blob store's
+        ``read_held``); else None. No reader is noted: nothing is fetched ahead for it."""
+        if node.layer is None or node.content is not None or offset >= node.size:
+            return None
+        size = min(size, node.size - offset)
+        return await node.layer.archive.read_held(node.offset + offset, size)
+
     async def cached_bytes(self, node: Node) -> int | None:
         """How many bytes of the file ``node`` are in the cache; None when not known per file
         (a compressed layer)."""

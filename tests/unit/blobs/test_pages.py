@@ -137,3 +137,45 @@ def test_page_sums_are_kept_for_the_most_recently_used_blocks() -> None:
     assert checked.get(("d", 2)) is not None and len(checked.get(("d", 2)) or []) == 2
     checked.forget("d")
     assert checked.get(("d", 2)) is None
+
+
+def test_bytes_held_are_read_for_a_push_without_a_request(tmp_path: Path) -> None:
+    """What a push into the kernel's page cache reads: a block in memory, or a checked block's
+    pages from disk; a block not checked in this process is not held, and nothing is fetched."""
+
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        digest, size, data, sent = source.digest, source.size, source.data, source.sent
+        start = CHECKED * BLOCK
+        assert await store.read_held(digest, size, start, BLOCK) == data[start : start + BLOCK]
+        assert (digest, CHECKED) not in store.memory  # its pages read, the block left out
+        assert await read(store, source, 0) == data[:PAGE]  # block 0: checked, in memory
+        assert await store.read_held(digest, size, 100, BLOCK - 100) == data[100:BLOCK]
+        assert await store.read_held(digest, size, 100, BLOCK) is None  # block 1 is not held
+        assert source.sent == sent
+
+    with_checked_block(tmp_path, then)
+
+
+@pytest.mark.parametrize("fault", ["damaged", "cut short", "evicted"])
+def test_a_block_file_faulty_after_its_check_is_not_held(tmp_path: Path, fault: str) -> None:
+    """A push never serves a byte the block file lost after its check: the read for it finds
+    nothing held (and fetches nothing); a reader's own read then fetches the block again."""
+
+    async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
+        if fault == "damaged":
+            with open(path, "r+b") as f:
+                f.seek(BLOCK - 100)
+                byte = f.read(1)
+                f.seek(BLOCK - 100)
+                f.write(bytes([byte[0] ^ 1]))
+        elif fault == "cut short":
+            os.truncate(path, BLOCK // 2)
+        else:
+            path.unlink()
+        sent = source.sent
+        assert await store.read_held(source.digest, source.size, CHECKED * BLOCK, BLOCK) is None
+        assert source.sent == sent
+        end = (CHECKED + 1) * BLOCK
+        assert await read(store, source, end - 100, 100) == source.data[end - 100 : end]
+
+    with_checked_block(tmp_path, then)

@@ -60,6 +60,9 @@ class Layer:
     def read_now(self, *args: Any) -> None:
         return None  # never at once: every read goes through the deadline
 
+    def block_around(self, offset: int) -> None:
+        return None  # not cached in blocks: nothing pushed into the page cache
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -257,3 +257,35 @@ def test_layers_indexed_in_any_order_make_the_same_tree(
         if any(firsts[name] < firsts[earlier] for earlier in order[:k])
     )
     assert len(rebuilds) == 2 + out_of_order  # one per tree made at construction
+
+
+def test_the_block_around_a_read_is_that_of_the_cache_clipped_to_the_file(
+    tmp_path: Path, artifact: Artifact, context: Path
+) -> None:
+    """What a push reads: the file's part of the cache block holding the byte read, its own
+    bytes, held (no request; a small layer is held whole once indexed); none for the Kitfile."""
+    weights = (context / "model/weights.bin").read_bytes()
+
+    async def main() -> None:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            tree = memory.kit.tree
+            inode = await tree.lookup(ROOT_INODE, "model")
+            node = await tree.lookup(inode.inode, "weights.bin") if inode else None
+            assert node is not None and node.layer is not None
+            size, block = node.size, memory.store.block_size
+            first = tree.block_around(node, 10)
+            assert first == (0, block - node.offset % block)  # from the file's start
+            at = first[1] + 2 * block + 5
+            assert tree.block_around(node, at) == (first[1] + 2 * block, first[1] + 3 * block)
+            last = tree.block_around(node, size - 1)
+            assert last is not None and last[1] == size  # stops at the file's end
+            assert tree.block_around(node, size) is None
+            assert await tree.read(node, 10, 100) == weights[10:110]
+            requests = memory.requests_for(node.layer.archive.digest)
+            assert await tree.read_held(node, first[0], first[1]) == weights[: first[1]]
+            assert await tree.read_held(node, last[0], size) == weights[last[0] :]
+            assert memory.requests_for(node.layer.archive.digest) == requests
+            kitfile = await tree.lookup(ROOT_INODE, "Kitfile")
+            assert kitfile is not None and tree.block_around(kitfile, 0) is None
+
+    trio.run(main)
