@@ -79,6 +79,24 @@ class Pushes:
         start, end = block
         if request[1] - request[0] > SMALL_READ or (start >= request[0] and end <= request[1]):
             return
+        file = self._file(inode)
+        if not self._wanted(inode, file, start, count_too_soon=True):
+            return
+        try:
+            self._send.send_nowait((inode, start, read))
+        except trio.WouldBlock:
+            return  # pushes are advice: a reader is never kept waiting for one
+        file.pending.add(start)
+
+    async def opened(self, inode: int, read: Read) -> None:
+        """Small file ``inode`` is being opened: push its bytes (``read`` reads them if held)
+        before the open is answered, so that its reader's read never reaches the daemon."""
+        file = self._file(inode)
+        if self._wanted(inode, file, 0, count_too_soon=False):  # opened again soon: still there
+            file.pending.add(0)
+            await self._push(inode, 0, read)
+
+    def _file(self, inode: int) -> _File:
         file = self._files.get(inode)
         if file is None:
             file = self._files[inode] = _File()
@@ -86,20 +104,21 @@ class Pushes:
                 self._files.popitem(last=False)
         else:
             self._files.move_to_end(inode)
+        return file
+
+    def _wanted(self, inode: int, file: _File, start: int, *, count_too_soon: bool) -> bool:
+        """Whether block ``start`` of ``file`` is to be pushed now (see the module's policy)."""
         if file.too_soon > GIVE_UP or start in file.pending:
-            return
+            return False
         when = file.pushed.get(start)
-        if when is not None and trio.current_time() - when < REPUSH_AFTER:
+        if when is None or trio.current_time() - when >= REPUSH_AFTER:
+            return True
+        if count_too_soon:
             file.too_soon += 1
             if file.too_soon > GIVE_UP:
                 self.given_up += 1
                 log.debug("inode %d: the page cache keeps losing its pushed pages", inode)
-            return
-        try:
-            self._send.send_nowait((inode, start, read))
-        except trio.WouldBlock:
-            return  # pushes are advice: a reader is never kept waiting for one
-        file.pending.add(start)
+        return False
 
     async def run(self) -> None:
         """Push what is queued, until cancelled (the session's end)."""
@@ -109,19 +128,25 @@ class Pushes:
 
     async def _worker(self) -> None:
         async for inode, start, read in self._receive:
-            pushed = False
-            try:
-                if data := await read():
-                    await self._in_thread(self._store, inode, start, data)
-                    self.pushed_bytes += len(data)
-                    pushed = True
-            except OSError as exc:  # ENOENT: the kernel has forgotten the file meanwhile
-                if exc.errno != errno.ENOENT:
-                    log.debug("could not push into inode %d: %s", inode, exc)
-            except Exception as exc:  # the read fails, and reports, when the reader asks
-                log.debug("could not read what to push into inode %d: %r", inode, exc)
-            finally:
-                if (file := self._files.get(inode)) is not None:
-                    file.pending.discard(start)
-                    if pushed:
-                        file.pushed[start] = trio.current_time()
+            await self._push(inode, start, read)
+
+    async def _push(self, inode: int, start: int, read: Read) -> None:
+        """Read block ``start`` of file ``inode`` if held, store it in the kernel's page cache
+        from a worker thread, and note it; whatever fails is dropped (a reader's own read fails
+        and reports, if it must)."""
+        pushed = False
+        try:
+            if data := await read():
+                await self._in_thread(self._store, inode, start, data)
+                self.pushed_bytes += len(data)
+                pushed = True
+        except OSError as exc:  # ENOENT: the kernel has forgotten the file meanwhile
+            if exc.errno != errno.ENOENT:
+                log.debug("could not push into inode %d: %s", inode, exc)
+        except Exception as exc:
+            log.debug("could not read what to push into inode %d: %r", inode, exc)
+        finally:
+            if (file := self._files.get(inode)) is not None:
+                file.pending.discard(start)
+                if pushed:
+                    file.pushed[start] = trio.current_time()

@@ -122,3 +122,25 @@ def test_serve_pushes_into_the_page_cache_of_the_kit_read(
             assert os.pread(f.fileno(), 2 * MiB, 2 * MiB) == data[2 * MiB : 4 * MiB]
     finally:
         service.stop()
+
+
+def test_a_small_file_is_in_the_page_cache_once_opened(
+    tmp_path: Path, publish, mounts: Mounts
+) -> None:
+    """An image folder's files, their layer held once listed (its headers lie between them),
+    are pushed as they are opened: a reader's read never reaches the daemon."""
+    rng = np.random.default_rng(8)
+    files = {
+        f"images/img{i:02d}.jpg": rng.bytes(int(rng.integers(30_000, 90_000))) for i in range(40)
+    }
+    for name, data in files.items():
+        write(tmp_path / "src" / name, data)
+    kit = build_modelkit(
+        tmp_path / "src", {"manifestVersion": "1.0.0", "datasets": [{"path": "images"}]}
+    )
+    mountpoint = mounts.mount(publish(kit, "access/images"))
+    for name, data in files.items():
+        path = mountpoint / name
+        assert resident(path) == -(-len(data) // PAGE) * PAGE  # fincore opens it, reads nothing
+        assert path.read_bytes() == data
+    assert pushed(mountpoint) == sum(len(data) for data in files.values())
