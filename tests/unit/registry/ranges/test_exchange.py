@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelkitfs.registry.partial import range_problem
+from modelkitfs.registry.ranges.exchange import range_problem
 
 
 def test_the_exact_range_is_accepted() -> None:
