@@ -95,9 +95,7 @@ async def _collect(
             if skip:
                 dropped = min(skip, len(view))
                 view, skip = view[dropped:], skip - dropped
-            while view:
-                if done == length:
-                    return delivered, LONGER if strict else ""
+            while view and done < length:
                 take = min(len(view), len(buffer) - filled)
                 buffer[filled : filled + take] = view[:take]
                 view, done, filled = view[take:], done + take, filled + take
@@ -107,6 +105,8 @@ async def _collect(
                     buffer, filled = aligned(min(piece, length - done)), 0
             if done == length and not strict:
                 break
+            if view:  # strict, and the body goes on past the range
+                return delivered, LONGER
     except httpx.TransportError as exc:
         why = f"({exc or type(exc).__name__})"
         return delivered, f"the connection failed after {done} of {length} bytes {why}"
