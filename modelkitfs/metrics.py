@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import metrics_address
-from modelkitfs.registry.client import LATENCY_BUCKETS  # the registries' request buckets
+from modelkitfs.registry.source import LATENCY_BUCKETS  # the registries' request buckets
 from modelkitfs.sources import Sources
 
 log = logging.getLogger(__name__)

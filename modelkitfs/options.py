@@ -25,7 +25,7 @@ from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import InvalidFilter, ModelKitFSError
 from modelkitfs.kit import Filter, parse_labels
 from modelkitfs.kit.filters import FILTER_TYPES, parse_filter
-from modelkitfs.registry.transport import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
+from modelkitfs.registry.network import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
 from modelkitfs.signing import Policy, load_policy
 
 VERIFY_MODES = ("complete", "full")

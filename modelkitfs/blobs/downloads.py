@@ -38,7 +38,7 @@ from modelkitfs.blobs.flights import Flight, for_waiters
 from modelkitfs.blobs.sha256chain import block_in_chain
 from modelkitfs.buffers import Buffer
 from modelkitfs.errors import DigestMismatch, RangeIgnored, RegistryError
-from modelkitfs.registry.ranges import Deliver
+from modelkitfs.registry.source import Deliver
 
 if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore

@@ -33,8 +33,8 @@ from modelkitfs.blobs.pages import SmallReads
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import Verifier
 from modelkitfs.blobs.write_behind import WriteBehind
+from modelkitfs.registry.network import DEFAULT_TIMEOUT
 from modelkitfs.registry.source import BlobSource
-from modelkitfs.registry.transport import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 

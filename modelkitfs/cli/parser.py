@@ -29,7 +29,7 @@ from modelkitfs.options import (
     signing_environment,
 )
 from modelkitfs.reader import KitReader
-from modelkitfs.registry.transport import DEFAULT_TIMEOUT
+from modelkitfs.registry.network import DEFAULT_TIMEOUT
 
 KIT = "registry.example:5000/team/llm:v1"
 

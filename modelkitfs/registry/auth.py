@@ -24,7 +24,7 @@ import trio
 
 from modelkitfs.errors import AuthenticationError, RegistryError, TokenServiceError
 from modelkitfs.registry.credentials import Credential
-from modelkitfs.registry.partial import MAX_ERROR_BODY
+from modelkitfs.registry.network import MAX_ERROR_BODY
 from modelkitfs.singleflight import SingleFlight
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')

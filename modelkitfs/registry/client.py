@@ -6,53 +6,54 @@ knows nothing of caches or tar: it hands back verified manifests and the raw byt
 ranges. The jobs it composes each have a module: mirrors (:mod:`.mirrors`), documents and their
 size caps (:mod:`.documents`), redirects to object storage (:mod:`.redirects`), statuses as typed
 errors (:mod:`.status`), retries (:mod:`.retry`: one policy, by the type of the failure, for
-every request), and how range bytes travel (:mod:`.range_transport`).
+every request), and how range bytes travel (:mod:`.ranges`).
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import cachetools
 import httpx
 import trio
 
-from modelkitfs.digests import sha256_digest, verify
+from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, ObjectStorageError, RangeIgnored, TransientError
 from modelkitfs.registry.auth import Authenticator
 from modelkitfs.registry.credentials import Credential, find_credential
 from modelkitfs.registry.documents import (
     MANIFEST_ACCEPT,
     OCI_INDEX,
-    Manifest,
     check_blob,
     check_manifest,
     get_document,
 )
 from modelkitfs.registry.mirrors import Mirrors
-from modelkitfs.registry.range_transport import HttpxRanges, RangeTransport, ThreadedRanges
-from modelkitfs.registry.ranges import (
-    REDIRECTS,
-    WHOLE_BLOB_KEPT,
-    Deliver,
-    RangeFetcher,
-    RangeResult,
-)
-from modelkitfs.registry.redirects import MAX_REDIRECTS, Redirects, origin, too_many
-from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retrying
-from modelkitfs.registry.status import at_storage, host, registry_error, storage_error
-from modelkitfs.registry.transport import (
+from modelkitfs.registry.network import (
     NetworkOptions,
     blocking_ssl_context,
     endpoint_url,
     make_http_client,
     uses_proxy,
 )
+from modelkitfs.registry.ranges import (
+    HttpxRanges,
+    RangeFetcher,
+    RangeRequest,
+    RangeResult,
+    RangeTransport,
+    ThreadedRanges,
+)
+from modelkitfs.registry.ranges.exchange import REDIRECTS, WHOLE_BLOB_KEPT
+from modelkitfs.registry.redirects import MAX_REDIRECTS, Redirects, origin, too_many
+from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retrying
+from modelkitfs.registry.source import Deliver, FetchStats, Manifest
+from modelkitfs.registry.status import at_storage, host, registry_error, storage_error
 from modelkitfs.singleflight import WAITED
 
 log = logging.getLogger(__name__)
@@ -61,38 +62,22 @@ UNREACHABLE_ATTEMPTS = 3  # of a document: a wrong address is reported at once
 DOWNLOAD_GRACE = 2.0  # seconds a range download retries beyond --timeout
 FLOOR_RATE = 1024 * 1024  # bytes per second a transfer may not fall below for long
 RANGE_PIECE = 1024 * 1024  # a range read whole is resumed after its last whole MiB
+MANIFESTS_KEPT = 4 * 1024 * 1024  # bytes of manifests kept by digest
 # Registries whose API lives on another host than their name (Docker Hub).
 API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 T = TypeVar("T")
 
-# sha256_digest and verify: for the layers that took them from here.
-__all__ = ["FetchStats", "Manifest", "RegistryClient", "sha256_digest", "verify"]
 
+@dataclass(frozen=True)
+class _Blob:
+    """The blob a range request is for, as messages name it (``what``); ``mirror``: asked of
+    a mirror, whose redirects are not kept."""
 
-MANIFESTS_KEPT = 4 * 1024 * 1024  # bytes of manifests kept by digest
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-@dataclass
-class FetchStats:
-    """What this client pulled over the network; shown by the demo and ``getfattr``, and
-    read by the metrics at each scrape."""
-
-    requests: int = 0
-    blob_bytes: int = 0
-    ranges: int = 0
-    retries: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
-    # Seconds from sending a request to having its answer read, in LATENCY_BUCKETS (the last
-    # counts what took longer than them all).
-    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
-
-    def answered(self, status: int, seconds: float) -> None:
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+    repository: str
+    digest: str
+    what: str
+    mirror: bool
 
 
 class RegistryClient:
@@ -255,7 +240,9 @@ class RegistryClient:
             deliver(buffer)
 
         async def fetch(base: str) -> None:
-            attempts = MAX_ATTEMPTS if base == self.base_url else 1  # a failing mirror: next
+            blob = _Blob(repository, digest, what, mirror=base != self.base_url)
+            url = self._mirrors.url(base, f"/v2/{repository}/blobs/{digest}")
+            attempts = 1 if blob.mirror else MAX_ATTEMPTS  # a failing mirror: next
             # A little longer than a read waits: the kernel's second read of a page whose
             # readahead failed joins this download instead of starting one of its own.
             budget = RetryBudget(self.options.timeout, attempts, grace=DOWNLOAD_GRACE)
@@ -265,7 +252,7 @@ class RegistryClient:
                     return  # all of it came before the answer proved wrong past its end
                 deadline = min(budget.deadline, trio.current_time() + self._share(end - position))
                 await self._range_once(
-                    base, repository, digest, position, end, piece, what, deadline, take
+                    blob, RangeRequest(url, position, end, piece, take, deadline)
                 )
 
             await self._retrying(attempt, budget, f"reading {what}")
@@ -281,103 +268,64 @@ class RegistryClient:
         seconds = max(self.options.stall_timeout, length / FLOOR_RATE)
         return min(seconds, self.options.timeout / 2)
 
-    async def _range_once(
-        self,
-        base: str,
-        repository: str,
-        digest: str,
-        start: int,
-        end: int,
-        piece: int,
-        what: str,
-        deadline: float,
-        deliver: Deliver,
-    ) -> None:
+    async def _range_once(self, blob: _Blob, request: RangeRequest) -> None:
         """One attempt: from the cached redirect if there is one, else from the registry."""
-        args = (base, repository, digest, start, end, piece, what, deadline, deliver)
         while True:
-            if (redirect := self._redirects.get(digest)) is not None:
+            if (redirect := self._redirects.get(blob.digest)) is not None:
                 try:
-                    await self._get(redirect.url, None, start, end, piece, what, deadline, deliver)
+                    await self._get(
+                        dataclasses.replace(request, url=redirect.url), blob, storage=True
+                    )
                 except ObjectStorageError as exc:
-                    self._redirects.failed(digest, redirect, exc)
+                    self._redirects.failed(blob.digest, redirect, exc)
                     raise
                 return
-            if not self._redirects.redirected(digest) or base != self.base_url:
-                return await self._from_registry(*args)
+            if not self._redirects.redirected(blob.digest) or blob.mirror:
+                return await self._from_registry(blob, request)
             # One reader asks the registry again; the others wait for it and use its answer
             # (or, if it failed, ask themselves).
-            done = await self._redirects.resolving.run_or_wait(digest, self._from_registry, *args)
+            done = await self._redirects.resolving.run_or_wait(
+                blob.digest, self._from_registry, blob, request
+            )
             if done is not WAITED:
                 return
 
-    async def _from_registry(
-        self,
-        base: str,
-        repository: str,
-        digest: str,
-        start: int,
-        end: int,
-        piece: int,
-        what: str,
-        deadline: float,
-        deliver: Deliver,
-    ) -> None:
+    async def _from_registry(self, blob: _Blob, request: RangeRequest) -> None:
         """The range from the registry, following its redirects; the object-storage URL that
         served it is kept for the next ranges of the blob."""
-        url = self._mirrors.url(base, f"/v2/{repository}/blobs/{digest}")
-        registry = origin(url)
+        registry = origin(request.url)
         for _ in range(MAX_REDIRECTS + 1):
-            storage = origin(url) != registry
-            keep, who = storage and base == self.base_url, None if storage else repository
+            storage = origin(request.url) != registry
+            keep = storage and not blob.mirror
             try:
-                location = await self._get(
-                    url, who, start, end, piece, what, deadline, deliver, redirects=True
-                )
+                location = await self._get(request, blob, storage=storage, redirects=True)
             except RangeIgnored:  # the URL served: its whole answer is kept open there
                 if keep:
-                    self._redirects.remember(digest, url)
+                    self._redirects.remember(blob.digest, request.url)
                 raise
             if location is None:
                 if keep:
-                    self._redirects.remember(digest, url)
+                    self._redirects.remember(blob.digest, request.url)
                 return
-            url = urllib.parse.urljoin(url, location)
-        raise too_many(what)
+            request = dataclasses.replace(request, url=urllib.parse.urljoin(request.url, location))
+        raise too_many(blob.what)
 
     async def _get(
-        self,
-        url: str,
-        repository: str | None,
-        start: int,
-        end: int,
-        piece: int,
-        what: str,
-        deadline: float,
-        deliver: Deliver,
-        *,
-        redirects: bool = False,
+        self, request: RangeRequest, blob: _Blob, *, storage: bool, redirects: bool = False
     ) -> str | None:
-        """One GET of the range, its pieces handed to ``deliver``: ``repository`` None for
-        object storage (no credentials; its failures are :class:`ObjectStorageError`). None
-        once the whole range was delivered; with ``redirects``, a redirect's location for the
-        caller to follow."""
-        headers = {"Range": f"bytes={start}-{end - 1}"}
+        """One GET of the range, its pieces handed on as they come: to object ``storage``
+        without credentials (its failures are :class:`ObjectStorageError`), else to the
+        registry with them. None once the whole range was delivered; with ``redirects``, a
+        redirect's location for the caller to follow."""
+        url, what = request.url, blob.what
         async with self._limiter:
             try:
-                if repository is None:
-                    self.stats.requests += 1
-                    sent_at = trio.current_time()
-                    result = await self._ranges.get(
-                        url, headers, start, end, piece, deadline, deliver
-                    )
-                    self.stats.answered(result.status, trio.current_time() - sent_at)
+                if storage:
+                    result = await self._send(request)
                 else:
-                    result = await self._authorized(
-                        url, repository, headers, start, end, piece, deadline, deliver
-                    )
+                    result = await self._authorized(request, blob.repository)
             except TransientError as exc:
-                if repository is None:
+                if storage:
                     raise at_storage(exc, url) from exc
                 raise
         if result.status in REDIRECTS:
@@ -387,53 +335,50 @@ class RegistryClient:
                 raise TransientError(f"{host(url)} sent a redirect with no Location")
             return result.location
         if result.status not in (200, 206):
-            if repository is None:
+            if storage:
                 raise storage_error(result.url, result.status, what, result.retry_after)
             raise registry_error(self.registry, result.status, what, result.retry_after)
-        where = f"object storage {host(url)}" if repository is None else f"registry {host(url)}"
+        where = f"object storage {host(url)}" if storage else f"registry {host(url)}"
         if result.status == 200 and host(url) not in self.ignores_range:
             log.warning("%s ignores Range requests: blobs are read in order, once", where)
             self.ignores_range.add(host(url))
         if result.problem == WHOLE_BLOB_KEPT:
             raise RangeIgnored(f"{where} answered a range of {what} with the whole blob")
         if result.problem:
-            raise (ObjectStorageError if repository is None else TransientError)(
+            raise (ObjectStorageError if storage else TransientError)(
                 f"{where} answered {result.problem}"
             )
         got = result.delivered
-        if result.broken or got != end - start:
+        if result.broken or got != request.length:
             # What was delivered stays: the retry asks for the rest.
             raise TransientError(
-                f"{where}: {result.broken or f'short read of {got} of {end - start} bytes'}"
+                f"{where}: {result.broken or f'short read of {got} of {request.length} bytes'}"
             )
         return None
 
-    async def _authorized(
-        self,
-        url: str,
-        repository: str,
-        headers: dict[str, str],
-        start: int,
-        end: int,
-        piece: int,
-        deadline: float,
-        deliver: Deliver,
-    ) -> RangeResult:
+    async def _authorized(self, request: RangeRequest, repository: str) -> RangeResult:
         """A range request to the registry with auth: a 401 challenge is answered once."""
         scope = f"repository:{repository}:pull"
-        auth = self._authenticator(url)
+        auth = self._authenticator(request.url)
         for attempt in range(2):
-            sent = {**headers, **await auth.header(self._http, scope)}
-            self.stats.requests += 1
-            sent_at = trio.current_time()
-            result = await self._ranges.get(url, sent, start, end, piece, deadline, deliver)
-            self.stats.answered(result.status, trio.current_time() - sent_at)
+            header = await auth.header(self._http, scope)
+            sent = dataclasses.replace(request, authorization=header.get("Authorization", ""))
+            result = await self._send(sent)
             if result.status != 401:
                 return result
             if attempt == 1:
                 raise auth.refused(scope)
-            await auth.authenticate(self._http, result.challenge, scope, sent.get("Authorization"))
+            await auth.authenticate(self._http, result.challenge, scope, sent.authorization or None)
         raise AssertionError("unreachable")
+
+    async def _send(self, request: RangeRequest) -> RangeResult:
+        """One request through the range transport, counted with its answer's status and
+        latency."""
+        self.stats.requests += 1
+        sent_at = trio.current_time()
+        result = await self._ranges.get(request)
+        self.stats.answered(result.status, trio.current_time() - sent_at)
+        return result
 
     # --- common -------------------------------------------------------------------------------
 

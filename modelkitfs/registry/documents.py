@@ -2,7 +2,7 @@
 
 A document is small and read in one piece, unlike a layer blob's ranges. It travels over httpx
 (one GET with auth, redirects followed without our credentials off the registry's host), its
-body is refused past :data:`~modelkitfs.registry.partial.MAX_DOCUMENT_SIZE` before it is held
+body is refused past :data:`MAX_DOCUMENT_SIZE` before it is held
 (a hostile or broken registry must not make the daemon take gigabytes), and it is believed only
 once it hashes to the digest that names it, or, fetched by tag, to the digest the registry
 announced.
@@ -11,8 +11,6 @@ announced.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
 
 import httpx
 import trio
@@ -20,31 +18,17 @@ import trio
 from modelkitfs import digests
 from modelkitfs.errors import DigestMismatch, RegistryError, TransientError
 from modelkitfs.registry.auth import Authenticator
-from modelkitfs.registry.partial import MAX_DOCUMENT_SIZE
+from modelkitfs.registry.network import transport_failure
 from modelkitfs.registry.redirects import MAX_REDIRECTS
+from modelkitfs.registry.source import FetchStats, Manifest
 from modelkitfs.registry.status import host
-from modelkitfs.registry.transport import transport_failure
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
-
-
-@dataclass
-class Manifest:
-    """A manifest (or index) as the registry sent it, digest verified."""
-
-    digest: str
-    media_type: str
-    raw: bytes
-
-
-class Counter(Protocol):
-    requests: int
-
-    def answered(self, status: int, seconds: float) -> None: ...
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
 
 
 async def get_document(
@@ -53,7 +37,7 @@ async def get_document(
     url: str,
     scope: str,
     headers: dict[str, str],
-    stats: Counter,
+    stats: FetchStats,
     *,
     registry: str,
     plain_http: bool,
@@ -91,7 +75,7 @@ async def _follow(
     http: httpx.AsyncClient,
     response: httpx.Response,
     headers: dict[str, str],
-    stats: Counter,
+    stats: FetchStats,
     registry: str,
 ) -> httpx.Response:
     """Follow a document's redirects without our Authorization header off the host."""

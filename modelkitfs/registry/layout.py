@@ -22,11 +22,10 @@ from typing import Any
 
 import trio
 
+from modelkitfs.digests import verify
 from modelkitfs.errors import NotFound, RegistryError
-from modelkitfs.registry.client import FetchStats, Manifest, verify
 from modelkitfs.registry.credentials import kit_home
-from modelkitfs.registry.ranges import Deliver
-from modelkitfs.registry.source import BlobSource, ForwardingSource
+from modelkitfs.registry.source import BlobSource, Deliver, FetchStats, ForwardingSource, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@
 Three sources implement it, structurally (none inherits from it): the registry client
 (:class:`~modelkitfs.registry.RegistryClient`, over the network), an OCI layout folder and kit's
 local storage (:class:`~modelkitfs.registry.LayoutSource`, on this machine). Test doubles live
-beside it in :mod:`modelkitfs.registry.testing`. The differences the store cares about are
-properties of the source, never tests of its type:
+beside it in :mod:`modelkitfs.registry.testing`. The types it speaks in (:class:`Manifest`,
+:class:`FetchStats`, :data:`Deliver`) are defined here, for its implementations to import. The
+differences the store cares about are properties of the source, never tests of its type:
 
 - ``in_place``: its blobs lie complete and verified on this machine; they are read where they
   are and never copied into the block cache (kit's storage);
@@ -14,11 +15,44 @@ properties of the source, never tests of its type:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import bisect
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from modelkitfs.registry.client import FetchStats, Manifest
-from modelkitfs.registry.ranges import Deliver
+Deliver = Callable[[memoryview], None]  # takes each piece of a range as it arrives
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Manifest:
+    """A manifest (or index) as the source sent it, digest verified."""
+
+    digest: str
+    media_type: str
+    raw: bytes
+
+
+@dataclass
+class FetchStats:
+    """What a source pulled; shown by the demo and ``getfattr``, and read by the metrics at
+    each scrape."""
+
+    requests: int = 0
+    blob_bytes: int = 0
+    ranges: int = 0
+    retries: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
+    # Seconds from sending a request to having its answer read, in LATENCY_BUCKETS (the last
+    # counts what took longer than them all).
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 class BlobSource(Protocol):

@@ -19,8 +19,8 @@ from modelkitfs.errors import (
     TransientError,
 )
 from modelkitfs.registry.auth import login_hint
+from modelkitfs.registry.network import describe
 from modelkitfs.registry.retry import retry_after_seconds
-from modelkitfs.registry.transport import describe
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 

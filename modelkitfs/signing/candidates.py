@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from modelkitfs.digests import is_sha256
-from modelkitfs.registry.client import Manifest
+from modelkitfs.registry.source import Manifest
 from modelkitfs.signing.rekor import LogEntry
 
 # Signatures read per manifest and format, at most (cosign reads 50): whoever can push beside

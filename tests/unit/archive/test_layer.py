@@ -11,7 +11,7 @@ import trio
 
 from modelkitfs.archive.layer import BROAD_FILES, open_layer
 from modelkitfs.blobs import MemoryCache
-from modelkitfs.registry.memory_source import MemorySource
+from modelkitfs.registry.testing import MemorySource
 from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, opened
 

@@ -11,8 +11,8 @@ import numpy as np
 import trio
 
 from modelkitfs.blobs import BlobStore, BlockCache
-from modelkitfs.registry.memory_source import MemorySource
 from modelkitfs.registry.source import BlobSource
+from modelkitfs.registry.testing import MemorySource
 
 BLOCK = 64 * 1024
 

@@ -6,7 +6,7 @@ import trio
 
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.configs import WHOLE_BLOB, CachedConfigs
-from modelkitfs.registry.memory_source import MemorySource
+from modelkitfs.registry.testing import MemorySource
 
 
 def test_a_config_is_fetched_once_then_read_from_the_cache() -> None:

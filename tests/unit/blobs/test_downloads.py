@@ -13,9 +13,8 @@ import trio.testing
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
 from modelkitfs.errors import RegistryError
-from modelkitfs.registry.memory_source import FailingSource, flip
-from modelkitfs.registry.ranges import Deliver
-from modelkitfs.registry.source import ForwardingSource
+from modelkitfs.registry.source import Deliver, ForwardingSource
+from modelkitfs.registry.testing import FailingSource, flip
 from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 

@@ -11,7 +11,7 @@ import trio
 
 from modelkitfs.blobs import MemoryCache
 from modelkitfs.errors import RegistryError, TransientError
-from modelkitfs.registry.memory_source import FailingSource, MemorySource, flip, short
+from modelkitfs.registry.testing import FailingSource, MemorySource, flip, short
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 

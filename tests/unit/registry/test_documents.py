@@ -16,8 +16,7 @@ from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
 from modelkitfs.registry import NetworkOptions, RegistryClient
 from modelkitfs.registry.credentials import Credential
-from modelkitfs.registry.documents import OCI_MANIFEST
-from modelkitfs.registry.partial import MAX_DOCUMENT_SIZE
+from modelkitfs.registry.documents import MAX_DOCUMENT_SIZE, OCI_MANIFEST
 from modelkitfs.registry.testing import MemoryRanges
 
 MANIFEST = b'{"schemaVersion": 2}'

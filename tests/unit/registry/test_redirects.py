@@ -11,7 +11,7 @@ import trio.testing
 
 from modelkitfs.errors import ObjectStorageError
 from modelkitfs.registry import NetworkOptions, RegistryClient
-from modelkitfs.registry.ranges import Deliver, RangeResult
+from modelkitfs.registry.ranges import RangeRequest, RangeResult
 from modelkitfs.registry.redirects import Redirects
 from modelkitfs.registry.status import Expired
 from modelkitfs.registry.testing import FailingRanges, MemoryRanges, status
@@ -59,19 +59,10 @@ class SlowRegistry:
     def __init__(self, inner: FailingRanges) -> None:
         self.inner = inner
 
-    async def get(
-        self,
-        url: str,
-        headers: dict[str, str],
-        start: int,
-        end: int,
-        piece: int,
-        deadline: float,
-        deliver: Deliver,
-    ) -> RangeResult:
-        if url.split("/")[2] == "reg.test":
+    async def get(self, request: RangeRequest) -> RangeResult:
+        if request.url.split("/")[2] == "reg.test":
             await trio.sleep(1)
-        return await self.inner.get(url, headers, start, end, piece, deadline, deliver)
+        return await self.inner.get(request)
 
     async def aclose(self) -> None:
         pass

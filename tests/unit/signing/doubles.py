@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
-from modelkitfs.registry.client import Manifest
-from modelkitfs.registry.memory_source import MemorySource
+from modelkitfs.registry.source import Manifest
+from modelkitfs.registry.testing import MemorySource
 from modelkitfs.signing import Policy, Verdict, load_policy, verify_digest
 from modelkitfs.signing.candidates import WithoutReferrers
 from tests.support import cosign

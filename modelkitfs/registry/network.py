@@ -3,6 +3,10 @@
 TLS verifies against the system's CA store (as kit does, not a bundled one), plus
 ``--tls-cert``; ``--cert``/``--key`` (or ``$KITOPS_CLIENT_CERT``/``$KITOPS_CLIENT_KEY``) present a
 client certificate. Proxies come from ``--proxy`` or the usual ``HTTPS_PROXY``/``NO_PROXY``.
+
+A body that is not blob data is bounded, so that a broken or hostile server cannot make the
+daemon hold gigabytes: an error, redirect or token body is read up to :data:`MAX_ERROR_BODY`
+(a document up to :data:`~modelkitfs.registry.documents.MAX_DOCUMENT_SIZE`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import httpx
 from modelkitfs.errors import RegistryError, TransientError, Unreachable
 
 DEFAULT_TIMEOUT = 60.0
+MAX_ERROR_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from modelkitfs.registry.range_transport import ThreadedRanges, _Across
-from modelkitfs.registry.ranges import RangeFetcher
+from modelkitfs.registry.ranges import RangeFetcher, RangeRequest, ThreadedRanges
+from modelkitfs.registry.ranges.threaded import _Across
 from tests.support.waiting import until
 
 PIECE = 64 * 1024
@@ -79,9 +79,8 @@ def test_pieces_arrive_while_the_range_is_still_coming_and_cancelling_aborts_it(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(give_up_once_two_came)
-                await ranges.get(
-                    url, {}, 0, LENGTH, PIECE, trio.current_time() + 600, pieces.append
-                )
+                deadline = trio.current_time() + 600
+                await ranges.get(RangeRequest(url, 0, LENGTH, PIECE, pieces.append, deadline))
         assert scope.cancelled_caught
 
     trio.run(main)

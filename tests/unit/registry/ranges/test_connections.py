@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from modelkitfs.registry.ranges import WHOLE_BLOB_KEPT, RangeFetcher
+from modelkitfs.registry.ranges import RangeFetcher, RangeRequest
+from modelkitfs.registry.ranges.exchange import WHOLE_BLOB_KEPT
 
 BLOB = np.random.default_rng(4).bytes(3 * 1024 * 1024 + 11)
 
@@ -66,7 +67,7 @@ def test_ranges_read_in_order_carry_on_one_answer(server: WholeBlobServer) -> No
         for start, end in [(0, 1000), (1000, 300_000), (400_000, 1_500_000), (2_000_000, None)]:
             end = len(BLOB) if end is None else end
             pieces: list[memoryview] = []
-            result = fetcher.fetch(url, {}, start, end, 65536, pieces.append)
+            result = fetcher.fetch(RangeRequest(url, start, end, 65536, pieces.append))
             assert result.status == 200 and not result.problem and not result.broken
             assert b"".join(pieces) == BLOB[start:end] and result.delivered == end - start
         assert server.requests == 1
@@ -82,16 +83,17 @@ def test_a_range_further_in_is_not_skipped_to_but_kept_at_the_start(
     try:
         start = 2 * 1024 * 1024
         pieces: list[memoryview] = []
-        result = fetcher.fetch(url, {}, start, start + 100, 65536, pieces.append)
+        result = fetcher.fetch(RangeRequest(url, start, start + 100, 65536, pieces.append))
         assert result.problem == WHOLE_BLOB_KEPT and pieces == []
-        fetcher.fetch(url, {}, start, start + 100, 65536, pieces.append)  # the kept answer
+        # The kept answer:
+        fetcher.fetch(RangeRequest(url, start, start + 100, 65536, pieces.append))
         assert b"".join(pieces) == BLOB[start : start + 100]
         pieces.clear()
-        fetcher.fetch(url, {}, start + 100, len(BLOB), 65536, pieces.append)
+        fetcher.fetch(RangeRequest(url, start + 100, len(BLOB), 65536, pieces.append))
         assert b"".join(pieces) == BLOB[start + 100 :]
         assert server.requests == 1
         pieces.clear()
-        fetcher.fetch(url, {}, 0, 10, 65536, pieces.append)  # before the answer: anew
+        fetcher.fetch(RangeRequest(url, 0, 10, 65536, pieces.append))  # before the answer: anew
         assert b"".join(pieces) == BLOB[:10]
         assert server.requests == 2
     finally:

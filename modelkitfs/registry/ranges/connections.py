@@ -35,33 +35,23 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from modelkitfs.buffers import aligned
-from modelkitfs.registry.partial import MAX_ERROR_BODY, range_problem
+from modelkitfs.registry.network import MAX_ERROR_BODY
+from modelkitfs.registry.ranges.exchange import (
+    DEADLINE,
+    LONGER,
+    WHOLE_BLOB_KEPT,
+    RangeRequest,
+    RangeResult,
+    classify,
+)
+from modelkitfs.registry.redirects import origin
 
 READ_CHUNK = 1024 * 1024
 MAX_KEPT = 8  # whole-blob answers kept open to carry on reading
-WHOLE_BLOB_KEPT = "the whole blob, kept open at its start"  # a RangeResult.problem
-REDIRECTS = (301, 302, 303, 307, 308)
-LONGER = "its body is longer than the range"  # a RangeResult.problem
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
-
-Deliver = Callable[[memoryview], None]  # takes each piece of a range as it arrives
-
-
-@dataclass
-class RangeResult:
-    status: int
-    url: str
-    delivered: int = 0  # bytes of the range handed over, in pieces, from its start
-    challenge: str = ""  # WWW-Authenticate of a 401
-    retry_after: str = ""
-    broken: str = ""  # why the body stopped short of the range, after ``delivered``
-    problem: str = ""  # why the answer is not the range asked for
-    location: str = ""  # of a redirect
 
 
 class Transfer:
@@ -114,64 +104,53 @@ class RangeFetcher:
         self._kept: dict[str, _Kept] = {}  # by URL, oldest first
         self._kept_lock = threading.Lock()
 
-    def fetch(
-        self,
-        url: str,
-        headers: dict[str, str],
-        start: int,
-        end: int,
-        piece: int,
-        deliver: Deliver,
-        transfer: Transfer | None = None,
-    ) -> RangeResult:
-        """GET ``[start, end)`` of ``url``, read into buffers of ``piece`` bytes (the last one
-        shorter), each handed to ``deliver`` (in this thread) once full. A redirect is not
-        followed: its ``location`` is returned, for the caller to decide what goes there.
+    def fetch(self, request: RangeRequest, transfer: Transfer | None = None) -> RangeResult:
+        """GET the range of ``request``, read into buffers of ``request.piece`` bytes (the last
+        one shorter), each handed to ``request.deliver`` (in this thread) once full. A redirect
+        is not followed: its ``location`` is returned, for the caller to decide what goes there.
         Blocking: call from a worker thread. Raises OSError or ``http.client.HTTPException``
         when the connection fails before the body."""
         transfer = transfer or Transfer()
-        kept = self._take_kept(url, start)
+        url = request.url
+        kept = self._take_kept(url, request.start)
         if kept is not None:
-            return self._carry_on(kept, url, start, end, piece, deliver, transfer)
-        response, connection = self._get(url, headers, transfer)
+            return self._carry_on(kept, request, transfer)
+        response, connection = self._get(request, transfer)
         if (
             response.status == 200
-            and start > 0
+            and request.start > 0
             and self._keep(url, connection, response, 0, transfer)
         ):
             return RangeResult(200, url, problem=WHOLE_BLOB_KEPT)
         try:
-            result = self._answer(response, url, start, end, piece, deliver, transfer)
+            result = self._answer(response, request, transfer)
         except BaseException:
             self._discard(url, connection)
             raise
         clean = not (result.broken or result.problem)
-        if clean and result.status == 200 and self._keep(url, connection, response, end, transfer):
+        if (
+            clean
+            and result.status == 200
+            and self._keep(url, connection, response, request.end, transfer)
+        ):
             return result
         if not (clean and _read_to_end(response) and transfer.finish()):
             self._discard(url, connection)
         return result
 
-    def _carry_on(
-        self,
-        kept: _Kept,
-        url: str,
-        start: int,
-        end: int,
-        piece: int,
-        deliver: Deliver,
-        transfer: Transfer,
-    ) -> RangeResult:
-        """Bytes ``[start, end)`` from a whole-blob answer kept open before ``start``."""
+    def _carry_on(self, kept: _Kept, request: RangeRequest, transfer: Transfer) -> RangeResult:
+        """The range of ``request`` from a whole-blob answer kept open before its start."""
         try:
             transfer.use(kept.connection.sock)
-            _skip(kept.response, start - kept.position, transfer)
-            delivered, broken = _read_exactly(kept.response, end - start, piece, deliver, transfer)
+            _skip(kept.response, request.start - kept.position, transfer)
+            delivered, broken = _read_exactly(kept.response, request, transfer)
         except BaseException:
             kept.connection.close()
             raise
-        result = RangeResult(200, url, delivered, broken=broken)
-        if broken or not self._keep(url, kept.connection, kept.response, end, transfer):
+        result = RangeResult(200, request.url, delivered, broken=broken)
+        if broken or not self._keep(
+            request.url, kept.connection, kept.response, request.end, transfer
+        ):
             kept.connection.close()  # at its end, or broken: never pooled again
         return result
 
@@ -196,8 +175,8 @@ class RangeFetcher:
         its length is known; False when it is not kept."""
         if response.chunked or not response.length or not transfer.finish():
             return False
-        if self._pool().get(_origin(url)) is connection:
-            del self._pool()[_origin(url)]  # no other request may use it meanwhile
+        if self._pool().get(origin(url)) is connection:
+            del self._pool()[origin(url)]  # no other request may use it meanwhile
         with self._kept_lock:
             if (replaced := self._kept.pop(url, None)) is not None:
                 replaced.connection.close()
@@ -215,74 +194,43 @@ class RangeFetcher:
             self._kept.clear()
 
     def _answer(
-        self,
-        response: http.client.HTTPResponse,
-        url: str,
-        start: int,
-        end: int,
-        piece: int,
-        deliver: Deliver,
-        transfer: Transfer,
+        self, response: http.client.HTTPResponse, request: RangeRequest, transfer: Transfer
     ) -> RangeResult:
         """The response, read as far as it is of use."""
-        status = response.status
-        if status in REDIRECTS:
-            response.read(MAX_ERROR_BODY)
-            return RangeResult(status, url, location=response.getheader("Location") or "")
-        if status == 206:
-            problem = range_problem(
-                response.getheader("Content-Range"),
-                response.getheader("Content-Length"),
-                start,
-                end,
-            )
-            if problem:
-                return RangeResult(206, url, problem=problem)
-            # With no Content-Length, the body is checked to end with the range before the
-            # last piece goes.
-            delivered, broken = _read_exactly(
-                response, end - start, piece, deliver, transfer, strict=response.length is None
-            )
-            if broken == LONGER:
-                return RangeResult(206, url, delivered, problem=LONGER)
-            return RangeResult(206, url, delivered, broken=broken)
-        if status == 200:  # the server ignored Range: skip to it
-            _skip(response, start, transfer)
-            delivered, broken = _read_exactly(response, end - start, piece, deliver, transfer)
-            return RangeResult(200, url, delivered, broken=broken)
-        response.read(MAX_ERROR_BODY)
-        return RangeResult(
-            status,
-            url,
-            challenge=response.getheader("WWW-Authenticate") or "",
-            retry_after=response.getheader("Retry-After") or "",
-        )
+        answer = classify(request, response.status, response.getheader)
+        if isinstance(answer, RangeResult):
+            if not answer.problem:
+                response.read(MAX_ERROR_BODY)
+            return answer
+        _skip(response, answer.skip, transfer)
+        delivered, broken = _read_exactly(response, request, transfer, strict=answer.strict)
+        return answer.result(request, delivered, broken)
 
     def _get(
-        self, url: str, headers: dict[str, str], transfer: Transfer
+        self, request: RangeRequest, transfer: Transfer
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(request.url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in range(2):
             connection, reused = self._connection(parts)
             try:
                 transfer.use(connection.sock)
-                connection.request("GET", target, headers=headers)
+                connection.request("GET", target, headers=request.headers)
                 return connection.getresponse(), connection
             except STALE:
-                self._discard(url, connection)
+                self._discard(request.url, connection)
                 if not reused or attempt == 1 or transfer.aborted:
                     raise  # a kept-alive connection the server had closed: try a new one once
             except BaseException:
-                self._discard(url, connection)
+                self._discard(request.url, connection)
                 raise
         raise AssertionError("unreachable")
 
     def _discard(self, url: str, connection: http.client.HTTPConnection) -> None:
         """Close a connection whose state is unknown."""
         connection.close()
-        if self._pool().get(_origin(url)) is connection:
-            del self._pool()[_origin(url)]
+        if self._pool().get(origin(url)) is connection:
+            del self._pool()[origin(url)]
 
     def _pool(self) -> dict[str, http.client.HTTPConnection]:
         pool = getattr(self._local, "pool", None)
@@ -323,30 +271,23 @@ def _read_to_end(response: http.client.HTTPResponse) -> bool:
     )
 
 
-def _origin(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def _read_exactly(
     response: http.client.HTTPResponse,
-    length: int,
-    piece: int,
-    deliver: Deliver,
+    request: RangeRequest,
     transfer: Transfer,
     *,
     strict: bool = False,
 ) -> tuple[int, str]:
-    """Up to ``length`` bytes of the body in buffers of ``piece`` bytes (the last one shorter),
-    each handed to ``deliver`` once full; how many bytes went, and why it stopped short ("" when
-    it did not; ``LONGER`` when ``strict`` and the body goes on past the range). Read straight
-    into the buffers their consumer keeps (cache blocks): no copy, and a block is on its way to
-    the cache while the rest of the range arrives, so that a request's size does not set the
-    memory it holds. A buffer a cut transfer left part filled is dropped: resuming after the
-    last whole one keeps the pieces cut where they were."""
-    done = 0
+    """Up to the range's length of the body in buffers of ``request.piece`` bytes (the last
+    one shorter), each handed to ``request.deliver`` once full; how many bytes went, and why it
+    stopped short ("" when it did not; ``LONGER`` when ``strict`` and the body goes on past the
+    range). Read straight into the buffers their consumer keeps (cache blocks): no copy, and a
+    block is on its way to the cache while the rest of the range arrives, so that a request's
+    size does not set the memory it holds. A buffer a cut transfer left part filled is dropped:
+    resuming after the last whole one keeps the pieces cut where they were."""
+    done, length = 0, request.length
     while done < length:
-        size = min(piece, length - done)
+        size = min(request.piece, length - done)
         buffer = aligned(size)  # the cache writes it by direct I/O
         filled, failure = _fill(response, buffer, transfer)
         if failure is not None:
@@ -357,7 +298,7 @@ def _read_exactly(
             return done, f"the response ended after {done + filled} of {length} bytes"
         if strict and done + size == length and response.read(1):
             return done, LONGER
-        deliver(buffer)
+        request.deliver(buffer)
         done += size
     return done, ""
 
@@ -373,13 +314,13 @@ def _fill(
             while filled < len(buffer):
                 got = response.readinto(view[filled:])
                 if transfer.aborted:
-                    return filled, "not done within its deadline"
+                    return filled, DEADLINE
                 if not got:
                     return filled, ""
                 filled += got
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if transfer.aborted:
-                return filled, "not done within its deadline"
+                return filled, DEADLINE
             return filled, _why(exc)
     return filled, None
 

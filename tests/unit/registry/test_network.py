@@ -10,7 +10,7 @@ import ssl
 import httpx
 
 from modelkitfs.errors import RegistryError, TransientError, Unreachable
-from modelkitfs.registry.transport import endpoint_url, transport_failure
+from modelkitfs.registry.network import endpoint_url, transport_failure
 
 
 def wrapped(cause: BaseException) -> httpx.ConnectError:
