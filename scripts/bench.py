@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_access import (
     access_figures,
+    cold_random,
     image_kit_ref,
     images_blob_url,
     make_images,
@@ -98,6 +99,7 @@ def main() -> None:
             )
             with LinkProxy(registry) as link:
                 object_link(bench, link, model_digest, data_digest, tensor_mib)
+                cold_random(bench, f"{link.address}/bench/kit:plain", "link-cold-random", "link: ")
                 small_files_cold(
                     bench,
                     image_kit_ref(link.address),

@@ -9,6 +9,8 @@
   threads, as a ``DataLoader``'s workers read it: warm (blocks cached, a new mount) against
   ratarmount over the layer tar; cold against downloading the layer first and reading the
   local files, on loopback and through the object-storage link.
+- Cold random reads of 4 KiB and 64 KiB, one at a time on a new mount with an empty cache:
+  bytes fetched per byte read and each read's time, on loopback and through the link.
 
 The numbers in parentheses are the issue's targets; a figure is never asserted.
 """
@@ -16,8 +18,11 @@ The numbers in parentheses are the issue's targets; a figure is never asserted.
 from __future__ import annotations
 
 import json
+import os
 import random
+import statistics
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,6 +38,7 @@ from bench_tools import (
     daemon_pid,
     drop_page_cache,
     ratarmounted,
+    stats,
     timed,
     wait_for_exit,
 )
@@ -171,6 +177,36 @@ def fio_figures(bench: Bench, ref: str, local: Path, layer_tar: Path, runtime: f
                 )
 
 
+COLD_READS = 40
+
+
+def cold_random(bench: Bench, ref: str, cache: str, setting: str = "") -> None:
+    """Target 4: random reads of 4 KiB and 64 KiB on a new mount with an empty cache, one at a
+    time (a reader waiting on each): the bytes fetched per byte read, and each read's time
+    (time to first byte: the read is its first byte's wait), the first and the median."""
+    with new_mount(bench, ref, cache) as mnt:
+        path, rng = mnt / MODEL, random.Random(11)
+        size = path.stat().st_size
+        for length in (4096, 64 * 1024):
+            before = stats(mnt)["fetched_bytes"]
+            times = []
+            with open(path, "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+                for _ in range(COLD_READS):
+                    offset = rng.randrange(size - length)
+                    started = time.perf_counter()
+                    os.pread(f.fileno(), length, offset)
+                    times.append(time.perf_counter() - started)
+            fetched = stats(mnt)["fetched_bytes"] - before
+            bench.add(
+                f"11 {setting}cold random {length // 1024} KiB reads",
+                1000 * statistics.median(times),
+                "ms",
+                f"median of {COLD_READS}; first {1000 * times[0]:.1f} ms; "
+                f"{fetched / (COLD_READS * length):.0f} bytes fetched per byte read",
+            )
+
+
 def make_images(root: Path, count: int) -> None:
     """``count`` files of 2-120 KB in 100 class folders, as an image-folder dataset."""
     rng = np.random.default_rng(1)
@@ -271,6 +307,7 @@ def access_figures(
     """Every figure of this module on loopback."""
     print("access patterns: fio, small files", flush=True)
     fio_figures(bench, f"{registry}/bench/kit:plain", source / MODEL, layer_tar, runtime)
+    cold_random(bench, f"{registry}/bench/kit:plain", "cold-random")
     ref = image_kit_ref(registry)
     small_files_cold(bench, ref, images, images_blob_url(registry, images_digest))
     small_files_warm(bench, ref, images, images_tar)
