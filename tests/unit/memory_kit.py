@@ -45,7 +45,9 @@ class MemoryBlob:
 
 
 @asynccontextmanager
-async def _store(cache: Path, registry: MemoryRegistry) -> AsyncIterator[BlobStore]:
+async def registry_store(cache: Path, registry: MemoryRegistry) -> AsyncIterator[BlobStore]:
+    """A store of ``REPOSITORY`` in ``registry`` (``reg.test``), read through the real client,
+    caching under ``cache``."""
     client = registry.client()
     disk = DiskCache(cache)
     try:
@@ -64,7 +66,7 @@ async def memory_blob(cache: Path, data: bytes) -> AsyncIterator[MemoryBlob]:
     registry = MemoryRegistry()
     digest = sha256_digest(data)
     registry.ranges.blobs[f"/v2/{REPOSITORY}/blobs/{digest}"] = data
-    async with _store(cache, registry) as store:
+    async with registry_store(cache, registry) as store:
         yield MemoryBlob(store.blob(digest, len(data)), registry, store)
 
 
@@ -77,7 +79,7 @@ async def memory_kit(
     registry = MemoryRegistry()
     registry.push(REPOSITORY, "v1", artifact.manifest, artifact.media_type, artifact.blobs)
     reference = parse_reference(f"reg.test/{REPOSITORY}:v1")
-    async with _store(cache, registry) as store:
+    async with registry_store(cache, registry) as store:
         kit = await open_modelkit(lambda ref: store, reference, filters=parse_filters(filters))
         try:
             yield MemoryKit(kit, registry, store)
