@@ -149,7 +149,9 @@ def index(tmp_path: Path) -> Index:
             model={"path": "model.bin"},
         )
         push(registry, quantization, kits[quantization])
-    entries = [(kits[q], {"quantization": q, "format": "gguf"}, q) for q in ("q4_0", "q8_0")]
+    entries: list[tuple[Artifact, dict[str, Any], str | None]] = [
+        (kits[q], {"quantization": q, "format": "gguf"}, q) for q in ("q4_0", "q8_0")
+    ]
     artifact = build_index(entries)
     push(registry, "all", artifact)
     return Index(registry, kits, artifact)
