@@ -1,6 +1,8 @@
 """A ModelKit opened from a registry in memory: the kit, archive and blob layers as a mount
 runs them, without sockets or a kernel. The one place the unit tests of kit/ and fuse/ build a
-blob store, so that a change to how stores are made is one change here."""
+blob store, so that a change to how stores are made is one change here; and the one place a
+session (:class:`~modelkitfs.sources.Sources`, under :class:`~modelkitfs.reader.KitReader`)
+is pointed at a registry in memory."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from modelkitfs.blobs import Blob, BlobStore, DiskCache
 from modelkitfs.digests import sha256_digest
@@ -85,3 +89,9 @@ async def memory_kit(
             yield MemoryKit(kit, registry, store)
         finally:
             await kit.tree.aclose()
+
+
+def sessions_reach(registry: MemoryRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session the test opens talks to ``registry`` for whatever registry a reference
+    names, through the real client (as :meth:`MemoryRegistry.client` makes it)."""
+    monkeypatch.setattr("modelkitfs.sources.RegistryClient", lambda name, _: registry.client(name))

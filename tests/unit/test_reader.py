@@ -20,6 +20,7 @@ from modelkitfs.reader import Cached, EntryInfo, KitReader, open_file
 from modelkitfs.registry.testing import MemoryRegistry
 from tests.support.kitbuilder import build_modelkit
 from tests.support.waiting import wait_for
+from tests.unit.memory_kit import sessions_reach
 
 MiB = 1024 * 1024
 REPOSITORY = "team/kit"
@@ -53,7 +54,7 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MemoryRegistry:
     for tag, compression in (("v1", ""), ("gz", "gzip")):
         kit = build_modelkit(source, KITFILE, compression=compression)
         memory.push(REPOSITORY, tag, kit.manifest, kit.media_type, kit.blobs)
-    monkeypatch.setattr("modelkitfs.sources.RegistryClient", lambda name, _: memory.client(name))
+    sessions_reach(memory, monkeypatch)
     return memory
 
 
