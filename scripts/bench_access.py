@@ -37,6 +37,7 @@ from bench_tools import (
     MiB,
     daemon_pid,
     drop_page_cache,
+    floor_mounted,
     ratarmounted,
     stats,
     timed,
@@ -162,6 +163,14 @@ def fio_figures(bench: Bench, ref: str, local: Path, layer_tar: Path, runtime: f
             if rat_rate:
                 bench.add(f"9 fio {job.name}: ratarmount", rat_rate, "MiB/s", "")
             bench.add(f"9 fio {job.name}: local file", local_rate, "MiB/s", "")
+        floor_source = bench.base / "floor-model"
+        floor_source.mkdir(exist_ok=True)
+        if not (floor_source / MODEL).exists():
+            os.link(local, floor_source / MODEL)
+        with floor_mounted(bench.base, floor_source) as floor:
+            for job in JOBS[:2]:
+                rate = fio(floor / MODEL, job, runtime).rate
+                bench.add(f"9 fio {job.name}: pyfuse3 floor", rate, "MiB/s", "")
         with new_mount(bench, ref, "fio") as mnt:
             pid = daemon_pid(mnt)
             for figure in ("new mount", "blocks checked"):
@@ -248,6 +257,9 @@ def small_files_warm(bench: Bench, ref: str, source: Path, layer_tar: Path) -> N
             read_files(rat, names[:100])  # its index loaded
             drop_page_cache(bench.base)
             rat_s = read_files(rat, names)
+    with floor_mounted(bench.base, source) as floor:
+        drop_page_cache(bench.base)
+        floor_s = read_files(floor, names)
     with new_mount(bench, ref, "images") as mnt:
         drop_page_cache(bench.base)
         use = DaemonUse(daemon_pid(mnt))
@@ -264,6 +276,14 @@ def small_files_warm(bench: Bench, ref: str, source: Path, layer_tar: Path) -> N
     )
     if rat_s:
         bench.add("10 small files: ratarmount", len(names) / rat_s, "files/s", "")
+    bench.add(
+        "10 small files: pyfuse3 floor",
+        len(names) / floor_s,
+        "files/s",
+        f"{rat_s / floor_s:.2f}x ratarmount; ours {floor_s / ours_s:.2f}x the floor"
+        if rat_s
+        else "",
+    )
 
 
 def small_files_cold(
