@@ -193,10 +193,11 @@ def cold_random(bench: Bench, ref: str, cache: str, setting: str = "") -> None:
     """Target 4: random reads of 4 KiB and 64 KiB on a new mount with an empty cache, one at a
     time (a reader waiting on each): the bytes fetched per byte read, and each read's time
     (time to first byte: the read is its first byte's wait), the first and the median."""
-    with new_mount(bench, ref, cache) as mnt:
-        path, rng = mnt / MODEL, random.Random(11)
-        size = path.stat().st_size
-        for length in (4096, 64 * 1024):
+    rng = random.Random(11)
+    for length in (4096, 64 * 1024):  # each on its own empty cache: the first's pushes stay
+        with new_mount(bench, ref, f"{cache}-{length}") as mnt:
+            path = mnt / MODEL
+            size = path.stat().st_size
             before = stats(mnt)["fetched_bytes"]
             times = []
             with open(path, "rb", buffering=0) as f:
