@@ -18,8 +18,11 @@ What is pushed, and when:
   waits for a download, and never hands the kernel a byte a read would not have served.
 - Only within the file: a store past its end would make the kernel grow the file.
 - Never from a request handler, and never on the event loop: the kernel locks the pages it
-  stores, and a page may be locked by a read that only this loop answers. Pushes run in a
-  worker thread, after the reply, a few at a time; one that finds its queue full is dropped.
+  stores, and a page may be locked by a read that only this loop answers. One thread of its
+  own stores what the loop hands it (a hand-over costs the loop a queue's put, where a trio
+  worker thread cost a wake-up each way); a few pushes at a time, one more is dropped. At the
+  session's end the thread is left to finish alone: a store waiting on a page lock ends when
+  the mount goes.
 - A block is pushed again only if its pages come back as reads ``REPUSH_AFTER`` seconds or
   more after its push (the kernel let them go since: memory was needed, or the page cache was
   dropped). Pages asked for again sooner mean the page cache cannot keep the file: after
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,7 +54,6 @@ FILES = 4096  # files whose pushes are remembered, the most recently pushed
 
 Read = Callable[[], Awaitable[bytes | None]]
 Store = Callable[[int, int, bytes], None]  # (kernel inode, offset, bytes), as notify_store
-InThread = Callable[..., Awaitable[object]]  # runs a blocking call off the event loop
 
 
 @dataclass
@@ -62,14 +66,20 @@ class _File:
 class Pushes:
     """Pushes of the blocks around small reads, for every file of one FUSE session."""
 
-    def __init__(
-        self, store: Store = pyfuse3.notify_store, in_thread: InThread = trio.to_thread.run_sync
-    ) -> None:
-        self._store, self._in_thread = store, in_thread
+    def __init__(self, store: Store = pyfuse3.notify_store, *, threaded: bool = True) -> None:
+        self._store, self._threaded = store, threaded  # threaded False: a test's inline double
         self._send, self._receive = trio.open_memory_channel[tuple[int, int, Read]](QUEUED)
         self._files: OrderedDict[int, _File] = OrderedDict()
-        self.pushed_bytes = 0
+        self._outbox: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
+        self._pushed_bytes = 0
         self.given_up = 0  # files that get no more pushes
+
+    @property
+    def pushed_bytes(self) -> int:
+        """Bytes stored into the kernel's page cache so far."""
+        self._landed()
+        return self._pushed_bytes
 
     def after_read(
         self, inode: int, block: tuple[int, int], request: tuple[int, int], read: Read
@@ -92,13 +102,14 @@ class Pushes:
 
     async def opened(self, inode: int, read: Read) -> None:
         """Small file ``inode`` is being opened: push its bytes (``read`` reads them if held)
-        before the open is answered, so that its reader's read never reaches the daemon."""
+        as the open is answered, so that its reader's read never reaches the daemon."""
         file = self._file(inode)
         if self._wanted(inode, file, 0, count_too_soon=False):  # opened again soon: still there
             file.pending.add(0)
             await self._push(inode, 0, read)
 
     def _file(self, inode: int) -> _File:
+        self._landed()
         file = self._files.get(inode)
         if file is None:
             file = self._files[inode] = _File()
@@ -124,31 +135,56 @@ class Pushes:
 
     async def run(self) -> None:
         """Push what is queued, until cancelled (the session's end)."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(WORKERS):
-                nursery.start_soon(self._worker)
+        if self._threaded:
+            threading.Thread(target=self._storing, name="modelkitfs-pushes", daemon=True).start()
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(WORKERS):
+                    nursery.start_soon(self._worker)
+        finally:
+            self._outbox.put(None)  # not waited for (see the module's docstring)
 
     async def _worker(self) -> None:
         async for inode, start, read in self._receive:
             await self._push(inode, start, read)
 
     async def _push(self, inode: int, start: int, read: Read) -> None:
-        """Read block ``start`` of file ``inode`` if held, store it in the kernel's page cache
-        from a worker thread, and note it; whatever fails is dropped (a reader's own read fails
-        and reports, if it must)."""
-        pushed = False
+        """Read block ``start`` of file ``inode`` if held and hand it to the storing thread;
+        a failure is dropped (a reader's own read fails and reports, if it must)."""
         try:
             if data := await read():
-                await self._in_thread(self._store, inode, start, data)
-                self.pushed_bytes += len(data)
-                pushed = True
-        except OSError as exc:  # ENOENT: the kernel has forgotten the file meanwhile
-            if exc.errno != errno.ENOENT:
-                log.debug("could not push into inode %d: %s", inode, exc)
+                self._outbox.put((inode, start, data))
+                if not self._threaded:
+                    self._outbox.put(None)
+                    self._storing()
+                return
         except Exception as exc:
             log.debug("could not read what to push into inode %d: %r", inode, exc)
-        finally:
+        self._done.put((inode, start, 0))
+
+    def _storing(self) -> None:
+        """The storing thread: each block into the kernel's page cache, and word of it back."""
+        while (item := self._outbox.get()) is not None:
+            inode, start, data = item
+            stored = 0
+            try:
+                self._store(inode, start, data)
+                stored = len(data)
+            except OSError as exc:  # ENOENT: the kernel has forgotten the file meanwhile
+                if exc.errno != errno.ENOENT:
+                    log.debug("could not push into inode %d: %s", inode, exc)
+            self._done.put((inode, start, stored))
+
+    def _landed(self) -> None:
+        """Note the pushes the storing thread has done (or dropped) since last asked."""
+        now = trio.current_time()
+        while True:
+            try:
+                inode, start, stored = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._pushed_bytes += stored
             if (file := self._files.get(inode)) is not None:
                 file.pending.discard(start)
-                if pushed:
-                    file.pushed[start] = trio.current_time()
+                if stored:
+                    file.pushed[start] = now

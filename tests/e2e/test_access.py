@@ -128,7 +128,7 @@ def test_a_small_file_is_in_the_page_cache_once_opened(
     tmp_path: Path, publish, mounts: Mounts
 ) -> None:
     """An image folder's files, their layer held once listed (its headers lie between them),
-    are pushed as they are opened: a reader's read never reaches the daemon."""
+    are pushed as they are opened (the push goes on beside the open's answer): no read asks."""
     rng = np.random.default_rng(8)
     files = {
         f"images/img{i:02d}.jpg": rng.bytes(int(rng.integers(30_000, 90_000))) for i in range(40)
@@ -141,6 +141,7 @@ def test_a_small_file_is_in_the_page_cache_once_opened(
     mountpoint = mounts.mount(publish(kit, "access/images"))
     for name, data in files.items():
         path = mountpoint / name
-        assert resident(path) == -(-len(data) // PAGE) * PAGE  # fincore opens it, reads nothing
+        pages = -(-len(data) // PAGE) * PAGE  # fincore opens it and reads nothing
+        wait_for(lambda: resident(path) == pages, f"{name} pushed as it was opened")
         assert path.read_bytes() == data
     assert pushed(mountpoint) == sum(len(data) for data in files.values())

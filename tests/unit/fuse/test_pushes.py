@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 import trio
@@ -32,10 +31,6 @@ class Kernel:
         self.stored.append((inode, offset, data))
 
 
-async def inline(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)  # no thread: the test's tasks alone decide what runs
-
-
 def held(data: bytes | None = b"x" * (1 << 20)) -> Callable[[], Awaitable[bytes | None]]:
     async def read() -> bytes | None:
         return data
@@ -47,7 +42,7 @@ def run(test: Callable[[Pushes, Kernel, trio.testing.MockClock], Awaitable[None]
     kernel, clock = Kernel(), trio.testing.MockClock()
 
     async def main() -> None:
-        pushes = Pushes(kernel.store, inline)
+        pushes = Pushes(kernel.store, threaded=False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pushes.run)
             await test(pushes, kernel, clock)
@@ -135,7 +130,7 @@ def test_a_full_queue_drops_pushes_and_never_keeps_a_reader_waiting() -> None:
     kernel = Kernel()
 
     async def main() -> None:
-        pushes = Pushes(kernel.store, inline)  # not running: nothing leaves the queue
+        pushes = Pushes(kernel.store, threaded=False)  # not running: nothing leaves the queue
         for i in range(QUEUED + 5):
             block = (i << 20, (i + 1) << 20)
             pushes.after_read(7, block, (block[0], block[0] + 4096), held())
