@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore
 
 PAGE = 4096
-KEPT_OPEN = 64  # block files the event loop keeps open
+KEPT_OPEN = 16  # block files the event loop keeps open
 LARGE_SPAN = 256 * 1024  # read for a push into the page cache: not kept there twice
 MAX_BLOCKS = 16384  # 16 MiB of sums: 16 GiB of 1 MiB blocks
 _LOW32 = 0xFFFFFFFF

@@ -4,6 +4,7 @@ under ``mount`` and ``serve``, and parallel random readers get every byte right.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -142,6 +143,7 @@ def test_a_small_file_is_in_the_page_cache_once_opened(
     for name, data in files.items():
         path = mountpoint / name
         pages = -(-len(data) // PAGE) * PAGE  # fincore opens it and reads nothing
-        wait_for(lambda: resident(path) == pages, f"{name} pushed as it was opened")
+        pushed_whole = functools.partial(lambda p, n: resident(p) == n, path, pages)
+        wait_for(pushed_whole, f"{name} pushed as it was opened")
         assert path.read_bytes() == data
     assert pushed(mountpoint) == sum(len(data) for data in files.values())
