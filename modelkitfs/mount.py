@@ -38,7 +38,7 @@ from modelkitfs.daemon.process import configure_logging, log_path, process_title
 from modelkitfs.daemon.service import SERVICE, serve_kits, with_kits
 from modelkitfs.daemon.serving import serve_modelkit
 from modelkitfs.errors import ModelKitFSError, MountError
-from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
+from modelkitfs.primitives.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.credentials import pair_registry
 from modelkitfs.session.options import MountOptions, merged_options

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
-from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import ROOT_INODE, ModelKit, Node
+from modelkitfs.primitives.deadline import within
 from modelkitfs.reference import parse_reference
 from modelkitfs.session import Sources, open_kit
 from modelkitfs.session.options import MountOptions, merged_options

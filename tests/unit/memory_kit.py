@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import Blob, BlobStore, DiskCache
-from modelkitfs.digests import sha256_digest
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
 from tests.support.kitbuilder import Artifact
