@@ -10,10 +10,10 @@
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import Mount, mount, mount_foreground, serve, unmount
-from modelkitfs.options import MountOptions
 from modelkitfs.reader import KitReader
 from modelkitfs.reader import open_file as open
-from modelkitfs.verification import verify
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.verification import verify
 
 __version__ = "0.1.0"
 __all__ = [

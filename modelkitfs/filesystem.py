@@ -7,7 +7,7 @@ shared cache.
 ...                 storage_options={"cache_dir": "/var/cache/modelkitfs"})
 
 A URL is a kit reference with its tag or digest, then the path inside the kit. Storage options
-are the fields of :class:`~modelkitfs.options.MountOptions`, as the CLI's flags
+are the fields of :class:`~modelkitfs.session.options.MountOptions`, as the CLI's flags
 (``plain_http``, ``cache_dir``, ``filters``, ``timeout``...). Registered through the
 ``fsspec.specs`` entry point.
 """
@@ -21,8 +21,8 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from modelkitfs.errors import InvalidReference
-from modelkitfs.options import OPTION_NAMES, MountOptions
 from modelkitfs.reader import EntryInfo, KitReader
+from modelkitfs.session.options import OPTION_NAMES, MountOptions
 
 PROTOCOL = "modelkit"
 

@@ -34,13 +34,14 @@ from modelkitfs.blobs.blockfile import make_folders
 from modelkitfs.blobs.budget import settle_cap
 from modelkitfs.blobs.cache import DiskCache, default_cache_dir
 from modelkitfs.blobs.health import advice, describe
-from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
+from modelkitfs.daemon.process import configure_logging, log_path, process_title
+from modelkitfs.daemon.service import SERVICE, serve_kits, with_kits
+from modelkitfs.daemon.serving import serve_modelkit
 from modelkitfs.errors import ModelKitFSError, MountError
-from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table
-from modelkitfs.options import MountOptions, merged_options
+from modelkitfs.primitives.mountinfo import busy_holders, mount_entry, mount_table
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.credentials import pair_registry
-from modelkitfs.serve import SERVICE, serve_kits, with_kits
+from modelkitfs.session.options import MountOptions, merged_options
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ MAX_HOLDERS_NAMED = 5
 DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
 FSTYPE = "modelkitfs"  # the mounts' subtype: fuse.modelkitfs in /proc/mounts
 STATS_ATTRIBUTE = "user.modelkitfs.stats"
-DAEMON_ENTRY = "import sys; from modelkitfs.daemon import main; sys.exit(main())"
+DAEMON_ENTRY = "import sys; from modelkitfs.daemon.process import main; sys.exit(main())"
 
 
 class DaemonError(MountError):
@@ -287,7 +288,7 @@ def serve(
 ) -> Path:
     """Serve every kit at ``root`` (``root/REF/`` is the kit REF names) with a daemon in the
     background, or in this process until unmounted with ``foreground``; returns the root.
-    See :mod:`modelkitfs.serve`."""
+    See :mod:`modelkitfs.daemon.service`."""
     options = merged_options(options, overrides)
     if options.allow_local is None:  # it serves others: no folder of this machine unless listed
         options = options.replace(allow_local=())

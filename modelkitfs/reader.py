@@ -24,14 +24,12 @@ from typing import Any, TypeVar
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
-from modelkitfs.catalog import record_kit
-from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import ROOT_INODE, ModelKit, Node
-from modelkitfs.options import MountOptions, merged_options
+from modelkitfs.primitives.deadline import within
 from modelkitfs.reference import parse_reference
-from modelkitfs.selection import warn_unmatched
-from modelkitfs.sources import Sources
+from modelkitfs.session import Sources, open_kit
+from modelkitfs.session.options import MountOptions, merged_options
 
 T = TypeVar("T")
 READ_BUFFER = 1024 * 1024
@@ -93,21 +91,12 @@ class KitReader:
                 self._opened.set()
 
     async def _serve(self) -> None:
-        async with Sources(self.options) as sources:
-            self.kit = await sources.open_kit(self.ref)
-            warn_unmatched(self.reference, self.kit.kitfile, self.options.filters)
-            self.sources = sources
-            assert self.options.cache_dir is not None
-            await trio.to_thread.run_sync(
-                record_kit, self.options.cache_dir, self.reference, self.kit
-            )
+        async with open_kit(self.ref, self.options) as opened:
+            self.kit, self.sources = opened.kit, opened.sources
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             self._opened.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await self.kit.tree.aclose()
+            await self._stop.wait()
 
     def close(self) -> None:
         """Finish cache writes and stop the background loop."""

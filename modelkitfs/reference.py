@@ -11,8 +11,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from modelkitfs.digests import is_digest
 from modelkitfs.errors import InvalidReference
+from modelkitfs.primitives.digests import is_digest
 
 DEFAULT_REGISTRY = "localhost"
 DEFAULT_TAG = "latest"

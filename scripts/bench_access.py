@@ -46,7 +46,7 @@ from bench_tools import (
 from machine import process_cpu
 
 from modelkitfs import MountOptions
-from modelkitfs.prefetch import prefetch
+from modelkitfs.session.prefetch import prefetch
 
 IMAGES = "images"
 READERS = 8

@@ -16,8 +16,8 @@ import trio
 import zstandard
 
 from modelkitfs.blobs import Blob, DerivedBlob
-from modelkitfs.digests import is_sha256
 from modelkitfs.errors import ArchiveError, DigestMismatch
+from modelkitfs.primitives.digests import is_sha256
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import xxhash
 
-from modelkitfs.buffers import ALIGN, Buffer, aligned, is_aligned
+from modelkitfs.primitives.buffers import ALIGN, Buffer, aligned, is_aligned
 
 CHECKSUM = 4  # bytes of checksum after a block's data
 TEMP_PREFIX = ".tmp-"

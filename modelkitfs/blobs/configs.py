@@ -15,7 +15,7 @@ import logging
 import trio
 
 from modelkitfs.blobs.block_cache import BlockCache
-from modelkitfs.digests import sha256_digest
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.source import BlobSource, ForwardingSource
 
 log = logging.getLogger(__name__)

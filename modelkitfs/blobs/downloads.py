@@ -36,8 +36,8 @@ import trio
 from modelkitfs.blobs.block_cache import BlockClaim
 from modelkitfs.blobs.flights import Flight, for_waiters
 from modelkitfs.blobs.sha256chain import block_in_chain
-from modelkitfs.buffers import Buffer
 from modelkitfs.errors import DigestMismatch, RangeIgnored, RegistryError
+from modelkitfs.primitives.buffers import Buffer
 from modelkitfs.registry.source import Deliver
 
 if TYPE_CHECKING:

@@ -3,9 +3,10 @@
 A flight is reserved for a block before anything is asked for it (from the disk cache or the
 source), so that a reader arriving meanwhile waits for that one fetch rather than starting its
 own. Reserving is per block, many at a time (a run of adjacent blocks goes out as one range
-request), which is why this is not the keyed :class:`~modelkitfs.singleflight.SingleFlight`:
-one piece of work lands many keys, and a flight carries the block itself to its waiters (a
-cache that cannot be written keeps it nowhere else).
+request), which is why this is not the keyed
+:class:`~modelkitfs.primitives.singleflight.SingleFlight`: one piece of work lands many keys,
+and a flight carries the block itself to its waiters (a cache that cannot be written keeps it
+nowhere else).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 import xxhash
 
-from modelkitfs.buffers import Buffer
+from modelkitfs.primitives.buffers import Buffer
 
 if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore

@@ -36,7 +36,7 @@ from modelkitfs.blobs.eviction import PRUNE_TO
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.sha256chain import BlobChain, from_record, to_record
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
-from modelkitfs.singleflight import SingleFlight
+from modelkitfs.primitives.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from modelkitfs.blobs.store import BlobStore

@@ -15,7 +15,6 @@ from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.budget import DEFAULT_MAX_FRACTION, MIN_FREE_FRACTION, parse_size
 from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.blobs.maintenance import CachedBlob, cached_blobs, verify_blob
-from modelkitfs.catalog import owners, recorded_kits
 from modelkitfs.cli.output import human, print_json, share, table
 from modelkitfs.cli.parser import (
     Commands,
@@ -26,6 +25,7 @@ from modelkitfs.cli.parser import (
 )
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.mount import active_mounts
+from modelkitfs.session.catalog import owners, recorded_kits
 
 MAX_NAMED = 5
 

@@ -1,8 +1,9 @@
 """The command line's grammar: a parser whose usage errors are one line and exit 1, and the
 arguments several commands share (what selects a kit, how to reach it, the cache).
 
-Every option of :class:`~modelkitfs.options.MountOptions` is a flag named after its field; its
-choices come from the tuples in :mod:`modelkitfs.options`, and its value is parsed there, once.
+Every option of :class:`~modelkitfs.session.options.MountOptions` is a flag named after its
+field; its choices come from the tuples in :mod:`modelkitfs.session.options`, and its value is
+parsed there, once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from modelkitfs.cli.network import check_proxy
 from modelkitfs.cli.output import patience
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit.filters import FILTER_TYPES
-from modelkitfs.options import (
+from modelkitfs.reader import KitReader
+from modelkitfs.registry.network import DEFAULT_TIMEOUT
+from modelkitfs.session.options import (
     LOG_LEVELS,
     OPTION_NAMES,
     PREFETCH_MODES,
@@ -28,8 +31,6 @@ from modelkitfs.options import (
     signing_arguments,
     signing_environment,
 )
-from modelkitfs.reader import KitReader
-from modelkitfs.registry.network import DEFAULT_TIMEOUT
 
 KIT = "registry.example:5000/team/llm:v1"
 

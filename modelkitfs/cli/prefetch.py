@@ -21,10 +21,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from modelkitfs import prefetch as fill
 from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.cli.output import human
 from modelkitfs.cli.parser import KIT, Commands, kit_arguments, options_from
+from modelkitfs.session import prefetch as fill
 
 
 def add(commands: Commands) -> None:

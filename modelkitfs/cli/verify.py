@@ -7,7 +7,7 @@ import argparse
 
 from modelkitfs.cli.output import patience, print_json
 from modelkitfs.cli.parser import KIT, Commands, access_arguments, json_argument, options_from
-from modelkitfs.verification import verify
+from modelkitfs.session.verification import verify
 
 
 def add(commands: Commands) -> None:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import MountOptions, signing_arguments
+from modelkitfs.session.options import MountOptions, signing_arguments
 
 DEFAULT_STATE_DIR = "/var/lib/modelkitfs-csi"
 EXTRA = {"grpc": "grpcio", "google": "protobuf"}  # the extra's packages by what they import

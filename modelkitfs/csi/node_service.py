@@ -30,7 +30,7 @@ from pathlib import Path
 from modelkitfs.csi.binds import Target, state, unmount
 from modelkitfs.csi.calls import Calls, NoAnswer
 from modelkitfs.errors import ModelKitFSError, MountError
-from modelkitfs.options import MountOptions
+from modelkitfs.session.options import MountOptions
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def main() -> int:
     """The daemon's entry (see the module docstring)."""
     import trio
 
-    from modelkitfs.daemon import configure_logging
-    from modelkitfs.serve import serve_kits
+    from modelkitfs.daemon.process import configure_logging
+    from modelkitfs.daemon.service import serve_kits
 
     settings = json.loads(sys.stdin.readline())
     options = MountOptions(**settings["options"])

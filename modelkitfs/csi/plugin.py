@@ -23,9 +23,9 @@ from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.protocol import messages, services
 from modelkitfs.csi.records import Records
 from modelkitfs.csi.volumes import CALL_TIMEOUT, VolumeError, Volumes, code_of
-from modelkitfs.daemon import configure_logging
+from modelkitfs.daemon.process import configure_logging
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import SIGNING_FIELDS, MountOptions, signing_environment
+from modelkitfs.session.options import SIGNING_FIELDS, MountOptions, signing_environment
 
 log = logging.getLogger("modelkitfs.csi")
 

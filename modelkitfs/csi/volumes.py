@@ -48,10 +48,10 @@ from modelkitfs.errors import (
     SelectionError,
 )
 from modelkitfs.mount import DaemonError, mount
-from modelkitfs.options import FLAG_SIGNERS, MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
 from modelkitfs.registry.credentials import find_credential
+from modelkitfs.session.options import FLAG_SIGNERS, MountOptions
 from modelkitfs.signing import PolicyError, verify_digest
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
 """Kits for ``modelkitfs serve``: each loaded once per manifest, never waited on past the timeout.
 
 A kit is keyed by registry, repository and digest: every name that reaches it (``llm@D``,
-``llm:v1@D``, a thousand tags pinned to ``D``) shares its one tree. Not across repositories:
-a registry grants access per repository, so a name under another repository is asked of that
+``llm:v1@D``, a thousand tags pinned to ``D``) shares its one tree. Not across repositories: a
+registry grants access per repository, so a name under another repository is asked of that
 repository, with its own authorization, even for a digest loaded already. Loading runs in a
-task of its own (:func:`~modelkitfs.deadline.within`): a request waits at most ``timeout``, the
-load goes on and serves the next request. What a registry does not know is remembered for
-``negative_ttl``, for a bounded number of names. What a tag named last is kept too (for a
-bounded number of tags), so that while its registry cannot be reached the tag is served from
-its last digest, with one warning, rather than failing.
+task of its own (:func:`~modelkitfs.primitives.deadline.within`): a request waits at most
+``timeout``, the load goes on and serves the next request. What a registry does not know is
+remembered for ``negative_ttl``, for a bounded number of names. What a tag named last is kept
+too (for a bounded number of tags), so that while its registry cannot be reached the tag is
+served from its last digest, with one warning, rather than failing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import cachetools
 import pyfuse3
 import trio
 
-from modelkitfs.deadline import DeadlineExceeded, within
 from modelkitfs.errors import (
     AuthenticationError,
     GaveUp,
@@ -33,8 +32,9 @@ from modelkitfs.errors import (
     TransientError,
 )
 from modelkitfs.kit.tree import KitTree
+from modelkitfs.primitives.deadline import DeadlineExceeded, within
+from modelkitfs.primitives.singleflight import SingleFlight
 from modelkitfs.reference import Reference
-from modelkitfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 

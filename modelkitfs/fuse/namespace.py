@@ -24,8 +24,8 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from modelkitfs.digests import is_sha256
 from modelkitfs.errors import InvalidReference
+from modelkitfs.primitives.digests import is_sha256
 from modelkitfs.reference import Reference, is_registry, is_repository_component, parse_reference
 
 ROOT = 1

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.fuse.guard import guarded
 from modelkitfs.fuse.pushes import Pushes
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
+from modelkitfs.primitives.deadline import within
 
 log = logging.getLogger(__name__)
 

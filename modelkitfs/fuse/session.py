@@ -13,7 +13,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from modelkitfs.mountinfo import mount_table
+from modelkitfs.primitives.mountinfo import mount_table
 
 log = logging.getLogger(__name__)
 

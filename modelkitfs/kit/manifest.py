@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelkitfs.digests import is_digest
 from modelkitfs.errors import NotAModelKit
+from modelkitfs.primitives.digests import is_digest
 
 MODELKIT_ARTIFACT_TYPE = "application/vnd.kitops.modelkit.manifest.v1+json"
 MODELKIT_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"

@@ -23,7 +23,7 @@ from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import tensors
 from modelkitfs.kit.tensors import TensorLayout
-from modelkitfs.singleflight import WAITED, SingleFlight
+from modelkitfs.primitives.singleflight import WAITED, SingleFlight
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import httpx
 import trio
 
 from modelkitfs.errors import AuthenticationError, RegistryError, TokenServiceError
+from modelkitfs.primitives.singleflight import SingleFlight
 from modelkitfs.registry.credentials import Credential
 from modelkitfs.registry.network import MAX_ERROR_BODY
-from modelkitfs.singleflight import SingleFlight
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 DEFAULT_TOKEN_LIFETIME = 60.0

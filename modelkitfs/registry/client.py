@@ -22,8 +22,9 @@ import cachetools
 import httpx
 import trio
 
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, ObjectStorageError, RangeIgnored, TransientError
+from modelkitfs.primitives.digests import sha256_digest
+from modelkitfs.primitives.singleflight import WAITED
 from modelkitfs.registry.auth import Authenticator
 from modelkitfs.registry.credentials import Credential, find_credential
 from modelkitfs.registry.documents import (
@@ -54,7 +55,6 @@ from modelkitfs.registry.redirects import MAX_REDIRECTS, Redirects, origin, too_
 from modelkitfs.registry.retry import MAX_ATTEMPTS, RetryBudget, retrying
 from modelkitfs.registry.source import Deliver, FetchStats, Manifest
 from modelkitfs.registry.status import at_storage, host, registry_error, storage_error
-from modelkitfs.singleflight import WAITED
 
 log = logging.getLogger(__name__)
 

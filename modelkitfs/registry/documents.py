@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import httpx
 import trio
 
-from modelkitfs import digests
 from modelkitfs.errors import DigestMismatch, RegistryError, TransientError
+from modelkitfs.primitives import digests
 from modelkitfs.registry.auth import Authenticator
 from modelkitfs.registry.network import transport_failure
 from modelkitfs.registry.redirects import MAX_REDIRECTS

@@ -22,8 +22,8 @@ from typing import Any
 
 import trio
 
-from modelkitfs.digests import verify
 from modelkitfs.errors import NotFound, RegistryError
+from modelkitfs.primitives.digests import verify
 from modelkitfs.registry.credentials import kit_home
 from modelkitfs.registry.source import BlobSource, Deliver, FetchStats, ForwardingSource, Manifest
 

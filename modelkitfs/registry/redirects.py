@@ -16,8 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from modelkitfs.errors import ObjectStorageError, RegistryError
+from modelkitfs.primitives.singleflight import SingleFlight
 from modelkitfs.registry.status import Expired
-from modelkitfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 

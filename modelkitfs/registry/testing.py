@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import NotFound, RangeIgnored, TransientError
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.client import RegistryClient
 from modelkitfs.registry.network import NetworkOptions
 from modelkitfs.registry.ranges import RangeRequest, RangeResult

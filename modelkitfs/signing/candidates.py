@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from modelkitfs.digests import is_sha256
+from modelkitfs.primitives.digests import is_sha256
 from modelkitfs.registry.source import Manifest
 from modelkitfs.signing.rekor import LogEntry
 

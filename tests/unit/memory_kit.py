@@ -1,8 +1,8 @@
 """A ModelKit opened from a registry in memory: the kit, archive and blob layers as a mount
 runs them, without sockets or a kernel. The one place the unit tests of kit/ and fuse/ build a
 blob store, so that a change to how stores are made is one change here; and the one place a
-session (:class:`~modelkitfs.sources.Sources`, under :class:`~modelkitfs.reader.KitReader`)
-is pointed at a registry in memory."""
+session (:class:`~modelkitfs.session.sources.Sources`, under
+:class:`~modelkitfs.reader.KitReader`) is pointed at a registry in memory."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from modelkitfs.blobs import Blob, BlobStore, DiskCache
-from modelkitfs.digests import sha256_digest
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
 from tests.support.kitbuilder import Artifact
@@ -94,4 +94,6 @@ async def memory_kit(
 def sessions_reach(registry: MemoryRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every session the test opens talks to ``registry`` for whatever registry a reference
     names, through the real client (as :meth:`MemoryRegistry.client` makes it)."""
-    monkeypatch.setattr("modelkitfs.sources.RegistryClient", lambda name, _: registry.client(name))
+    monkeypatch.setattr(
+        "modelkitfs.session.sources.RegistryClient", lambda name, _: registry.client(name)
+    )

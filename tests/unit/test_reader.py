@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from modelkitfs.errors import ModelKitFSError, NotFound
-from modelkitfs.options import MountOptions
 from modelkitfs.reader import Cached, EntryInfo, KitReader, open_file
 from modelkitfs.registry.testing import MemoryRegistry
+from modelkitfs.session.options import MountOptions
 from tests.support.kitbuilder import build_modelkit
 from tests.support.waiting import wait_for
 from tests.unit.memory_kit import sessions_reach

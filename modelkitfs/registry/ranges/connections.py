@@ -37,7 +37,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 
-from modelkitfs.buffers import aligned
+from modelkitfs.primitives.buffers import aligned
 from modelkitfs.registry.network import MAX_ERROR_BODY
 from modelkitfs.registry.ranges.exchange import (
     DEADLINE,

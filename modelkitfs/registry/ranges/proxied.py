@@ -13,7 +13,7 @@ import dataclasses
 import httpx
 import trio
 
-from modelkitfs.buffers import aligned
+from modelkitfs.primitives.buffers import aligned
 from modelkitfs.registry.network import MAX_ERROR_BODY, transport_failure
 from modelkitfs.registry.ranges.exchange import (
     DEADLINE,

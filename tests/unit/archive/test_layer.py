@@ -18,8 +18,8 @@ from modelkitfs.archive import EntryKind, LayerArchive, RawFile
 from modelkitfs.archive.index import INDEX_NAME
 from modelkitfs.archive.layer import BROAD_FILES, RAW_FILE_MODE, open_layer
 from modelkitfs.blobs import BlobStore, MemoryCache
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import ArchiveError
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.testing import MemorySource
 from tests.support.kitbuilder import compress
 from tests.support.waiting import until

@@ -12,8 +12,8 @@ import trio
 import zstandard
 
 from modelkitfs.archive.zstd import ZstdStream
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import ArchiveError, DigestMismatch
+from modelkitfs.primitives.digests import sha256_digest
 from tests.unit.memory_kit import memory_blob
 
 PLAIN = np.random.default_rng(6).bytes(700_000) + bytes(900_000)

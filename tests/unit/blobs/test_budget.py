@@ -11,7 +11,7 @@ import trio
 from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.budget import MIN_MAX_BYTES, CacheBudget, check_max_size, settle_cap
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import MountOptions
+from modelkitfs.session.options import MountOptions
 
 MiB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from modelkitfs.blobs import DiskCache
-from modelkitfs.buffers import Buffer, aligned
+from modelkitfs.primitives.buffers import Buffer, aligned
 
 DIGEST = "sha256:" + "ab" * 32
 

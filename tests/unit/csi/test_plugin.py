@@ -24,7 +24,7 @@ def test_the_documented_command_line_parses() -> None:
 
 
 def test_the_node_s_signature_policy_is_a_flag_of_the_plugin(tmp_path: Path) -> None:
-    from modelkitfs.options import SIGNING_FIELDS, MountOptions
+    from modelkitfs.session.options import SIGNING_FIELDS, MountOptions
 
     command = "csi --endpoint unix:///c.sock --node-id n --policy /p.yaml --verify-key /k.pub"
     args = build_parser().parse_args([*command.split(), "--insecure-ignore-tlog"])

@@ -29,7 +29,7 @@ from modelkitfs.errors import (
     Unreachable,
 )
 from modelkitfs.mount import DaemonError
-from modelkitfs.options import MountOptions
+from modelkitfs.session.options import MountOptions
 from tests.support.waiting import wait_for
 
 REF = "registry.example:5000/team/llm:v1"

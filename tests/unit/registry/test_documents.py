@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import AuthenticationError, DigestMismatch, NotFound, RegistryError
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry import NetworkOptions, RegistryClient
 from modelkitfs.registry.credentials import Credential
 from modelkitfs.registry.documents import MAX_DOCUMENT_SIZE, OCI_MANIFEST

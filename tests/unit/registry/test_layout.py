@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from modelkitfs.digests import sha256_digest
 from modelkitfs.errors import DigestMismatch, NotFound, RegistryError
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.layout import (
     LayoutSource,
     LoginChecked,

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from modelkitfs.digests import sha256_digest
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.signing.candidates import Candidate
 from modelkitfs.signing.classic import from_layer
 from modelkitfs.signing.policy import load_policy

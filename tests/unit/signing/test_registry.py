@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from modelkitfs.digests import sha256_digest
+from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.testing import MemoryRegistry
 from modelkitfs.signing import SignatureRefused, verify_digest
 from modelkitfs.signing.candidates import MAX_SIGNATURE_BYTES, MAX_SIGNATURES

@@ -13,12 +13,12 @@ import pytest
 import trio
 import trio.testing
 
+from modelkitfs.daemon.service import service_stats, with_kits
 from modelkitfs.fuse.namespace import ROOT
 from modelkitfs.fuse.operations import STATS_XATTR
 from modelkitfs.fuse.service import ServiceOperations
-from modelkitfs.options import MountOptions
-from modelkitfs.serve import service_stats, with_kits
-from modelkitfs.sources import Sources
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.sources import Sources
 from tests.unit.fuse.test_service import Loader, path
 
 KITS = 3000
@@ -56,9 +56,9 @@ def test_the_stats_attribute_stays_small_with_thousands_of_kits(tmp_path: Path) 
 
 def test_a_tag_resolves_only_to_a_digest_the_signature_policy_trusts(tmp_path: Path) -> None:
     """The service's tag symlinks move only to digests that pass (README, Signed kits)."""
+    from modelkitfs.daemon.service import SourcesLoader
     from modelkitfs.reference import parse_reference
     from modelkitfs.registry.testing import MemoryRegistry
-    from modelkitfs.serve import SourcesLoader
     from modelkitfs.signing import SignatureRefused
     from tests.support import cosign
 

@@ -28,9 +28,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import metrics_address
 from modelkitfs.registry.source import LATENCY_BUCKETS  # the registries' request buckets
-from modelkitfs.sources import Sources
+from modelkitfs.session.options import metrics_address
+from modelkitfs.session.sources import Sources
 
 log = logging.getLogger(__name__)
 

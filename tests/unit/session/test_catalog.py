@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from modelkitfs.catalog import owners, record_kit, recorded_kits
+from modelkitfs.session.catalog import owners, record_kit, recorded_kits
 
 
 def fake_kit(manifest: str, *layers: tuple[str, str, str, int]) -> object:

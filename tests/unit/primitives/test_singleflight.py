@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from modelkitfs.singleflight import WAITED, SingleFlight
+from modelkitfs.primitives.singleflight import WAITED, SingleFlight
 
 
 class Work:

@@ -16,10 +16,10 @@ from typing import Any
 import trio
 
 from modelkitfs.blobs.cache import default_cache_dir
-from modelkitfs.options import MountOptions, merged_options
 from modelkitfs.reference import parse_reference
+from modelkitfs.session.options import MountOptions, merged_options
+from modelkitfs.session.sources import Sources
 from modelkitfs.signing import PolicyError, Verdict
-from modelkitfs.sources import Sources
 
 NO_SIGNER = (
     "verify needs a signer: --verify-key FILE (or $COSIGN_KEY), or --certificate-identity with "

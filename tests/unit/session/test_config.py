@@ -8,7 +8,7 @@ import pytest
 
 from modelkitfs import ModelKitFSError, MountOptions
 from modelkitfs.cli import build_parser
-from modelkitfs.config import configured_mirrors
+from modelkitfs.session.config import configured_mirrors
 
 
 def test_mirrors_from_the_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,11 @@ import trio.testing
 from modelkitfs.blobs import BlobStore, DiskCache
 from modelkitfs.blobs.verification import VERIFIED_RECORD
 from modelkitfs.errors import ModelKitFSError, NotAllowed
-from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.sources import Sources
 from modelkitfs.signing import SignatureRefused
-from modelkitfs.sources import Sources
 from tests.support import cosign
 from tests.support.kitbuilder import build_modelkit, store_locally, write_layout
 from tests.unit.blobs.stores import BLOCK, OneBlob

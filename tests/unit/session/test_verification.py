@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from modelkitfs.session.verification import verify
 from modelkitfs.signing import PolicyError, SignatureRefused
-from modelkitfs.verification import verify
 from tests.support import cosign
 from tests.support.kitbuilder import Artifact, write_layout
 

@@ -15,12 +15,12 @@ import pytest
 import trio
 from prometheus_client.registry import CollectorRegistry
 
+from modelkitfs.daemon.metrics import FuseMetrics, SourcesCollector
 from modelkitfs.kit import ROOT_INODE
-from modelkitfs.metrics import FuseMetrics, SourcesCollector
-from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry
-from modelkitfs.sources import Sources
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.sources import Sources
 from tests.support.kitbuilder import build_modelkit
 from tests.support.waiting import until
 

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 import trio
 
 from modelkitfs.blobs import DiskCache
-from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.options import MountOptions
 from modelkitfs.reference import parse_reference
-from modelkitfs.selection import warn_unmatched
-from modelkitfs.sources import Sources
+from modelkitfs.session.kits import open_kit
+from modelkitfs.session.options import MountOptions
 
 PROGRESS_EVERY = 0.25  # seconds
 
@@ -57,11 +55,8 @@ async def prefetch(
         raise ModelKitFSError(cache.health.error_message("prefetch into", fault))
     cache.process.release()
     started = time.monotonic()
-    async with Sources(options) as sources:
-        kit = await sources.open_kit(ref)
-        warn_unmatched(str(ref), kit.kitfile, options.filters)
-        await trio.to_thread.run_sync(record_kit, options.cache_dir or "", str(ref), kit)
-        layers = kit.tree.layers
+    async with open_kit(ref, options) as opened:
+        sources, layers = opened.sources, opened.kit.tree.layers
         state = Progress(str(ref), len(layers), sum(x.archive.size for x in layers))
         held = [min(await x.archive.blob.cached_bytes(), x.archive.size) for x in layers]
         state.cached_before = state.bytes_done = sum(held)
@@ -74,16 +69,13 @@ async def prefetch(
             state.elapsed = time.monotonic() - started
             report(state)
 
-        try:
-            for layer in layers:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_tick, update)
-                    await layer.archive.prefetch()
-                    nursery.cancel_scope.cancel()
-                state.layers_done.append(LayerDone(layer.kind, layer.path, layer.archive.size))
-                await update()
-        finally:
-            await kit.tree.aclose()
+        for layer in layers:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_tick, update)
+                await layer.archive.prefetch()
+                nursery.cancel_scope.cancel()
+            state.layers_done.append(LayerDone(layer.kind, layer.path, layer.archive.size))
+            await update()
     return state
 
 

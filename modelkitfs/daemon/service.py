@@ -25,15 +25,12 @@ from typing import Any
 
 import trio
 
-from modelkitfs.errors import MountError
-from modelkitfs.fuse import serve
+from modelkitfs.daemon.serving import serve_fuse
 from modelkitfs.fuse.service import ServiceOperations
-from modelkitfs.fuse.session import kernel_refusal, mount_options
 from modelkitfs.kit import KitTree
-from modelkitfs.metrics import serve_metrics
-from modelkitfs.options import MountOptions
 from modelkitfs.reference import Reference
-from modelkitfs.sources import Sources
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.sources import Sources
 
 log = logging.getLogger("modelkitfs")
 
@@ -41,7 +38,7 @@ SERVICE = "serve"  # what a service's mount names as its reference (in mounts, p
 
 
 class SourcesLoader:
-    """Kits for the service, from the daemon's :class:`~modelkitfs.sources.Sources`."""
+    """Kits for the service, from the daemon's :class:`~modelkitfs.session.sources.Sources`."""
 
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
@@ -92,27 +89,17 @@ async def serve_kits(
         )
         operations.stats = service_stats(operations, sources, log_file, kits_file)
         sources.corrupt_handlers.append(operations.invalidate_blob)
-        stop_metrics = (
-            serve_metrics(options.metrics, sources, operations, lambda: operations.loads.loaded)
-            if options.metrics
-            else None
-        )
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(operations.unload_idle)
-                nursery.start_soon(operations.pushes.run)
-                await serve(
-                    operations,
-                    root,
-                    mount_options(f"modelkitfs:{SERVICE}", options.allow_other),
-                    on_ready,
-                )
-                nursery.cancel_scope.cancel()
-        except RuntimeError as exc:
-            raise MountError(kernel_refusal(root, exc)) from None
+            await serve_fuse(
+                operations,
+                root,
+                SERVICE,
+                sources,
+                on_ready,
+                kits_loaded=lambda: operations.loads.loaded,
+                background=[operations.unload_idle, operations.pushes.run],
+            )
         finally:
-            if stop_metrics is not None:
-                stop_metrics()
             await operations.aclose()
             with contextlib.suppress(OSError):
                 kits_file.unlink()

@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 
 from modelkitfs.blobs.budget import check_max_size
-from modelkitfs.config import configured_mirrors
 from modelkitfs.errors import InvalidFilter, ModelKitFSError
 from modelkitfs.kit import Filter, parse_labels
 from modelkitfs.kit.filters import FILTER_TYPES, parse_filter
 from modelkitfs.registry.network import DEFAULT_TIMEOUT, NetworkOptions, ssl_context
+from modelkitfs.session.config import configured_mirrors
 from modelkitfs.signing import Policy, load_policy
 
 VERIFY_MODES = ("complete", "full")

@@ -10,7 +10,7 @@ import pytest
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import Filter
-from modelkitfs.options import MountOptions, merged_options
+from modelkitfs.session.options import MountOptions, merged_options
 
 
 def test_values_as_written_become_typed_values() -> None:

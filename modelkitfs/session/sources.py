@@ -28,11 +28,11 @@ from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.store import CacheStats
 from modelkitfs.errors import NotAllowed, NotFound
 from modelkitfs.kit import ModelKit, open_modelkit
-from modelkitfs.options import MountOptions
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference
 from modelkitfs.registry import RegistryClient, from_kit_storage, from_layout_folder
 from modelkitfs.registry.layout import LoginChecked, kit_storage
 from modelkitfs.registry.source import BlobSource
+from modelkitfs.session.options import MountOptions
 from modelkitfs.signing import Policy, SignatureRefused, SignatureStore, Verdict, verify_digest
 from modelkitfs.signing.candidates import WithoutReferrers
 from modelkitfs.signing.remembered import Remembered

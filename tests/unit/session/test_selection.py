@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from modelkitfs.options import MountOptions
-from modelkitfs.selection import unmatched_filters
+from modelkitfs.session.options import MountOptions
+from modelkitfs.session.selection import unmatched_filters
 
 KITFILE = {
     "manifestVersion": "1.0.0",
