@@ -30,10 +30,14 @@ import setproctitle
 import trio
 
 from modelkitfs import errors
-from modelkitfs.blobs.blockfile import make_folders
-from modelkitfs.blobs.budget import settle_cap
-from modelkitfs.blobs.cache import DiskCache, default_cache_dir
-from modelkitfs.blobs.health import advice, describe
+from modelkitfs.cache import (
+    DiskCache,
+    advice,
+    default_cache_dir,
+    describe,
+    make_folders,
+    settle_cap,
+)
 from modelkitfs.daemon import configure_logging, log_path, process_title, serve_modelkit
 from modelkitfs.errors import ModelKitFSError, MountError
 from modelkitfs.mountinfo import busy_holders, mount_entry, mount_table

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelkitfs.blobs import DiskCache
+from modelkitfs.cache import DiskCache
 from modelkitfs.catalog import record_kit
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import MountOptions

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.catalog import record_kit
 from modelkitfs.deadline import within
 from modelkitfs.errors import ModelKitFSError

@@ -3,7 +3,8 @@ bytes computed from one, cached in blocks of their own (:class:`DerivedBlob`).
 
 Both are thin facades over the :class:`~modelkitfs.blobs.store.BlobStore` of the blob's
 repository: the archive layer needs byte ranges, a few whole-blob operations (prefetch, a
-stream for decompressing) and sidecar files, never the store's machinery.
+stream for decompressing) and sidecar files, never the store's machinery. What they use of the
+store is :class:`BlobReads`, which the store builds them with.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from modelkitfs.buffers import Buffer
 from modelkitfs.errors import RangeIgnored
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +24,79 @@ STREAM_CHUNK = 8 * 1024 * 1024
 DERIVED_RECORD = "derived.v1.json"
 
 
+class BlobReads(Protocol):
+    """What the facades read through: the store of the blob's repository."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def in_place(self) -> bool:
+        """Whether its blobs are read where they lie (a kit's local blobs), never cached."""
+        ...
+
+    @property
+    def ignores_range(self) -> bool:
+        """Whether its source answers a range with the whole blob."""
+        ...
+
+    @property
+    def verify_full(self) -> bool: ...
+
+    def must_verify(self, digest: str) -> bool: ...
+
+    async def verify_complete(self, digest: str, size: int) -> None: ...
+
+    def in_background(self, work: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def read(
+        self,
+        digest: str,
+        size: int,
+        offset: int,
+        length: int,
+        *,
+        ahead: bool = True,
+        ahead_limit: int | None = None,
+        unit_end: int | None = None,
+    ) -> bytes: ...
+
+    def read_now(
+        self,
+        digest: str,
+        size: int,
+        offset: int,
+        length: int,
+        *,
+        ahead_limit: int | None = None,
+        unit_end: int | None = None,
+    ) -> bytes | None: ...
+
+    async def read_held(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
+        ...
+
+    async def read_source(self, digest: str, start: int, end: int) -> bytes: ...
+
+    async def cached_bytes(
+        self, digest: str, size: int, start: int = 0, end: int | None = None
+    ) -> int: ...
+
+    async def cached_block(self, digest: str, index: int, expected_size: int) -> Buffer | None:
+        ...
+
+    async def write_now(self, digest: str, index: int, data: Buffer) -> None: ...
+
+    async def forget(self, digest: str) -> None: ...
+
+    async def load_meta(self, digest: str, name: str) -> bytes | None: ...
+
+    async def save_meta(self, digest: str, name: str, data: bytes) -> None: ...
+
+
 class Blob:
     """One blob of known digest and size: what the archive layer reads from."""
 
-    def __init__(self, store: BlobStore, digest: str, size: int) -> None:
+    def __init__(self, store: BlobReads, digest: str, size: int) -> None:
         self.store = store
         self.digest = digest
         self.size = size
@@ -41,17 +109,17 @@ class Blob:
     @property
     def cached(self) -> bool:
         """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
-        return not self.store.source.in_place
+        return not self.store.in_place
 
     def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` behind the readers, in the session's nursery (a zstd layer's
         decompression, say): stopped when the session ends, like fetching ahead."""
-        self.store.background.start(work)
+        self.store.in_background(work)
 
     @property
     def verify_full(self) -> bool:
         """Whether no byte of it may be served before the whole blob is verified."""
-        return self.store.verifier.full
+        return self.store.verify_full
 
     async def read(
         self,
@@ -94,23 +162,23 @@ class Blob:
 
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
-        if not self.store.source.in_place:
-            await self.store.verifier.verified(self.digest, self.size, complete=True)
+        if not self.store.in_place:
+            await self.store.verify_complete(self.digest, self.size)
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
         """For small scattered reads such as tar headers. A small blob goes through the cache
         (one request serves it all); in a larger one a whole block per header would cost far
         more than the bytes needed, so the read goes straight to the registry."""
         store = self.store
-        if self.size <= SMALL_BLOB or store.verifier.must_verify(self.digest):
+        if self.size <= SMALL_BLOB or store.must_verify(self.digest):
             return await self.read(offset, length)
-        if store.source.ignores_range:
+        if store.ignores_range:
             return await self.read(offset, length)  # a header would cost the blob up to it
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
         try:
-            return bytes(await store.source.get_range(store.repository, self.digest, offset, end))
+            return bytes(await store.read_source(self.digest, offset, end))
         except RangeIgnored:
             return await self.read(offset, length)  # the blob in order, once, then this
 
@@ -121,9 +189,9 @@ class Blob:
         for start in range(0, self.size, chunk_size):
             end = min(start + chunk_size, self.size)
             try:
-                yield await store.source.get_range(store.repository, self.digest, start, end)
+                yield await store.read_source(self.digest, start, end)
             except RangeIgnored:  # the server's whole answer is kept open at the start now
-                yield await store.source.get_range(store.repository, self.digest, start, end)
+                yield await store.read_source(self.digest, start, end)
 
     def derived(self, key: str) -> DerivedBlob:
         """Storage in the shared cache for bytes computed from this blob, under ``key``."""
@@ -142,7 +210,7 @@ class DerivedBlob:
     blocks in order and calls :meth:`finish` once it has verified the whole; until then other
     processes do not trust them."""
 
-    def __init__(self, store: BlobStore, key: str) -> None:
+    def __init__(self, store: BlobReads, key: str) -> None:
         self.store = store
         self.key = key
 
@@ -163,7 +231,7 @@ class DerivedBlob:
 
     async def write_block(self, index: int, data: bytes) -> None:
         # Not behind: a reader may need it from disk once it leaves memory, before finish().
-        await self.store.writes.put_now(self.key, index, data)
+        await self.store.write_now(self.key, index, data)
 
     async def read(self, offset: int, length: int, end: int) -> bytes | None:
         """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.memory import BlockMemory
+from modelkitfs.buffers import Buffer
+from modelkitfs.cache import BlockMemory
 
 Key = tuple[str, int]  # (digest, block index)
 

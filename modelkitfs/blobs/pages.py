@@ -6,88 +6,22 @@ event loop (issue 30). Now a block is still checked whole (its checksum) before 
 bytes is first served in this process, and the XXH3 of each of its 4 KiB pages is remembered
 then (1 KiB per 1 MiB block, for the ``MAX_BLOCKS`` most recently used); a later read of part
 of it reads only its pages from the block file, through the page cache (small reads are where
-a page cached twice costs little), and serves them only if every page matches its sum.
-
-Why sums of pages rather than the file's identity (inode, size, times) remembered at the
-check: identity catches a file written again through the file system, but not one damaged
-beneath it (the disk, a file system without data checksums), and a block written again may
-reuse an inode number. A page whose sum differs is never served: the read falls back to the
-whole block, whose checksum is checked again (a damaged file is then dropped and downloaded
-again). A file that is gone (evicted by another process) falls back the same way; one evicted
-after it was opened is read from the open descriptor, whose bytes are checked all the same.
+a page cached twice costs little), and serves them only if every page matches its sum
+(:mod:`modelkitfs.cache.pages` says why sums of pages, and how they are read).
 """
 
 from __future__ import annotations
 
-import os
-from array import array
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import trio
-import xxhash
 
+from modelkitfs.blobs.blocks import Blocks, CacheStats
+from modelkitfs.blobs.flights import Flights
 from modelkitfs.buffers import Buffer
+from modelkitfs.cache import BlockCache, Sums, page_sums
 
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
-
-PAGE = 4096
-LARGE_SPAN = 256 * 1024  # read for a push into the page cache: not kept there twice
 MAX_BLOCKS = 16384  # 16 MiB of sums: 16 GiB of 1 MiB blocks
-_LOW32 = 0xFFFFFFFF
-_xxh3 = xxhash.xxh3_64_intdigest
-
-Sums = array  # of 'I': the low 32 bits of each page's XXH3-64
-
-
-def page_sums(block: Buffer) -> Sums:
-    """The sum of each page of ``block`` (its last page may be short)."""
-    view = memoryview(block)
-    return array("I", [_xxh3(view[at : at + PAGE]) & _LOW32 for at in range(0, len(view), PAGE)])
-
-
-def checked_span(data: Buffer, first_page: int, start: int, stop: int, sums: Sums) -> bytes | None:
-    """Bytes ``[start, stop)`` of a block out of ``data``, its pages from ``first_page`` on
-    (the last one may be short: the block's end); None unless every page matches its sum."""
-    view = memoryview(data)
-    pages = -(-len(view) // PAGE)
-    if first_page + pages > len(sums) or first_page * PAGE + len(view) < stop:
-        return None
-    for page in range(pages):
-        if _xxh3(view[page * PAGE : (page + 1) * PAGE]) & _LOW32 != sums[first_page + page]:
-            return None
-    base = first_page * PAGE
-    return bytes(view[start - base : stop - base])
-
-
-def read_span(
-    path: str, start: int, stop: int, length: int, sums: Sums, *, nowait: bool = False
-) -> bytes | None:
-    """Bytes ``[start, stop)`` of the block file at ``path`` (a block of ``length`` bytes),
-    read by whole pages and each checked; None when the file is absent or a page differs.
-    ``nowait``: only from the page cache, else :class:`BlockingIOError` (on the event loop;
-    the read it would have waited for is under way then)."""
-    first, last = start // PAGE, (stop - 1) // PAGE
-    span = min((last + 1) * PAGE, length) - first * PAGE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        # Only the pages asked for: the cache file's own readahead would read far more.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        buffer = bytearray(span)
-        got = os.preadv(fd, [buffer], first * PAGE, os.RWF_NOWAIT if nowait else 0)
-        if span >= LARGE_SPAN:  # bound for the kernel's page cache of the file read (pushed)
-            os.posix_fadvise(fd, first * PAGE, span, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    if got < span:
-        if nowait:  # part of it in the page cache only
-            raise BlockingIOError
-        return None  # a file shorter than its block: damaged
-    return checked_span(buffer, first, start, stop, sums)
 
 
 class CheckedPages:
@@ -119,8 +53,13 @@ class CheckedPages:
 class SmallReads:
     """Small reads of a store's blocks by their pages, once each block has been checked."""
 
-    def __init__(self, store: BlobStore) -> None:
-        self.store = store
+    def __init__(
+        self, cache: BlockCache, flights: Flights, blocks: Blocks, stats: CacheStats
+    ) -> None:
+        self.cache = cache
+        self.flights = flights  # a block on its way is taken whole
+        self.blocks = blocks
+        self.stats = stats
         self.checked = CheckedPages()
 
     def remember(self, key: tuple[str, int], block: Buffer) -> None:
@@ -131,7 +70,7 @@ class SmallReads:
         if (args := self._args(digest, size, index, span)) is None:
             return None
         try:
-            return self._counted(self.store.cache.read_pages(*args, nowait=True))
+            return self._counted(self.cache.read_pages(*args, nowait=True))
         except BlockingIOError:
             return None
 
@@ -140,19 +79,19 @@ class SmallReads:
         not been checked (or is on its way), or its file is gone or damaged."""
         if (args := self._args(digest, size, index, span)) is None:
             return None
-        return self._counted(await trio.to_thread.run_sync(self.store.cache.read_pages, *args))
+        return self._counted(await trio.to_thread.run_sync(self.cache.read_pages, *args))
 
     def _args(
         self, digest: str, size: int, index: int, span: tuple[int, int]
     ) -> tuple[str, int, int, tuple[int, int], int, Sums] | None:
         """What the cache reads the pages with; None for a block not checked, or on its way
         (it may have proved wrong: its new bytes are taken whole)."""
-        store, key = self.store, (digest, index)
-        if key in store.flights or (sums := self.checked.get(key)) is None:
+        key = (digest, index)
+        if key in self.flights or (sums := self.checked.get(key)) is None:
             return None
-        return digest, store.block_size, index, span, store.block_len(size, index), sums
+        return digest, self.blocks.size, index, span, self.blocks.length(size, index), sums
 
     def _counted(self, data: bytes | None) -> bytes | None:
         if data is not None:
-            self.store.stats.disk_hits += 1
+            self.stats.disk_hits += 1
         return data

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from modelkitfs import prefetch as fill
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.cli.output import human
 from modelkitfs.cli.parser import KIT, Commands, kit_arguments, options_from
 

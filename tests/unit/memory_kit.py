@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelkitfs.blobs import Blob, BlobStore, DiskCache
+from modelkitfs.blobs import Blob, BlobStore
+from modelkitfs.cache import DiskCache
 from modelkitfs.digests import sha256_digest
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
 from modelkitfs.reference import parse_reference

@@ -10,7 +10,7 @@ import tarfile
 import trio
 
 from modelkitfs.archive.layer import BROAD_FILES, open_layer
-from modelkitfs.blobs import MemoryCache
+from modelkitfs.cache import MemoryCache
 from modelkitfs.registry.testing import MemorySource
 from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, opened
