@@ -1,10 +1,11 @@
 """What the archive layer reads from: a blob of known digest and size (:class:`Blob`), and
 bytes computed from one, cached in blocks of their own (:class:`DerivedBlob`).
 
-Both are thin facades over the :class:`~modelkitfs.blobs.store.BlobStore` of the blob's
-repository: the archive layer needs byte ranges, a few whole-blob operations (prefetch, a
-stream for decompressing) and sidecar files, never the store's machinery. What they use of the
-store is :class:`BlobReads`, which the store builds them with.
+Both are thin facades over the :class:`~modelkitfs.blobs.store.BlockStore` of the blob's
+repository, calling its methods only: the archive layer needs byte ranges, a few whole-blob
+operations (prefetch, a stream for decompressing) and sidecar files, never the store's
+machinery. :class:`BlobStore` is that store handing them out (the facades sit above the store:
+it does not import them).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
 
+from modelkitfs.blobs.store import BlockStore
 from modelkitfs.buffers import Buffer
 from modelkitfs.errors import RangeIgnored
 
@@ -24,79 +25,10 @@ STREAM_CHUNK = 8 * 1024 * 1024
 DERIVED_RECORD = "derived.v1.json"
 
 
-class BlobReads(Protocol):
-    """What the facades read through: the store of the blob's repository."""
-
-    @property
-    def block_size(self) -> int: ...
-
-    @property
-    def in_place(self) -> bool:
-        """Whether its blobs are read where they lie (a kit's local blobs), never cached."""
-        ...
-
-    @property
-    def ignores_range(self) -> bool:
-        """Whether its source answers a range with the whole blob."""
-        ...
-
-    @property
-    def verify_full(self) -> bool: ...
-
-    def must_verify(self, digest: str) -> bool: ...
-
-    async def verify_complete(self, digest: str, size: int) -> None: ...
-
-    def in_background(self, work: Callable[[], Awaitable[None]]) -> None: ...
-
-    async def read(
-        self,
-        digest: str,
-        size: int,
-        offset: int,
-        length: int,
-        *,
-        ahead: bool = True,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
-    ) -> bytes: ...
-
-    def read_now(
-        self,
-        digest: str,
-        size: int,
-        offset: int,
-        length: int,
-        *,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
-    ) -> bytes | None: ...
-
-    async def read_held(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
-        ...
-
-    async def read_source(self, digest: str, start: int, end: int) -> bytes: ...
-
-    async def cached_bytes(
-        self, digest: str, size: int, start: int = 0, end: int | None = None
-    ) -> int: ...
-
-    async def cached_block(self, digest: str, index: int, expected_size: int) -> Buffer | None:
-        ...
-
-    async def write_now(self, digest: str, index: int, data: Buffer) -> None: ...
-
-    async def forget(self, digest: str) -> None: ...
-
-    async def load_meta(self, digest: str, name: str) -> bytes | None: ...
-
-    async def save_meta(self, digest: str, name: str, data: bytes) -> None: ...
-
-
 class Blob:
     """One blob of known digest and size: what the archive layer reads from."""
 
-    def __init__(self, store: BlobReads, digest: str, size: int) -> None:
+    def __init__(self, store: BlobStore, digest: str, size: int) -> None:
         self.store = store
         self.digest = digest
         self.size = size
@@ -210,7 +142,7 @@ class DerivedBlob:
     blocks in order and calls :meth:`finish` once it has verified the whole; until then other
     processes do not trust them."""
 
-    def __init__(self, store: BlobReads, key: str) -> None:
+    def __init__(self, store: BlobStore, key: str) -> None:
         self.store = store
         self.key = key
 
@@ -255,3 +187,39 @@ class DerivedBlob:
 
     async def discard(self) -> None:
         await self.store.forget(self.key)
+
+
+class BlobStore(BlockStore):
+    """Serves byte ranges of the blobs of one repository of a source, through a block cache
+    (:class:`~modelkitfs.blobs.store.BlockStore`), and hands out their facades."""
+
+    def blob(self, digest: str, size: int) -> Blob:
+        return Blob(self, digest, size)
+
+    # --- what the facades ask of their store ------------------------------------------------
+
+    @property
+    def in_place(self) -> bool:
+        return self.source.in_place
+
+    @property
+    def ignores_range(self) -> bool:
+        return bool(self.source.ignores_range)
+
+    @property
+    def verify_full(self) -> bool:
+        return self.verifier.full
+
+    def must_verify(self, digest: str) -> bool:
+        return self.verifier.must_verify(digest)
+
+    async def verify_complete(self, digest: str, size: int) -> None:
+        """Bring the whole blob into the cache and verify it."""
+        await self.verifier.verified(digest, size, complete=True)
+
+    def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` behind the readers, stopped with fetching ahead."""
+        self.background.start(work)
+
+    async def write_now(self, digest: str, index: int, data: Buffer) -> None:
+        await self.writes.put_now(digest, index, data)

@@ -76,16 +76,10 @@ class Downloads:
         stats: CacheStats,
         timeout: float,
     ) -> None:
-        self.source = source
-        self.repository = repository
-        self.cache = cache
-        self.flights = flights
-        self.memory = memory
-        self.writes = writes
-        self.verified = verified
-        self.background = background
-        self.blocks = blocks
-        self.stats = stats
+        self.source, self.repository, self.cache = source, repository, cache
+        self.flights, self.memory, self.writes = flights, memory, writes
+        self.verified, self.background = verified, background
+        self.blocks, self.stats = blocks, stats
         self.timeout = timeout  # seconds a read may take (--timeout)
         self._streams: dict[str, dict[int, Flight]] = {}  # blobs streamed: flights they land
         self._overtaking: set[str] = set()  # blobs of which another claim was held too long

@@ -19,7 +19,7 @@ import trio
 from modelkitfs.blobs.blocks import Blocks, CacheStats
 from modelkitfs.blobs.flights import Flights
 from modelkitfs.buffers import Buffer
-from modelkitfs.cache import BlockCache, Sums, page_sums
+from modelkitfs.cache import BlockCache, PageSpan, Sums, page_sums
 
 MAX_BLOCKS = 16384  # 16 MiB of sums: 16 GiB of 1 MiB blocks
 
@@ -67,29 +67,30 @@ class SmallReads:
 
     def now(self, digest: str, size: int, index: int, span: tuple[int, int]) -> bytes | None:
         """Bytes ``span`` of the block if its pages are in the page cache; else None."""
-        if (args := self._args(digest, size, index, span)) is None:
+        if (pages := self._pages(digest, size, index, span)) is None:
             return None
         try:
-            return self._counted(self.cache.read_pages(*args, nowait=True))
+            return self._counted(self.cache.read_pages(pages, nowait=True))
         except BlockingIOError:
             return None
 
     async def read(self, digest: str, size: int, index: int, span: tuple[int, int]) -> bytes | None:
         """Bytes ``span`` of the block, read by its pages in a worker thread; None when it has
         not been checked (or is on its way), or its file is gone or damaged."""
-        if (args := self._args(digest, size, index, span)) is None:
+        if (pages := self._pages(digest, size, index, span)) is None:
             return None
-        return self._counted(await trio.to_thread.run_sync(self.cache.read_pages, *args))
+        return self._counted(await trio.to_thread.run_sync(self.cache.read_pages, pages))
 
-    def _args(
+    def _pages(
         self, digest: str, size: int, index: int, span: tuple[int, int]
-    ) -> tuple[str, int, int, tuple[int, int], int, Sums] | None:
-        """What the cache reads the pages with; None for a block not checked, or on its way
-        (it may have proved wrong: its new bytes are taken whole)."""
+    ) -> PageSpan | None:
+        """What the cache reads the pages of; None for a block not checked, or on its way (it
+        may have proved wrong: its new bytes are taken whole)."""
         key = (digest, index)
         if key in self.flights or (sums := self.checked.get(key)) is None:
             return None
-        return digest, self.blocks.size, index, span, self.blocks.length(size, index), sums
+        length = self.blocks.length(size, index)
+        return PageSpan(digest, self.blocks.size, index, span, length, sums)
 
     def _counted(self, data: bytes | None) -> bytes | None:
         if data is not None:

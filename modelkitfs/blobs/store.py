@@ -8,7 +8,8 @@ other processes on the same cache wait on its download claim (:mod:`~modelkitfs.
 
 The store's other jobs live in modules of their own: writing blocks behind the reader
 (:mod:`~modelkitfs.blobs.write_behind`), verifying blobs (:mod:`~modelkitfs.blobs.verification`),
-and the facades the archive layer reads through (:mod:`~modelkitfs.blobs.blob`). Their
+and the facades the archive layer reads through (:mod:`~modelkitfs.blobs.blob`, where
+:class:`~modelkitfs.blobs.blob.BlobStore` is this store handing them out). Their
 background work runs in the nursery of the session that opened the store
 (:mod:`~modelkitfs.blobs.jobs`), so that the session's end joins it.
 """
@@ -20,7 +21,6 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from modelkitfs.blobs.blob import Blob
 from modelkitfs.blobs.blocks import Blocks, CacheStats, read_cached
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST, Downloads
 from modelkitfs.blobs.flights import Flight, Flights, for_waiters
@@ -44,7 +44,7 @@ LOAD_RUN = 4  # blocks read from the disk cache in one worker-thread call, fetch
 SMALL_READ = 4
 
 
-class BlobStore:
+class BlockStore:
     """Serves byte ranges of the blobs of one repository of ``source``, through ``cache``;
     its background work runs in ``nursery``."""
 
@@ -106,44 +106,13 @@ class BlobStore:
         """The source and repository, for messages."""
         return f"{self.source.registry}/{self.repository}"
 
-    def blob(self, digest: str, size: int) -> Blob:
-        return Blob(self, digest, size)
-
     def _written(self, digest: str, size: int, index: int, block: Buffer) -> None:
         """A block of a blob of ``size`` bytes is on disk: it counts towards verifying it."""
         self.verifier.seen(digest, size, index, block)
 
-    # --- what a blob's facade asks of its store (modelkitfs.blobs.blob.BlobReads) ----------
-
-    @property
-    def in_place(self) -> bool:
-        return self.source.in_place
-
-    @property
-    def ignores_range(self) -> bool:
-        return bool(self.source.ignores_range)
-
-    @property
-    def verify_full(self) -> bool:
-        return self.verifier.full
-
-    def must_verify(self, digest: str) -> bool:
-        return self.verifier.must_verify(digest)
-
-    async def verify_complete(self, digest: str, size: int) -> None:
-        """Bring the whole blob into the cache and verify it."""
-        await self.verifier.verified(digest, size, complete=True)
-
-    def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` behind the readers, stopped with fetching ahead."""
-        self.background.start(work)
-
     async def read_source(self, digest: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the blob straight from its source, not cached."""
         return await self.source.get_range(self.repository, digest, start, end)
-
-    async def write_now(self, digest: str, index: int, data: Buffer) -> None:
-        await self.writes.put_now(digest, index, data)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -163,10 +132,8 @@ class BlobStore:
         ``ahead_limit`` when the end of what it reads is known; the rest of a unit read whole
         (a tensor), up to ``unit_end``, at once."""
         end = min(offset + length, size)
-        if offset >= end:
-            return b""
-        if self.source.in_place:
-            return await self.source.get_range(self.repository, digest, offset, end)
+        if (direct := await self._direct(digest, offset, end)) is not None:
+            return direct
         if self.verifier.must_verify(digest):
             await self.verifier.verified(digest, size)
         if ahead:
@@ -216,10 +183,8 @@ class BlobStore:
         seen: the FUSE layer pushes what this returns into the kernel's page cache around a
         random reader's reads, and a push must cost no download and no wrong byte."""
         end = min(offset + length, size)
-        if offset >= end:
-            return b""
-        if self.source.in_place:
-            return await self.source.get_range(self.repository, digest, offset, end)
+        if (direct := await self._direct(digest, offset, end)) is not None:
+            return direct
         if self.verifier.must_verify(digest):
             return None
         parts: list[Buffer] = []
@@ -231,6 +196,15 @@ class BlobStore:
             else:
                 return None
         return b"".join(parts)
+
+    async def _direct(self, digest: str, offset: int, end: int) -> bytes | None:
+        """The answer to a read of ``[offset, end)`` that takes no block: nothing, or bytes of
+        a blob read in place; else None."""
+        if offset >= end:
+            return b""
+        if self.source.in_place:
+            return await self.read_source(digest, offset, end)
+        return None
 
     def _ahead(self, digest: str, size: int, offset: int, end: int, *advice: int | None) -> None:
         """Start fetching what the readahead advises after a read of ``[offset, end)``."""

@@ -22,7 +22,7 @@ from modelkitfs.cache.disk import BlobEntry, DiskCache
 from modelkitfs.cache.health import advice, describe
 from modelkitfs.cache.layout import default_cache_dir
 from modelkitfs.cache.memory import BlockMemory, MemoryCache
-from modelkitfs.cache.pages import PAGE, Sums, page_sums
+from modelkitfs.cache.pages import PAGE, PageSpan, Sums, page_sums
 from modelkitfs.cache.protocol import BlockCache, BlockClaim
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "CacheWrites",
     "DiskCache",
     "MemoryCache",
+    "PageSpan",
     "Sums",
     "advice",
     "check_max_size",

@@ -44,7 +44,7 @@ from modelkitfs.cache.locks import (
     range_lock,
     try_flock,
 )
-from modelkitfs.cache.pages import Sums, read_span
+from modelkitfs.cache.pages import PageSpan, read_span
 
 __all__ = ["CHECKSUM", "BlobEntry", "BlockLocks", "Buffer", "DiskCache"]
 
@@ -156,21 +156,13 @@ class DiskCache(Layout):
                 os.utime(path)
         return raw[:size]  # without its checksum, and not copied
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        """Bytes ``span`` of a block of ``length`` bytes checked before, by the pages holding
-        them, each checked against ``sums``; None when absent or damaged (see
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        """Bytes ``pages.span`` of a block checked before, by the pages holding them, each
+        checked against ``pages.sums``; None when absent or damaged (see
         :mod:`~modelkitfs.cache.pages`). ``nowait``: BlockingIOError unless in the page cache."""
-        path = f"{self._blob_dir('blocks', digest)}/{block_size}/{index}"
-        return read_span(path, span[0], span[1], length, sums, nowait=nowait)
+        path = f"{self._blob_dir('blocks', pages.digest)}/{pages.block_size}/{pages.index}"
+        start, stop = pages.span
+        return read_span(path, start, stop, pages.length, pages.sums, nowait=nowait)
 
     def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
         """The data size of a cached block (without reading it), or None when absent."""

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from modelkitfs.cache.blockfile import Buffer
-from modelkitfs.cache.pages import PAGE, Sums, checked_span
+from modelkitfs.cache.pages import PAGE, PageSpan, checked_span
 
 Key = tuple[str, int]  # (digest, block index)
 
@@ -131,22 +131,13 @@ class MemoryCache:
             return None
         return bytearray(data)  # the reader's own copy, as a disk read would be
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        data = self.blocks.get((f"{digest}/{block_size}", index))
-        if data is None or len(data) != length:
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        data = self.blocks.get((f"{pages.digest}/{pages.block_size}", pages.index))
+        if data is None or len(data) != pages.length:
             return None
-        first = span[0] // PAGE
-        pages = memoryview(data)[first * PAGE : -(-span[1] // PAGE) * PAGE]
-        return checked_span(pages, first, span[0], span[1], sums)
+        (start, stop), first = pages.span, pages.span[0] // PAGE
+        held = memoryview(data)[first * PAGE : -(-stop // PAGE) * PAGE]
+        return checked_span(held, first, start, stop, pages.sums)
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
         key = f"{digest}/{block_size}"

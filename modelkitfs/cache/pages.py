@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from array import array
+from dataclasses import dataclass
 
 import xxhash
 
@@ -31,6 +32,19 @@ _LOW32 = 0xFFFFFFFF
 _xxh3 = xxhash.xxh3_64_intdigest
 
 Sums = array  # of 'I': the low 32 bits of each page's XXH3-64
+
+
+@dataclass(frozen=True)
+class PageSpan:
+    """A read of bytes ``span`` of block ``index`` (``length`` bytes) of ``digest`` cut at
+    ``block_size``, by its pages, each checked against ``sums``."""
+
+    digest: str
+    block_size: int
+    index: int
+    span: tuple[int, int]
+    length: int
+    sums: Sums
 
 
 def page_sums(block: Buffer) -> Sums:

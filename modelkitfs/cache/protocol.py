@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from modelkitfs.cache.blockfile import Buffer
-from modelkitfs.cache.pages import Sums
+from modelkitfs.cache.pages import PageSpan
 
 
 class BlockClaim(Protocol):
@@ -57,19 +57,10 @@ class BlockCache(Protocol):
         """The block's bytes, or None when absent (or damaged: then it is dropped)."""
         ...
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        """Bytes ``span`` of a block of ``length`` bytes checked before, read by the pages
-        holding them, each checked against ``sums`` (:mod:`~modelkitfs.cache.pages`); None
-        when absent or a page differs. ``nowait``: called on the event loop; raise
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        """Bytes ``pages.span`` of a block checked before, read by the pages holding them,
+        each checked against ``pages.sums`` (:mod:`~modelkitfs.cache.pages`); None when absent
+        or a page differs. ``nowait``: called on the event loop; raise
         BlockingIOError rather than wait for the disk."""
         ...
 
