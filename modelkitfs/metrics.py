@@ -113,9 +113,10 @@ class SourcesCollector(Collector):
         yield from (hits, write_failures, verified, corrupt)
 
         budget = self.sources.budget
-        size = GaugeMetricFamily("modelkitfs_cache_bytes", "Bytes the disk cache holds (about)")
-        size.add_metric([], float(getattr(budget, "usage", 0)))
-        yield size
+        if budget.usage is not None:  # None until measured (for good if it cannot be)
+            yield GaugeMetricFamily(
+                "modelkitfs_cache_bytes", "Bytes the disk cache holds (about)", value=budget.usage
+            )
         evictions = CounterMetricFamily(
             "modelkitfs_cache_evictions", "Evictions run to keep the cache within its cap"
         )

@@ -186,6 +186,26 @@ def ratarmounted(base: Path, tar: Path) -> Iterator[Path | None]:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
+@contextlib.contextmanager
+def floor_mounted(base: Path, source: Path) -> Iterator[Path]:
+    """The files under ``source`` served from memory by the bare pyfuse3 filesystem of
+    ``pyfuse3_floor.py``: the floor under any pyfuse3 filesystem's figures."""
+    mountpoint = Path(tempfile.mkdtemp(dir=base))
+    ready = Path(f"{mountpoint}.ready")
+    script = Path(__file__).resolve().parent / "pyfuse3_floor.py"
+    process = subprocess.Popen([sys.executable, str(script), str(source), str(mountpoint)])
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the pyfuse3 floor filesystem did not start")
+            time.sleep(0.05)
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        process.wait(timeout=60)
+
+
 def ratarmount_read(base: Path, layer_tar: Path, size: float) -> tuple[float, str] | None:
     """Seconds for ratarmount to read the model out of the layer tar on local disk (warm), and
     the CPU that cost."""

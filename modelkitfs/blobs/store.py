@@ -191,6 +191,8 @@ class BlockStore:
         for i, span in self.blocks.spans(offset, end):
             if (block := self.memory.get((digest, i))) is not None:
                 parts.append(memoryview(block)[span[0] : span[1]])
+            elif (pages := self.small.now(digest, size, i, span)) is not None:
+                parts.append(pages)  # from the page cache: no worker thread
             elif (pages := await self.small.read(digest, size, i, span)) is not None:
                 parts.append(pages)
             else:

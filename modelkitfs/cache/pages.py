@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from array import array
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import xxhash
@@ -27,6 +28,7 @@ import xxhash
 from modelkitfs.buffers import Buffer
 
 PAGE = 4096
+KEPT_OPEN = 64  # block files the event loop keeps open
 LARGE_SPAN = 256 * 1024  # read for a push into the page cache: not kept there twice
 _LOW32 = 0xFFFFFFFF
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -76,21 +78,49 @@ def read_span(
     the read it would have waited for is under way then)."""
     first, last = start // PAGE, (stop - 1) // PAGE
     span = min((last + 1) * PAGE, length) - first * PAGE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        # Only the pages asked for: the cache file's own readahead would read far more.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        buffer = bytearray(span)
-        got = os.preadv(fd, [buffer], first * PAGE, os.RWF_NOWAIT if nowait else 0)
-        if span >= LARGE_SPAN:  # bound for the kernel's page cache of the file read (pushed)
-            os.posix_fadvise(fd, first * PAGE, span, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    buffer = bytearray(span)
+    if nowait:
+        if (fd := _kept_open(path)) is None:
+            return None
+        got = os.preadv(fd, [buffer], first * PAGE, os.RWF_NOWAIT)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # the pages asked for, no more...
+            got = os.preadv(fd, [buffer], first * PAGE)
+            if span < LARGE_SPAN:  # ...now; the rest of the block (the files, the pages
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)  # around: read next) after
+            else:  # read for a push into the page cache: not kept there twice
+                os.posix_fadvise(fd, first * PAGE, span, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
     if got < span:
         if nowait:  # part of it in the page cache only
             raise BlockingIOError
         return None  # a file shorter than its block: damaged
     return checked_span(buffer, first, start, stop, sums)
+
+
+_open: OrderedDict[str, int] = OrderedDict()  # path -> descriptor, the event loop's only
+
+
+def _kept_open(path: str) -> int | None:
+    """A descriptor of block file ``path``, kept open for the event loop's reads from the page
+    cache (an open per small read took a tenth of the loop); None when the file is absent. A
+    file evicted or written again meanwhile is read as it was: its pages are checked all the
+    same, and a block's bytes never change."""
+    if (fd := _open.get(path)) is not None:
+        _open.move_to_end(path)
+        return fd
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    _open[path] = fd
+    if len(_open) > KEPT_OPEN:
+        os.close(_open.popitem(last=False)[1])
+    return fd

@@ -7,16 +7,26 @@ of the node service's ``ROOT/REF`` (``modelkitfs serve``), so every pod of the n
 daemon and one download; one with a filter, index labels or credentials of its own gets a mount
 of its own over the same cache (:mod:`.volumes`). The arguments are declared here, where gRPC is
 not loaded, so that the ``modelkitfs`` command parses them as its own.
+
+gRPC and protobuf are the ``csi`` extra (``pip install 'modelkitfs[csi]'``): nothing but the
+plugin needs them, so both entry points say so in one line when they are missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
+from modelkitfs.errors import ModelKitFSError
 from modelkitfs.options import MountOptions, signing_arguments
 
 DEFAULT_STATE_DIR = "/var/lib/modelkitfs-csi"
+EXTRA = {"grpc": "grpcio", "google": "protobuf"}  # the extra's packages by what they import
+
+
+class MissingExtra(ModelKitFSError):
+    """The plugin's own dependencies (the ``csi`` extra) are not installed."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,11 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Kubernetes CSI node plugin: a kit as a pod's ephemeral inline volume.",
     )
     add_arguments(p)
-    return run(p.parse_args(argv))
+    try:
+        return run(p.parse_args(argv))
+    except MissingExtra as exc:
+        print(f"modelkitfs csi: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def run(arguments: argparse.Namespace) -> int:
-    """Serve with ``arguments`` (those of :func:`add_arguments`), as ``modelkitfs csi`` does."""
-    from modelkitfs.csi.plugin import serve  # gRPC loads only when serving
+    """Serve with ``arguments`` (those of :func:`add_arguments`), as ``modelkitfs csi`` does.
 
+    Raises :class:`MissingExtra` when gRPC or protobuf cannot be imported."""
+    try:
+        from modelkitfs.csi.plugin import serve  # gRPC loads only when serving
+    except ModuleNotFoundError as exc:
+        missing = EXTRA.get((exc.name or "").partition(".")[0])
+        if missing is None:
+            raise
+        raise MissingExtra(
+            f"the CSI plugin needs grpcio and protobuf, and {missing} is not installed: "
+            "install modelkitfs[csi] (pip install 'modelkitfs[csi]')"
+        ) from None
     return serve(arguments)

@@ -135,7 +135,10 @@ class KitOperations(pyfuse3.Operations):
         else:
             decoded = os.fsdecode(name)
             local = parent_inode - self.inode_base
-            found = await self._guard(f"lookup of {decoded!r}", self.tree.lookup, local, decoded)
+            known, found = self.tree.lookup_now(local, decoded)  # its layers indexed: no wait
+            if not known:
+                what = f"lookup of {decoded!r}"
+                found = await self._guard(what, self.tree.lookup, local, decoded)
             if found is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = found

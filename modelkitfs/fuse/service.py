@@ -20,6 +20,7 @@ unloaded for being idle (a name in use, a bind mount's, stays).
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import trio
 
 from modelkitfs.fuse.guard import guarded
 from modelkitfs.fuse.loads import KitLoader, Loaded, Loads
-from modelkitfs.fuse.namespace import NAMES_KEPT, ROOT, Entry, Kind, Namespace, Numbers
+from modelkitfs.fuse.namespace import NAMES_KEPT, ROOT, Entry, Kind, Namespace
 from modelkitfs.fuse.operations import FOREVER, STATS_XATTR, KitOperations, Listed, reply
 from modelkitfs.fuse.pushes import Pushes
 from modelkitfs.kit.tree import ROOT_INODE
@@ -96,7 +97,10 @@ class ServiceOperations(pyfuse3.Operations):
         self.namespace = Namespace()
         self.kits: dict[int, _Kit] = {}  # by slot
         self._slots: dict[int, int] = {}  # namespace inode of a kit's name -> its slot
-        self._slot_numbers = Numbers(1)
+        # Never given out again: a push into the page cache, or an invalidation, queued for
+        # a kit's inode must never land on another kit's file that took its number (2**32
+        # slots: a kit loaded a second for a century).
+        self._slot_numbers = itertools.count(1)
         self._folders: dict[int, tuple[Entry, list[tuple[bytes, Entry]]]] = {}  # listings by fh
         self._kit_dirs: dict[int, tuple[_Kit, KitOperations, int]] = {}  # kits' listings by fh
         self._next_fh = 1
@@ -206,7 +210,7 @@ class ServiceOperations(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(errno.EAGAIN)  # unloaded again at once: ask again
                 slot = self._slots.get(entry.inode)  # made meanwhile by another lookup?
                 if slot is None:
-                    slot = self._slot_numbers.take()
+                    slot = next(self._slot_numbers)
                     self.kits[slot] = _Kit(slot, entry, loaded)
                     self._slots[entry.inode] = slot
                     loaded.users.add(slot)
@@ -247,7 +251,6 @@ class ServiceOperations(pyfuse3.Operations):
         no other name uses it, when idle)."""
         del self.kits[kit.slot], self._slots[kit.entry.inode]
         kit.loaded.users.discard(kit.slot)
-        self._slot_numbers.give(kit.slot)
         self.namespace.unserve(kit.entry)
 
     async def _resolved(self, entry: Entry) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from modelkitfs.errors import InvalidFilter, SelectionError
@@ -35,7 +36,7 @@ def select_entry(index: ModelKitIndex, selector: dict[str, str], reference: str)
     ]
     if len(matches) == 1:
         return matches[0]
-    repository = reference.rsplit("@", 1)[0].rsplit(":", 1)[0] if "/" in reference else reference
+    repository = re.sub(r":[^/]*$", "", reference.rsplit("@", 1)[0])  # a tag, not a port
     if not matches:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
         raise SelectionError(

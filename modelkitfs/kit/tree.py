@@ -131,6 +131,23 @@ class KitTree:
         if directory is None or not directory.is_dir:
             return None
         await self._index_layers_for(f"{directory.path}/{name}" if directory.path else name)
+        return self._child(parent, name)
+
+    def lookup_now(self, parent: int, name: str) -> tuple[bool, Node | None]:
+        """What :meth:`lookup` answers, if every layer that may hold the path is indexed (and
+        merged): ``(True, node or None)``; else ``(False, None)``: it must wait."""
+        directory = self._nodes.get(parent)
+        if directory is None or not directory.is_dir:
+            return True, None
+        path = f"{directory.path}/{name}" if directory.path else name
+        if len(self._merged) < len(self._indexes) or any(
+            i not in self._indexes and related(layer.path, path)
+            for i, layer in enumerate(self.layers)
+        ):
+            return False, None
+        return True, self._child(parent, name)
+
+    def _child(self, parent: int, name: str) -> Node | None:
         directory = self._nodes.get(parent)
         inode = directory.children.get(name) if directory else None
         return self._nodes.get(inode) if inode else None

@@ -1,6 +1,8 @@
 """A ModelKit opened from a registry in memory: the kit, archive and blob layers as a mount
 runs them, without sockets or a kernel. The one place the unit tests of kit/ and fuse/ build a
-blob store, so that a change to how stores are made is one change here."""
+blob store, so that a change to how stores are made is one change here; and the one place a
+session (:class:`~modelkitfs.sources.Sources`, under :class:`~modelkitfs.reader.KitReader`)
+is pointed at a registry in memory."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from modelkitfs.blobs import Blob, BlobStore
 from modelkitfs.cache import DiskCache
@@ -46,7 +50,9 @@ class MemoryBlob:
 
 
 @asynccontextmanager
-async def _store(cache: Path, registry: MemoryRegistry) -> AsyncIterator[BlobStore]:
+async def registry_store(cache: Path, registry: MemoryRegistry) -> AsyncIterator[BlobStore]:
+    """A store of ``REPOSITORY`` in ``registry`` (``reg.test``), read through the real client,
+    caching under ``cache``."""
     client = registry.client()
     disk = DiskCache(cache)
     try:
@@ -65,7 +71,7 @@ async def memory_blob(cache: Path, data: bytes) -> AsyncIterator[MemoryBlob]:
     registry = MemoryRegistry()
     digest = sha256_digest(data)
     registry.ranges.blobs[f"/v2/{REPOSITORY}/blobs/{digest}"] = data
-    async with _store(cache, registry) as store:
+    async with registry_store(cache, registry) as store:
         yield MemoryBlob(store.blob(digest, len(data)), registry, store)
 
 
@@ -78,9 +84,15 @@ async def memory_kit(
     registry = MemoryRegistry()
     registry.push(REPOSITORY, "v1", artifact.manifest, artifact.media_type, artifact.blobs)
     reference = parse_reference(f"reg.test/{REPOSITORY}:v1")
-    async with _store(cache, registry) as store:
+    async with registry_store(cache, registry) as store:
         kit = await open_modelkit(lambda ref: store, reference, filters=parse_filters(filters))
         try:
             yield MemoryKit(kit, registry, store)
         finally:
             await kit.tree.aclose()
+
+
+def sessions_reach(registry: MemoryRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session the test opens talks to ``registry`` for whatever registry a reference
+    names, through the real client (as :meth:`MemoryRegistry.client` makes it)."""
+    monkeypatch.setattr("modelkitfs.sources.RegistryClient", lambda name, _: registry.client(name))

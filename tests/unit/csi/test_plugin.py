@@ -1,13 +1,15 @@
 """The plugin's command line, as README and --help give it, what it refuses before serving,
-and how long it gives a call."""
+what it says without its extra, and how long it gives a call."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from modelkitfs.cli import build_parser
+from modelkitfs.cli import main as cli_main
 from modelkitfs.cli.serve import run_csi
 from modelkitfs.csi import main
 from modelkitfs.csi.plugin import _seconds, _socket_path
@@ -74,3 +76,38 @@ def test_bad_arguments_are_one_line_and_exit_2(
     state = ["--state-dir", str(tmp_path), "--node-id", "n"]
     assert main([*arguments, *state]) == 2
     assert [r.getMessage() for r in caplog.records] == [message]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "package"), [("grpc", "grpcio"), ("google.protobuf", "protobuf")]
+)
+def test_without_the_csi_extra_both_entry_points_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], blocked: str, package: str
+) -> None:
+    """grpcio and protobuf are the csi extra: without one, the plugin's two commands end with
+    one line naming it and the extra, not an import's traceback."""
+    for name in [n for n in sys.modules if n.startswith(f"{blocked}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, blocked, None)  # 'import grpc' fails as when not installed
+    monkeypatch.delitem(sys.modules, "modelkitfs.csi.plugin")  # imported again, and fails
+    monkeypatch.delitem(sys.modules, "modelkitfs.csi.protocol")
+    arguments = ["--endpoint", "unix:///c.sock", "--node-id", "n", "--state-dir", "/nowhere"]
+    expected = (
+        f"the CSI plugin needs grpcio and protobuf, and {package} is not installed: "
+        "install modelkitfs[csi] (pip install 'modelkitfs[csi]')"
+    )
+
+    assert main(arguments) == 1
+    assert capfd.readouterr().err == f"modelkitfs csi: error: {expected}\n"
+
+    assert cli_main(["csi", *arguments]) == 1
+    assert capfd.readouterr().err == f"modelkitfs: error: {expected}\n"
+
+
+def test_another_missing_module_is_not_blamed_on_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only grpcio's and protobuf's absence is the extra's: any other is a bug, raised as is."""
+    monkeypatch.setitem(sys.modules, "modelkitfs.csi.node_service", None)
+    monkeypatch.delitem(sys.modules, "modelkitfs.csi.plugin")
+    with pytest.raises(ModuleNotFoundError) as raised:
+        main(["--endpoint", "unix:///c.sock", "--node-id", "n"])
+    assert raised.value.name == "modelkitfs.csi.node_service"

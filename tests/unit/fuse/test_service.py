@@ -491,3 +491,18 @@ def test_a_flood_of_new_names_waits_for_the_kernel_to_let_go() -> None:
         assert len(service.namespace.entries) <= NAMES_KEPT + 3
 
     run(test)
+
+
+def test_a_kit_s_inode_numbers_are_never_another_kit_s() -> None:
+    """A kit the kernel has forgotten leaves its slot unused: a push into the page cache (or an
+    invalidation) still on its way for one of its inodes can never land on another kit's file."""
+
+    async def test(service: ServiceOperations, loader: Loader) -> None:
+        folder = await path(service, "registry.example")
+        first = (await service.lookup(folder.st_ino, f"llm@{D1}".encode())).st_ino
+        await service.forget([(first, 1)])  # the kernel let go of the kit
+        assert service.kits == {}
+        second = (await service.lookup(folder.st_ino, f"llm@{D2}".encode())).st_ino
+        assert second >> SLOT_BITS != first >> SLOT_BITS
+
+    run(test)

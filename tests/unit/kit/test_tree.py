@@ -110,6 +110,28 @@ def test_looking_up_a_path_indexes_only_the_layers_that_may_hold_it(
     assert model_requests == dataset_requests == 0 and code_requests > 0
 
 
+def test_a_lookup_is_answered_at_once_only_when_the_layers_that_may_hold_it_are_indexed(
+    tmp_path: Path, artifact: Artifact
+) -> None:
+    async def main() -> None:
+        async with memory_kit(tmp_path / "cache", artifact) as memory:
+            tree = memory.kit.tree
+            assert tree.lookup_now(ROOT_INODE, "src") == (False, None)  # the code layer: not yet
+            src = await tree.lookup(ROOT_INODE, "src")
+            assert src is not None
+            assert tree.lookup_now(ROOT_INODE, "src") == (True, src)
+            assert tree.lookup_now(src.inode, "train.py") == (
+                True,
+                await tree.lookup(src.inode, "train.py"),
+            )
+            assert tree.lookup_now(src.inode, "missing.py") == (True, None)
+            assert tree.lookup_now(ROOT_INODE, "model") == (False, None)  # its layer: not yet
+            train = tree.lookup_now(src.inode, "train.py")[1]
+            assert train is not None and tree.lookup_now(train.inode, "x") == (True, None)
+
+    trio.run(main)
+
+
 def test_readers_listing_at_once_index_each_layer_once(tmp_path: Path, artifact: Artifact) -> None:
     async def main() -> list[int]:
         async with memory_kit(tmp_path / "cache", artifact) as memory:
