@@ -30,10 +30,14 @@ import setproctitle
 import trio
 
 from modelkitfs import errors
-from modelkitfs.blobs.blockfile import make_folders
-from modelkitfs.blobs.budget import settle_cap
-from modelkitfs.blobs.cache import DiskCache, default_cache_dir
-from modelkitfs.blobs.health import advice, describe
+from modelkitfs.cache import (
+    DiskCache,
+    advice,
+    default_cache_dir,
+    describe,
+    make_folders,
+    settle_cap,
+)
 from modelkitfs.daemon.process import configure_logging, log_path, process_title
 from modelkitfs.daemon.service import SERVICE, serve_kits, with_kits
 from modelkitfs.daemon.serving import serve_modelkit

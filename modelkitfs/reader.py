@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import ROOT_INODE, ModelKit, Node
 from modelkitfs.primitives.deadline import within

@@ -1,9 +1,6 @@
-"""Blob access: byte ranges of layer blobs through a shared, digest-keyed block cache."""
+"""Blob access: byte ranges of layer blobs, read through the shared block cache
+(:mod:`modelkitfs.cache`) and fetched from their source where it lacks them."""
 
-from modelkitfs.blobs.blob import Blob, DerivedBlob
-from modelkitfs.blobs.block_cache import BlockCache
-from modelkitfs.blobs.cache import DiskCache
-from modelkitfs.blobs.memory import MemoryCache
-from modelkitfs.blobs.store import BlobStore
+from modelkitfs.blobs.blob import Blob, BlobStore, DerivedBlob
 
-__all__ = ["Blob", "BlobStore", "BlockCache", "DerivedBlob", "DiskCache", "MemoryCache"]
+__all__ = ["Blob", "BlobStore", "DerivedBlob"]

@@ -1,9 +1,11 @@
 """What the archive layer reads from: a blob of known digest and size (:class:`Blob`), and
 bytes computed from one, cached in blocks of their own (:class:`DerivedBlob`).
 
-Both are thin facades over the :class:`~modelkitfs.blobs.store.BlobStore` of the blob's
-repository: the archive layer needs byte ranges, a few whole-blob operations (prefetch, a
-stream for decompressing) and sidecar files, never the store's machinery.
+Both are thin facades over the :class:`~modelkitfs.blobs.store.BlockStore` of the blob's
+repository, calling its methods only: the archive layer needs byte ranges, a few whole-blob
+operations (prefetch, a stream for decompressing) and sidecar files, never the store's
+machinery. :class:`BlobStore` is that store handing them out (the facades sit above the store:
+it does not import them).
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from modelkitfs.blobs.store import BlockStore
 from modelkitfs.errors import RangeIgnored
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
+from modelkitfs.primitives.buffers import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,17 @@ class Blob:
     @property
     def cached(self) -> bool:
         """Whether its reads land in the shared disk cache (not so for a kit's local blobs)."""
-        return not self.store.source.in_place
+        return not self.store.in_place
 
     def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` behind the readers, in the session's nursery (a zstd layer's
         decompression, say): stopped when the session ends, like fetching ahead."""
-        self.store.background.start(work)
+        self.store.in_background(work)
 
     @property
     def verify_full(self) -> bool:
         """Whether no byte of it may be served before the whole blob is verified."""
-        return self.store.verifier.full
+        return self.store.verify_full
 
     async def read(
         self,
@@ -94,23 +94,23 @@ class Blob:
 
     async def fetch_verified(self) -> None:
         """Bring the whole blob into the cache and verify it (kit's local blobs need not)."""
-        if not self.store.source.in_place:
-            await self.store.verifier.verified(self.digest, self.size, complete=True)
+        if not self.store.in_place:
+            await self.store.verify_complete(self.digest, self.size)
 
     async def read_sparse(self, offset: int, length: int) -> bytes:
         """For small scattered reads such as tar headers. A small blob goes through the cache
         (one request serves it all); in a larger one a whole block per header would cost far
         more than the bytes needed, so the read goes straight to the registry."""
         store = self.store
-        if self.size <= SMALL_BLOB or store.verifier.must_verify(self.digest):
+        if self.size <= SMALL_BLOB or store.must_verify(self.digest):
             return await self.read(offset, length)
-        if store.source.ignores_range:
+        if store.ignores_range:
             return await self.read(offset, length)  # a header would cost the blob up to it
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
         try:
-            return bytes(await store.source.get_range(store.repository, self.digest, offset, end))
+            return bytes(await store.read_source(self.digest, offset, end))
         except RangeIgnored:
             return await self.read(offset, length)  # the blob in order, once, then this
 
@@ -121,9 +121,9 @@ class Blob:
         for start in range(0, self.size, chunk_size):
             end = min(start + chunk_size, self.size)
             try:
-                yield await store.source.get_range(store.repository, self.digest, start, end)
+                yield await store.read_source(self.digest, start, end)
             except RangeIgnored:  # the server's whole answer is kept open at the start now
-                yield await store.source.get_range(store.repository, self.digest, start, end)
+                yield await store.read_source(self.digest, start, end)
 
     def derived(self, key: str) -> DerivedBlob:
         """Storage in the shared cache for bytes computed from this blob, under ``key``."""
@@ -163,7 +163,7 @@ class DerivedBlob:
 
     async def write_block(self, index: int, data: bytes) -> None:
         # Not behind: a reader may need it from disk once it leaves memory, before finish().
-        await self.store.writes.put_now(self.key, index, data)
+        await self.store.write_now(self.key, index, data)
 
     async def read(self, offset: int, length: int, end: int) -> bytes | None:
         """Bytes ``[offset, offset + length)``, knowing the first ``end`` bytes exist; None when
@@ -187,3 +187,39 @@ class DerivedBlob:
 
     async def discard(self) -> None:
         await self.store.forget(self.key)
+
+
+class BlobStore(BlockStore):
+    """Serves byte ranges of the blobs of one repository of a source, through a block cache
+    (:class:`~modelkitfs.blobs.store.BlockStore`), and hands out their facades."""
+
+    def blob(self, digest: str, size: int) -> Blob:
+        return Blob(self, digest, size)
+
+    # --- what the facades ask of their store ------------------------------------------------
+
+    @property
+    def in_place(self) -> bool:
+        return self.source.in_place
+
+    @property
+    def ignores_range(self) -> bool:
+        return bool(self.source.ignores_range)
+
+    @property
+    def verify_full(self) -> bool:
+        return self.verifier.full
+
+    def must_verify(self, digest: str) -> bool:
+        return self.verifier.must_verify(digest)
+
+    async def verify_complete(self, digest: str, size: int) -> None:
+        """Bring the whole blob into the cache and verify it."""
+        await self.verifier.verified(digest, size, complete=True)
+
+    def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` behind the readers, stopped with fetching ahead."""
+        self.background.start(work)
+
+    async def write_now(self, digest: str, index: int, data: Buffer) -> None:
+        await self.writes.put_now(digest, index, data)

@@ -14,7 +14,7 @@ import logging
 
 import trio
 
-from modelkitfs.blobs.block_cache import BlockCache
+from modelkitfs.cache import BlockCache
 from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.source import BlobSource, ForwardingSource
 

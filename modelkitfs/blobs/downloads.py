@@ -29,19 +29,19 @@ of it waits on its flight; the stream lands each block as its window arrives.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
-from modelkitfs.blobs.block_cache import BlockClaim
-from modelkitfs.blobs.flights import Flight, for_waiters
+from modelkitfs.blobs.blocks import Blocks, CacheStats
+from modelkitfs.blobs.flights import Flight, Flights, for_waiters
+from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.sha256chain import block_in_chain
+from modelkitfs.blobs.verified import VerifiedStates
+from modelkitfs.blobs.write_behind import WriteBehind
+from modelkitfs.cache import BlockCache, BlockClaim, BlockMemory
 from modelkitfs.errors import DigestMismatch, RangeIgnored, RegistryError
 from modelkitfs.primitives.buffers import Buffer
-from modelkitfs.registry.source import Deliver
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
+from modelkitfs.registry.source import BlobSource, Deliver
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,30 @@ CLAIM_PATIENCE = 0.5  # of --timeout: the rest is left for downloading the block
 
 
 class Downloads:
-    def __init__(self, store: BlobStore) -> None:
-        self.store = store
+    """Downloads blocks of the blobs of ``repository`` of ``source`` into ``flights``, claimed
+    in ``cache`` and written behind by ``writes``; blocks of a blob in ``verified`` are checked
+    against its states. A blob streamed runs in ``background``."""
+
+    def __init__(
+        self,
+        source: BlobSource,
+        repository: str,
+        cache: BlockCache,
+        *,
+        flights: Flights,
+        memory: BlockMemory,
+        writes: WriteBehind,
+        verified: VerifiedStates,
+        background: Jobs,
+        blocks: Blocks,
+        stats: CacheStats,
+        timeout: float,
+    ) -> None:
+        self.source, self.repository, self.cache = source, repository, cache
+        self.flights, self.memory, self.writes = flights, memory, writes
+        self.verified, self.background = verified, background
+        self.blocks, self.stats = blocks, stats
+        self.timeout = timeout  # seconds a read may take (--timeout)
         self._streams: dict[str, dict[int, Flight]] = {}  # blobs streamed: flights they land
         self._overtaking: set[str] = set()  # blobs of which another claim was held too long
 
@@ -66,7 +88,7 @@ class Downloads:
         """Download reserved blocks and land their flights (those left out: their readers look
         again, and find them on disk or fetch them)."""
         try:
-            if not self.store.source.ignores_range:
+            if not self.source.ignores_range:
                 try:
                     await self._by_runs(digest, size, flights)
                     return
@@ -75,10 +97,10 @@ class Downloads:
             left = {i: f for i, f in flights.items() if f.data is None and not f.done.is_set()}
             await self._by_stream(digest, size, left)
         except BaseException as exc:
-            self.store.flights.land(digest, flights, for_waiters(exc))
+            self.flights.land(digest, flights, for_waiters(exc))
             raise
         finally:
-            self.store.flights.land(digest, flights)
+            self.flights.land(digest, flights)
 
     async def _by_runs(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
         runs: list[list[int]] = []
@@ -96,12 +118,11 @@ class Downloads:
         """Claim blocks ``first`` to ``last`` (as far as no other process holds them) and
         download them, each landed as it arrives; the indexes downloaded. ``in_order``: see
         :meth:`download`."""
-        store = self.store
-        await store.writes.room()
+        await self.writes.room()
         claim = await self._claim(digest, first, last)
         if claim is None:
             return []  # another process cached it meanwhile
-        arrivals = _Arrivals(store, digest, size, first, claim)
+        arrivals = _Arrivals(self, digest, size, first, claim)
         try:
             await self.download(arrivals, max(claim.held), in_order=in_order)
         finally:
@@ -109,10 +130,10 @@ class Downloads:
                 claim.release(index)
         return arrivals.landed
 
-    async def blocks(self, digest: str, size: int, first: int, last: int) -> list[Buffer]:
+    async def uncached(self, digest: str, size: int, first: int, last: int) -> list[Buffer]:
         """Blocks ``first`` to ``last``, checked as :meth:`download` does, but neither cached
         nor handed to readers (a blob too large for the cache, hashed as it streams by)."""
-        kept = _Kept(self.store, digest, size, first)
+        kept = _Kept(self, digest, size, first)
         await self.download(kept, last, in_order=True)
         return kept.blocks
 
@@ -123,21 +144,22 @@ class Downloads:
         ``in_order``: the caller reads the blob in order (a stream, a hash): when the server
         answers with the whole blob, ask again at once, to carry on that answer, rather than
         raise :class:`RangeIgnored`."""
-        store, digest = self.store, arrivals.digest
-        await store.verifier.known_states(digest)  # each block is checked against them
+        digest, block_size = arrivals.digest, self.blocks.size
+        await self.verified.known(digest)  # each block is checked against them
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             arrivals.restart()
-            start = arrivals.next * store.block_size
-            end = min((last + 1) * store.block_size, arrivals.size)
+            start = arrivals.next * block_size
+            end = min((last + 1) * block_size, arrivals.size)
             await self._range(digest, start, end, in_order, arrivals)
             if arrivals.error is not None:
                 raise arrivals.error
             if arrivals.wrong is None:
-                if arrivals.next * store.block_size < end:
+                if arrivals.next * block_size < end:
                     raise RegistryError(
-                        f"{store.describe()} answered {arrivals.received} bytes for "
-                        f"{end - start} of blob {digest} (bytes {start}-{end - 1}): a broken "
-                        "registry or proxy; report it to its owner"
+                        f"{self.source.registry}/{self.repository} answered "
+                        f"{arrivals.received} bytes for {end - start} of blob {digest} "
+                        f"(bytes {start}-{end - 1}): a broken registry or proxy; report it to "
+                        "its owner"
                     )
                 return
             log.warning(
@@ -149,7 +171,7 @@ class Downloads:
                 DOWNLOAD_ATTEMPTS,
             )
         raise DigestMismatch(
-            f"block {arrivals.wrong} of blob {digest} from {store.source.registry} differs "
+            f"block {arrivals.wrong} of blob {digest} from {self.source.registry} differs "
             f"from the bytes verified before, {DOWNLOAD_ATTEMPTS} times: the registry or a "
             "proxy serves wrong bytes; try again later or report it to the registry owner"
         )
@@ -160,29 +182,27 @@ class Downloads:
         """The bytes from the source; ``in_order``, asked again while the answer is a whole
         blob kept open at its start (another blob's answer may have pushed it out meanwhile:
         at most ``MAX_KEPT`` are kept)."""
-        store = self.store
         for _ in range(IN_ORDER_ATTEMPTS - 1 if in_order else 0):
             try:
-                return await store.source.deliver_range(
-                    store.repository, digest, start, end, store.block_size, deliver
+                return await self.source.deliver_range(
+                    self.repository, digest, start, end, self.blocks.size, deliver
                 )
             except RangeIgnored:
                 pass
-        await store.source.deliver_range(
-            store.repository, digest, start, end, store.block_size, deliver
+        await self.source.deliver_range(
+            self.repository, digest, start, end, self.blocks.size, deliver
         )
 
     async def _claim(self, digest: str, first: int, last: int) -> BlockClaim | None:
         """Claims of block ``first`` and of the absent blocks after it up to ``last``, waiting
         while another process holds the first, up to ``CLAIM_PATIENCE`` of the timeout, then
         overtaking its claims; None when the block turned up in the cache meanwhile."""
-        store = self.store
         overtake = digest in self._overtaking
         started = trio.current_time()
         delay = 0.005
         while True:
             claim = await trio.to_thread.run_sync(
-                store.cache.claim_run, digest, store.block_size, first, last, overtake
+                self.cache.claim_run, digest, self.blocks.size, first, last, overtake
             )
             if claim is None or claim.held:
                 if claim is not None and claim.overtaken and digest not in self._overtaking:
@@ -199,7 +219,7 @@ class Downloads:
                 elif overtake and claim is not None:
                     self._overtaking.discard(digest)  # no claim of it is held too long now
                 return claim
-            if trio.current_time() - started >= store.timeout * CLAIM_PATIENCE:
+            if trio.current_time() - started >= self.timeout * CLAIM_PATIENCE:
                 overtake = True
                 continue
             await trio.sleep(delay)
@@ -213,7 +233,7 @@ class Downloads:
         stream = self._streams.get(digest)
         if stream is None:
             stream = self._streams[digest] = {}
-            self.store.background.start(self._stream, digest, size)
+            self.background.start(self._stream, digest, size)
         stream.update(flights)
         for flight in flights.values():
             await flight.done.wait()
@@ -222,16 +242,15 @@ class Downloads:
         """Land the blob's missing blocks in order, a window at a time, until no reader waits
         for one; the flights of the blocks not yet in the cache are taken up front, so that
         every reader waits for this one download."""
-        store = self.store
         flights = self._streams[digest]
         try:
-            count = store.block_count(size)
+            count = self.blocks.count(size)
             cached = await trio.to_thread.run_sync(
-                store.cache.cached_blocks, digest, store.block_size, 0, count - 1
+                self.cache.cached_blocks, digest, self.blocks.size, 0, count - 1
             )
             for index in range(count):
                 if index not in cached:
-                    flights.update(store.flights.reserve(digest, index, index, store.memory))
+                    flights.update(self.flights.reserve(digest, index, index, self.memory))
             # Each pass lands at least its first block; readers may add blocks behind it.
             window = FIRST_STREAM_WINDOW
             for _ in range(4 * count + 16):
@@ -242,16 +261,16 @@ class Downloads:
                 window = MAX_BLOCKS_PER_REQUEST
                 done = await self.fetch_run(digest, size, first, last, in_order=True)
                 landed = {i: flights.pop(i) for i in [first, *done] if i in flights}
-                store.flights.land(digest, landed)
+                self.flights.land(digest, landed)
             raise RegistryError(f"streaming blob {digest} made no progress")  # a bug: say so
         except BaseException as exc:
-            store.flights.land(digest, flights, for_waiters(exc))
+            self.flights.land(digest, flights, for_waiters(exc))
             if not isinstance(exc, Exception):
                 raise
             log.debug("streaming %s failed: %s", digest, exc)  # its readers were told
         finally:
             del self._streams[digest]
-            store.flights.land(digest, flights)
+            self.flights.land(digest, flights)
 
 
 class _Arrivals:
@@ -263,9 +282,9 @@ class _Arrivals:
     from there."""
 
     def __init__(
-        self, store: BlobStore, digest: str, size: int, first: int, claim: BlockClaim | None
+        self, downloads: Downloads, digest: str, size: int, first: int, claim: BlockClaim | None
     ) -> None:
-        self.store, self.digest, self.size, self.claim = store, digest, size, claim
+        self.downloads, self.digest, self.size, self.claim = downloads, digest, size, claim
         self.next = first  # the block expected next
         self.landed: list[int] = []
         self.received = 0  # bytes delivered by the current request
@@ -281,19 +300,19 @@ class _Arrivals:
         self.received += len(block)
         if self.short or self.wrong is not None or self.error is not None:
             return  # stopped: the rest of this request is dropped
-        store, index = self.store, self.next
+        downloads, index = self.downloads, self.next
         try:
-            if len(block) != store.block_len(self.size, index):
+            if len(block) != downloads.blocks.length(self.size, index):
                 self.short = True  # download() says so, with the bytes counted
                 return
             # Of a blob verified before (its record was loaded before the request).
-            states = store.verifier.states.get(self.digest)
+            states = downloads.verified.get(self.digest)
             if states is not None and not block_in_chain(
-                block, index, store.block_size, states, self.digest
+                block, index, downloads.blocks.size, states, self.digest
             ):
                 self.wrong = index
                 return
-            store.stats.downloaded_blocks += 1
+            downloads.stats.downloaded_blocks += 1
             self.land(index, block)
             self.landed.append(index)
             self.next += 1
@@ -301,19 +320,19 @@ class _Arrivals:
             self.error = exc
 
     def land(self, index: int, block: memoryview) -> None:
-        store = self.store
-        if (flight := store.flights.get((self.digest, index))) is not None:
+        flights = self.downloads.flights
+        if (flight := flights.get((self.digest, index))) is not None:
             flight.data = block
-            store.flights.land(self.digest, {index: flight})  # its readers take it now
+            flights.land(self.digest, {index: flight})  # its readers take it now
         # Its claim goes along, released once the block is on disk.
-        store.writes.put(self.digest, index, block, claim=self.claim, size=self.size)
+        self.downloads.writes.put(self.digest, index, block, claim=self.claim, size=self.size)
 
 
 class _Kept(_Arrivals):
     """Arrivals kept in a list rather than landed (a blob hashed as it streams by)."""
 
-    def __init__(self, store: BlobStore, digest: str, size: int, first: int) -> None:
-        super().__init__(store, digest, size, first, None)
+    def __init__(self, downloads: Downloads, digest: str, size: int, first: int) -> None:
+        super().__init__(downloads, digest, size, first, None)
         self.blocks: list[Buffer] = []
 
     def land(self, index: int, block: memoryview) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.memory import BlockMemory
+from modelkitfs.cache import BlockMemory
+from modelkitfs.primitives.buffers import Buffer
 
 Key = tuple[str, int]  # (digest, block index)
 

@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass
 
 from modelkitfs.blobs.blob import DERIVED_RECORD
-from modelkitfs.blobs.cache import BlobEntry, DiskCache
 from modelkitfs.blobs.sha256chain import BlobChain
 from modelkitfs.blobs.store import DEFAULT_BLOCK_SIZE
-from modelkitfs.blobs.verification import VERIFIED_RECORD, record
+from modelkitfs.blobs.verified import VERIFIED_RECORD, record
+from modelkitfs.cache import BlobEntry, DiskCache
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import ctypes.util
 import hashlib
 from collections.abc import Iterable
 
-from modelkitfs.blobs.blockfile import Buffer
+from modelkitfs.primitives.buffers import Buffer
 
 CHUNK = 64  # bytes SHA-256 compresses at a time: a block size must be a multiple
 

@@ -8,7 +8,8 @@ other processes on the same cache wait on its download claim (:mod:`~modelkitfs.
 
 The store's other jobs live in modules of their own: writing blocks behind the reader
 (:mod:`~modelkitfs.blobs.write_behind`), verifying blobs (:mod:`~modelkitfs.blobs.verification`),
-and the facades the archive layer reads through (:mod:`~modelkitfs.blobs.blob`). Their
+and the facades the archive layer reads through (:mod:`~modelkitfs.blobs.blob`, where
+:class:`~modelkitfs.blobs.blob.BlobStore` is this store handing them out). Their
 background work runs in the nursery of the session that opened the store
 (:mod:`~modelkitfs.blobs.jobs`), so that the session's end joins it.
 """
@@ -17,22 +18,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 
-from modelkitfs.blobs.blob import Blob
-from modelkitfs.blobs.block_cache import BlockCache
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.budget import CacheBudget
+from modelkitfs.blobs.blocks import Blocks, CacheStats, read_cached
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST, Downloads
 from modelkitfs.blobs.flights import Flight, Flights, for_waiters
 from modelkitfs.blobs.jobs import Jobs
-from modelkitfs.blobs.memory import BlockMemory
 from modelkitfs.blobs.pages import SmallReads
 from modelkitfs.blobs.readahead import Readahead
 from modelkitfs.blobs.verification import Verifier
+from modelkitfs.blobs.verified import VerifiedStates
 from modelkitfs.blobs.write_behind import WriteBehind
+from modelkitfs.cache import BlockCache, BlockMemory, CacheWrites
+from modelkitfs.primitives.buffers import Buffer
 from modelkitfs.registry.network import DEFAULT_TIMEOUT
 from modelkitfs.registry.source import BlobSource
 
@@ -45,17 +44,7 @@ LOAD_RUN = 4  # blocks read from the disk cache in one worker-thread call, fetch
 SMALL_READ = 4
 
 
-@dataclass
-class CacheStats:
-    memory_hits: int = 0
-    disk_hits: int = 0
-    downloaded_blocks: int = 0
-    write_failures: int = 0
-    verified_blobs: int = 0
-    corrupt_blobs: int = 0
-
-
-class BlobStore:
+class BlockStore:
     """Serves byte ranges of the blobs of one repository of ``source``, through ``cache``;
     its background work runs in ``nursery``."""
 
@@ -66,7 +55,7 @@ class BlobStore:
         cache: BlockCache,
         nursery: trio.Nursery,
         *,
-        budget: CacheBudget | None = None,
+        budget: CacheWrites | None = None,
         verify: str = "complete",
         on_corrupt: Callable[[str], Awaitable[None]] | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
@@ -77,20 +66,33 @@ class BlobStore:
         self.timeout = timeout  # seconds a read may take (--timeout)
         self.repository = repository
         self.cache = cache
-        self.budget = budget
+        self.budget = budget  # the cache's cap, when the cache has one
+        writes = budget if budget is not None else CacheWrites(cache)
         self.block_size = block_size
-        self.stats = CacheStats()
+        self.blocks = blocks = Blocks(block_size)
+        self.stats = stats = CacheStats()
         # Blocks in memory are in use: pinned in the shared cache, so no process evicts them.
         self.memory = BlockMemory(memory_bytes, self._pin, self._unpin)
         self.flights = Flights()
         self.background = Jobs(nursery, "fetching blocks ahead of a reader")
-        self.writes = WriteBehind(self, Jobs(nursery, "writing a block to the cache"))
-        self.downloads = Downloads(self)
-        self.verifier = Verifier(
-            self, Jobs(nursery, "verifying a blob"), full=verify == "full", on_corrupt=on_corrupt
+        jobs = Jobs(nursery, "writing a block to the cache")
+        self.writes = WriteBehind(
+            writes, self.memory, jobs, self._written, blocks=blocks, stats=stats
         )
+        verified = VerifiedStates(cache, blocks)
+        self.downloads = Downloads(
+            source, repository, cache, flights=self.flights, memory=self.memory,
+            writes=self.writes, verified=verified, background=self.background, blocks=blocks,
+            stats=stats, timeout=timeout,
+        )  # fmt: skip
+        self.verifier = Verifier(
+            cache, self.memory, Jobs(nursery, "verifying a blob"), budget=writes,
+            writes=self.writes, downloads=self.downloads, verified=verified,
+            fetch_block=self.block, forget=self.forget, blocks=blocks, stats=stats,
+            origin=self.describe(), full=verify == "full", on_corrupt=on_corrupt,
+        )  # fmt: skip
         self._readahead = Readahead(memory_bytes * 3 // 4)
-        self.small = SmallReads(self)
+        self.small = SmallReads(cache, self.flights, blocks, stats)
 
     def _pin(self, key: tuple[str, int]) -> None:
         if not self.source.in_place:
@@ -104,14 +106,15 @@ class BlobStore:
         """The source and repository, for messages."""
         return f"{self.source.registry}/{self.repository}"
 
-    def blob(self, digest: str, size: int) -> Blob:
-        return Blob(self, digest, size)
+    def _written(self, digest: str, size: int, index: int, block: Buffer) -> None:
+        """A block of a blob of ``size`` bytes is on disk: it counts towards verifying it."""
+        self.verifier.seen(digest, size, index, block)
 
-    def block_len(self, size: int, index: int) -> int:
-        return min(self.block_size, size - index * self.block_size)
+    async def read_source(self, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the blob straight from its source, not cached."""
+        return await self.source.get_range(self.repository, digest, start, end)
 
-    def block_count(self, size: int) -> int:
-        return max(1, -(-size // self.block_size))
+    # --- reads ------------------------------------------------------------------------------
 
     async def read(
         self,
@@ -129,10 +132,8 @@ class BlobStore:
         ``ahead_limit`` when the end of what it reads is known; the rest of a unit read whole
         (a tensor), up to ``unit_end``, at once."""
         end = min(offset + length, size)
-        if offset >= end:
-            return b""
-        if self.source.in_place:
-            return await self.source.get_range(self.repository, digest, offset, end)
+        if (direct := await self._direct(digest, offset, end)) is not None:
+            return direct
         if self.verifier.must_verify(digest):
             await self.verifier.verified(digest, size)
         if ahead:
@@ -141,7 +142,7 @@ class BlobStore:
         parts = [
             self._part_now(digest, size, i, span, small)
             or await self._part(digest, size, i, span, small, (end - 1) // self.block_size)
-            for i, span in self._spans(offset, end)
+            for i, span in self.blocks.spans(offset, end)
         ]
         if ahead:
             self._passed(digest, offset, end)
@@ -167,7 +168,7 @@ class BlobStore:
             return None
         small = end - offset <= self.block_size // SMALL_READ
         parts = []
-        for i, span in self._spans(offset, end):
+        for i, span in self.blocks.spans(offset, end):
             if (part := self._part_now(digest, size, i, span, small)) is None:
                 return None
             parts.append(part)
@@ -182,14 +183,12 @@ class BlobStore:
         seen: the FUSE layer pushes what this returns into the kernel's page cache around a
         random reader's reads, and a push must cost no download and no wrong byte."""
         end = min(offset + length, size)
-        if offset >= end:
-            return b""
-        if self.source.in_place:
-            return await self.source.get_range(self.repository, digest, offset, end)
+        if (direct := await self._direct(digest, offset, end)) is not None:
+            return direct
         if self.verifier.must_verify(digest):
             return None
         parts: list[Buffer] = []
-        for i, span in self._spans(offset, end):
+        for i, span in self.blocks.spans(offset, end):
             if (block := self.memory.get((digest, i))) is not None:
                 parts.append(memoryview(block)[span[0] : span[1]])
             elif (pages := self.small.now(digest, size, i, span)) is not None:
@@ -200,13 +199,14 @@ class BlobStore:
                 return None
         return b"".join(parts)
 
-    def _spans(self, offset: int, end: int) -> list[tuple[int, tuple[int, int]]]:
-        """The blocks bytes ``[offset, end)`` lie in, and where in each."""
-        bs = self.block_size
-        return [
-            (i, (max(offset - i * bs, 0), min(end - i * bs, bs)))
-            for i in range(offset // bs, (end - 1) // bs + 1)
-        ]
+    async def _direct(self, digest: str, offset: int, end: int) -> bytes | None:
+        """The answer to a read of ``[offset, end)`` that takes no block: nothing, or bytes of
+        a blob read in place; else None."""
+        if offset >= end:
+            return b""
+        if self.source.in_place:
+            return await self.read_source(digest, offset, end)
+        return None
 
     def _ahead(self, digest: str, size: int, offset: int, end: int, *advice: int | None) -> None:
         """Start fetching what the readahead advises after a read of ``[offset, end)``."""
@@ -327,7 +327,9 @@ class BlobStore:
                 )
             wanted = [i for i in flights if i in on_disk]
             found = (
-                await trio.to_thread.run_sync(self.read_cached, digest, size, wanted)
+                await trio.to_thread.run_sync(
+                    read_cached, self.cache, self.blocks, digest, size, wanted
+                )
                 if wanted
                 else {}
             )
@@ -338,17 +340,6 @@ class BlobStore:
             raise
         finally:
             self.flights.land(digest, flights)
-
-    def read_cached(self, digest: str, size: int, indexes: list[int]) -> dict[int, Buffer]:
-        """The blocks found in the disk cache. Runs in a worker thread."""
-        found: dict[int, Buffer] = {}
-        for index in indexes:
-            data = self.cache.read_block(
-                digest, self.block_size, index, self.block_len(size, index)
-            )
-            if data is not None:
-                found[index] = data
-        return found
 
     def _keep(self, digest: str, size: int, found: dict[int, Buffer]) -> None:
         """Hold blocks read from the disk cache in memory."""

@@ -24,34 +24,28 @@ the record for the blocks. It only says how to check a block downloaded again. H
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import trio
 
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.eviction import PRUNE_TO
+from modelkitfs.blobs.blocks import Blocks, CacheStats, read_cached
+from modelkitfs.blobs.downloads import Downloads
 from modelkitfs.blobs.jobs import Jobs
-from modelkitfs.blobs.sha256chain import BlobChain, from_record, to_record
+from modelkitfs.blobs.sha256chain import BlobChain
+from modelkitfs.blobs.verified import VerifiedStates
+from modelkitfs.blobs.write_behind import WriteBehind
+from modelkitfs.cache import BlockCache, BlockMemory, CacheWrites
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
+from modelkitfs.primitives.buffers import Buffer
 from modelkitfs.primitives.singleflight import SingleFlight
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
 
 log = logging.getLogger(__name__)
 
 RUN = 16  # blocks fetched or hashed together
 AHEAD = 16  # blocks held for the in-order hashes of a store, past the ones they wait for
-VERIFIED_RECORD = "verified.v2.json"
 
-
-def record(size: int, block_size: int, chain: BlobChain) -> bytes:
-    """The record of a verified blob: what checks its blocks downloaded again."""
-    states = to_record(chain.states)
-    return json.dumps({"size": size, "block_size": block_size, "states": states}).encode()
+FetchBlock = Callable[[str, int, int, int], Awaitable[Buffer]]  # digest, size, index, last
 
 
 class _InOrder:
@@ -66,22 +60,46 @@ class _InOrder:
 
 
 class Verifier:
+    """Verifies the blobs of ``origin`` (``registry/repository``, for messages) as their
+    blocks reach ``cache``: from ``memory`` and the disk, fetching what is missing with
+    ``fetch_block`` (the read path's) and ``downloads``, and waiting for ``writes``; the
+    states of verified blobs go to ``verified``. ``forget`` drops a blob that failed."""
+
     def __init__(
         self,
-        store: BlobStore,
+        cache: BlockCache,
+        memory: BlockMemory,
         jobs: Jobs,
         *,
+        budget: CacheWrites,
+        writes: WriteBehind,
+        downloads: Downloads,
+        verified: VerifiedStates,
+        fetch_block: FetchBlock,
+        forget: Callable[[str], Awaitable[None]],
+        blocks: Blocks,
+        stats: CacheStats,
+        origin: str,
         full: bool = False,
         on_corrupt: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        self.store = store
+        self.cache = cache
+        self.memory = memory
         self.jobs = jobs
+        self.budget = budget  # whether the cache may keep a blob whole
+        self.writes = writes
+        self.downloads = downloads
+        self.records = verified
+        self.states = verified.states  # chaining states of verified blobs
+        self.fetch_block = fetch_block
+        self.drop = forget
+        self.blocks = blocks
+        self.stats = stats
+        self.origin = origin
         self.full = full  # --verify full: nothing served before its blob verified
         self.on_corrupt = on_corrupt  # e.g. make the kernel forget the blob's pages
-        self.states: dict[str, list[bytes]] = {}  # chaining states of verified blobs
         self._present: dict[str, set[int]] = {}  # blocks seen cached, per blob
         self._in_order: dict[str, _InOrder] = {}  # blobs being hashed as blocks come in
-        self._checked_record: set[str] = set()
         self._flight: SingleFlight[str, None] = SingleFlight()
         self._bad: set[str] = set()  # failed verification: served only once verified anew
         self._background: set[str] = set()  # blobs a background job verifies now
@@ -97,11 +115,11 @@ class Verifier:
     def seen(self, digest: str, size: int, index: int, block: Buffer | None = None) -> None:
         """Note a cached block (``block``: its bytes): hash the blob on from it if it is the
         next in order; once all of a blob are cached, verify it in the background."""
-        if digest in self.states or not self.store.cache.writable:
+        if digest in self.states or not self.cache.writable:
             return
         present = self._present.setdefault(digest, set())
         present.add(index)
-        count = self.store.block_count(size)
+        count = self.blocks.count(size)
         in_order = self._in_order.get(digest) or self._in_order.setdefault(digest, _InOrder(count))
         # Held while near the hash (bounded per store, whatever its readers do).
         near = in_order.chain.next <= index < in_order.chain.next + AHEAD
@@ -145,7 +163,7 @@ class Verifier:
             del in_order.ahead[index]
         for index in range(chain.next, min(chain.next + RUN, chain.count)):
             block = in_order.ahead.pop(index, None)
-            if block is None and (block := self.store.memory.peek((digest, index))) is None:
+            if block is None and (block := self.memory.peek((digest, index))) is None:
                 break
             blocks.append(block)
         return blocks
@@ -178,82 +196,62 @@ class Verifier:
         else:
             raise DigestMismatch(self._mismatch(digest))
         if complete:
-            await complete_blob(self.store, digest, size)
+            await self.complete(digest, size)
 
     async def _verify(self, digest: str, size: int, fetch: bool, stream: bool) -> None:
-        store = self.store
         if await self.known_states(digest) is not None and digest not in self._bad:
             return
         chain: BlobChain | None
-        if fetch and not self._can_keep(size):
+        if fetch and not self.budget.keeps(size):
             if not stream:  # a prefetch: what it fetched would not stay
-                raise cannot_keep(store, digest, size)
-            chain = await hash_streaming(store, digest, size)  # else downloaded twice
+                raise self.budget.cannot_keep(digest, size)
+            chain = await self.hash_streaming(digest, size)  # else downloaded twice
         else:
             if fetch:
                 await self._fetch_all(digest, size)
-                await store.writes.join()
+                await self.writes.join()
             chain = await self._hash_rest(digest, size)
         if chain is None:
             if not fetch:
                 return  # a block left the cache meanwhile: verify when it is back
             if not stream:
-                raise cannot_keep(store, digest, size)
-            chain = await hash_streaming(store, digest, size)
+                raise self.budget.cannot_keep(digest, size)
+            chain = await self.hash_streaming(digest, size)
         self._in_order.pop(digest, None)
         if chain.digest != digest:
-            store.stats.corrupt_blobs += 1
+            self.stats.corrupt_blobs += 1
             self._bad.add(digest)
             self.states.pop(digest, None)
-            await store.forget(digest)
+            await self.drop(digest)
             if self.on_corrupt is not None:
                 await self.on_corrupt(digest)
             log.error("%s", self._mismatch(digest, chain.digest))  # once the pages are gone
             raise DigestMismatch(self._mismatch(digest, chain.digest))
         self._bad.discard(digest)
-        self.states[digest] = chain.states
-        store.stats.verified_blobs += 1
-        await store.save_meta(digest, VERIFIED_RECORD, record(size, store.block_size, chain))
+        self.stats.verified_blobs += 1
+        await self.records.save(digest, chain, size)
         log.info("verified %s (%d bytes)", digest, size)
-
-    def _can_keep(self, size: int) -> bool:
-        """Whether the disk cache may hold a blob of ``size`` whole now."""
-        store = self.store
-        if not store.cache.writable:
-            return False
-        cap = store.budget.max_bytes if store.budget is not None else None
-        return cap is None or size <= cap * PRUNE_TO
 
     def _mismatch(self, digest: str, actual: str | None = None) -> str:
         got = f" (its bytes hash to {actual})" if actual else ""
         return (
-            f"blob {digest} from {self.store.describe()} failed verification{got}: evicted "
+            f"blob {digest} from {self.origin} failed verification{got}: evicted "
             "from the cache; reads of it fail until a new download verifies; the registry or a "
             "proxy served wrong bytes"
         )
 
     async def known_states(self, digest: str) -> list[bytes] | None:
         """Chaining states of a blob verified before (by any process), if any."""
-        if digest not in self.states and digest not in self._checked_record:
-            self._checked_record.add(digest)
-            record = await self.store.load_meta(digest, VERIFIED_RECORD)
-            try:
-                document = json.loads(record) if record else None
-                if document and document["block_size"] == self.store.block_size:
-                    self.states[digest] = from_record(document["states"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring unreadable %s of %s", VERIFIED_RECORD, digest)
-        return self.states.get(digest)
+        return await self.records.known(digest)
 
     async def _fetch_all(self, digest: str, size: int) -> None:
-        store = self.store
-        count = store.block_count(size)
+        count = self.blocks.count(size)
         self._bad.discard(digest)  # a fresh download gets its chance
 
         async def fetch(first: int) -> None:
             last = min(first + RUN, count) - 1
             for index in range(first, last + 1):
-                await store.block(digest, size, index, last)
+                await self.fetch_block(digest, size, index, last)
 
         async with trio.open_nursery() as nursery:
             for first in range(0, count, RUN):
@@ -263,7 +261,7 @@ class Verifier:
         """The blob hashed to its end: on from where the in-order pass got, with the rest of
         its blocks taken from memory where they still are, else read from the disk cache;
         None if one is missing."""
-        in_order = self._in_order.setdefault(digest, _InOrder(self.store.block_count(size)))
+        in_order = self._in_order.setdefault(digest, _InOrder(self.blocks.count(size)))
         async with in_order.lock:
             chain = in_order.chain
             while chain.digest is None:
@@ -278,84 +276,64 @@ class Verifier:
     def _read_run(self, digest: str, size: int, first: int) -> list[Buffer]:
         """Up to ``RUN`` blocks from the disk cache from ``first``, as far as they are there.
         Runs in a worker thread."""
-        store, blocks = self.store, []
-        for index in range(first, min(first + RUN, store.block_count(size))):
-            block = store.cache.read_block(
-                digest, store.block_size, index, store.block_len(size, index)
+        blocks = []
+        for index in range(first, min(first + RUN, self.blocks.count(size))):
+            block = self.cache.read_block(
+                digest, self.blocks.size, index, self.blocks.length(size, index)
             )
             if block is None:
                 break
             blocks.append(block)
         return blocks
 
-
-async def missing_blocks(store: BlobStore, digest: str, size: int) -> list[int]:
-    """Blocks of the blob that are not in the disk cache now."""
-    count = store.block_count(size)
-    present = await trio.to_thread.run_sync(
-        store.cache.cached_blocks, digest, store.block_size, 0, count - 1
-    )
-    return [index for index in range(count) if index not in present]
-
-
-async def complete_blob(store: BlobStore, digest: str, size: int) -> None:
-    """Make sure every block of the blob (verified: its states are known) is in the disk
-    cache, downloading what is missing; raise when the cache cannot keep them all."""
-    missing = await missing_blocks(store, digest, size)
-    if not missing:
-        return
-    for index in missing:  # held in memory only: fetch it (or take it from disk) to write
-        store.memory.pop((digest, index))
-
-    async def fetch(run: list[int]) -> None:
-        for index in run:
-            await store.block(digest, size, index, run[-1])
-
-    async with trio.open_nursery() as nursery:
-        for start in range(0, len(missing), RUN):
-            nursery.start_soon(fetch, missing[start : start + RUN])
-    await store.writes.join()
-    if await missing_blocks(store, digest, size):
-        raise cannot_keep(store, digest, size)
-
-
-def cannot_keep(store: BlobStore, digest: str, size: int) -> ModelKitFSError:
-    """The error of a blob the cache cannot hold whole: why, and what to do."""
-    if (unwritable := store.cache.cannot_write()) is not None:
-        why = unwritable
-    else:
-        cap = store.budget.max_bytes if store.budget is not None else None
-        shown = f"{cap / 2**20:.0f} MiB" if cap else "its size"
-        why = (
-            f"its size cap ({shown}, the cache's own, shared by every mount on it) leaves too "
-            "little room beside the blocks in use; raise it with --cache-max-size, select less "
-            "with --filter, or choose a larger cache with --cache-dir"
+    async def _missing(self, digest: str, size: int) -> list[int]:
+        """Blocks of the blob that are not in the disk cache now."""
+        count = self.blocks.count(size)
+        present = await trio.to_thread.run_sync(
+            self.cache.cached_blocks, digest, self.blocks.size, 0, count - 1
         )
-    return ModelKitFSError(
-        f"cache {store.cache.name} could not keep all of blob {digest} ({size} bytes): {why}"
-    )
+        return [index for index in range(count) if index not in present]
 
+    async def complete(self, digest: str, size: int) -> None:
+        """Make sure every block of the blob (verified: its states are known) is in the disk
+        cache, downloading what is missing; raise when the cache cannot keep them all."""
+        missing = await self._missing(digest, size)
+        if not missing:
+            return
+        for index in missing:  # held in memory only: fetch it (or take it from disk) to write
+            self.memory.pop((digest, index))
 
-async def hash_streaming(store: BlobStore, digest: str, size: int) -> BlobChain:
-    """The blob hashed from the blocks on disk and the rest downloaded ``RUN`` blocks at a
-    time and dropped once hashed."""
-    chain = BlobChain(store.block_count(size))
-    for first in range(0, chain.count, RUN):
-        last = min(first + RUN, chain.count) - 1
-        found = await trio.to_thread.run_sync(
-            store.read_cached, digest, size, list(range(first, last + 1))
-        )
-        blocks: list[Buffer] = []
-        index = first
-        while index <= last:
-            if index in found:
-                blocks.append(found[index])
-                index += 1
-                continue
-            stop = index
-            while stop + 1 <= last and stop + 1 not in found:
-                stop += 1
-            blocks.extend(await store.downloads.blocks(digest, size, index, stop))
-            index = stop + 1
-        await trio.to_thread.run_sync(chain.feed, blocks)
-    return chain
+        async def fetch(run: list[int]) -> None:
+            for index in run:
+                await self.fetch_block(digest, size, index, run[-1])
+
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(missing), RUN):
+                nursery.start_soon(fetch, missing[start : start + RUN])
+        await self.writes.join()
+        if await self._missing(digest, size):
+            raise self.budget.cannot_keep(digest, size)
+
+    async def hash_streaming(self, digest: str, size: int) -> BlobChain:
+        """The blob hashed from the blocks on disk and the rest downloaded ``RUN`` blocks at
+        a time and dropped once hashed."""
+        chain = BlobChain(self.blocks.count(size))
+        for first in range(0, chain.count, RUN):
+            last = min(first + RUN, chain.count) - 1
+            found = await trio.to_thread.run_sync(
+                read_cached, self.cache, self.blocks, digest, size, range(first, last + 1)
+            )
+            blocks: list[Buffer] = []
+            index = first
+            while index <= last:
+                if index in found:
+                    blocks.append(found[index])
+                    index += 1
+                    continue
+                stop = index
+                while stop + 1 <= last and stop + 1 not in found:
+                    stop += 1
+                blocks.extend(await self.downloads.uncached(digest, size, index, stop))
+                index = stop + 1
+            await trio.to_thread.run_sync(chain.feed, blocks)
+        return chain

@@ -12,28 +12,44 @@ once, writes are skipped for a while, then tried again.
 
 from __future__ import annotations
 
-import errno
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import trio
 
-from modelkitfs.blobs.block_cache import BlockClaim
-from modelkitfs.blobs.blockfile import CHECKSUM, Buffer
+from modelkitfs.blobs.blocks import Blocks, CacheStats
 from modelkitfs.blobs.jobs import Jobs
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.store import BlobStore
+from modelkitfs.cache import BlockClaim, BlockMemory, CacheWrites
+from modelkitfs.primitives.buffers import Buffer
 
 log = logging.getLogger(__name__)
 
 WRITE_BEHIND = 32  # blocks waiting for their disk write, per store
 
 
+OnWritten = Callable[[str, int, int, Buffer], None]  # digest, blob size, index, block
+
+
 class WriteBehind:
-    def __init__(self, store: BlobStore, jobs: Jobs) -> None:
-        self.store = store
+    """Writes blocks of ``blocks`` size to the cache through ``cache``, each kept in ``memory``
+    meanwhile, in ``jobs``; ``on_written`` hears of each block of a known blob on disk."""
+
+    def __init__(
+        self,
+        cache: CacheWrites,
+        memory: BlockMemory,
+        jobs: Jobs,
+        on_written: OnWritten,
+        *,
+        blocks: Blocks,
+        stats: CacheStats,
+    ) -> None:
+        self.cache = cache
+        self.memory = memory
         self.jobs = jobs
+        self.on_written = on_written
+        self.blocks = blocks
+        self.stats = stats
         self.waiting = 0  # blocks handed over whose write has not ended
         self._room = trio.Event()
         self._room.set()
@@ -50,7 +66,7 @@ class WriteBehind:
         """Keep a block in memory at once and write it to disk in the background, when it
         can. ``claim``, the block's download claim, is released once the block is on disk;
         with the blob's ``size``, a written block counts towards verifying the blob."""
-        self.store.memory.put((digest, index), data)
+        self.memory.put((digest, index), data)
         self.waiting += 1
         if self.waiting == WRITE_BEHIND:
             self._room = trio.Event()
@@ -63,7 +79,7 @@ class WriteBehind:
 
     async def put_now(self, digest: str, index: int, data: Buffer) -> None:
         """Keep a block in memory and write it to disk now (when it can)."""
-        self.store.memory.put((digest, index), data)
+        self.memory.put((digest, index), data)
         await self.write(digest, index, data)
 
     async def _behind(
@@ -71,7 +87,7 @@ class WriteBehind:
     ) -> None:
         try:
             if await self.write(digest, index, data) and size is not None:
-                self.store.verifier.seen(digest, size, index, data)
+                self.on_written(digest, size, index, data)
         finally:
             self.waiting -= 1
             if self.waiting < WRITE_BEHIND:
@@ -81,21 +97,14 @@ class WriteBehind:
 
     async def write(self, digest: str, index: int, block: Buffer) -> bool:
         """Write a block to the cache now; False when it could not."""
-        store = self.store
-        if not store.cache.writable:
+        if not self.cache.writable:
             return False
         try:
-            await trio.to_thread.run_sync(
-                store.cache.write_block, digest, store.block_size, index, block
-            )
+            await self.cache.write_block(digest, self.blocks.size, index, block)
         except OSError as exc:
-            store.stats.write_failures += 1
+            self.stats.write_failures += 1
             log.debug("block %d of %s not cached: %s", index, digest, exc)
-            if exc.errno == errno.ENOSPC and store.budget is not None:
-                await store.budget.prune()
             return False
-        if store.budget is not None:
-            await store.budget.wrote(len(block) + CHECKSUM)
         return True
 
     async def join(self) -> None:

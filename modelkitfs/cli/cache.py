@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.budget import DEFAULT_MAX_FRACTION, MIN_FREE_FRACTION, parse_size
-from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.blobs.maintenance import CachedBlob, cached_blobs, verify_blob
+from modelkitfs.cache import (
+    DEFAULT_MAX_FRACTION,
+    MIN_FREE_FRACTION,
+    DiskCache,
+    default_cache_dir,
+    parse_size,
+)
 from modelkitfs.cli.output import human, print_json, share, table
 from modelkitfs.cli.parser import (
     Commands,

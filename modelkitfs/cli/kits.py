@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.cache import default_cache_dir
 from modelkitfs.blobs.maintenance import cached_blobs
+from modelkitfs.cache import DiskCache, default_cache_dir
 from modelkitfs.cli.output import human, print_json, share, table
 from modelkitfs.cli.parser import Commands, cache_dir_argument, check_cache_folder, json_argument
 from modelkitfs.session.catalog import recorded_kits

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.cli.network import check_proxy
 from modelkitfs.cli.output import patience
 from modelkitfs.errors import ModelKitFSError

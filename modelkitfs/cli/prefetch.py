@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.cli.output import human
 from modelkitfs.cli.parser import KIT, Commands, kit_arguments, options_from
 from modelkitfs.session import prefetch as fill

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from modelkitfs import __version__
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.protocol import messages, services
 from modelkitfs.csi.records import Records

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelkitfs.blobs.blockfile import make_folders
+from modelkitfs.cache import make_folders
 from modelkitfs.kit import ModelKit
 
 FOLDER = "kits"

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from modelkitfs.blobs.budget import check_max_size
+from modelkitfs.cache import check_max_size
 from modelkitfs.errors import InvalidFilter, ModelKitFSError
 from modelkitfs.kit import Filter, parse_labels
 from modelkitfs.kit.filters import FILTER_TYPES, parse_filter

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from modelkitfs.blobs import DiskCache
+from modelkitfs.cache import DiskCache
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.reference import parse_reference
 from modelkitfs.session.kits import open_kit

@@ -21,11 +21,11 @@ from typing import Any
 
 import trio
 
-from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs.budget import CacheBudget
+from modelkitfs.blobs import BlobStore
+from modelkitfs.blobs.blocks import CacheStats
 from modelkitfs.blobs.configs import CachedConfigs
 from modelkitfs.blobs.jobs import Jobs
-from modelkitfs.blobs.store import CacheStats
+from modelkitfs.cache import CacheBudget, DiskCache
 from modelkitfs.errors import NotAllowed, NotFound
 from modelkitfs.kit import ModelKit, open_modelkit
 from modelkitfs.reference import DEFAULT_REGISTRY, Reference

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from modelkitfs.blobs.cache import default_cache_dir
+from modelkitfs.cache import default_cache_dir
 from modelkitfs.reference import parse_reference
 from modelkitfs.session.options import MountOptions, merged_options
 from modelkitfs.session.sources import Sources

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import DiskCache
+from modelkitfs.cache import DiskCache
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, one_file_kit, running
 from tests.e2e.blobs.test_shared_cache import cli, file_sha256
 from tests.support.tmpfs import SmallFs, small_fs

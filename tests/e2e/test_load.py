@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelkitfs.blobs.pages import KEPT_OPEN
+from modelkitfs.cache.pages import KEPT_OPEN
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, write
 from tests.support.kitbuilder import build_modelkit
 from tests.support.registry_proxy import CountingProxy

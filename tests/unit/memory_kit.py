@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import Blob, BlobStore, DiskCache
+from modelkitfs.blobs import Blob, BlobStore
+from modelkitfs.cache import DiskCache
 from modelkitfs.kit import ModelKit, open_modelkit, parse_filters
 from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.reference import parse_reference

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.locks import PIN_BASE
+from modelkitfs.cache import DiskCache
+from modelkitfs.cache.locks import PIN_BASE
 from tests.conftest import MiB, one_file_kit
 from tests.support.waiting import wait_for
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import DiskCache
+from modelkitfs.cache import DiskCache
 from tests.conftest import MiB, Mounts, daemon_pid, mount_stats, one_file_kit, running
 from tests.support.waiting import wait_for
 

@@ -17,7 +17,8 @@ import trio
 from modelkitfs.archive import EntryKind, LayerArchive, RawFile
 from modelkitfs.archive.index import INDEX_NAME
 from modelkitfs.archive.layer import BROAD_FILES, RAW_FILE_MODE, open_layer
-from modelkitfs.blobs import BlobStore, MemoryCache
+from modelkitfs.blobs import BlobStore
+from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import ArchiveError
 from modelkitfs.primitives.digests import sha256_digest
 from modelkitfs.registry.testing import MemorySource

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from modelkitfs.blobs import BlobStore, BlockCache
+from modelkitfs.blobs import BlobStore
+from modelkitfs.cache import BlockCache
 from modelkitfs.registry.source import BlobSource
 from modelkitfs.registry.testing import MemorySource
 

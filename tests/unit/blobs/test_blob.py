@@ -12,8 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from modelkitfs.blobs import Blob, MemoryCache
+from modelkitfs.blobs import Blob
 from modelkitfs.blobs.blob import DERIVED_RECORD, SMALL_BLOB
+from modelkitfs.cache import MemoryCache
 from modelkitfs.registry.testing import MemorySource
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.configs import WHOLE_BLOB, CachedConfigs
+from modelkitfs.cache import MemoryCache
 from modelkitfs.registry.testing import MemorySource
 
 

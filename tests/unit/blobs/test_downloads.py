@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from modelkitfs.blobs import MemoryCache
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
+from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import RegistryError
 from modelkitfs.registry.source import Deliver, ForwardingSource
 from modelkitfs.registry.testing import FailingSource, flip

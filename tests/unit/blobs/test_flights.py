@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from modelkitfs.blobs.flights import Flights, for_waiters
-from modelkitfs.blobs.memory import BlockMemory
+from modelkitfs.cache import BlockMemory
 
 
 def test_reserving_skips_blocks_in_memory_or_on_their_way() -> None:

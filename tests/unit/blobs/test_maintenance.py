@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from modelkitfs.blobs import DiskCache
 from modelkitfs.blobs.maintenance import cached_blobs, verify_blob
 from modelkitfs.blobs.sha256chain import BlobChain
-from modelkitfs.blobs.verification import VERIFIED_RECORD
-from modelkitfs.blobs.verification import record as verified_record
+from modelkitfs.blobs.verified import VERIFIED_RECORD
+from modelkitfs.blobs.verified import record as verified_record
+from modelkitfs.cache import DiskCache
 
 BLOCK = 1024
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs import pages as pages_module
-from modelkitfs.blobs.pages import PAGE, CheckedPages
+from modelkitfs.blobs import BlobStore
+from modelkitfs.blobs.pages import CheckedPages
+from modelkitfs.cache import PAGE, DiskCache
+from modelkitfs.cache import pages as pages_module
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 
 CHECKED = 3  # the block read in part, then left in memory no more

@@ -9,7 +9,7 @@ import logging
 import pytest
 import trio
 
-from modelkitfs.blobs import MemoryCache
+from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import RegistryError, TransientError
 from modelkitfs.registry.testing import FailingSource, MemorySource, flip, short
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened

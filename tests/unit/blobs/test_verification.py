@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from modelkitfs.blobs import BlobStore, DiskCache, MemoryCache
-from modelkitfs.blobs.budget import CacheBudget
+from modelkitfs.blobs import BlobStore
+from modelkitfs.cache import CacheBudget, DiskCache, MemoryCache
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from tests.support.tmpfs import small_fs
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened

@@ -7,9 +7,9 @@ import threading
 import trio
 import trio.testing
 
-from modelkitfs.blobs import MemoryCache
-from modelkitfs.blobs.blockfile import Buffer
 from modelkitfs.blobs.write_behind import WRITE_BEHIND
+from modelkitfs.cache import MemoryCache
+from modelkitfs.primitives.buffers import Buffer
 from tests.support.waiting import until
 from tests.unit.blobs.stores import BLOCK, OneBlob, opened
 

@@ -10,8 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from modelkitfs.blobs import BlobStore, DiskCache
-from modelkitfs.blobs.verification import VERIFIED_RECORD
+from modelkitfs.blobs import BlobStore
+from modelkitfs.blobs.verified import VERIFIED_RECORD
+from modelkitfs.cache import DiskCache
 from modelkitfs.errors import ModelKitFSError, NotAllowed
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.testing import MemoryRegistry

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from modelkitfs.blobs.blockfile import FILE_MODE, FOLDER_MODE, make_folders
+from modelkitfs.cache.blockfile import FILE_MODE, FOLDER_MODE, make_folders
 
 PIN_BASE = 1 << 40  # pins live far beyond the download locks of any blob
 RETRY_OPEN_SECONDS = 5.0  # after a lock file could not be opened (a read-only cache, say)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import DiskCache
+from modelkitfs.cache import DiskCache
 
 DIGEST = "sha256:" + "ef" * 32
 OTHER = "sha256:" + "12" * 32
@@ -75,7 +75,7 @@ def test_a_temporary_file_stays_while_its_writer_lives_whatever_its_age(
     in_flight.write_bytes(b"half a block")
     past = time.time() - 3 * 3600
     os.utime(in_flight, (past, past))
-    script = "import sys; from modelkitfs.blobs import DiskCache; print(DiskCache(sys.argv[1]).process.acquire())"  # noqa: E501
+    script = "import sys; from modelkitfs.cache import DiskCache; print(DiskCache(sys.argv[1]).process.acquire())"  # noqa: E501
     gone = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -92,7 +92,7 @@ def test_a_temporary_file_stays_while_its_writer_lives_whatever_its_age(
 def test_writes_name_their_temporary_files_after_the_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelkitfs.blobs.blockfile import write_atomic
+    from modelkitfs.cache.blockfile import write_atomic
 
     cache = DiskCache(tmp_path)
     seen = []

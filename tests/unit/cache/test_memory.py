@@ -3,7 +3,7 @@ built on it."""
 
 from __future__ import annotations
 
-from modelkitfs.blobs.memory import BlockMemory, MemoryCache
+from modelkitfs.cache.memory import BlockMemory, MemoryCache
 
 
 def test_a_block_the_reader_passed_goes_before_older_ones() -> None:

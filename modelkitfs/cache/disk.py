@@ -1,36 +1,27 @@
 """The on-disk cache, shared by every mount and process that uses the same directory.
 
-Layout (content never changes under a digest, so nothing here is ever rewritten in place)::
-
-    <root>/blocks/sha256/<hex[:2]>/<hex>/<block size>/<index>   a block of a blob + its checksum
-    <root>/meta/sha256/<hex[:2]>/<hex>/<name>                   derived data, e.g. a tar index
-    <root>/locks/sha256/<hex[:2]>/<hex>/<block size>.lock      download locks and pins
-    <root>/locks/procs/<id>                                    held by each process using it
-    <root>/cache.json                                          its size cap, for every process
-
-How a file is written and checked is in :mod:`~modelkitfs.blobs.blockfile`, the locks in
-:mod:`~modelkitfs.blobs.locks`, eviction in :mod:`~modelkitfs.blobs.eviction`. Readers of
-finished blocks take no locks. A block's modification time is its last use, to the minute, for
-eviction. A cache that cannot be written (read-only, full, out of inodes) is still read; what
-cannot be written is skipped, with one warning (:mod:`~modelkitfs.blobs.health`).
+Where it keeps what is in :mod:`~modelkitfs.cache.layout` (nothing is ever rewritten in place:
+content never changes under a digest); how a file is written and checked in
+:mod:`~modelkitfs.cache.blockfile`, the locks in :mod:`~modelkitfs.cache.locks`, eviction in
+:mod:`~modelkitfs.cache.eviction`. Readers of finished blocks take no locks. A block's
+modification time is its last use, to the minute, for eviction. A cache that cannot be written
+(read-only, full, out of inodes) is still read; what cannot be written is skipped, with one
+warning (:mod:`~modelkitfs.cache.health`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import logging
 import os
-import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelkitfs.blobs import records
-from modelkitfs.blobs.blockfile import (
+from modelkitfs.cache import records
+from modelkitfs.cache.blockfile import (
     CHECKSUM,
     TEMP_PREFIX,
     Buffer,
@@ -40,9 +31,10 @@ from modelkitfs.blobs.blockfile import (
     read_into_buffer,
     write_atomic,
 )
-from modelkitfs.blobs.eviction import evict
-from modelkitfs.blobs.health import WriteHealth, advice, describe
-from modelkitfs.blobs.locks import (
+from modelkitfs.cache.eviction import evict
+from modelkitfs.cache.health import WriteHealth, advice, describe
+from modelkitfs.cache.layout import Layout
+from modelkitfs.cache.locks import (
     BlockLocks,
     BlockPins,
     ProcessLock,
@@ -52,43 +44,13 @@ from modelkitfs.blobs.locks import (
     range_lock,
     try_flock,
 )
-from modelkitfs.blobs.pages import Sums, read_span
+from modelkitfs.cache.pages import PageSpan, read_span
 
-__all__ = ["CHECKSUM", "BlobEntry", "BlockLocks", "Buffer", "DiskCache", "default_cache_dir"]
+__all__ = ["CHECKSUM", "BlobEntry", "BlockLocks", "Buffer", "DiskCache"]
 
 log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 60  # a block's use is recorded once a minute at most
-
-
-def default_cache_dir() -> Path:
-    """``$MODELKITFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkitfs``, else
-    ``~/.cache/modelkitfs``."""
-    if explicit := os.environ.get("MODELKITFS_CACHE_DIR"):
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "modelkitfs"
-
-
-_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9]{32,}")
-
-
-def _split(digest: str) -> tuple[str, str]:
-    """``algorithm:hex``; the algorithm may carry OCI's separators (``sha256+zstd``), which
-    this cache uses to name bytes derived from a blob."""
-    if not _DIGEST.fullmatch(digest):
-        raise ValueError(f"malformed digest {digest!r}")
-    algorithm, _, hexpart = digest.partition(":")
-    return algorithm, hexpart
-
-
-@functools.lru_cache(maxsize=4096)
-def _blob_dir(root: Path, kind: str, digest: str) -> Path:
-    """Where ``kind`` (blocks, meta, locks) of ``digest`` live: remembered, as every pin and
-    read asks (building the path took a tenth of the daemon's time on small reads)."""
-    algorithm, hexpart = _split(digest)
-    return root / kind / algorithm / hexpart[:2] / hexpart
 
 
 @dataclass(frozen=True)
@@ -102,27 +64,15 @@ class BlobEntry:
     indexes: dict[int, frozenset[int]] = field(default_factory=dict)  # per block size
 
 
-class DiskCache:
+class DiskCache(Layout):
     """Blocks and sidecar files keyed by blob digest under ``root``. All methods block: call
     them from a worker thread, never from the event loop (except the pins, which only lock)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.health = WriteHealth(self.root)
         self.process = ProcessLock(self.root)
         self.pins = BlockPins()
-
-    def _blob_dir(self, kind: str, digest: str) -> Path:
-        return _blob_dir(self.root, kind, digest)
-
-    def block_path(self, digest: str, block_size: int, index: int) -> Path:
-        return self._blob_dir("blocks", digest) / str(block_size) / str(index)
-
-    def meta_path(self, digest: str, name: str) -> Path:
-        return self._blob_dir("meta", digest) / name
-
-    def lock_path(self, digest: str, block_size: int) -> Path:
-        return self._blob_dir("locks", digest) / f"{block_size}.lock"
 
     @property
     def name(self) -> str:
@@ -206,21 +156,13 @@ class DiskCache:
                 os.utime(path)
         return raw[:size]  # without its checksum, and not copied
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        """Bytes ``span`` of a block of ``length`` bytes checked before, by the pages holding
-        them, each checked against ``sums``; None when absent or damaged (see
-        :mod:`~modelkitfs.blobs.pages`). ``nowait``: BlockingIOError unless in the page cache."""
-        path = f"{self._blob_dir('blocks', digest)}/{block_size}/{index}"
-        return read_span(path, span[0], span[1], length, sums, nowait=nowait)
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        """Bytes ``pages.span`` of a block checked before, by the pages holding them, each
+        checked against ``pages.sums``; None when absent or damaged (see
+        :mod:`~modelkitfs.cache.pages`). ``nowait``: BlockingIOError unless in the page cache."""
+        path = f"{self._blob_dir('blocks', pages.digest)}/{pages.block_size}/{pages.index}"
+        start, stop = pages.span
+        return read_span(path, start, stop, pages.length, pages.sums, nowait=nowait)
 
     def read_block_size(self, digest: str, block_size: int, index: int) -> int | None:
         """The data size of a cached block (without reading it), or None when absent."""
@@ -300,27 +242,6 @@ class DiskCache:
 
     # --- the whole cache --------------------------------------------------------------------
 
-    def block_entries(self) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
-        """Every file under ``blocks``: digest, block size folder, entry."""
-        top = self.root / "blocks"
-        for algorithm in _scandir(top):
-            for prefix in _scandir(Path(algorithm.path)):
-                for blob in _scandir(Path(prefix.path)):
-                    digest = f"{algorithm.name}:{blob.name}"
-                    for size_dir in _scandir(Path(blob.path)):
-                        for entry in _scandir(Path(size_dir.path)):
-                            yield digest, size_dir.name, entry
-
-    def usage(self) -> int:
-        """Bytes the cache holds on disk (blocks and sidecars)."""
-        total = 0
-        for kind in ("blocks", "meta"):
-            for directory, _, files in os.walk(self.root / kind):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.stat(os.path.join(directory, name)).st_size
-        return total
-
     def blobs(self) -> list[BlobEntry]:
         """What is cached, blob by blob, most recently used first."""
         found: dict[str, list[float]] = {}
@@ -348,14 +269,6 @@ class DiskCache:
         ]
         return sorted(rows, key=lambda row: -row.last_used)
 
-    def free_bytes(self) -> tuple[int, int]:
-        """Free and total bytes of the file system the cache lives on (or would)."""
-        path = self.root
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        info = os.statvfs(path)
-        return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
-
     def prune(self, max_bytes: int | None, min_free_bytes: int = 0) -> int:
         """Evict least recently used blocks, never pinned ones, until the cache is at most
         ``PRUNE_TO`` of ``max_bytes`` and the disk has ``min_free_bytes`` free; also removes
@@ -373,12 +286,22 @@ class DiskCache:
         finally:
             os.close(lock)  # releases the flock
 
-    # --- records of the whole cache (see modelkitfs.blobs.records) -------------------------
+    # --- records of the whole cache (see modelkitfs.cache.records) -------------------------
 
-    read_config = records.read_config
-    write_config = records.write_config
-    add_stats = records.add_stats
-    read_stats = records.read_stats
+    def read_config(self) -> dict[str, int]:
+        """What every process on this cache agrees on (its size cap)."""
+        return records.read_config(self.root)
+
+    def write_config(self, config: dict[str, int]) -> None:
+        records.write_config(self.root, config, self.write_file)
+
+    def read_stats(self) -> dict[str, int]:
+        return records.read_stats(self.root)
+
+    def add_stats(self, counters: dict[str, int]) -> None:
+        """Add a finished mount's counters to the cache's running totals (see
+        :func:`~modelkitfs.cache.records.add_stats`)."""
+        records.add_stats(self.root, counters, self.write_file, self.health.failed)
 
     def clear(self) -> None:
         """Remove everything cached (what open mounts still need is downloaded again); the
@@ -401,11 +324,3 @@ class DiskCache:
             errors.append(exc)
         if errors:
             raise errors[0]
-
-
-def _scandir(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as entries:
-            return list(entries)
-    except (FileNotFoundError, NotADirectoryError):
-        return []

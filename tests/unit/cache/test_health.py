@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelkitfs.blobs import health
-from modelkitfs.blobs.health import RETRY_SECONDS, WriteHealth
+from modelkitfs.cache import health
+from modelkitfs.cache.health import RETRY_SECONDS, WriteHealth
 
 
 class Clock:

@@ -1,9 +1,9 @@
 """What the block store needs from a cache of blocks: a protocol, as Mountpoint-s3's
 ``DataCache`` trait.
 
-Two caches implement it: :class:`~modelkitfs.blobs.cache.DiskCache`, shared by every process
+Two caches implement it: :class:`~modelkitfs.cache.disk.DiskCache`, shared by every process
 on the machine through a folder (its download claims and pins are kernel locks), and
-:class:`~modelkitfs.blobs.memory.MemoryCache`, this process's alone, bounded, for tests and for
+:class:`~modelkitfs.cache.memory.MemoryCache`, this process's alone, bounded, for tests and for
 running where no folder can be written. Blocks are named by blob digest, block size and index;
 sidecar files ("meta") hold what is derived from a blob (a tar index, a verification record).
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.pages import Sums
+from modelkitfs.cache.blockfile import Buffer
+from modelkitfs.cache.pages import PageSpan
 
 
 class BlockClaim(Protocol):
@@ -57,19 +57,10 @@ class BlockCache(Protocol):
         """The block's bytes, or None when absent (or damaged: then it is dropped)."""
         ...
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        """Bytes ``span`` of a block of ``length`` bytes checked before, read by the pages
-        holding them, each checked against ``sums`` (:mod:`~modelkitfs.blobs.pages`); None
-        when absent or a page differs. ``nowait``: called on the event loop; raise
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        """Bytes ``pages.span`` of a block checked before, read by the pages holding them,
+        each checked against ``pages.sums`` (:mod:`~modelkitfs.cache.pages`); None when absent
+        or a page differs. ``nowait``: called on the event loop; raise
         BlockingIOError rather than wait for the disk."""
         ...
 

@@ -1,4 +1,5 @@
-"""Keeping the shared cache within its size cap and the disk above its free-space floor.
+"""Keeping the shared cache within its size cap and the disk above its free-space floor, in
+the one way blocks are written to it (:class:`CacheWrites`).
 
 The cap belongs to the cache folder, not to a process: it is recorded in ``cache.json`` there,
 and every process on the folder uses that one (read again before each eviction), so a mount
@@ -10,17 +11,25 @@ process uses the cache (else a warning says the recorded cap is kept). A cap bel
 Every process that writes blocks counts what it writes on top of what the cache held when it
 started; past the cap, or when the disk runs low, it evicts the least recently used blocks that
 no process has in use (one process at a time; the count is then taken again from the disk).
+It does so in the write itself (:meth:`CacheWrites.write_block`), as Mountpoint-s3's disk cache
+enforces its limit in ``put_block``: the read engine writes blocks and asks whether a blob fits
+(:meth:`CacheWrites.keeps`), and never sees the cap, the count or eviction.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 
 import trio
 
-from modelkitfs.blobs.cache import DiskCache
+from modelkitfs.cache.blockfile import CHECKSUM
+from modelkitfs.cache.disk import DiskCache
+from modelkitfs.cache.eviction import PRUNE_TO
+from modelkitfs.cache.protocol import BlockCache
 from modelkitfs.errors import ModelKitFSError
+from modelkitfs.primitives.buffers import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +91,69 @@ def settle_cap(cache: DiskCache, requested: int | None) -> tuple[int | None, str
     return requested, None
 
 
-class CacheBudget:
+class CacheWrites:
+    """Blocks written to ``cache`` as the read engine writes them: off the event loop, and
+    only as far as the cache may hold them. Without a cap (a memory cache, a test's) they go
+    straight through; :class:`CacheBudget` counts them against the cache folder's cap."""
+
+    max_bytes: int | None = None  # the cap, when there is one
+
+    def __init__(self, cache: BlockCache) -> None:
+        self.cache = cache
+
+    @property
+    def writable(self) -> bool:
+        """False while writes would fail (see :attr:`BlockCache.writable`): skip them."""
+        return self.cache.writable
+
+    async def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
+        """Write a block, counted against the cap (evicting past it, or when the disk turns
+        out full). Raises OSError when the cache cannot be written (warned about once)."""
+        try:
+            await trio.to_thread.run_sync(self.cache.write_block, digest, block_size, index, data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                await self.prune()
+            raise
+        await self.wrote(len(data) + CHECKSUM)
+
+    async def wrote(self, nbytes: int) -> None:
+        """Account for ``nbytes`` just written."""
+
+    async def prune(self) -> None:
+        """Evict what the cap or the disk's free space asks for."""
+
+    def keeps(self, size: int) -> bool:
+        """Whether the cache may hold a blob of ``size`` bytes whole now."""
+        if not self.cache.writable:
+            return False
+        return self.max_bytes is None or size <= self.max_bytes * PRUNE_TO
+
+    def cannot_keep(self, digest: str, size: int) -> ModelKitFSError:
+        """The error of a blob the cache cannot hold whole: why, and what to do."""
+        if (unwritable := self.cache.cannot_write()) is not None:
+            why = unwritable
+        else:
+            cap = self.max_bytes
+            shown = f"{cap / 2**20:.0f} MiB" if cap else "its size"
+            why = (
+                f"its size cap ({shown}, the cache's own, shared by every mount on it) leaves "
+                "too little room beside the blocks in use; raise it with --cache-max-size, "
+                "select less with --filter, or choose a larger cache with --cache-dir"
+            )
+        return ModelKitFSError(
+            f"cache {self.cache.name} could not keep all of blob {digest} ({size} bytes): {why}"
+        )
+
+
+class CacheBudget(CacheWrites):
     """The size cap and free-space floor of one cache directory, shared by the stores of a
     process. ``max_bytes`` is the cap asked for (None: the one recorded in the cache, else half
     of the file system); :meth:`start` settles it with the cache's record."""
 
     def __init__(self, cache: DiskCache, max_bytes: int | None = None) -> None:
-        self.cache = cache
+        super().__init__(cache)
+        self.cache: DiskCache = cache
         self.requested = max_bytes
         self.max_bytes = max_bytes
         self.min_free_bytes = 0

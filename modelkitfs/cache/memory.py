@@ -9,7 +9,7 @@ page cache). :meth:`BlockMemory.passed` marks such a block as the next to go.
 A block in memory is in use: ``on_add`` and ``on_drop`` tell the owner when one comes and goes
 (the store pins it in the shared cache meanwhile, so that no process evicts it from disk).
 
-:class:`MemoryCache` is the block cache (:mod:`~modelkitfs.blobs.block_cache`) built on the
+:class:`MemoryCache` is the block cache (:mod:`~modelkitfs.cache.protocol`) built on the
 same LRU: the store's tier below this memory, for tests and where no cache folder can be
 written.
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from modelkitfs.blobs.blockfile import Buffer
-from modelkitfs.blobs.pages import PAGE, Sums, checked_span
+from modelkitfs.cache.blockfile import Buffer
+from modelkitfs.cache.pages import PAGE, PageSpan, checked_span
 
 Key = tuple[str, int]  # (digest, block index)
 
@@ -106,7 +106,7 @@ class _Claim:
 
 
 class MemoryCache:
-    """A :class:`~modelkitfs.blobs.block_cache.BlockCache` in this process's memory, blocks
+    """A :class:`~modelkitfs.cache.protocol.BlockCache` in this process's memory, blocks
     bounded by ``max_bytes`` (least recently used out first), sidecar files unbounded (they
     are small). For tests, and for a process that can write no cache folder."""
 
@@ -131,22 +131,13 @@ class MemoryCache:
             return None
         return bytearray(data)  # the reader's own copy, as a disk read would be
 
-    def read_pages(
-        self,
-        digest: str,
-        block_size: int,
-        index: int,
-        span: tuple[int, int],
-        length: int,
-        sums: Sums,
-        nowait: bool = False,
-    ) -> bytes | None:
-        data = self.blocks.get((f"{digest}/{block_size}", index))
-        if data is None or len(data) != length:
+    def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:
+        data = self.blocks.get((f"{pages.digest}/{pages.block_size}", pages.index))
+        if data is None or len(data) != pages.length:
             return None
-        first = span[0] // PAGE
-        pages = memoryview(data)[first * PAGE : -(-span[1] // PAGE) * PAGE]
-        return checked_span(pages, first, span[0], span[1], sums)
+        (start, stop), first = pages.span, pages.span[0] // PAGE
+        held = memoryview(data)[first * PAGE : -(-stop // PAGE) * PAGE]
+        return checked_span(held, first, start, stop, pages.sums)
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
         key = f"{digest}/{block_size}"

@@ -3,7 +3,7 @@
 A block's modification time is its last use (to the minute). Clocks jump, so neither order nor
 safety rests on it alone:
 
-- a block in use by any process (pinned, see :mod:`modelkitfs.blobs.locks`) is never evicted;
+- a block in use by any process (pinned, see :mod:`modelkitfs.cache.locks`) is never evicted;
 - a block whose last use lies in the future (the clock went back since) is taken as older than
   any block used since: it is evicted first, not kept for ever;
 - a temporary file is removed when the process that writes it is gone (its process lock is
@@ -18,13 +18,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from modelkitfs.blobs.blockfile import TEMP_PREFIX, temp_owner
-from modelkitfs.blobs.locks import pinned_blocks, process_alive
-
-if TYPE_CHECKING:
-    from modelkitfs.blobs.cache import DiskCache
+from modelkitfs.cache.blockfile import TEMP_PREFIX, temp_owner
+from modelkitfs.cache.layout import Layout
+from modelkitfs.cache.locks import pinned_blocks, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ class _Block:
     index: int
 
 
-def _remove_stale_temp(cache: DiskCache, entry: os.DirEntry[str], now: float) -> None:
+def _remove_stale_temp(cache: Layout, entry: os.DirEntry[str], now: float) -> None:
     owner = temp_owner(entry.name)
     if owner is not None:
         stale = not process_alive(cache.root, owner)
@@ -53,7 +50,7 @@ def _remove_stale_temp(cache: DiskCache, entry: os.DirEntry[str], now: float) ->
         os.unlink(entry.path)
 
 
-def collect_blocks(cache: DiskCache) -> list[_Block]:
+def collect_blocks(cache: Layout) -> list[_Block]:
     """Every block file of the cache; temporary files whose writer is gone are removed."""
     now = time.time()
     blocks = []
@@ -75,7 +72,7 @@ def eviction_order(blocks: list[_Block], now: float) -> list[_Block]:
     return sorted(blocks, key=lambda b: (b.mtime <= now + FUTURE_SLACK, b.mtime))
 
 
-def evict(cache: DiskCache, max_bytes: int | None, min_free_bytes: int) -> int:
+def evict(cache: Layout, max_bytes: int | None, min_free_bytes: int) -> int:
     """Evict until the blocks take at most ``PRUNE_TO`` of ``max_bytes`` and the disk has
     ``min_free_bytes`` free, skipping pinned blocks. Returns the bytes of blocks left. Call
     with the cache's prune lock held."""

@@ -8,7 +8,7 @@ Every file is written under a temporary name in its final directory, then rename
 a reader sees a whole file or none, even if the writer is killed. A temporary name carries the
 id of the process that writes it (``.tmp-<owner>-<random>``); that process holds a lock named
 after the id while it lives, so eviction tells a file whose writer is gone from one being
-written, whatever the clock says (see :mod:`modelkitfs.blobs.locks`).
+written, whatever the clock says (see :mod:`modelkitfs.cache.locks`).
 
 Files are created 0600 and folders 0700: the cache is its owner's alone. Nobody else reads its
 blocks, learns which blobs it holds, or opens its lock files to stall its downloads (issue 29).

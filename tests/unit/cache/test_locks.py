@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.locks import BlockPins, pinned_blocks, process_alive
+from modelkitfs.cache import DiskCache
+from modelkitfs.cache.locks import BlockPins, pinned_blocks, process_alive
 
 DIGEST = "sha256:" + "cd" * 32
 
@@ -29,7 +29,7 @@ def test_pins_are_seen_by_any_process_and_die_with_their_holder(tmp_path: Path) 
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from modelkitfs.blobs.locks import "
+            "import sys; from pathlib import Path; from modelkitfs.cache.locks import "
             "pinned_blocks; print(sorted(pinned_blocks(Path(sys.argv[1]), list(range(12)))))",
             str(path),
         ],
@@ -59,7 +59,7 @@ def test_a_process_lock_tells_a_live_process_from_a_dead_one(tmp_path: Path) -> 
     owner = cache.process.acquire()
     assert process_alive(tmp_path, owner)
     script = (
-        "import sys; from modelkitfs.blobs import DiskCache; "
+        "import sys; from modelkitfs.cache import DiskCache; "
         "print(DiskCache(sys.argv[1]).process.acquire())"
     )
     dead = subprocess.run(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from modelkitfs.blobs import DiskCache
-from modelkitfs.blobs.budget import MIN_MAX_BYTES, CacheBudget, check_max_size, settle_cap
+from modelkitfs.cache import DiskCache
+from modelkitfs.cache.budget import MIN_MAX_BYTES, CacheBudget, check_max_size, settle_cap
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.session.options import MountOptions
 
