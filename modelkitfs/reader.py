@@ -182,7 +182,7 @@ class KitReader:
         return Cached(
             await self.kit.tree.cached_bytes(node),
             archive.digest,
-            await archive.blob.cached_bytes(),
+            await archive.cached_size(),
             archive.size,
         )
 

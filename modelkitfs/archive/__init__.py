@@ -2,5 +2,15 @@
 
 from modelkitfs.archive.index import Entry, EntryKind, LayerIndex
 from modelkitfs.archive.layer import LayerArchive, RawFile, open_layer
+from modelkitfs.blobs import NO_READAHEAD, ReadHint
 
-__all__ = ["Entry", "EntryKind", "LayerArchive", "LayerIndex", "RawFile", "open_layer"]
+__all__ = [
+    "NO_READAHEAD",
+    "Entry",
+    "EntryKind",
+    "LayerArchive",
+    "LayerIndex",
+    "RawFile",
+    "ReadHint",
+    "open_layer",
+]

@@ -21,7 +21,8 @@ import cachetools
 import rapidgzip
 import trio
 
-from modelkitfs.blobs import Blob
+from modelkitfs.archive.stream import LayerStream
+from modelkitfs.blobs import NO_READAHEAD, Blob, ReadHint
 from modelkitfs.errors import ArchiveError, ModelKitFSError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class _BlobFile(io.RawIOBase):
             # No readahead: rapidgzip fetches ahead itself, and a random read must cost
             # only the compressed span that covers it.
             data = trio.from_thread.run(
-                partial(self.blob.read, self.position, len(view), ahead=False),
+                partial(self.blob.read, self.position, len(view), NO_READAHEAD),
                 trio_token=self.token,
             )
         except BaseException as exc:
@@ -74,21 +75,17 @@ class _BlobFile(io.RawIOBase):
         return len(data)
 
 
-class GzipStream:
+class GzipStream(LayerStream):
     """The uncompressed bytes of a gzip blob, readable at any offset once :meth:`prepare` has
-    loaded or built the checkpoint index."""
+    loaded or built the checkpoint index. A few decoded chunks are kept, not cached (windows
+    fetched in parallel would be lost): no block, no bytes held, no readahead hints."""
 
     def __init__(self, blob: Blob) -> None:
-        self.blob = blob
-        self.size = 0
+        super().__init__(blob)
         self._handle: Any = None
         self._file: _BlobFile | None = None
         self._lock = trio.Lock()
         self._chunks: cachetools.LRUCache[int, bytes] = cachetools.LRUCache(DECODED_CHUNKS_KEPT)
-
-    @property
-    def digest(self) -> str:
-        return self.blob.digest
 
     async def prepare(self) -> None:
         async with self._lock:
@@ -131,7 +128,7 @@ class GzipStream:
         self._handle = handle
         return exported
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, hint: ReadHint = NO_READAHEAD) -> bytes:
         await self.prepare()
         end = min(offset + length, self.size)
         if offset >= end:
@@ -162,9 +159,6 @@ class GzipStream:
                 self._chunks[index] = chunk
         return chunk
 
-    read_sparse = read
-    cached = False  # a few decoded chunks are kept: windows fetched in parallel would be lost
-
     async def aclose(self) -> None:
         """Stop rapidgzip's threads; one still running when Python exits aborts the process.
         Off the event loop: a thread finishing a read may still need the loop to serve it."""
@@ -172,12 +166,6 @@ class GzipStream:
             if self._handle is not None:
                 await trio.to_thread.run_sync(self._handle.close)
                 self._handle = None
-
-    async def load_meta(self, name: str) -> bytes | None:
-        return await self.blob.load_meta(name)
-
-    async def save_meta(self, name: str, data: bytes) -> None:
-        await self.blob.save_meta(name, data)
 
     async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking rapidgzip call in a worker thread; our own errors from inside its

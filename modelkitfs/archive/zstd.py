@@ -15,7 +15,8 @@ import logging
 import trio
 import zstandard
 
-from modelkitfs.blobs import Blob, DerivedBlob
+from modelkitfs.archive.stream import LayerStream
+from modelkitfs.blobs import NO_READAHEAD, Blob, DerivedBlob, ReadHint
 from modelkitfs.errors import ArchiveError, DigestMismatch
 from modelkitfs.primitives.digests import is_sha256
 
@@ -31,12 +32,14 @@ def decoded_key(blob: Blob, diff_id: str | None) -> str:
     return f"{algorithm}+zstd:{hexpart}"
 
 
-class ZstdStream:
+class ZstdStream(LayerStream):
+    """The uncompressed bytes of a zstd blob, read from their decompressed copy in the cache
+    (its own blocks, under its own key): no block of the blob, no readahead hints."""
+
     def __init__(self, blob: Blob, diff_id: str | None) -> None:
-        self.blob = blob
+        super().__init__(blob)
         self.diff_id = diff_id if diff_id and is_sha256(diff_id) else None
         self.decoded: DerivedBlob = blob.derived(decoded_key(blob, diff_id))
-        self.size = 0
         self._finished: int | None = None
         self._produced = 0
         self._progress = trio.Event()
@@ -45,17 +48,18 @@ class ZstdStream:
         self._failure: BaseException | None = None
         self._lock = trio.Lock()
 
-    @property
-    def digest(self) -> str:
-        return self.blob.digest
-
     async def prepare(self) -> None:
         """Wait until the whole layer is decompressed (the tar walker needs its size)."""
         await self._wait_for(None)
         assert self._finished is not None
         self.size = self._finished
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def prefetch(self) -> None:
+        """Decompress the whole layer into the cache: its decompressed copy is what reads
+        come from, not the compressed blob, which is not kept."""
+        await self.prepare()
+
+    async def read(self, offset: int, length: int, hint: ReadHint = NO_READAHEAD) -> bytes:
         # With full verification nothing is served before the whole layer checked out.
         target = None if self.blob.verify_full else offset + length
         while True:
@@ -67,15 +71,6 @@ class ZstdStream:
                 if not self._running:
                     log.warning("decompressed %s left the cache; decompressing again", self.digest)
                     self._start()
-
-    read_sparse = read
-    cached = False  # a few decoded chunks are kept: windows fetched in parallel would be lost
-
-    async def load_meta(self, name: str) -> bytes | None:
-        return await self.blob.load_meta(name)
-
-    async def save_meta(self, name: str, data: bytes) -> None:
-        await self.blob.save_meta(name, data)
 
     async def _wait_for(self, target: int | None) -> int:
         """Wait until byte ``target`` (the end when None) is decompressed; returns how many

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from modelkitfs.blobs.readahead import READ_AHEAD, ReadHint
 from modelkitfs.blobs.store import BlockStore
 from modelkitfs.errors import RangeIgnored
 from modelkitfs.primitives.buffers import Buffer
@@ -53,37 +54,13 @@ class Blob:
         """Whether no byte of it may be served before the whole blob is verified."""
         return self.store.verify_full
 
-    async def read(
-        self,
-        offset: int,
-        length: int,
-        *,
-        ahead: bool = True,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
-    ) -> bytes:
-        return await self.store.read(
-            self.digest,
-            self.size,
-            offset,
-            length,
-            ahead=ahead,
-            ahead_limit=ahead_limit,
-            unit_end=unit_end,
-        )
+    async def read(self, offset: int, length: int, hint: ReadHint = READ_AHEAD) -> bytes:
+        """Bytes ``[offset, offset + length)``, fetched ahead of as ``hint`` says."""
+        return await self.store.read(self.digest, self.size, offset, length, hint)
 
-    def read_now(
-        self,
-        offset: int,
-        length: int,
-        *,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
-    ) -> bytes | None:
+    def read_now(self, offset: int, length: int, hint: ReadHint = READ_AHEAD) -> bytes | None:
         """What :meth:`read` answers, if it can be had without waiting; else None."""
-        return self.store.read_now(
-            self.digest, self.size, offset, length, ahead_limit=ahead_limit, unit_end=unit_end
-        )
+        return self.store.read_now(self.digest, self.size, offset, length, hint)
 
     async def read_held(self, offset: int, length: int) -> bytes | None:
         """What :meth:`read` answers if it needs nothing fetched (see the store's)."""

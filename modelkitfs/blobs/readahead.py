@@ -44,6 +44,26 @@ CURSORS_PER_BLOB = 8
 RECENT = 64  # reads (of any blob) since a stream's last one for it to count as going on
 
 
+@dataclass(frozen=True, slots=True)
+class ReadHint:
+    """What a read says of itself to the readahead, from the kit tree (which knows files and
+    tensors) through the archive and the blob to the store, unchanged on the way.
+
+    ``ahead``: whether it is a reader's read, to be followed and fetched ahead of (a tar index
+    walk or a safetensors header read fetches its own bytes and is none); ``file_end``: where
+    the file being read ends in the blob, when known: fetching ahead stops there; ``unit_end``:
+    where the unit the read falls in ends, when the reader takes units whole (a safetensors
+    tensor): the rest of it is fetched at once."""
+
+    ahead: bool = True
+    file_end: int | None = None
+    unit_end: int | None = None
+
+
+READ_AHEAD = ReadHint()  # a reader's read, nothing more known of it
+NO_READAHEAD = ReadHint(ahead=False)
+
+
 @dataclass
 class _Cursor:
     end: int  # where the last read of this reader ended
@@ -62,21 +82,15 @@ class Readahead:
         self._clock = 0
 
     def advise(
-        self,
-        digest: str,
-        size: int,
-        offset: int,
-        end: int,
-        limit: int | None = None,
-        unit_end: int | None = None,
+        self, digest: str, size: int, offset: int, end: int, hint: ReadHint = READ_AHEAD
     ) -> list[tuple[int, int]]:
         """Note a read of ``[offset, end)``; the byte ranges worth fetching now, in order,
-        never past ``limit`` (the end of the file being read, when known). ``unit_end``: where
-        the unit the read falls in ends, when the reader takes units whole (a safetensors
-        tensor): a reader that has not been going in order gets the rest of it at once (up to
-        64 MiB ahead). One that has keeps its stream's window: the kernel's readahead runs past
-        the end of a tensor into the next, which a reader that stops does not want whole."""
+        never past the hint's ``file_end``. A reader that has not been going in order and
+        enters a unit (the hint's ``unit_end``) gets the rest of it at once (up to 64 MiB
+        ahead). One that has keeps its stream's window: the kernel's readahead runs past the
+        end of a tensor into the next, which a reader that stops does not want whole."""
         self._clock += 1
+        unit_end, limit = hint.unit_end, hint.file_end
         data_end = min(size, limit if limit is not None else size)
         unit_target = min(unit_end, end + MAX_WINDOW, data_end) if unit_end is not None else 0
         cursors = self._cursors.setdefault(digest, [])

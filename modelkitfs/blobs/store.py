@@ -26,7 +26,7 @@ from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST, Downloads
 from modelkitfs.blobs.flights import Flight, Flights, for_waiters
 from modelkitfs.blobs.jobs import Jobs
 from modelkitfs.blobs.pages import SmallReads
-from modelkitfs.blobs.readahead import Readahead
+from modelkitfs.blobs.readahead import READ_AHEAD, Readahead, ReadHint
 from modelkitfs.blobs.verification import Verifier
 from modelkitfs.blobs.verified import VerifiedStates
 from modelkitfs.blobs.write_behind import WriteBehind
@@ -117,46 +117,31 @@ class BlockStore:
     # --- reads ------------------------------------------------------------------------------
 
     async def read(
-        self,
-        digest: str,
-        size: int,
-        offset: int,
-        length: int,
-        *,
-        ahead: bool = True,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
+        self, digest: str, size: int, offset: int, length: int, hint: ReadHint = READ_AHEAD
     ) -> bytes:
         """Bytes ``[offset, offset + length)`` of the blob, clipped at its end. A reader going
-        in order gets what follows fetched ahead (unless ``ahead`` is False), up to
-        ``ahead_limit`` when the end of what it reads is known; the rest of a unit read whole
-        (a tensor), up to ``unit_end``, at once."""
+        in order gets what follows fetched ahead (unless the hint says it is no reader), up to
+        the end of the file it reads when known; the rest of a unit read whole (a tensor) at
+        once (:class:`~modelkitfs.blobs.readahead.ReadHint`)."""
         end = min(offset + length, size)
         if (direct := await self._direct(digest, offset, end)) is not None:
             return direct
         if self.verifier.must_verify(digest):
             await self.verifier.verified(digest, size)
-        if ahead:
-            self._ahead(digest, size, offset, end, ahead_limit, unit_end)
+        if hint.ahead:
+            self._ahead(digest, size, offset, end, hint)
         small = end - offset <= self.block_size // SMALL_READ
         parts = [
             self._part_now(digest, size, i, span, small)
             or await self._part(digest, size, i, span, small, (end - 1) // self.block_size)
             for i, span in self.blocks.spans(offset, end)
         ]
-        if ahead:
+        if hint.ahead:
             self._passed(digest, offset, end)
         return b"".join(parts)
 
     def read_now(
-        self,
-        digest: str,
-        size: int,
-        offset: int,
-        length: int,
-        *,
-        ahead_limit: int | None = None,
-        unit_end: int | None = None,
+        self, digest: str, size: int, offset: int, length: int, hint: ReadHint = READ_AHEAD
     ) -> bytes | None:
         """What :meth:`read` answers (fetching ahead), if it can be had at once: each block it
         needs in memory, or (a small read of a checked block) its pages in the page cache;
@@ -172,8 +157,9 @@ class BlockStore:
             if (part := self._part_now(digest, size, i, span, small)) is None:
                 return None
             parts.append(part)
-        self._ahead(digest, size, offset, end, ahead_limit, unit_end)
-        self._passed(digest, offset, end)
+        if hint.ahead:
+            self._ahead(digest, size, offset, end, hint)
+            self._passed(digest, offset, end)
         return b"".join(parts)
 
     async def read_held(self, digest: str, size: int, offset: int, length: int) -> bytes | None:
@@ -208,9 +194,9 @@ class BlockStore:
             return await self.read_source(digest, offset, end)
         return None
 
-    def _ahead(self, digest: str, size: int, offset: int, end: int, *advice: int | None) -> None:
+    def _ahead(self, digest: str, size: int, offset: int, end: int, hint: ReadHint) -> None:
         """Start fetching what the readahead advises after a read of ``[offset, end)``."""
-        for start, stop in self._readahead.advise(digest, size, offset, end, *advice):
+        for start, stop in self._readahead.advise(digest, size, offset, end, hint):
             # Reserved now, before the read looks for its own blocks, so that a block both
             # want is fetched once, as part of the larger request.
             flights = self.flights.reserve(

@@ -251,7 +251,7 @@ class KitOperations(pyfuse3.Operations):
         if name == "entry":
             return f"{layer.kind} {layer.path or '.'}"
         if name == "layer_cached":
-            return f"{await archive.blob.cached_bytes()} of {archive.size}"
+            return f"{await archive.cached_size()} of {archive.size}"
         amount = await self.tree.cached_bytes(node)
         return "unknown (compressed layer)" if amount is None else f"{amount} of {node.size}"
 

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import trio
 
-from modelkitfs.archive import Entry, EntryKind, LayerArchive, LayerIndex
+from modelkitfs.archive import NO_READAHEAD, Entry, EntryKind, LayerArchive, LayerIndex, ReadHint
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.kit import tensors
 from modelkitfs.kit.tensors import TensorLayout
@@ -77,6 +77,17 @@ def _file_key(node: Node) -> tuple[str, int]:
     """A file's bytes by where they lie: the same in every tree and under any name."""
     assert node.layer is not None
     return node.layer.archive.digest, node.offset
+
+
+def _hint(
+    node: Node, layout: TensorLayout | None = None, offset: int = 0, size: int = 0
+) -> ReadHint:
+    """What a read of ``size`` bytes at ``offset`` of file ``node`` says of itself to the
+    readahead, in the layer's offsets: where the file ends, and where the tensor the read
+    enters ends (``layout``: the file's, when it is a safetensors file with one)."""
+    tensor_end = layout.entered(offset, size) if layout is not None else None
+    unit_end = None if tensor_end is None else node.offset + tensor_end
+    return ReadHint(file_end=node.offset + node.size, unit_end=unit_end)
 
 
 def related(layer_path: str, directory: str) -> bool:
@@ -169,16 +180,13 @@ class KitTree:
         if node.content is not None or node.layer is None or offset >= node.size:
             return None
         size = min(size, node.size - offset)
-        archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
+        archive, start = node.layer.archive, node.offset + offset
         if not _may_hold_tensors(node):
-            return archive.read_now(start, size, end)
+            return archive.read_now(start, size, _hint(node))
         key = _file_key(node)
         if offset == 0 or key not in self._layouts:  # its layout is learnt first
             return None
-        layout = self._layouts[key]
-        tensor_end = layout.entered(offset, size) if layout is not None else None
-        unit_end = None if tensor_end is None else node.offset + tensor_end
-        return archive.read_now(start, size, end, unit_end)
+        return archive.read_now(start, size, _hint(node, self._layouts[key], offset, size))
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         if node.content is not None:
@@ -186,12 +194,12 @@ class KitTree:
         if node.layer is None or offset >= node.size:
             return b""
         size = min(size, node.size - offset)
-        archive, start, end = node.layer.archive, node.offset + offset, node.offset + node.size
+        archive, start = node.layer.archive, node.offset + offset
         if not _may_hold_tensors(node):
-            return await archive.read(start, size, end)
+            return await archive.read(start, size, _hint(node))
         key = _file_key(node)
         if offset == 0:  # the loader reads the header first: learn the layout from it
-            data = await archive.read(start, size, end)
+            data = await archive.read(start, size, _hint(node))
             if key not in self._layouts:
                 self._layouts[key] = await self._read_layout(node, data)
             return data
@@ -199,9 +207,7 @@ class KitTree:
             layout = self._layouts[key]
         else:
             layout = await self._reading_layout.run(key, self._learn_layout, key, node)
-        tensor_end = layout.entered(offset, size) if layout is not None else None
-        unit_end = None if tensor_end is None else node.offset + tensor_end
-        return await archive.read(start, size, end, unit_end)
+        return await archive.read(start, size, _hint(node, layout, offset, size))
 
     async def _learn_layout(self, key: tuple[str, int], node: Node) -> TensorLayout | None:
         if key not in self._layouts:  # a header read at offset 0 may have brought it meanwhile
@@ -218,7 +224,7 @@ class KitTree:
         async def head(length: int) -> bytes:
             if len(first) >= length:
                 return first[:length]
-            return await archive.read(node.offset, length, readahead=False)
+            return await archive.read(node.offset, length, NO_READAHEAD)
 
         try:
             length = tensors.header_length(await head(8))

@@ -58,12 +58,12 @@ async def prefetch(
     async with open_kit(ref, options) as opened:
         sources, layers = opened.sources, opened.kit.tree.layers
         state = Progress(str(ref), len(layers), sum(x.archive.size for x in layers))
-        held = [min(await x.archive.blob.cached_bytes(), x.archive.size) for x in layers]
+        held = [min(await x.archive.cached_size(), x.archive.size) for x in layers]
         state.cached_before = state.bytes_done = sum(held)
 
         async def update() -> None:
             for position, layer in enumerate(layers):
-                held[position] = min(await layer.archive.blob.cached_bytes(), layer.archive.size)
+                held[position] = min(await layer.archive.cached_size(), layer.archive.size)
             state.bytes_done = sum(held)
             state.downloaded = sources.fetched_bytes
             state.elapsed = time.monotonic() - started

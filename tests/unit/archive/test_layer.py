@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ import trio
 
 from modelkitfs.archive import EntryKind, LayerArchive, RawFile
 from modelkitfs.archive.index import INDEX_NAME
-from modelkitfs.archive.layer import BROAD_FILES, RAW_FILE_MODE, open_layer
-from modelkitfs.blobs import BlobStore
+from modelkitfs.archive.layer import RAW_FILE_MODE, open_layer
+from modelkitfs.archive.plain import BROAD_FILES
+from modelkitfs.blobs import BlobStore, ReadHint
 from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import ArchiveError
 from modelkitfs.primitives.digests import sha256_digest
@@ -62,11 +64,14 @@ def read_files(order: list[int], *, expect_whole: bool) -> int:
             for position in order:
                 entry = files[position]
                 end = entry.offset + entry.size
-                assert await layer.read(entry.offset, entry.size, end) == data[entry.offset : end]
+                assert (
+                    await layer.read(entry.offset, entry.size, ReadHint(file_end=end))
+                    == data[entry.offset : end]
+                )
             if expect_whole:
                 await until(lambda: store.verifier.is_verified(digest), "the layer fetched whole")
             await store.flush()
-            cached.append(await layer.blob.cached_bytes())
+            cached.append(await layer.cached_size())
 
     trio.run(main)
     return cached[0]
@@ -118,7 +123,7 @@ def layer_in(
 async def files_of(layer: LayerArchive) -> dict[str, bytes]:
     entries = (await layer.index()).entries
     return {
-        e.path: await layer.read(e.offset, e.size, e.offset + e.size)
+        e.path: await layer.read(e.offset, e.size, ReadHint(file_end=e.offset + e.size))
         for e in entries
         if e.kind is EntryKind.FILE
     }
@@ -177,7 +182,7 @@ def test_a_raw_layer_is_its_one_file(compression: str, size: int | None) -> None
                 0,
                 expected,
             )
-            assert await layer.read(0, len(data), len(data)) == data
+            assert await layer.read(0, len(data), ReadHint(file_end=len(data))) == data
 
     trio.run(main)
 
@@ -224,20 +229,20 @@ def test_what_is_cached_of_a_file_is_known_for_an_uncompressed_layer_alone() -> 
             zstd = layer_in(store, source, PLAIN_TAR, "zstd", None)
             for layer in (plain, zstd):
                 entry = next(e for e in (await layer.index()).entries if e.path == weights)
-                end = entry.offset + entry.size
+                hint = ReadHint(file_end=entry.offset + entry.size)
                 if layer is zstd:
                     assert await layer.cached_bytes(entry.offset, entry.size) is None
-                    assert layer.read_now(entry.offset, 10, end) is None  # never without waiting
+                    assert layer.read_now(entry.offset, 10, hint) is None  # never without waiting
                     continue
                 before = await layer.cached_bytes(entry.offset, entry.size)
                 assert before is not None and before < entry.size
                 assert (
-                    await layer.read(entry.offset, entry.size, end, readahead=False)
+                    await layer.read(entry.offset, entry.size, replace(hint, ahead=False))
                     == (MEMBERS[weights])
                 )
                 await store.flush()
                 assert await layer.cached_bytes(entry.offset, entry.size) == entry.size
-                assert layer.read_now(entry.offset + 5, 10, end) == MEMBERS[weights][5:15]
+                assert layer.read_now(entry.offset + 5, 10, hint) == MEMBERS[weights][5:15]
 
     trio.run(main)
 
@@ -257,7 +262,7 @@ def test_a_prefetched_layer_is_read_without_another_request(compression: str) ->
             assert len(source.requests) == asked
             # A zstd layer keeps its decompressed bytes instead of the blob; the others the
             # blob, verified.
-            kept = await layer.blob.cached_bytes()
+            kept = await layer.cached_size()
             assert kept == (0 if compression == "zstd" else layer.size)
             assert store.verifier.is_verified(layer.digest) is (compression != "zstd")
             await layer.aclose()

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from modelkitfs.blobs import NO_READAHEAD
 from modelkitfs.blobs.downloads import MAX_BLOCKS_PER_REQUEST
 from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import RegistryError
@@ -24,7 +25,7 @@ def test_adjacent_missing_blocks_go_out_as_one_request_per_run() -> None:
 
     async def main() -> None:
         async with opened(source, MemoryCache(), memory_bytes=64 * BLOCK) as store:
-            got = await store.read(source.digest, source.size, 0, 40 * BLOCK, ahead=False)
+            got = await store.read(source.digest, source.size, 0, 40 * BLOCK, NO_READAHEAD)
             assert got == source.data
         runs = [(start, end) for _, start, end in source.requests]
         assert runs[0] == (0, MAX_BLOCKS_PER_REQUEST * BLOCK)
@@ -46,7 +47,7 @@ def test_a_block_another_process_downloads_is_waited_for_not_downloaded() -> Non
                 got: list[bytes] = []
 
                 async def reader() -> None:
-                    got.append(await store.read(source.digest, source.size, 0, 10, ahead=False))
+                    got.append(await store.read(source.digest, source.size, 0, 10, NO_READAHEAD))
 
                 nursery.start_soon(reader)
                 await trio.testing.wait_all_tasks_blocked()
@@ -83,11 +84,11 @@ def test_a_claim_held_longer_than_a_read_can_wait_is_overtaken() -> None:
     async def main() -> None:
         async with opened(source, cache, timeout=10) as store:
             start = trio.current_time()
-            got = await store.read(source.digest, source.size, 0, 2 * BLOCK, ahead=False)
+            got = await store.read(source.digest, source.size, 0, 2 * BLOCK, NO_READAHEAD)
             assert got == source.data[: 2 * BLOCK]
             waited = trio.current_time() - start
             assert 5 <= waited < 10  # half the timeout, and the read was served within it
-            later = await store.read(source.digest, source.size, 4 * BLOCK, BLOCK, ahead=False)
+            later = await store.read(source.digest, source.size, 4 * BLOCK, BLOCK, NO_READAHEAD)
             assert later == source.data[4 * BLOCK : 5 * BLOCK]
             assert trio.current_time() - start == waited  # no second wait
             await store.flush()
@@ -108,9 +109,9 @@ def test_once_no_claim_is_held_too_long_claims_are_waited_for_again() -> None:
 
     async def main() -> None:
         async with opened(source, cache, timeout=10) as store:
-            assert await store.read(source.digest, source.size, 0, 10, ahead=False)
+            assert await store.read(source.digest, source.size, 0, 10, NO_READAHEAD)
             stopped.release(0)  # the stopped process was killed
-            assert await store.read(source.digest, source.size, BLOCK, 10, ahead=False)
+            assert await store.read(source.digest, source.size, BLOCK, 10, NO_READAHEAD)
             other = cache.claim_run(source.digest, BLOCK, 2, 2)  # a healthy download
             assert other is not None and other.held == {2}
             async with trio.open_nursery() as nursery:
@@ -118,7 +119,7 @@ def test_once_no_claim_is_held_too_long_claims_are_waited_for_again() -> None:
 
                 async def reader() -> None:
                     got.append(
-                        await store.read(source.digest, source.size, 2 * BLOCK, 10, ahead=False)
+                        await store.read(source.digest, source.size, 2 * BLOCK, 10, NO_READAHEAD)
                     )
 
                 nursery.start_soon(reader, name="reader")
@@ -203,7 +204,7 @@ def test_a_block_lands_as_it_arrives_not_when_its_request_ends() -> None:
                 nursery.start_soon(read_all)
                 await until(lambda: inner.requests, "the reader's request")
                 assert inner.requests == [(inner.digest, 0, 8 * BLOCK)]  # one request
-                first = await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                first = await store.read(inner.digest, inner.size, 0, BLOCK, NO_READAHEAD)
                 assert first == inner.data[:BLOCK] and not source.finished
                 await until(lambda: cache.cached_blocks(inner.digest, BLOCK, 0, 7), "block 0")
                 assert cache.cached_blocks(inner.digest, BLOCK, 0, 7) == {0}
@@ -226,7 +227,7 @@ def test_a_wrong_block_in_a_run_is_asked_for_again_from_there() -> None:
             store.memory.forget(inner.digest)
             del inner.requests[:]
             source.faults[source.count + 1] = flip(2 * BLOCK + 7)
-            got = await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+            got = await store.read(inner.digest, inner.size, 0, inner.size, NO_READAHEAD)
             assert got == inner.data
         assert inner.requests == [
             (inner.digest, 0, 4 * BLOCK),
@@ -245,10 +246,10 @@ def test_a_piece_cut_short_in_the_middle_stops_the_run_and_nothing_after_it_land
     async def main() -> None:
         async with opened(source, cache, memory_bytes=64 * BLOCK) as store:
             with pytest.raises(RegistryError, match=r"answered \d+ bytes for \d+ of blob"):
-                await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+                await store.read(inner.digest, inner.size, 0, inner.size, NO_READAHEAD)
             await store.writes.join()
             assert cache.cached_blocks(inner.digest, BLOCK, 0, 3) == {0}
-            got = await store.read(inner.digest, inner.size, 0, inner.size, ahead=False)
+            got = await store.read(inner.digest, inner.size, 0, inner.size, NO_READAHEAD)
             assert got == inner.data
 
     trio.run(main)

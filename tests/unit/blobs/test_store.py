@@ -9,6 +9,7 @@ import logging
 import pytest
 import trio
 
+from modelkitfs.blobs import NO_READAHEAD
 from modelkitfs.cache import MemoryCache
 from modelkitfs.errors import RegistryError, TransientError
 from modelkitfs.registry.testing import FailingSource, MemorySource, flip, short
@@ -36,7 +37,7 @@ def test_readers_of_the_same_blocks_at_once_share_one_download() -> None:
             got: list[bytes] = []
 
             async def reader() -> None:
-                got.append(await store.read(source.digest, source.size, 0, 8 * BLOCK, ahead=False))
+                got.append(await store.read(source.digest, source.size, 0, 8 * BLOCK, NO_READAHEAD))
 
             async with trio.open_nursery() as nursery:
                 for _ in range(10):
@@ -54,7 +55,7 @@ def test_a_failed_request_fails_the_read_clearly_and_the_next_read_succeeds() ->
     async def main() -> None:
         async with opened(source, MemoryCache()) as store:
             with pytest.raises(TransientError, match="connection reset"):
-                await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                await store.read(inner.digest, inner.size, 0, BLOCK, NO_READAHEAD)
             assert await store.read(inner.digest, inner.size, 0, BLOCK) == inner.data[:BLOCK]
 
     trio.run(main)
@@ -70,7 +71,7 @@ def test_readers_waiting_on_a_failed_download_share_its_failure() -> None:
 
             async def reader() -> None:
                 try:
-                    await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                    await store.read(inner.digest, inner.size, 0, BLOCK, NO_READAHEAD)
                 except TransientError as exc:
                     failures.append(exc)
 
@@ -89,8 +90,8 @@ def test_an_answer_shorter_than_the_range_is_an_error_never_a_short_block() -> N
     async def main() -> None:
         async with opened(source, MemoryCache()) as store:
             with pytest.raises(RegistryError, match=r"answered \d+ bytes for \d+ of blob"):
-                await store.read(inner.digest, inner.size, 0, 2 * BLOCK, ahead=False)
-            again = await store.read(inner.digest, inner.size, 0, 2 * BLOCK, ahead=False)
+                await store.read(inner.digest, inner.size, 0, 2 * BLOCK, NO_READAHEAD)
+            again = await store.read(inner.digest, inner.size, 0, 2 * BLOCK, NO_READAHEAD)
             assert again == inner.data[: 2 * BLOCK]
 
     trio.run(main)
@@ -112,7 +113,7 @@ def test_wrong_bytes_of_a_verified_blob_are_fetched_again(
             store.memory.forget(inner.digest)
             source.faults[source.count + 1] = flip(10)
             with caplog.at_level(logging.WARNING):
-                got = await store.read(inner.digest, inner.size, 0, BLOCK, ahead=False)
+                got = await store.read(inner.digest, inner.size, 0, BLOCK, NO_READAHEAD)
             assert got == inner.data[:BLOCK]
         assert "differ from those verified before (attempt 1 of 3)" in caplog.text
 

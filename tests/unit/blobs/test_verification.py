@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from modelkitfs.blobs import BlobStore
+from modelkitfs.blobs import NO_READAHEAD, BlobStore
 from modelkitfs.cache import CacheBudget, DiskCache, MemoryCache
 from modelkitfs.errors import DigestMismatch, ModelKitFSError
 from tests.support.tmpfs import small_fs
@@ -181,7 +181,7 @@ def test_a_blob_read_in_order_is_hashed_as_it_comes_in(tmp_path: Path, in_order:
         async with opened(registry, cache, memory_bytes=8 * BLOCK) as store:
             offsets = list(range(0, size, 3 * BLOCK))
             for offset in offsets if in_order else reversed(offsets):
-                got = await store.read(registry.digest, size, offset, 3 * BLOCK, ahead=False)
+                got = await store.read(registry.digest, size, offset, 3 * BLOCK, NO_READAHEAD)
                 assert got == registry.data[offset : offset + 3 * BLOCK]
                 await store.flush()
             assert store.verifier.is_verified(registry.digest)
@@ -201,7 +201,7 @@ def test_blocks_held_for_the_in_order_hash_are_bounded(
 
     async def main() -> None:
         async with opened(registry, DiskCache(tmp_path), memory_bytes=64 * BLOCK) as store:
-            got = await store.read(registry.digest, size, BLOCK, size - BLOCK, ahead=False)
+            got = await store.read(registry.digest, size, BLOCK, size - BLOCK, NO_READAHEAD)
             assert got == registry.data[BLOCK:]
             await store.flush()
             assert store.verifier._held() == 3  # blocks 1 to 3: near block 0, which it awaits
