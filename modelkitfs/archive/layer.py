@@ -39,19 +39,13 @@ class RawFile:
 
 
 class LayerArchive:
+    """The layer in ``blob``, read as ``stream`` (its format's); ``raw``: the one file of a
+    layer that is no tar archive."""
+
     def __init__(self, blob: Blob, stream: LayerStream, raw: RawFile | None = None) -> None:
-        self.blob = blob
-        self.stream = stream
-        self.raw = raw
-
-    @property
-    def digest(self) -> str:
-        return self.blob.digest
-
-    @property
-    def size(self) -> int:
-        """Bytes in the registry (compressed, for a compressed layer)."""
-        return self.blob.size
+        self.blob, self.stream, self.raw = blob, stream, raw
+        self.digest = blob.digest
+        self.size = blob.size  # bytes in the registry (compressed, for a compressed layer)
 
     async def index(self) -> LayerIndex:
         if self.raw is not None:

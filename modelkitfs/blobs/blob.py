@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from modelkitfs.blobs.readahead import READ_AHEAD, ReadHint
 from modelkitfs.blobs.store import BlockStore
@@ -26,13 +27,13 @@ STREAM_CHUNK = 8 * 1024 * 1024
 DERIVED_RECORD = "derived.v1.json"
 
 
+@dataclass(eq=False)
 class Blob:
     """One blob of known digest and size: what the archive layer reads from."""
 
-    def __init__(self, store: BlobStore, digest: str, size: int) -> None:
-        self.store = store
-        self.digest = digest
-        self.size = size
+    store: BlobStore
+    digest: str
+    size: int
 
     @property
     def block_size(self) -> int:
