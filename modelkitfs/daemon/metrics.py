@@ -40,7 +40,28 @@ OPERATIONS = (
 )  # fmt: skip
 # Seconds: a page-cache-cold 4 KiB lookup takes a fraction of a ms; a read that waits on the
 # network takes up to the timeout.
+# Counters each registry client or blob store keeps: (metric, help, the counter's attribute).
+REGISTRY_COUNTERS = (
+    ("modelkitfs_registry_requests", "HTTP requests sent to registries", "requests"),
+    ("modelkitfs_registry_blob_bytes", "Blob bytes fetched", "blob_bytes"),
+    ("modelkitfs_registry_ranges", "Range downloads of blobs", "ranges"),
+    ("modelkitfs_registry_retries", "Requests retried after a failure", "retries"),
+)
+STORE_COUNTERS = (
+    ("modelkitfs_cache_write_failures", "Blocks the disk cache could not keep", "write_failures"),
+    ("modelkitfs_blobs_verified", "Blobs that matched their digest", "verified_blobs"),
+    ("modelkitfs_blobs_corrupt", "Blobs that did not match their digest", "corrupt_blobs"),
+)
 FUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+
+
+def _counters(
+    specs: tuple[tuple[str, str, str], ...], labels: list[str]
+) -> dict[str, CounterMetricFamily]:
+    """A counter family for each of ``specs``, by the attribute it counts."""
+    return {
+        counter: CounterMetricFamily(name, text, labels=labels) for name, text, counter in specs
+    }
 
 
 class SourcesCollector(Collector):
@@ -52,18 +73,7 @@ class SourcesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         registry = ["registry"]
-        requests = CounterMetricFamily(
-            "modelkitfs_registry_requests", "HTTP requests sent to registries", labels=registry
-        )
-        blob_bytes = CounterMetricFamily(
-            "modelkitfs_registry_blob_bytes", "Blob bytes fetched", labels=registry
-        )
-        ranges = CounterMetricFamily(
-            "modelkitfs_registry_ranges", "Range downloads of blobs", labels=registry
-        )
-        retries = CounterMetricFamily(
-            "modelkitfs_registry_retries", "Requests retried after a failure", labels=registry
-        )
+        sent = _counters(REGISTRY_COUNTERS, registry)
         answers = CounterMetricFamily(
             "modelkitfs_registry_responses",
             "Answers from registries and their object storage, by HTTP status",
@@ -76,16 +86,14 @@ class SourcesCollector(Collector):
         )
         for name, client in list(self.sources.clients.items()):
             stats = client.stats
-            requests.add_metric([name], stats.requests)
-            blob_bytes.add_metric([name], stats.blob_bytes)
-            ranges.add_metric([name], stats.ranges)
-            retries.add_metric([name], stats.retries)
+            for counter, family in sent.items():
+                family.add_metric([name], getattr(stats, counter))
             for status, count in list(stats.statuses.items()):
                 answers.add_metric([name, str(status)], count)
             cumulative = list(itertools.accumulate(stats.latency))
             buckets = [(f"{le:g}", n) for le, n in zip(LATENCY_BUCKETS, cumulative, strict=False)]
             latency.add_metric([name], [*buckets, ("+Inf", cumulative[-1])], stats.latency_sum)
-        yield from (requests, blob_bytes, ranges, retries, answers, latency)
+        yield from (*sent.values(), answers, latency)
 
         labels = ["registry", "repository"]
         hits = CounterMetricFamily(
@@ -93,24 +101,15 @@ class SourcesCollector(Collector):
             "Blocks read, by where they came from (the kernel's page cache cannot be seen)",
             labels=[*labels, "level"],
         )
-        write_failures = CounterMetricFamily(
-            "modelkitfs_cache_write_failures", "Blocks the disk cache could not keep", labels=labels
-        )
-        verified = CounterMetricFamily(
-            "modelkitfs_blobs_verified", "Blobs that matched their digest", labels=labels
-        )
-        corrupt = CounterMetricFamily(
-            "modelkitfs_blobs_corrupt", "Blobs that did not match their digest", labels=labels
-        )
+        kept = _counters(STORE_COUNTERS, labels)
         for (registry_name, repository), store in list(self.sources.stores.items()):
             key = [registry_name, repository]
             hits.add_metric([*key, "memory"], store.stats.memory_hits)
             hits.add_metric([*key, "disk"], store.stats.disk_hits)
             hits.add_metric([*key, "network"], store.stats.downloaded_blocks)
-            write_failures.add_metric(key, store.stats.write_failures)
-            verified.add_metric(key, store.stats.verified_blobs)
-            corrupt.add_metric(key, store.stats.corrupt_blobs)
-        yield from (hits, write_failures, verified, corrupt)
+            for counter, family in kept.items():
+                family.add_metric(key, getattr(store.stats, counter))
+        yield from (hits, *kept.values())
 
         budget = self.sources.budget
         if budget.usage is not None:  # None until measured (for good if it cannot be)
