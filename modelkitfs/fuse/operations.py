@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FOREVER = float(2**31)
 BLOCK_SIZE = 4096
+PAGE = 4096  # the kernel's page
 XATTR = b"user.modelkitfs."
 STATS_XATTR = XATTR + b"stats"
 WHOLE_AT_OPEN = 128 * 1024  # a file the kernel reads in one request: pushed as it is opened
@@ -194,11 +195,21 @@ class KitOperations(pyfuse3.Operations):
         node = self._node(fh)
         if (data := self.tree.read_now(node, off, size)) is None:
             data = await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
-        if self.pushes is not None and (block := self.tree.block_around(node, off)) is not None:
+        if self.pushes is not None and (block := self._pages_around(node, off)) is not None:
             start, end = block
             read = partial(self.tree.read_held, node, start, end - start)
             self.pushes.after_read(fh, block, (off, off + size), read)
         return data
+
+    def _pages_around(self, node: Node, offset: int) -> tuple[int, int] | None:
+        """The whole pages of the cache block holding byte ``offset`` of file ``node`` (the
+        file's last page too): a page the block holds only part of is never made whole by a
+        push, so it is left to the kernel's own read."""
+        if (block := self.tree.block_around(node, offset)) is None:
+            return None
+        start = -(-block[0] // PAGE) * PAGE
+        end = block[1] if block[1] == node.size else block[1] // PAGE * PAGE
+        return (start, end) if start < end else None
 
     async def release(self, fh: int) -> None:
         self.open_handles -= 1

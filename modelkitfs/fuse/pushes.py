@@ -25,9 +25,11 @@ What is pushed, and when:
   the mount goes.
 - A block is pushed again only if its pages come back as reads ``REPUSH_AFTER`` seconds or
   more after its push (the kernel let them go since: memory was needed, or the page cache was
-  dropped). Pages asked for again sooner mean the page cache cannot keep the file: after
-  ``GIVE_UP`` such reads, a file gets no more pushes, as the kernel's own mmap read-around
-  stops for a file it keeps missing.
+  dropped). Pushed pages asked for again sooner (not within ``SETTLE``: reads on their way
+  as the push landed) mean the page cache cannot keep the file: after ``GIVE_UP`` such reads,
+  a file gets no more pushes, as the kernel's own mmap read-around stops for a file it keeps
+  missing. Only whole pages are pushed: the kernel keeps a page stored in part only if it is
+  the file's last, so a page a block holds in part is left to the kernel's own read.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SMALL_READ = 64 * 1024  # larger requests come from the kernel's readahead: a reader in order
 REPUSH_AFTER = 1.0  # seconds
+SETTLE = 0.2  # seconds after a push within which its block's reads were already asked for
 GIVE_UP = 64  # reads of a block pushed less than REPUSH_AFTER ago, per file
 QUEUED = 8
 WORKERS = 2
@@ -59,7 +62,7 @@ Store = Callable[[int, int, bytes], None]  # (kernel inode, offset, bytes), as n
 @dataclass
 class _File:
     pushed: dict[int, float] = field(default_factory=dict)  # block's start -> when pushed
-    pending: set[int] = field(default_factory=set)
+    pending: dict[int, float] = field(default_factory=dict)  # block's start -> when queued
     too_soon: int = 0  # reads of blocks pushed less than REPUSH_AFTER before
 
 
@@ -92,20 +95,21 @@ class Pushes:
         if request[1] - request[0] > SMALL_READ or (start >= request[0] and end <= request[1]):
             return
         file = self._file(inode)
-        if not self._wanted(inode, file, start, count_too_soon=True):
+        inside = start <= request[0] and request[1] <= end  # else pages it never pushed
+        if not self._wanted(inode, file, start, count_too_soon=inside):
             return
         try:
             self._send.send_nowait((inode, start, read))
         except trio.WouldBlock:
             return  # pushes are advice: a reader is never kept waiting for one
-        file.pending.add(start)
+        file.pending[start] = trio.current_time()
 
     async def opened(self, inode: int, read: Read) -> None:
         """Small file ``inode`` is being opened: push its bytes (``read`` reads them if held)
         as the open is answered, so that its reader's read never reaches the daemon."""
         file = self._file(inode)
         if self._wanted(inode, file, 0, count_too_soon=False):  # opened again soon: still there
-            file.pending.add(0)
+            file.pending[0] = trio.current_time()
             await self._push(inode, 0, read)
 
     def _file(self, inode: int) -> _File:
@@ -124,9 +128,9 @@ class Pushes:
         if file.too_soon > GIVE_UP or start in file.pending:
             return False
         when = file.pushed.get(start)
-        if when is None or trio.current_time() - when >= REPUSH_AFTER:
+        if when is None or (age := trio.current_time() - when) >= REPUSH_AFTER:
             return True
-        if count_too_soon:
+        if count_too_soon and age >= SETTLE:  # sooner: a read already under way as it landed
             file.too_soon += 1
             if file.too_soon > GIVE_UP:
                 self.given_up += 1
@@ -185,6 +189,6 @@ class Pushes:
                 return
             self._pushed_bytes += stored
             if (file := self._files.get(inode)) is not None:
-                file.pending.discard(start)
-                if stored:
-                    file.pushed[start] = now
+                queued = file.pending.pop(start, now)
+                if stored:  # when it was asked for: the loop may look long after (no reads)
+                    file.pushed[start] = queued

@@ -20,7 +20,7 @@ from tests.e2e.test_serve import Service
 from tests.support.kitbuilder import build_modelkit
 from tests.support.waiting import wait_for
 
-SIZE = 24 * MiB + 4321
+SIZE = 24 * MiB + 600_001  # its last block holds 600 KB of it, its last page part of one
 PAGE = 4096
 
 

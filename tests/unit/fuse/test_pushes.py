@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from modelkitfs.fuse import pushes as pushes_module
-from modelkitfs.fuse.pushes import GIVE_UP, QUEUED, REPUSH_AFTER, SMALL_READ, Pushes
+from modelkitfs.fuse.pushes import GIVE_UP, QUEUED, REPUSH_AFTER, SETTLE, SMALL_READ, Pushes
 
 BLOCK = (1 << 20, 2 << 20)  # the file's second MiB
 
@@ -114,6 +114,10 @@ def test_a_file_whose_pushed_pages_keep_coming_back_gets_no_more_pushes() -> Non
         read = (BLOCK[0], BLOCK[0] + 4096)
         pushes.after_read(7, BLOCK, read, held())
         await settled()
+        for _ in range(3 * GIVE_UP):  # reads already on their way as it landed: not counted
+            pushes.after_read(7, BLOCK, read, held())
+        assert pushes.given_up == 0
+        clock.jump(SETTLE)
         for _ in range(GIVE_UP + 1):
             pushes.after_read(7, BLOCK, read, held())
         assert pushes.given_up == 1
@@ -191,5 +195,38 @@ def test_a_small_file_is_pushed_as_it_is_opened_and_not_again_at_once() -> None:
         await pushes.opened(9, held(None))  # not held (evicted): the open goes on without
         await pushes.opened(9, held(b"image bytes"))
         assert len(kernel.stored) == 2
+
+    run(test)
+
+
+def test_a_push_counts_from_when_it_was_asked_for_not_when_the_loop_next_looks() -> None:
+    """A file read at random is soon whole in the page cache: no read reaches the daemon, which
+    notes what was stored only at the next read, maybe much later (after the page cache was
+    dropped). That read must find its block pushed long ago, and push it again."""
+
+    async def test(pushes: Pushes, kernel: Kernel, clock: trio.testing.MockClock) -> None:
+        read = (BLOCK[0], BLOCK[0] + 4096)
+        pushes.after_read(7, BLOCK, read, held())
+        await settled()  # stored; nobody has looked since
+        clock.jump(REPUSH_AFTER * 3)
+        pushes.after_read(7, BLOCK, read, held())
+        await settled()
+        assert len(kernel.stored) == 2 and pushes.given_up == 0
+
+    run(test)
+
+
+def test_reads_of_a_page_the_push_left_out_do_not_count_against_the_file() -> None:
+    """A page a block holds only in part is not pushed (the kernel would not keep it): its reads
+    keep coming, and must not pass for pages the page cache could not keep."""
+
+    async def test(pushes: Pushes, kernel: Kernel, clock: trio.testing.MockClock) -> None:
+        pushes.after_read(7, BLOCK, (BLOCK[0], BLOCK[0] + 4096), held())
+        await settled()
+        clock.jump(SETTLE)
+        straddling = (BLOCK[1] - 100, BLOCK[1] + 3996)
+        for _ in range(2 * GIVE_UP):
+            pushes.after_read(7, BLOCK, straddling, held())
+        assert pushes.given_up == 0 and len(kernel.stored) == 1
 
     run(test)
