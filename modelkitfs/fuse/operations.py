@@ -21,7 +21,7 @@ import trio
 
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.fuse.guard import guarded
-from modelkitfs.fuse.pushes import Pushes
+from modelkitfs.fuse.pushes import SMALL_READ, Pushes
 from modelkitfs.kit.tree import ROOT_INODE, KitTree, Node
 from modelkitfs.primitives.deadline import within
 
@@ -195,7 +195,11 @@ class KitOperations(pyfuse3.Operations):
         node = self._node(fh)
         if (data := self.tree.read_now(node, off, size)) is None:
             data = await self._guard(f"read of {node.path!r}", self.tree.read, node, off, size)
-        if self.pushes is not None and (block := self._pages_around(node, off)) is not None:
+        if (
+            self.pushes is not None
+            and size <= SMALL_READ  # not a readahead request: a reader in order needs no push
+            and (block := self._pages_around(node, off)) is not None
+        ):
             start, end = block
             read = partial(self.tree.read_held, node, start, end - start)
             self.pushes.after_read(fh, block, (off, off + size), read)

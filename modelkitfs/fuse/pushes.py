@@ -8,8 +8,8 @@ second, where the same file on disk serves hundreds of thousands from the page c
 is pushed into the kernel's page cache (``FUSE_NOTIFY_STORE``, one copy of up to 1 MiB): the
 reader's next reads there never leave the kernel, as an ``mmap`` reader's read-around pages
 never do. A file read at random is soon whole in the page cache, where a local file would be.
-A small file (an image of a folder a data loader reads) is pushed whole as it is opened, before
-the open is answered: its reader's read is then a page-cache hit, one request fewer a file.
+A small file (an image of a folder a data loader reads) is pushed whole as it is opened: its
+reader's read is then a page-cache hit, one request fewer a file.
 
 What is pushed, and when:
 
