@@ -35,17 +35,7 @@ MAX_NAMED = 5
 
 
 def add(commands: Commands) -> None:
-    c = commands.add(
-        "cache",
-        "inspect and manage the shared cache",
-        "Safe while mounts run: what they lose is downloaded again.",
-        """
-  modelkitfs cache info
-  modelkitfs cache ls
-  modelkitfs cache verify
-  modelkitfs cache prune --max-size 20G
-  modelkitfs cache clear --yes""",
-    )
+    c = commands.add("cache", run_cache)
     actions = c.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
@@ -82,10 +72,20 @@ def add(commands: Commands) -> None:
     clear.add_argument(
         "--yes", "-y", action="store_true", help="also when mounts use the cache: do not ask"
     )
-    c.set_defaults(run=run_cache)
 
 
 def run_cache(args: argparse.Namespace) -> None:
+    """inspect and manage the shared cache
+
+    Safe while mounts run: what they lose is downloaded again.
+
+    examples:
+      modelkitfs cache info
+      modelkitfs cache ls
+      modelkitfs cache verify
+      modelkitfs cache prune --max-size 20G
+      modelkitfs cache clear --yes
+    """
     root = Path(args.cache_dir or default_cache_dir())
     check_cache_folder(root)
     if args.action != "clear" and not root.is_dir():

@@ -37,21 +37,21 @@ _modelkitfs_mountpoints() {{
 
 
 def add(commands: Commands) -> None:
-    c = commands.add(
-        "completion",
-        "print a shell completion script",
-        "Print a completion script for bash or zsh: commands, cache actions, options, their "
-        "values, and mounted folders for umount.",
-        """
-  source <(modelkitfs completion bash)
-  modelkitfs completion bash > /etc/bash_completion.d/modelkitfs
-  modelkitfs completion zsh > "${fpath[1]}/_modelkitfs\"""",
-    )
+    c = commands.add("completion", run_completion)
     c.add_argument("shell", choices=SHELLS)
-    c.set_defaults(run=run_completion)
 
 
 def run_completion(args: argparse.Namespace) -> None:
+    """print a shell completion script
+
+    Print a completion script for bash or zsh: commands, cache actions, options, their values,
+    and mounted folders for umount.
+
+    examples:
+      source <(modelkitfs completion bash)
+      modelkitfs completion bash > /etc/bash_completion.d/modelkitfs
+      modelkitfs completion zsh > "${fpath[1]}/_modelkitfs"
+    """
     from modelkitfs.cli import build_parser  # the whole parser, this command included
 
     print(shtab.complete(build_parser(), shell=args.shell, preamble=PREAMBLE[args.shell]))

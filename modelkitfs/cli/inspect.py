@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from modelkitfs.cli.output import human, print_json, share, table
-from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, open_reader
+from modelkitfs.cli.parser import Commands, json_argument, kit_arguments, open_reader
 from modelkitfs.kit.kitfile import render_kitfile
 from modelkitfs.kit.plan import FILTER_TYPE_OF
 from modelkitfs.reader import KitReader
@@ -23,26 +23,26 @@ SECTIONS = ("datasets", "code", "docs", "prompts")
 
 
 def add(commands: Commands) -> None:
-    i = commands.add(
-        "inspect",
-        "show a ModelKit's Kitfile and layers without mounting",
-        "Show REFERENCE from its manifest and config alone (no layer is fetched): package, "
-        "model, datasets, code, docs, and each layer with its media type, size, compression, "
-        "digest and how much of it is cached.",
-        f"""
-  modelkitfs inspect {KIT}
-  modelkitfs inspect --kitfile {KIT}
-  modelkitfs inspect --json {KIT} | jq '.layers[].digest'""",
-    )
+    i = commands.add("inspect", run_inspect)
     i.add_argument("reference", metavar="REFERENCE")
     shown = i.add_mutually_exclusive_group()
     json_argument(shown)  # type: ignore[arg-type]
     shown.add_argument("--kitfile", action="store_true", help="print the Kitfile (YAML) only")
     kit_arguments(i, fetches=False)
-    i.set_defaults(run=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> None:
+    """show a ModelKit's Kitfile and layers without mounting
+
+    Show REFERENCE from its manifest and config alone (no layer is fetched): package, model,
+    datasets, code, docs, and each layer with its media type, size, compression, digest and
+    how much of it is cached.
+
+    examples:
+      modelkitfs inspect {KIT}
+      modelkitfs inspect --kitfile {KIT}
+      modelkitfs inspect --json {KIT} | jq '.layers[].digest'
+    """
     with open_reader(args) as reader:
         if args.kitfile:
             assert reader.kit is not None

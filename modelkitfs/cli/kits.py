@@ -16,21 +16,21 @@ from modelkitfs.session.catalog import recorded_kits
 
 
 def add(commands: Commands) -> None:
-    k = commands.add(
-        "list",
-        "list the ModelKits the cache holds",
-        "List the kits this cache has held (mounted, prefetched or read): reference, manifest "
-        "digest, size and how much of it is cached now.",
-        """
-  modelkitfs list
-  modelkitfs list --json""",
-    )
+    k = commands.add("list", run_list)
     cache_dir_argument(k)
     json_argument(k)
-    k.set_defaults(run=run_list)
 
 
 def run_list(args: argparse.Namespace) -> None:
+    """list the ModelKits the cache holds
+
+    List the kits this cache has held (mounted, prefetched or read): reference, manifest
+    digest, size and how much of it is cached now.
+
+    examples:
+      modelkitfs list
+      modelkitfs list --json
+    """
     root = Path(args.cache_dir or default_cache_dir())
     check_cache_folder(root)
     records = recorded_kits(root) if root.is_dir() else []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from modelkitfs.cli.output import human, print_json, share
-from modelkitfs.cli.parser import KIT, Commands, json_argument, kit_arguments, open_reader
+from modelkitfs.cli.parser import Commands, json_argument, kit_arguments, open_reader
 from modelkitfs.reader import EntryInfo, KitReader
 
 SLOW = 1.0  # seconds before a listing shows its progress
@@ -23,18 +23,7 @@ T = TypeVar("T")
 
 
 def add(commands: Commands) -> None:
-    ls = commands.add(
-        "ls",
-        "list a folder of a ModelKit without mounting",
-        "List PATH (default: the kit's root) of REFERENCE, as a mount would show it. The "
-        "first listing of a layer reads its tar headers (a progress line shows while that is "
-        "slow); the index is cached for every later listing and mount.",
-        f"""
-  modelkitfs ls {KIT}
-  modelkitfs ls -l {KIT} data/
-  modelkitfs ls -R {KIT}
-  modelkitfs ls --json {KIT} model""",
-    )
+    ls = commands.add("ls", run_ls)
     ls.add_argument("reference", metavar="REFERENCE")
     ls.add_argument("path", metavar="PATH", nargs="?", default="")
     ls.add_argument(
@@ -47,10 +36,21 @@ def add(commands: Commands) -> None:
     ls.add_argument("-R", "--recursive", action="store_true", help="the folders under it too")
     json_argument(ls)
     kit_arguments(ls, has_long=True)
-    ls.set_defaults(run=run_ls)
 
 
 def run_ls(args: argparse.Namespace) -> None:
+    """list a folder of a ModelKit without mounting
+
+    List PATH (default: the kit's root) of REFERENCE, as a mount would show it. The first
+    listing of a layer reads its tar headers (a progress line shows while that is slow); the
+    index is cached for every later listing and mount.
+
+    examples:
+      modelkitfs ls {KIT}
+      modelkitfs ls -l {KIT} data/
+      modelkitfs ls -R {KIT}
+      modelkitfs ls --json {KIT} model
+    """
     with open_reader(args) as reader:
         folders = with_progress(reader, lambda: _walk(reader, args.path, args.recursive))
         files = [e.path for _, entries in folders for e in entries if not e.is_dir]

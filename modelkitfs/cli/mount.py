@@ -5,25 +5,12 @@ from __future__ import annotations
 import argparse
 
 from modelkitfs.cli.output import human, patience, print_json, table
-from modelkitfs.cli.parser import KIT, Commands, kit_arguments, mount_only_arguments, options_from
+from modelkitfs.cli.parser import Commands, kit_arguments, mount_only_arguments, options_from
 from modelkitfs.mount import active_mounts, mount, mount_foreground, unmount
 
 
 def add(commands: Commands) -> None:
-    m = commands.add(
-        "mount",
-        "mount a ModelKit",
-        "Mount REFERENCE (registry/repository[:tag][@sha256:digest]) at MOUNTPOINT. "
-        "Returns once the folder is mounted; the daemon keeps running in the background and "
-        "logs to CACHE_DIR/logs/modelkitfs.log (by default "
-        "~/.cache/modelkitfs/logs/modelkitfs.log; 'modelkitfs mounts' shows each daemon's).",
-        f"""
-  modelkitfs mount {KIT} /mnt/llm
-  modelkitfs mount --plain-http 127.0.0.1:5000/demo/kit:latest /mnt/kit --foreground
-  modelkitfs mount -f model -f datasets:validation {KIT} /mnt/llm
-  modelkitfs mount --label quantization=q4_0 registry.example:5000/team/llm:all /mnt/llm
-  modelkitfs mount --prefetch model --timeout 120 {KIT} /mnt/llm""",
-    )
+    m = commands.add("mount", run_mount)
     m.add_argument("reference", metavar="REFERENCE")
     m.add_argument("mountpoint", metavar="MOUNTPOINT").complete = {  # type: ignore[attr-defined]
         "bash": "_shtab_compgen_dirs",
@@ -31,18 +18,8 @@ def add(commands: Commands) -> None:
     }
     kit_arguments(m)
     mount_only_arguments(m)
-    m.set_defaults(run=run_mount)
 
-    u = commands.add(
-        "umount",
-        "unmount a mounted ModelKit",
-        "Unmount MOUNTPOINT, also when its daemon has died. Only modelkitfs mounts: any other "
-        "file system is refused (use umount(8)).",
-        """
-  modelkitfs umount /mnt/llm
-  modelkitfs umount --lazy /mnt/llm     # busy: detach now, stop once the last file closes""",
-        aliases=["unmount"],
-    )
+    u = commands.add("umount", run_umount, aliases=["unmount"])
     u.add_argument("mountpoint", metavar="MOUNTPOINT").complete = {  # type: ignore[attr-defined]
         "bash": "_modelkitfs_mountpoints",
         "zsh": "_modelkitfs_mountpoints",
@@ -53,22 +30,26 @@ def add(commands: Commands) -> None:
         action="store_true",
         help="detach now even if busy; clean up when the last user leaves",
     )
-    u.set_defaults(run=run_umount)
 
-    mounts = commands.add(
-        "mounts",
-        "list the ModelKits mounted on this machine",
-        "List active modelkitfs mounts: mountpoint, reference, bytes fetched, cache hits, and "
-        "each daemon's pid, log and cache folder.",
-        """
-  modelkitfs mounts
-  modelkitfs mounts --json""",
-    )
+    mounts = commands.add("mounts", run_mounts)
     mounts.add_argument("--json", action="store_true", help="machine-readable output")
-    mounts.set_defaults(run=run_mounts)
 
 
 def run_mount(args: argparse.Namespace) -> None:
+    """mount a ModelKit
+
+    Mount REFERENCE (registry/repository[:tag][@sha256:digest]) at MOUNTPOINT. Returns once the
+    folder is mounted; the daemon keeps running in the background and logs to
+    CACHE_DIR/logs/modelkitfs.log (by default ~/.cache/modelkitfs/logs/modelkitfs.log;
+    'modelkitfs mounts' shows each daemon's).
+
+    examples:
+      modelkitfs mount {KIT} /mnt/llm
+      modelkitfs mount --plain-http 127.0.0.1:5000/demo/kit:latest /mnt/kit --foreground
+      modelkitfs mount -f model -f datasets:validation {KIT} /mnt/llm
+      modelkitfs mount --label quantization=q4_0 registry.example:5000/team/llm:all /mnt/llm
+      modelkitfs mount --prefetch model --timeout 120 {KIT} /mnt/llm
+    """
     options = options_from(args)
     if args.foreground:
         mount_foreground(args.reference, args.mountpoint, options)
@@ -78,11 +59,28 @@ def run_mount(args: argparse.Namespace) -> None:
 
 
 def run_umount(args: argparse.Namespace) -> None:
+    """unmount a mounted ModelKit
+
+    Unmount MOUNTPOINT, also when its daemon has died. Only modelkitfs mounts: any other file
+    system is refused (use umount(8)).
+
+    examples:
+      modelkitfs umount /mnt/llm
+      modelkitfs umount --lazy /mnt/llm     # busy: detach now, stop once the last file closes
+    """
     unmount(args.mountpoint, lazy=args.lazy)
 
 
 def run_mounts(args: argparse.Namespace) -> None:
-    """Every active mount and what its daemon reports."""
+    """list the ModelKits mounted on this machine
+
+    List active modelkitfs mounts: mountpoint, reference, bytes fetched, cache hits, and each
+    daemon's pid, log and cache folder.
+
+    examples:
+      modelkitfs mounts
+      modelkitfs mounts --json
+    """
     mounts = active_mounts()
     if args.json:
         print_json(mounts)

@@ -1,5 +1,7 @@
-"""The command line's grammar: a parser whose usage errors are one line and exit 1, and the
-arguments several commands share (what selects a kit, how to reach it, the cache).
+"""The command line's grammar: a parser whose usage errors are one line and exit 1, commands
+whose help is the docstring of the function that runs them (written once, where the command is,
+in the form ``--help`` shows it), and the arguments several commands share (what selects a kit,
+how to reach it, the cache).
 
 Every option of :class:`~modelkitfs.session.options.MountOptions` is a flag named after its
 field; its choices come from the tuples in :mod:`modelkitfs.session.options`, and its value is
@@ -11,7 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from inspect import getdoc
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +35,8 @@ from modelkitfs.session.options import (
     signing_environment,
 )
 
-KIT = "registry.example:5000/team/llm:v1"
+KIT = "registry.example:5000/team/llm:v1"  # in examples
+Run = Callable[[argparse.Namespace], None]  # what runs a command
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +50,9 @@ class Parser(argparse.ArgumentParser):
 
 
 class Commands:
-    """Adds each command's parser, with its examples."""
+    """Adds each command's parser, its texts read from the docstring of the function that runs
+    it, as ``--help`` shows them (see :func:`help_texts`), and keeps its examples for the
+    overview of ``modelkitfs --help``."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         self.actions = parser.add_subparsers(
@@ -54,19 +60,31 @@ class Commands:
         )
         self.examples: dict[str, str] = {}
 
-    def add(
-        self, name: str, help: str, description: str, examples: str, **kwargs: Any
-    ) -> argparse.ArgumentParser:
+    def add(self, name: str, run: Run, **kwargs: Any) -> argparse.ArgumentParser:
+        help, description, examples = help_texts(run)
         self.examples[name] = examples
         parser: argparse.ArgumentParser = self.actions.add_parser(
             name,
             help=help,
             description=description,
-            epilog=f"examples:{examples}\n",
+            epilog=f"examples:{examples}\n" if examples else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kwargs,
         )
+        parser.set_defaults(run=run)
         return parser
+
+
+def help_texts(run: Run) -> tuple[str, str, str]:
+    """The one-line help, the description and the examples of the command ``run`` runs, from
+    its docstring: the first line; the paragraphs up to ``examples:``, each joined into one
+    line; the lines under ``examples:`` as they stand (each after a newline). ``{KIT}`` stands
+    for :data:`KIT`, the example reference. Under ``python -OO`` (no docstrings) all are empty."""
+    text = (getdoc(run) or "").replace("{KIT}", KIT)
+    text, _, examples = text.partition("\n\nexamples:\n")
+    help, _, description = text.partition("\n\n")
+    paragraphs = [" ".join(paragraph.splitlines()) for paragraph in description.split("\n\n")]
+    return help, "\n\n".join(paragraphs), "".join(f"\n{line}" for line in examples.splitlines())
 
 
 class _Refused(argparse.Action):

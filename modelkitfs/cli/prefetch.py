@@ -23,23 +23,14 @@ from rich.progress import (
 
 from modelkitfs.cache import default_cache_dir
 from modelkitfs.cli.output import human
-from modelkitfs.cli.parser import KIT, Commands, kit_arguments, options_from
+from modelkitfs.cli.parser import Commands, kit_arguments, options_from
 from modelkitfs.session import prefetch as fill
 
 
 def add(commands: Commands) -> None:
-    p = commands.add(
-        "prefetch",
-        "fill the cache with a ModelKit ahead of mounts",
-        "Download and verify REFERENCE (or the part --filter selects) into the shared cache, "
-        "so later mounts on this machine read without the network.",
-        f"""
-  modelkitfs prefetch {KIT}
-  modelkitfs prefetch -f model --cache-dir /var/cache/modelkitfs {KIT}""",
-    )
+    p = commands.add("prefetch", run_prefetch)
     p.add_argument("reference", metavar="REFERENCE")
     kit_arguments(p)
-    p.set_defaults(run=run_prefetch)
 
 
 class _Bar:
@@ -91,6 +82,15 @@ class _Bar:
 
 
 def run_prefetch(args: argparse.Namespace) -> None:
+    """fill the cache with a ModelKit ahead of mounts
+
+    Download and verify REFERENCE (or the part --filter selects) into the shared cache, so
+    later mounts on this machine read without the network.
+
+    examples:
+      modelkitfs prefetch {KIT}
+      modelkitfs prefetch -f model --cache-dir /var/cache/modelkitfs {KIT}
+    """
     options = options_from(args)
     options = options.replace(cache_dir=os.path.abspath(options.cache_dir or default_cache_dir()))
     with _Bar() as bar:

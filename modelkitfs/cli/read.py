@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from modelkitfs.cli.parser import KIT, Commands, kit_arguments, open_reader
+from modelkitfs.cli.parser import Commands, kit_arguments, open_reader
 from modelkitfs.errors import ModelKitFSError
 from modelkitfs.reader import KitReader
 
@@ -17,29 +17,12 @@ CHUNK = 4 * 1024 * 1024
 
 
 def add(commands: Commands) -> None:
-    cat = commands.add(
-        "cat",
-        "write a file of a ModelKit to standard output, without mounting",
-        "Write the file PATH of REFERENCE to standard output, read lazily through the shared "
-        "cache (no FUSE needed).",
-        f"""
-  modelkitfs cat {KIT} data/train.csv | head
-  modelkitfs cat {KIT} Kitfile""",
-    )
+    cat = commands.add("cat", run_cat)
     cat.add_argument("reference", metavar="REFERENCE")
     cat.add_argument("path", metavar="PATH")
     kit_arguments(cat)
-    cat.set_defaults(run=run_cat)
 
-    cp = commands.add(
-        "cp",
-        "copy files of a ModelKit out, without mounting",
-        "Copy PATH of REFERENCE to DEST (into DEST when it is a folder), read through the "
-        "shared cache (no FUSE needed); -r for a folder and everything under it.",
-        f"""
-  modelkitfs cp {KIT} model.safetensors /models/
-  modelkitfs cp -r {KIT} data ./data""",
-    )
+    cp = commands.add("cp", run_cp)
     cp.add_argument("reference", metavar="REFERENCE")
     cp.add_argument("path", metavar="PATH")
     cp.add_argument("dest", metavar="DEST").complete = {  # type: ignore[attr-defined]
@@ -48,10 +31,18 @@ def add(commands: Commands) -> None:
     }
     cp.add_argument("-r", "--recursive", action="store_true", help="copy a folder")
     kit_arguments(cp)
-    cp.set_defaults(run=run_cp)
 
 
 def run_cat(args: argparse.Namespace) -> None:
+    """write a file of a ModelKit to standard output, without mounting
+
+    Write the file PATH of REFERENCE to standard output, read lazily through the shared cache
+    (no FUSE needed).
+
+    examples:
+      modelkitfs cat {KIT} data/train.csv | head
+      modelkitfs cat {KIT} Kitfile
+    """
     with open_reader(args) as reader:
         if reader.info(args.path).is_dir:
             raise ModelKitFSError(
@@ -66,6 +57,15 @@ def run_cat(args: argparse.Namespace) -> None:
 
 
 def run_cp(args: argparse.Namespace) -> None:
+    """copy files of a ModelKit out, without mounting
+
+    Copy PATH of REFERENCE to DEST (into DEST when it is a folder), read through the shared
+    cache (no FUSE needed); -r for a folder and everything under it.
+
+    examples:
+      modelkitfs cp {KIT} model.safetensors /models/
+      modelkitfs cp -r {KIT} data ./data
+    """
     with open_reader(args) as reader:
         info = reader.info(args.path)
         dest = Path(args.dest)

@@ -12,18 +12,7 @@ from modelkitfs.mount import serve
 
 
 def add(commands: Commands) -> None:
-    s = commands.add(
-        "serve",
-        "serve every ModelKit under one folder",
-        "Serve every kit at ROOT: ROOT/REFERENCE/ is the kit REFERENCE names, for any "
-        "reference 'mount' takes, loaded on first access. A tag is a symlink to the digest it "
-        "names (resolved at most once per --tag-ttl); folders list what is loaded under them. "
-        "One daemon, one FUSE mount, one cache; 'modelkitfs umount ROOT' stops it.",
-        """
-  modelkitfs serve /kits
-  ls /kits/registry.example:5000/team/llm:v1/
-  modelkitfs serve /kits --foreground --allow-other --metrics 127.0.0.1:9464""",
-    )
+    s = commands.add("serve", run_serve)
     s.add_argument("root", metavar="ROOT").complete = {  # type: ignore[attr-defined]
         "bash": "_shtab_compgen_dirs",
         "zsh": "_files -/",
@@ -50,21 +39,25 @@ def add(commands: Commands) -> None:
             metavar="SECONDS",
             help=f"{what} (default {default:g})",
         )
-    s.set_defaults(run=run_serve)
 
-    c = commands.add(
-        "csi",
-        "run the Kubernetes CSI node plugin",
-        "Serve the CSI Identity and Node services on ENDPOINT (a unix socket), so that pods "
-        "declare kits as ephemeral inline volumes (deploy/kubernetes/).",
-        """
-  modelkitfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)""",
-    )
+    c = commands.add("csi", run_csi)
     csi.add_arguments(c)  # the plugin's own, parsed here as any command's
-    c.set_defaults(run=run_csi, foreground=True)  # it logs everything itself
+    c.set_defaults(foreground=True)  # it logs everything itself
 
 
 def run_serve(args: argparse.Namespace) -> None:
+    """serve every ModelKit under one folder
+
+    Serve every kit at ROOT: ROOT/REFERENCE/ is the kit REFERENCE names, for any reference
+    'mount' takes, loaded on first access. A tag is a symlink to the digest it names (resolved
+    at most once per --tag-ttl); folders list what is loaded under them. One daemon, one FUSE
+    mount, one cache; 'modelkitfs umount ROOT' stops it.
+
+    examples:
+      modelkitfs serve /kits
+      ls /kits/{KIT}/
+      modelkitfs serve /kits --foreground --allow-other --metrics 127.0.0.1:9464
+    """
     options = options_from(args)
     settings = {"tag_ttl": args.tag_ttl, "negative_ttl": args.negative_ttl, "idle": args.idle}
     if args.foreground:
@@ -75,4 +68,12 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def run_csi(args: argparse.Namespace) -> None:
+    """run the Kubernetes CSI node plugin
+
+    Serve the CSI Identity and Node services on ENDPOINT (a unix socket), so that pods declare
+    kits as ephemeral inline volumes (deploy/kubernetes/).
+
+    examples:
+      modelkitfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)
+    """
     raise SystemExit(csi.run(args))  # gRPC loads only now

@@ -6,31 +6,30 @@ from __future__ import annotations
 import argparse
 
 from modelkitfs.cli.output import patience, print_json
-from modelkitfs.cli.parser import KIT, Commands, access_arguments, json_argument, options_from
+from modelkitfs.cli.parser import Commands, access_arguments, json_argument, options_from
 from modelkitfs.session.verification import verify
 
 
 def add(commands: Commands) -> None:
-    v = commands.add(
-        "verify",
-        "check who signed a ModelKit, as cosign verify does",
-        "Check the cosign signatures of what REFERENCE names (any OCI manifest): classic .sig "
-        "signatures and sigstore bundles, signed with a key or keyless, checked offline. "
-        "Prints each valid signature's signer and the digest; exits 1 with the reason when "
-        "none is valid.",
-        f"""
-  modelkitfs verify --verify-key cosign.pub {KIT}
-  modelkitfs verify --certificate-identity ci@example.com \\
-      --certificate-oidc-issuer https://accounts.google.com \\
-      --trusted-root trusted_root.json {KIT}""",
-    )
+    v = commands.add("verify", run_verify)
     v.add_argument("reference", metavar="REFERENCE")
     json_argument(v)
     access_arguments(v, fetches=False, policy=True)
-    v.set_defaults(run=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> None:
+    """check who signed a ModelKit, as cosign verify does
+
+    Check the cosign signatures of what REFERENCE names (any OCI manifest): classic .sig
+    signatures and sigstore bundles, signed with a key or keyless, checked offline. Prints each
+    valid signature's signer and the digest; exits 1 with the reason when none is valid.
+
+    examples:
+      modelkitfs verify --verify-key cosign.pub {KIT}
+      modelkitfs verify --certificate-identity ci@example.com \\
+          --certificate-oidc-issuer https://accounts.google.com \\
+          --trusted-root trusted_root.json {KIT}
+    """
     options = options_from(args)
     with patience(args.reference, options.timeout):
         verdict = verify(args.reference, options)

@@ -1,14 +1,12 @@
 """Sigstore bundles (cosign v3's default): an OCI 1.1 referrer of the kit's manifest whose one
-layer is a bundle v0.3 holding a DSSE envelope.
+layer is a bundle v0.3 holding a DSSE envelope (:mod:`.discovery` finds the referrers and
+fetches each bundle; this module reads what it says).
 
-Referrers are listed by the registry's referrers API; where that answers 404 (CNCF
-Distribution 2.8 has none), by the fallback tag ``sha256-<hex>``, an index of referrers. Each
-referrer must name the kit's manifest as its ``subject``; the envelope's payload is an in-toto
-statement with cosign's signing predicate whose subject is the manifest digest (cosign accepts
-any verified bundle, attestations included; this is stricter: an attestation is not a
-signature). Its one signature (sigstore's bundles hold one) covers DSSE's pre-authentication
-encoding; the key is given by the policy, or the certificate by the bundle; the log entry is
-its first ``tlogEntries``.
+The envelope's payload is an in-toto statement with cosign's signing predicate whose subject is
+the manifest digest (cosign accepts any verified bundle, attestations included; this is
+stricter: an attestation is not a signature). Its one signature (sigstore's bundles hold one)
+covers DSSE's pre-authentication encoding; the key is given by the policy, or the certificate
+by the bundle; the log entry is its first ``tlogEntries``.
 """
 
 from __future__ import annotations
@@ -17,66 +15,14 @@ from typing import Any
 
 from cryptography import x509
 
-from modelkitfs.errors import DigestMismatch, NotFound
-from modelkitfs.signing.candidates import (
-    MAX_SIGNATURES,
-    Candidate,
-    SignatureStore,
-    Unverifiable,
-    b64,
-    broken,
-    fetchable,
-    sha256_named,
-)
+from modelkitfs.signing.candidates import Candidate, b64, broken
 from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_tlog_entry
 
 ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle"
 IN_TOTO = "application/vnd.in-toto+json"
-STATEMENT = "https://in-toto.io/Statement/v1"
 PREDICATE = "https://sigstore.dev/cosign/sign/v1"
-
-
-def fallback_tag(digest: str) -> str:
-    return digest.replace(":", "-")
-
-
-async def bundle_signatures(store: SignatureStore, repository: str, digest: str) -> list[Candidate]:
-    index = await store.referrers(repository, digest)
-    if index is None:
-        try:
-            index = await store.get_manifest(repository, fallback_tag(digest))
-        except NotFound:
-            return []
-    try:
-        listed = parse_json(index.raw).get("manifests") or []
-        digests = [str(d["digest"]) for d in listed if d.get("artifactType") == ARTIFACT_TYPE]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return [broken("bundle", f"the referrers of {digest}", "their index is malformed")]
-    found: list[Candidate] = []
-    for referrer in digests[:MAX_SIGNATURES]:
-        found += await _referrer(store, repository, digest, referrer)
-    return found
-
-
-async def _referrer(
-    store: SignatureStore, repository: str, digest: str, referrer: str
-) -> list[Candidate]:
-    where = f"bundle {referrer[:19]}"
-    try:
-        manifest = parse_json((await store.get_manifest(repository, sha256_named(referrer))).raw)
-        if (manifest.get("subject") or {}).get("digest") != digest:
-            return [broken("bundle", where, "its subject is another manifest")]
-        layer = next(
-            d for d in manifest["layers"] if str(d["mediaType"]).startswith(BUNDLE_MEDIA_TYPE)
-        )
-        raw = await store.get_blob(repository, *fetchable(layer))
-    except (DigestMismatch, NotFound, Unverifiable) as exc:
-        return [broken("bundle", where, f"it cannot be read ({exc})")]
-    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
-        return [broken("bundle", where, "its manifest holds no sigstore bundle layer")]
-    return from_bundle(raw, digest, where)
 
 
 def from_bundle(raw: bytes, digest: str, where: str) -> list[Candidate]:

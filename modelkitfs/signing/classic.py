@@ -1,12 +1,11 @@
-"""Classic cosign signatures: tag ``sha256-<hex>.sig`` of the kit's repository, an image
-manifest (OCI or Docker media types) with one ``simplesigning`` layer per signature.
+"""Classic cosign signatures: an image manifest (OCI or Docker media types) with one
+``simplesigning`` layer per signature, tagged ``sha256-<hex>.sig`` in the kit's repository
+(:mod:`.discovery` fetches it and each layer's blob; this module reads what they say).
 
 The layer blob is the payload, Go's JSON of ``{"critical": {"identity": {"docker-reference"},
 "image": {"docker-manifest-digest"}, "type": "cosign container image signature"}, "optional"}``;
 the signature (base64 DER) and, for keyless signing, the certificate, chain and Rekor entry are
-annotations of the layer's descriptor. The blob is read through the source, which checks it
-against the descriptor's digest (sha256: no other is asked for), and at most
-``MAX_SIGNATURES`` of them; the payload must name the manifest digest being checked:
+annotations of the layer's descriptor. The payload must name the manifest digest being checked:
 a signature of another manifest is no signature of this one. ``docker-reference`` is not
 checked, as cosign does not (a kit copied to another registry keeps its signatures).
 """
@@ -15,17 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelkitfs.errors import DigestMismatch, NotFound
-from modelkitfs.signing.candidates import (
-    MAX_SIGNATURES,
-    Candidate,
-    SignatureStore,
-    Unverifiable,
-    b64,
-    broken,
-    certificate,
-    fetchable,
-)
+from modelkitfs.signing.candidates import Candidate, b64, broken, certificate
 from modelkitfs.signing.canonical import parse_json
 from modelkitfs.signing.rekor import Refusal, from_cosign_annotation
 
@@ -34,35 +23,6 @@ SIGNATURE = "dev.cosignproject.cosign/signature"
 CERTIFICATE = "dev.sigstore.cosign/certificate"
 BUNDLE = "dev.sigstore.cosign/bundle"
 PAYLOAD_TYPE = "cosign container image signature"
-
-
-def signature_tag(digest: str) -> str:
-    return digest.replace(":", "-") + ".sig"
-
-
-async def classic_signatures(
-    store: SignatureStore, repository: str, digest: str
-) -> list[Candidate]:
-    tag = signature_tag(digest)
-    try:
-        manifest = await store.get_manifest(repository, tag)
-    except NotFound:
-        return []
-    try:
-        layers = parse_json(manifest.raw)["layers"]
-        listed = [(n, d) for n, d in enumerate(layers, 1) if d.get("mediaType") == LAYER_TYPE]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return [broken("classic", tag, "its manifest is malformed")]
-    found = []
-    for number, descriptor in listed[:MAX_SIGNATURES]:
-        where = f"{tag} layer {number}"
-        try:
-            payload = await store.get_blob(repository, *fetchable(descriptor))
-        except (DigestMismatch, NotFound, Unverifiable) as exc:
-            found.append(broken("classic", where, f"its payload cannot be read ({exc})"))
-            continue
-        found.append(from_layer(payload, descriptor.get("annotations") or {}, digest, where))
-    return found
 
 
 def from_layer(payload: bytes, annotations: dict[str, Any], digest: str, where: str) -> Candidate:

@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modelkitfs.errors import SignatureRefused
-from modelkitfs.signing.bundles import bundle_signatures
 from modelkitfs.signing.candidates import Candidate, SignatureStore
 from modelkitfs.signing.certificates import check_certificate, matching, names
-from modelkitfs.signing.classic import classic_signatures, signature_tag
+from modelkitfs.signing.discovery import gather, signature_tag
 from modelkitfs.signing.keys import fingerprint, signature_valid
 from modelkitfs.signing.policy import AuthorityType, KeyAuthority, Policy, Rule
 from modelkitfs.signing.rekor import LogEntry, Refusal, check_body, check_entry
@@ -60,14 +59,6 @@ class Verdict:
     digest: str
     signers: list[Signer] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # rules in warn mode not satisfied
-
-
-async def gather(store: SignatureStore, repository: str, digest: str) -> list[Candidate]:
-    """Every signature found beside ``digest``: classic ones, then bundles."""
-    return [
-        *await classic_signatures(store, repository, digest),
-        *await bundle_signatures(store, repository, digest),
-    ]
 
 
 async def signatures_of(store: SignatureStore, repository: str, digest: str) -> dict[str, int]:

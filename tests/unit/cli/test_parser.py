@@ -1,12 +1,15 @@
 """The CLI's grammar without running a command: values that start with a dash reach their
-parser, refused options say why, and every kit option lands in MountOptions parsed."""
+parser, refused options say why, every kit option lands in MountOptions parsed, and each
+command's help is its run function's docstring."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 
 from modelkitfs.cli import build_parser
-from modelkitfs.cli.parser import join_dashed_values, options_from
+from modelkitfs.cli.parser import KIT, help_texts, join_dashed_values, options_from
 from modelkitfs.kit import Filter
 
 
@@ -96,3 +99,41 @@ def test_cosign_s_environment_names_the_signers_when_no_flag_does(tmp_path, monk
 def test_policy_is_for_serve_and_verify_only() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["mount", "--policy", "p.yaml", "r.io/k:v", "/mnt"])
+
+
+def test_a_command_s_help_is_the_docstring_of_what_runs_it() -> None:
+    def run_thing(args: argparse.Namespace) -> None:
+        """do a thing to a ModelKit
+
+        Do the thing to REFERENCE, in a sentence that
+        takes two lines here.
+
+        And a paragraph of its own.
+
+        examples:
+          modelkitfs thing {KIT}
+          modelkitfs thing --fast {KIT} \\
+              --more     # a comment
+        """
+
+    assert help_texts(run_thing) == (
+        "do a thing to a ModelKit",
+        "Do the thing to REFERENCE, in a sentence that takes two lines here.\n\n"
+        "And a paragraph of its own.",
+        f"\n  modelkitfs thing {KIT}\n  modelkitfs thing --fast {KIT} \\"
+        "\n      --more     # a comment",
+    )
+
+
+def test_every_command_has_a_help_line_a_description_and_examples() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = {action.dest: action.help for action in commands._choices_actions}
+    assert set(commands.choices) == {*lines, "unmount"}  # umount's alias
+    for name, command in commands.choices.items():
+        assert lines.get(name, lines["umount"]), name
+        assert command.description and "\n" not in command.description, name
+        examples = command.epilog.partition("examples:\n")[2]
+        assert examples.startswith("  ") and "modelkitfs " in examples, name
+    overview = parser.format_help().partition("\nexamples:\n")[2]
+    assert "  modelkitfs mount " in overview and "  modelkitfs cache clear --yes" in overview
