@@ -254,12 +254,18 @@ class BlockStore:
             on_disk = self.cache.cached_blocks(digest, self.block_size, min(flights), max(flights))
             absent = {i: f for i, f in flights.items() if i not in on_disk}
             present = sorted(i for i in flights if i in on_disk)
-            async with trio.open_nursery() as nursery:
-                if absent:
-                    nursery.start_soon(self.downloads.fetch, digest, size, absent)
+
+            async def load_present() -> None:
                 for start in range(0, len(present), LOAD_RUN):
                     run = present[start : start + LOAD_RUN]
                     await self._load(digest, size, {i: flights[i] for i in run}, on_disk)
+
+            if not absent:  # a warm reader's: no nursery to open and close
+                await load_present()
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.downloads.fetch, digest, size, absent)
+                await load_present()
         except Exception as exc:
             log.debug("reading ahead in %s failed: %s", digest, exc)
         finally:

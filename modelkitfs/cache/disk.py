@@ -176,8 +176,8 @@ class DiskCache(Layout):
 
     def cached_blocks(self, digest: str, block_size: int, first: int, last: int) -> set[int]:
         """Which of blocks ``first`` to ``last`` are cached (not read, nor checked)."""
-        directory = self._blob_dir("blocks", digest) / str(block_size)
-        return {i for i in range(first, last + 1) if os.path.isfile(directory / str(i))}
+        folder = f"{self._blob_dir('blocks', digest)}/{block_size}/"  # a str: no Path per block
+        return {i for i in range(first, last + 1) if os.path.isfile(folder + str(i))}
 
     def write_block(self, digest: str, block_size: int, index: int, data: Buffer) -> None:
         """Raises OSError when the cache cannot be written (warned about once)."""

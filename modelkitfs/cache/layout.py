@@ -52,6 +52,13 @@ def _blob_dir(root: Path, kind: str, digest: str) -> Path:
     return root / kind / algorithm / hexpart[:2] / hexpart
 
 
+@functools.lru_cache(maxsize=4096)
+def _lock_path(root: Path, digest: str, block_size: int) -> Path:
+    """Remembered as :func:`_blob_dir` is: a block is pinned and unpinned as it enters and
+    leaves memory, several times a MiB read."""
+    return _blob_dir(root, "locks", digest) / f"{block_size}.lock"
+
+
 class Layout:
     """The paths of a cache folder at ``root``, and walks over what it holds."""
 
@@ -68,7 +75,7 @@ class Layout:
         return self._blob_dir("meta", digest) / name
 
     def lock_path(self, digest: str, block_size: int) -> Path:
-        return self._blob_dir("locks", digest) / f"{block_size}.lock"
+        return _lock_path(self.root, digest, block_size)
 
     def block_entries(self) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
         """Every file under ``blocks``: digest, block size folder, entry."""

@@ -32,7 +32,6 @@ BLOCK_SIZE = 4096
 PAGE = 4096  # the kernel's page
 XATTR = b"user.modelkitfs."
 STATS_XATTR = XATTR + b"stats"
-WHOLE_AT_OPEN = 128 * 1024  # a file the kernel reads in one request: pushed as it is opened
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 assert ROOT_INODE == pyfuse3.ROOT_INODE
@@ -186,8 +185,6 @@ class KitOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if self.pushes is not None and node.layer is not None and node.size <= WHOLE_AT_OPEN:
-            await self.pushes.opened(inode, partial(self.tree.read_held, node, 0, node.size))
         self.open_handles += 1
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 

@@ -8,8 +8,9 @@ second, where the same file on disk serves hundreds of thousands from the page c
 is pushed into the kernel's page cache (``FUSE_NOTIFY_STORE``, one copy of up to 1 MiB): the
 reader's next reads there never leave the kernel, as an ``mmap`` reader's read-around pages
 never do. A file read at random is soon whole in the page cache, where a local file would be.
-A small file (an image of a folder a data loader reads) is pushed whole as it is opened: its
-reader's read is then a page-cache hit, one request fewer a file.
+A small file read whole gets no push: its one read brings all of it (pushing it as it was
+opened cost more CPU than the read it was to spare, and rarely spared it: the read was on its
+way before the push landed).
 
 What is pushed, and when:
 
@@ -103,14 +104,6 @@ class Pushes:
         except trio.WouldBlock:
             return  # pushes are advice: a reader is never kept waiting for one
         file.pending[start] = trio.current_time()
-
-    async def opened(self, inode: int, read: Read) -> None:
-        """Small file ``inode`` is being opened: push its bytes (``read`` reads them if held)
-        as the open is answered, so that its reader's read never reaches the daemon."""
-        file = self._file(inode)
-        if self._wanted(inode, file, 0, count_too_soon=False):  # opened again soon: still there
-            file.pending[0] = trio.current_time()
-            await self._push(inode, 0, read)
 
     def _file(self, inode: int) -> _File:
         self._landed()

@@ -4,7 +4,6 @@ under ``mount`` and ``serve``, and parallel random readers get every byte right.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -123,27 +122,3 @@ def test_serve_pushes_into_the_page_cache_of_the_kit_read(
             assert os.pread(f.fileno(), 2 * MiB, 2 * MiB) == data[2 * MiB : 4 * MiB]
     finally:
         service.stop()
-
-
-def test_a_small_file_is_in_the_page_cache_once_opened(
-    tmp_path: Path, publish, mounts: Mounts
-) -> None:
-    """An image folder's files, their layer held once listed (its headers lie between them),
-    are pushed as they are opened (the push goes on beside the open's answer): no read asks."""
-    rng = np.random.default_rng(8)
-    files = {
-        f"images/img{i:02d}.jpg": rng.bytes(int(rng.integers(30_000, 90_000))) for i in range(40)
-    }
-    for name, data in files.items():
-        write(tmp_path / "src" / name, data)
-    kit = build_modelkit(
-        tmp_path / "src", {"manifestVersion": "1.0.0", "datasets": [{"path": "images"}]}
-    )
-    mountpoint = mounts.mount(publish(kit, "access/images"))
-    for name, data in files.items():
-        path = mountpoint / name
-        pages = -(-len(data) // PAGE) * PAGE  # fincore opens it and reads nothing
-        pushed_whole = functools.partial(lambda p, n: resident(p) == n, path, pages)
-        wait_for(pushed_whole, f"{name} pushed as it was opened")
-        assert path.read_bytes() == data
-    assert pushed(mountpoint) == sum(len(data) for data in files.values())

@@ -183,22 +183,6 @@ def test_the_files_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     run(test)
 
 
-def test_a_small_file_is_pushed_as_it_is_opened_and_not_again_at_once() -> None:
-    async def test(pushes: Pushes, kernel: Kernel, clock: trio.testing.MockClock) -> None:
-        await pushes.opened(9, held(b"image bytes"))  # done before the open is answered
-        assert kernel.stored == [(9, 0, b"image bytes")]
-        await pushes.opened(9, held(b"image bytes"))  # opened again at once: still there
-        pushes.after_read(9, (0, 11), (0, 4), held(b"image bytes"))  # nor for a read of it
-        await settled()
-        assert len(kernel.stored) == 1 and pushes.given_up == 0
-        clock.jump(REPUSH_AFTER)
-        await pushes.opened(9, held(None))  # not held (evicted): the open goes on without
-        await pushes.opened(9, held(b"image bytes"))
-        assert len(kernel.stored) == 2
-
-    run(test)
-
-
 def test_a_push_counts_from_when_it_was_asked_for_not_when_the_loop_next_looks() -> None:
     """A file read at random is soon whole in the page cache: no read reaches the daemon, which
     notes what was stored only at the next read, maybe much later (after the page cache was
