@@ -87,9 +87,10 @@ def read_into_buffer(path: Path) -> tuple[memoryview, float] | None:
         return None
     try:
         info = os.fstat(fd)
-        buffer = aligned(-(-info.st_size // ALIGN) * ALIGN)  # direct reads are whole pages
+        # Direct reads are whole pages; only the bytes read are kept, so no zeroing.
+        buffer = aligned(-(-info.st_size // ALIGN) * ALIGN, zeroed=False)
         got = 0
-        while got < len(buffer) and (n := os.preadv(fd, [buffer[got:]], got)):
+        while got < info.st_size and (n := os.preadv(fd, [buffer[got:]], got)):
             got += n
         if not direct:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
