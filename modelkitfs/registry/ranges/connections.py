@@ -288,7 +288,7 @@ def _read_exactly(
     done, length = 0, request.length
     while done < length:
         size = min(request.piece, length - done)
-        buffer = aligned(size)  # the cache writes it by direct I/O
+        buffer = aligned(size, zeroed=False)  # by direct I/O to the cache; handed on only full
         filled, failure = _fill(response, buffer, transfer)
         if failure is not None:
             if failure:

@@ -88,7 +88,7 @@ async def _collect(
     as :mod:`~modelkitfs.registry.ranges.connections` does."""
     done = filled = delivered = 0
     length, piece = request.length, request.piece
-    buffer = aligned(min(piece, length)) if length else memoryview(bytearray())
+    buffer = aligned(min(piece, length), zeroed=False) if length else memoryview(bytearray())
     try:
         async for chunk in response.aiter_raw():
             view = memoryview(chunk)
@@ -102,7 +102,7 @@ async def _collect(
                 if filled == len(buffer) and done < length:
                     request.deliver(buffer)
                     delivered += filled
-                    buffer, filled = aligned(min(piece, length - done)), 0
+                    buffer, filled = aligned(min(piece, length - done), zeroed=False), 0
             if done == length and not strict:
                 break
             if view:  # strict, and the body goes on past the range
