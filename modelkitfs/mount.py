@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import os
 import pickle
@@ -38,11 +36,13 @@ from modelkitfs.cache import (
     make_folders,
     settle_cap,
 )
+from modelkitfs.daemon.answers import ANSWER_TIMEOUT, DEAD_MOUNT, FSTYPE, ask, silence
 from modelkitfs.daemon.process import configure_logging, log_path, process_title
-from modelkitfs.daemon.service import SERVICE, serve_kits, with_kits
+from modelkitfs.daemon.service import SERVICE, serve_kits
 from modelkitfs.daemon.serving import serve_modelkit
 from modelkitfs.errors import ModelKitFSError, MountError
-from modelkitfs.primitives.mountinfo import busy_holders, mount_entry, mount_table
+from modelkitfs.primitives.calls import NoAnswer
+from modelkitfs.primitives.mountinfo import MountEntry, busy_holders, mount_above, mount_entry
 from modelkitfs.reference import parse_reference
 from modelkitfs.registry.credentials import pair_registry
 from modelkitfs.session.options import MountOptions, merged_options
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 180.0
 MAX_HOLDERS_NAMED = 5
-# What a FUSE mount whose daemon died answers (the first calls after the death: ECONNABORTED).
-DEAD_MOUNT = (errno.ENOTCONN, errno.ECONNABORTED)
-FSTYPE = "modelkitfs"  # the mounts' subtype: fuse.modelkitfs in /proc/mounts
-STATS_ATTRIBUTE = "user.modelkitfs.stats"
 DAEMON_ENTRY = "import sys; from modelkitfs.daemon.process import main; sys.exit(main())"
 
 
@@ -71,8 +67,20 @@ class DaemonError(MountError):
 
 
 def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
-    """The absolute mountpoint, or :class:`MountError` saying why it cannot be used."""
+    """The absolute mountpoint, or :class:`MountError` saying why it cannot be used (also
+    when it is, or is in, a mount whose daemon does not answer)."""
     path = os.path.abspath(mountpoint)
+    try:
+        ask(f"looking at mountpoint {path}", partial(_check_folder, path))
+    except NoAnswer:
+        stuck = mount_above(path)
+        why = silence(stuck).describe() if stuck else "it does not answer"
+        raise MountError(f"cannot use mountpoint {path}: {why}") from None
+    return path
+
+
+def _check_folder(path: str) -> None:
+    """What :func:`check_mountpoint` asks of the folder itself (a FUSE daemon may answer)."""
     try:
         os.stat(path)
     except FileNotFoundError:
@@ -97,7 +105,6 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
             f"mountpoint {path} is not empty: mount on an empty directory (a mount would hide "
             "its contents)"
         )
-    return path
 
 
 def _prepare(
@@ -165,7 +172,7 @@ class Mount:
         try:
             unmount(self.path)
         except MountError:
-            if not os.path.ismount(self.path):
+            if mount_entry(str(self.path)) is None:  # from the table: its daemon may not answer
                 raise
             unmount(self.path, lazy=True)  # still busy: detach now, the daemon ends later
         if self.temporary:
@@ -337,12 +344,19 @@ def mount_foreground(
 
 
 def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
-    """Unmount a modelkitfs folder, including a dead one whose daemon was killed; refuse any
-    other file system (that is umount(8)'s job, not ours)."""
+    """Unmount a modelkitfs folder, including a dead one whose daemon was killed and one whose
+    daemon is stopped (nothing here asks the daemon); refuse any other file system (that is
+    umount(8)'s job, not ours)."""
     path = os.path.abspath(mountpoint)
-    entry = mount_entry(path)
+    try:  # a path as the table has it asks nothing; one through links or mounts asks them
+        entry, exists = ask(f"looking up {path}", partial(_look_up, path))
+    except NoAnswer:
+        raise MountError(
+            f"cannot tell what {path} is: a file system on its way did not answer within "
+            f"{ANSWER_TIMEOUT:g} s; give the mountpoint as 'modelkitfs mounts' lists it"
+        ) from None
     if entry is None:
-        if not os.path.lexists(path):
+        if not exists:
             raise MountError(f"{path} does not exist: give the folder a kit is mounted at")
         raise MountError(f"{path} is not mounted: 'modelkitfs mounts' lists the mounts")
     if entry.fstype != f"fuse.{FSTYPE}":
@@ -364,23 +378,7 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
     raise MountError(f"cannot unmount {path}: {detail}")
 
 
-def active_mounts() -> list[dict[str, Any]]:
-    """The modelkitfs mounts of this machine, with what each daemon reports of itself
-    (reference, bytes fetched, cache hits, pid, log, cache); ``"dead": True`` where the daemon
-    has stopped."""
-    found = []
-    for mounted in mount_table():
-        if mounted.fstype != f"fuse.{FSTYPE}":
-            continue
-        entry: dict[str, Any] = {
-            "mountpoint": mounted.mountpoint,
-            "reference": mounted.source.removeprefix(f"{FSTYPE}:"),
-        }
-        try:
-            stats = json.loads(os.getxattr(mounted.mountpoint, STATS_ATTRIBUTE))
-            entry.update(with_kits(stats, os.stat(mounted.mountpoint).st_uid))
-            entry["dead"] = False
-        except OSError as exc:
-            entry["dead"] = exc.errno in DEAD_MOUNT
-        found.append(entry)
-    return found
+def _look_up(path: str) -> tuple[MountEntry | None, bool]:
+    """What is mounted at ``path``, and whether ``path`` exists at all."""
+    entry = mount_entry(path)
+    return entry, entry is not None or os.path.lexists(path)

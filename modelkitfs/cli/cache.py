@@ -27,8 +27,8 @@ from modelkitfs.cli.parser import (
     json_argument,
     refuse,
 )
+from modelkitfs.daemon.answers import active_mounts
 from modelkitfs.errors import ModelKitFSError
-from modelkitfs.mount import active_mounts
 from modelkitfs.session.catalog import owners, recorded_kits
 
 MAX_NAMED = 5

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from modelkitfs.cli.output import human, patience, print_json, table
 from modelkitfs.cli.parser import Commands, kit_arguments, mount_only_arguments, options_from
-from modelkitfs.mount import active_mounts, mount, mount_foreground, unmount
+from modelkitfs.daemon.answers import active_mounts
+from modelkitfs.mount import mount, mount_foreground, unmount
 
 
 def add(commands: Commands) -> None:
@@ -75,7 +77,9 @@ def run_mounts(args: argparse.Namespace) -> None:
     """list the ModelKits mounted on this machine
 
     List active modelkitfs mounts: mountpoint, reference, bytes fetched, cache hits, and each
-    daemon's pid, log and cache folder.
+    daemon's pid, log and cache folder. Every daemon is asked at once; one that does not answer
+    within 5 s (stopped, or wedged) is listed as not answering, with its pid when known and
+    what to do, and costs the others nothing.
 
     examples:
       modelkitfs mounts
@@ -102,11 +106,17 @@ def run_mounts(args: argparse.Namespace) -> None:
                 human(entry.get("fetched_bytes", 0)),
                 f"{hits / reads:.0%} of {reads} blocks" if reads else "-",
                 str(entry.get("pid", "-")),
-                f"dead: run 'modelkitfs umount {entry['mountpoint']}'"
-                if entry["dead"]
-                else "serving",
+                _state(entry),
                 str(entry.get("log") or "-"),
                 str(entry.get("cache_dir") or "-"),
             )
         )
     table(rows)
+
+
+def _state(entry: dict[str, Any]) -> str:
+    if entry["dead"]:
+        return f"dead: run 'modelkitfs umount {entry['mountpoint']}'"
+    if not entry["answering"]:
+        return f"not answering: {entry['problem']}"
+    return "serving"

@@ -7,8 +7,8 @@ keeps using it (the pods' bind mounts point into it), and starts a new one only 
 A kit idle under a pod's bind mount is unloaded like any other: the service keeps its inode
 numbers and builds its tree again when the pod reads on. Whether it answers is asked of the
 daemon itself (``statfs``: the kernel caches a folder's attributes, never that), with a
-deadline (:mod:`.calls`): a stopped daemon is one that does not answer, never one that hangs
-the plugin.
+deadline (:mod:`modelkitfs.primitives.calls`): a stopped daemon is one that does not answer,
+never one that hangs the plugin.
 ``python -m modelkitfs.csi.node_service`` is that daemon: settings as one JSON line on standard
 input, ``ready`` on standard output once the root is mounted.
 """
@@ -28,8 +28,8 @@ from functools import partial
 from pathlib import Path
 
 from modelkitfs.csi.binds import Target, state, unmount
-from modelkitfs.csi.calls import Calls, NoAnswer
 from modelkitfs.errors import ModelKitFSError, MountError
+from modelkitfs.primitives.calls import Calls, NoAnswer
 from modelkitfs.session.options import MountOptions
 
 log = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ digest, so a moved tag never changes a running pod's files. Any other volume is 
 its own at the target, over the same cache, with the secrets' credentials given to its daemon
 in its environment (never its command line or a file), each entry for its own host only.
 
-A publish or an unpublish runs in a thread of its own (:mod:`.calls`) and answers within its
-deadline, whatever the node service does: one that ends after its caller gave up undoes what it
-mounted. Unpublishing never looks into the folder it takes off (a stopped node service would
-not answer). Every failure is a :class:`VolumeError` carrying the gRPC status code the CSI spec
-asks for.
+A publish or an unpublish runs in a thread of its own (:mod:`modelkitfs.primitives.calls`)
+and answers within its deadline, whatever the node service does: one that ends after its caller
+gave up undoes what it mounted. Unpublishing never looks into the folder it takes off (a stopped
+node service would not answer). Every failure is a :class:`VolumeError` carrying the gRPC
+status code the CSI spec asks for.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from functools import partial
 import trio
 
 from modelkitfs.csi.binds import Target, bind_read_only, state, unmount
-from modelkitfs.csi.calls import Call, Calls, NoAnswer
 from modelkitfs.csi.node_service import NodeService
 from modelkitfs.csi.records import OWN, SHARED, Record, Records
 from modelkitfs.csi.volume_spec import (
@@ -48,6 +47,7 @@ from modelkitfs.errors import (
     SelectionError,
 )
 from modelkitfs.mount import DaemonError, mount
+from modelkitfs.primitives.calls import Call, Calls, NoAnswer
 from modelkitfs.reference import DEFAULT_REGISTRY, parse_reference
 from modelkitfs.registry import RegistryClient
 from modelkitfs.registry.credentials import find_credential

@@ -1,6 +1,8 @@
 """What is mounted where: /proc/self/mountinfo read once, in one place, and what keeps a mount
 busy (as ``fuser -m`` finds it). Both ``umount`` (is this ours? who holds it?) and the FUSE
-session (which device is my mount?) read it."""
+session (which device is my mount?) read it, and a command names the mount a path is in when
+that mount's daemon does not answer. Only resolving a path's links asks the file systems on
+its way."""
 
 from __future__ import annotations
 
@@ -19,26 +21,52 @@ class MountEntry:
     fstype: str
     source: str
     device: str  # major:minor
+    owner: int | None = None  # who mounted it, for a FUSE mount (its user_id)
 
 
-def mount_table() -> list[MountEntry]:
+def mount_table(table: str = "/proc/self/mountinfo") -> list[MountEntry]:
     """The mounts this process sees, in mount order."""
     found = []
-    with open("/proc/self/mountinfo") as mountinfo:
+    with open(table) as mountinfo:
         for line in mountinfo:
             fields, _, tail = line.partition(" - ")
-            fstype, source = ([*tail.split(), "", ""])[:2]
+            fstype, source, options = ([*tail.split(), "", "", ""])[:3]
             parts = fields.split()
-            found.append(MountEntry(_unescape(parts[4]), fstype, _unescape(source), parts[2]))
+            owner = re.search(r"(?:^|,)user_id=(\d+)(?:,|$)", options)
+            found.append(
+                MountEntry(
+                    _unescape(parts[4]),
+                    fstype,
+                    _unescape(source),
+                    parts[2],
+                    int(owner.group(1)) if owner else None,
+                )
+            )
     return found
 
 
 def mount_entry(path: str) -> MountEntry | None:
-    """What is mounted at ``path`` (the topmost mount), or None; the path as given or with
-    its links resolved (a dead mount cannot be resolved through, so both are tried)."""
-    names = {os.path.abspath(path), os.path.realpath(path)}
-    matching = [entry for entry in mount_table() if entry.mountpoint in names]
-    return matching[-1] if matching else None
+    """What is mounted at ``path`` (the topmost mount), or None: the path as given, without
+    asking any file system; else with its links resolved, which asks every file system on
+    its way (a FUSE daemon that is stopped answers never: ask this with a deadline)."""
+    table = mount_table()
+    for resolve in (False, True):
+        name = os.path.realpath(path) if resolve else os.path.abspath(path)
+        matching = [entry for entry in table if entry.mountpoint == name]
+        if matching:
+            return matching[-1]
+    return None
+
+
+def mount_above(path: str) -> MountEntry | None:
+    """The mount ``path`` (absolute, without links) is in: the topmost one at it or at the
+    nearest folder above it; found in the table alone."""
+    table = mount_table()
+    for folder in (path, *(str(parent) for parent in Path(path).parents)):
+        matching = [entry for entry in table if entry.mountpoint == folder]
+        if matching:
+            return matching[-1]
+    return None
 
 
 def busy_holders(mountpoint: str) -> list[str]:

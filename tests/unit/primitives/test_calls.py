@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelkitfs.csi.calls import Call, Calls, NoAnswer
+from modelkitfs.primitives.calls import Call, Calls, NoAnswer
 from tests.support.waiting import wait_for
 
 SHORT = 0.01  # a deadline the stuck calls below always miss
@@ -99,3 +99,18 @@ def test_a_failure_after_the_deadline_is_logged(
     release.set()
     late = "publishing x failed after its caller gave up: the folder is gone"
     wait_for(lambda: late in [r.getMessage() for r in caplog.records], "the late failure's log")
+
+
+def test_calls_started_together_share_one_deadline(release: threading.Event) -> None:
+    """One call that never answers costs the others nothing: each is waited for against the
+    same deadline, and those that answered are heard, in any order."""
+    calls = Calls()
+    stuck = calls.start("asking the stopped one", lambda call: release.wait())
+    answered = [calls.start(f"asking {n}", lambda call, n=n: n * n) for n in range(3)]
+    with pytest.raises(NoAnswer) as raised:
+        calls.wait(stuck, SHORT)
+    assert str(raised.value) == f"asking the stopped one: no answer within {SHORT:g} s"
+    assert [calls.wait(call, 60) for call in answered] == [0, 1, 4]
+    release.set()
+    wait_for(lambda: stuck.done.is_set(), "the stuck call to return once released")
+    assert calls.run(60, "asking the stopped one again", lambda call: release.wait())

@@ -1,14 +1,16 @@
-"""Calls that may never return, made with a deadline: the plugin never waits on them unbounded.
+"""Calls that may never return, made with a deadline: the caller never waits on them unbounded.
 
-A ``stat`` or a bind mount in the node service's folder waits for its FUSE daemon, and a
-stopped daemon (SIGSTOP, a debugger, a machine out of memory) answers never: made on a gRPC
-worker, such calls took every worker, so that ``Probe`` and ``Unpublish`` went unanswered too.
-Here each runs in a daemon thread of its own, waited for at most so long; a call that outlives
-its deadline is abandoned to finish (or not) on its own, and told so (:meth:`Call.keep`), so
-that what it did after its caller gave up is undone rather than left behind. Abandoned calls
-are bounded in number (:data:`MAX_ABANDONED`): beyond that, new calls are refused at once.
-Calls with the same ``key`` share one thread: while one is known not to answer, the next fails
-at once rather than adding a thread to the pile.
+Any call on a FUSE folder (a ``stat``, a ``getxattr``, a bind mount, resolving a path through
+it) waits in the kernel for that folder's daemon, and a stopped daemon (SIGSTOP, a debugger, a
+profiler, a machine out of memory) answers never: the CSI plugin's gRPC workers all waited so,
+and ``modelkitfs mounts`` hung on one stopped mount among many. Here each call runs in a daemon
+thread of its own, waited for at most so long; a call that outlives its deadline is abandoned to
+finish (or not) on its own, and told so (:meth:`Call.keep`), so that what it did after its
+caller gave up is undone rather than left behind. Abandoned calls are bounded in number
+(:data:`MAX_ABANDONED`): beyond that, new calls are refused at once. Calls with the same ``key``
+share one thread: while one is known not to answer, the next fails at once rather than adding a
+thread to the pile. Several calls can be started at once and waited for against one deadline
+(:meth:`Calls.start`, :meth:`Calls.wait`): one that never answers costs the others nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ class Calls:
         """``function(call)``'s result or error if it returns within ``seconds``, else
         :class:`NoAnswer`. ``function`` may ask ``call.keep()`` last, before it commits to what
         it did: False means nobody will hear of it."""
+        return self._wait(self.start(what, function, key), seconds, what)
+
+    def start(self, what: str, function: Callable[[Call[T]], T], key: str | None = None) -> Call[T]:
+        """``function(call)`` started in a thread of its own (or the call already running
+        under ``key``), for :meth:`wait`; :class:`NoAnswer` at once when ``key`` is known not
+        to answer or too many calls have been abandoned."""
         with self._lock:
             call = self._by_key.get(key) if key is not None else None
             if call is not None and call.abandoned:
@@ -82,8 +90,16 @@ class Calls:
                 if key is not None:
                     self._by_key[key] = call
                 threading.Thread(
-                    target=self._body, args=(call, function, key), name="csi-call", daemon=True
+                    target=self._body, args=(call, function, key), name="call", daemon=True
                 ).start()
+        return call  # type: ignore[return-value]
+
+    def wait(self, call: Call[T], seconds: float) -> T:
+        """The started ``call``'s result or error if it returns within ``seconds``, else
+        :class:`NoAnswer` (and the call is abandoned)."""
+        return self._wait(call, seconds, call.what)
+
+    def _wait(self, call: Call[T], seconds: float, what: str) -> T:
         if not call.done.wait(seconds):
             with self._lock:
                 finishing = call.kept or call.done.is_set()
