@@ -37,13 +37,19 @@ class Blocks:
 
 
 def read_cached(
-    cache: BlockCache, blocks: Blocks, digest: str, size: int, indexes: Iterable[int]
+    cache: BlockCache,
+    blocks: Blocks,
+    digest: str,
+    size: int,
+    indexes: Iterable[int],
+    keep: bool = False,
 ) -> dict[int, Buffer]:
-    """The blocks of ``indexes`` found in ``cache`` (of a blob of ``size`` bytes). Blocks:
-    run it in a worker thread."""
+    """The blocks of ``indexes`` found in ``cache`` (of a blob of ``size`` bytes); ``keep``:
+    their pages left in the page cache. Blocks: run it in a worker thread."""
     found: dict[int, Buffer] = {}
     for index in indexes:
-        data = cache.read_block(digest, blocks.size, index, blocks.length(size, index))
+        length = blocks.length(size, index)
+        data = cache.read_block(digest, blocks.size, index, length, keep=keep)
         if data is not None:
             found[index] = data
     return found

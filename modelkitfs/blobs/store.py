@@ -237,10 +237,11 @@ class BlockStore:
     ) -> Buffer:
         """Bytes ``span`` of block ``index``, waiting: a small read of a checked block reads
         its pages from the disk cache; else the whole block is taken (and checked, when it
-        comes from disk), its page sums remembered for a small read."""
+        comes from disk: through the page cache, its pages left there for the small reads
+        that follow, as a folder of small files has them), its page sums remembered."""
         if small and (pages := await self.small.read(digest, size, index, span)) is not None:
             return pages
-        block = await self.block(digest, size, index, wanted_last)
+        block = await self.block(digest, size, index, wanted_last, keep=small)
         if small:
             self.small.remember((digest, index), block)
         return memoryview(block)[span[0] : span[1]]
@@ -271,8 +272,11 @@ class BlockStore:
         finally:
             self.flights.land(digest, flights)
 
-    async def block(self, digest: str, size: int, index: int, wanted_last: int) -> Buffer:
-        """One block, from memory, disk or the source. A reader that finds the block on its
+    async def block(
+        self, digest: str, size: int, index: int, wanted_last: int, *, keep: bool = False
+    ) -> Buffer:
+        """One block, from memory, disk (``keep``: its pages left in the page cache) or the
+        source. A reader that finds the block on its
         way shares that download's outcome, failure included: the kernel follows a failed
         readahead with a read of the page itself, at once, and that read must fail with the
         download rather than wait ``--timeout`` once more (the download retries a little
@@ -290,7 +294,7 @@ class BlockStore:
                     return flight.data
                 continue
             mine = self.flights.reserve(digest, index, index, self.memory)
-            if (data := (await self._load(digest, size, mine)).get(index)) is not None:
+            if (data := (await self._load(digest, size, mine, keep=keep)).get(index)) is not None:
                 return data
             if key in self.flights or key in self.memory:
                 continue  # someone else started (or finished) it while we looked on disk
@@ -306,10 +310,13 @@ class BlockStore:
         size: int,
         flights: dict[int, Flight],
         on_disk: set[int] | None = None,
+        *,
+        keep: bool = False,
     ) -> dict[int, Buffer]:
         """Read reserved blocks from the disk cache, in one worker-thread call (none for
         blocks that are not there: a cold read's every block), and end their flights: those
-        found. ``on_disk``: the blocks known to be there, when the caller has looked."""
+        found. ``on_disk``: the blocks known to be there, when the caller has looked;
+        ``keep``: their pages left in the page cache."""
         if not flights:
             return {}
         try:
@@ -320,7 +327,7 @@ class BlockStore:
             wanted = [i for i in flights if i in on_disk]
             found = (
                 await trio.to_thread.run_sync(
-                    read_cached, self.cache, self.blocks, digest, size, wanted
+                    read_cached, self.cache, self.blocks, digest, size, wanted, keep
                 )
                 if wanted
                 else {}

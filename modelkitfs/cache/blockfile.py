@@ -77,12 +77,16 @@ def _open_direct(path: Path | str, flags: int, mode: int = FILE_MODE) -> tuple[i
         return os.open(path, flags, mode), False
 
 
-def read_into_buffer(path: Path) -> tuple[memoryview, float] | None:
+def read_into_buffer(path: Path, *, keep: bool = False) -> tuple[memoryview, float] | None:
     """A file's bytes and modification time; None when absent. Read with direct I/O (by DMA,
     not through the page cache: the FUSE file's pages keep what a mount served); where the
-    file system has none, read through the page cache and its pages dropped once read."""
+    file system has none, read through the page cache and its pages dropped once read.
+    ``keep``: read through the page cache, its pages left there."""
     try:
-        fd, direct = _open_direct(path, os.O_RDONLY)
+        if keep:
+            fd, direct = os.open(path, os.O_RDONLY), False
+        else:
+            fd, direct = _open_direct(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -92,7 +96,7 @@ def read_into_buffer(path: Path) -> tuple[memoryview, float] | None:
         got = 0
         while got < info.st_size and (n := os.preadv(fd, [buffer[got:]], got)):
             got += n
-        if not direct:
+        if not direct and not keep:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return buffer[: min(got, info.st_size)], info.st_mtime
     finally:

@@ -128,12 +128,12 @@ class DiskCache(Layout):
     # --- blocks -----------------------------------------------------------------------------
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int
+        self, digest: str, block_size: int, index: int, expected_size: int, *, keep: bool = False
     ) -> Buffer | None:
         """The block's bytes, or None when absent. A block whose size or checksum is wrong
         (a truncated or damaged file) is deleted, logged, and reported absent."""
         path = self.block_path(digest, block_size, index)
-        found = read_into_buffer(path)
+        found = read_into_buffer(path, keep=keep)
         if found is None:
             return None
         raw, mtime = found

@@ -124,7 +124,7 @@ class MemoryCache:
         return None
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int
+        self, digest: str, block_size: int, index: int, expected_size: int, *, keep: bool = False
     ) -> Buffer | None:
         data = self.blocks.get((f"{digest}/{block_size}", index))
         if data is None or len(data) != expected_size:

@@ -52,9 +52,11 @@ class BlockCache(Protocol):
         ...
 
     def read_block(
-        self, digest: str, block_size: int, index: int, expected_size: int
+        self, digest: str, block_size: int, index: int, expected_size: int, *, keep: bool = False
     ) -> Buffer | None:
-        """The block's bytes, or None when absent (or damaged: then it is dropped)."""
+        """The block's bytes, or None when absent (or damaged: then it is dropped). ``keep``:
+        read through the page cache and leave its pages there, for a small reader who will
+        come back for other pages of it (:meth:`read_pages`)."""
         ...
 
     def read_pages(self, pages: PageSpan, nowait: bool = False) -> bytes | None:

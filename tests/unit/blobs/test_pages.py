@@ -25,11 +25,16 @@ AT = CHECKED * BLOCK + 5000  # a 4 KiB read across two of its pages
 class CountingCache(DiskCache):
     """A disk cache counting the blocks read whole."""
 
-    whole_reads = 0
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.whole_reads = 0
+        self.kept: list[int] = []  # blocks read whole, their pages kept in the page cache
 
-    def read_block(self, *args: Any) -> Any:
+    def read_block(self, *args: Any, **kwargs: Any) -> Any:
         self.whole_reads += 1
-        return super().read_block(*args)
+        if kwargs.get("keep"):
+            self.kept.append(args[2])
+        return super().read_block(*args, **kwargs)
 
 
 def with_checked_block(
@@ -67,6 +72,26 @@ def test_small_reads_of_a_checked_block_read_its_pages_not_the_block(tmp_path: P
         assert (source.digest, CHECKED) not in store.memory  # nor kept in memory
 
     with_checked_block(tmp_path, then)
+
+
+def test_a_small_read_of_a_block_not_yet_checked_keeps_its_pages_a_large_one_does_not(
+    tmp_path: Path,
+) -> None:
+    """The small reads that follow in a block read its pages: from the page cache, if the
+    block's first, whole read left them there (an image folder's files: once from disk)."""
+    source, cache = OneBlob(size=8 * BLOCK + 3), CountingCache(tmp_path)
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            await store.read(source.digest, source.size, 0, source.size)
+        async with opened(source, cache) as store:  # this process has checked no block
+            assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+            assert cache.kept == [CHECKED]
+            start = 6 * BLOCK
+            assert await read(store, source, start, BLOCK) == source.data[start : start + BLOCK]
+            assert cache.kept == [CHECKED]
+
+    trio.run(main)
 
 
 def test_a_block_file_damaged_after_its_check_is_read_whole_dropped_and_fetched_again(

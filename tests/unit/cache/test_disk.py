@@ -159,6 +159,19 @@ def test_blocks_leave_the_page_cache_once_written_and_once_read(
     assert not in_page_cache(path)
 
 
+def test_a_block_read_to_be_kept_leaves_its_pages_in_the_page_cache(tmp_path: Path) -> None:
+    """A small reader's block: its other pages are read next, from the page cache."""
+    cache = DiskCache(tmp_path)
+    data = block_bytes(1 << 20, aligned_buffer=True)
+    cache.write_block(DIGEST, 1 << 20, 0, data)
+    path = cache.block_path(DIGEST, 1 << 20, 0)
+    drop_pages(path)
+    if in_page_cache(path):
+        pytest.skip("this file system keeps every page in memory (tmpfs)")
+    assert cache.read_block(DIGEST, 1 << 20, 0, len(data), keep=True) == data
+    assert in_page_cache(path)
+
+
 def test_a_file_system_without_direct_io_is_read_and_written_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
