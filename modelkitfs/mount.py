@@ -73,8 +73,14 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
     try:
         ask(f"looking at mountpoint {path}", partial(_check_folder, path))
     except NoAnswer:
+        # The path may pass through links, so the mount above it in the table may not be
+        # the one that hangs: only a FUSE mount (whose daemon may be stopped) is named.
         stuck = mount_above(path)
-        why = silence(stuck).describe() if stuck else "it does not answer"
+        why = (
+            silence(stuck).describe()
+            if stuck is not None and stuck.fstype.startswith("fuse")
+            else "a file system on the way to it does not answer (see 'modelkitfs mounts')"
+        )
         raise MountError(f"cannot use mountpoint {path}: {why}") from None
     return path
 
@@ -172,7 +178,11 @@ class Mount:
         try:
             unmount(self.path)
         except MountError:
-            if mount_entry(str(self.path)) is None:  # from the table: its daemon may not answer
+            try:  # the table, then resolved links: a stopped daemon never answers those
+                gone = ask(f"finding {self.path}", partial(mount_entry, str(self.path))) is None
+            except NoAnswer:
+                gone = False  # something on the way does not answer: still mounted
+            if gone:
                 raise
             unmount(self.path, lazy=True)  # still busy: detach now, the daemon ends later
         if self.temporary:

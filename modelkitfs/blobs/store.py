@@ -128,9 +128,9 @@ class BlockStore:
             return direct
         if self.verifier.must_verify(digest):
             await self.verifier.verified(digest, size)
-        if hint.ahead:
-            self._ahead(digest, size, offset, end, hint)
         small = end - offset <= self.block_size // SMALL_READ
+        if hint.ahead:
+            self._ahead(digest, size, offset, end, hint, keep=small)
         parts = [
             self._part_now(digest, size, i, span, small)
             or await self._part(digest, size, i, span, small, (end - 1) // self.block_size)
@@ -158,7 +158,7 @@ class BlockStore:
                 return None
             parts.append(part)
         if hint.ahead:
-            self._ahead(digest, size, offset, end, hint)
+            self._ahead(digest, size, offset, end, hint, keep=small)
             self._passed(digest, offset, end)
         return b"".join(parts)
 
@@ -194,8 +194,12 @@ class BlockStore:
             return await self.read_source(digest, offset, end)
         return None
 
-    def _ahead(self, digest: str, size: int, offset: int, end: int, hint: ReadHint) -> None:
-        """Start fetching what the readahead advises after a read of ``[offset, end)``."""
+    def _ahead(
+        self, digest: str, size: int, offset: int, end: int, hint: ReadHint, *, keep: bool
+    ) -> None:
+        """Start fetching what the readahead advises after a read of ``[offset, end)``; ``keep``
+        (a small reader's): blocks read from disk leave their pages in the page cache, for
+        its small reads of them."""
         for start, stop in self._readahead.advise(digest, size, offset, end, hint):
             # Reserved now, before the read looks for its own blocks, so that a block both
             # want is fetched once, as part of the larger request.
@@ -203,7 +207,7 @@ class BlockStore:
                 digest, start // self.block_size, (stop - 1) // self.block_size, self.memory
             )
             if flights:
-                self.background.start(self._fetch_ahead, digest, size, flights)
+                self.background.start(self._fetch_ahead, digest, size, flights, keep)
 
     def _passed(self, digest: str, offset: int, end: int) -> None:
         """A reader in order has read the blocks ``[offset, end)`` ends in: they leave memory
@@ -246,7 +250,9 @@ class BlockStore:
             self.small.remember((digest, index), block)
         return memoryview(block)[span[0] : span[1]]
 
-    async def _fetch_ahead(self, digest: str, size: int, flights: dict[int, Flight]) -> None:
+    async def _fetch_ahead(
+        self, digest: str, size: int, flights: dict[int, Flight], keep: bool = False
+    ) -> None:
         """Bring reserved blocks into memory for a reader that will want them soon: from the
         disk cache (a few at a time, so the reader waits for a few, not all), and downloaded
         where absent. A failure only costs that reader a wait: its own read fetches and
@@ -259,7 +265,8 @@ class BlockStore:
             async def load_present() -> None:
                 for start in range(0, len(present), LOAD_RUN):
                     run = present[start : start + LOAD_RUN]
-                    await self._load(digest, size, {i: flights[i] for i in run}, on_disk)
+                    run_flights = {i: flights[i] for i in run}
+                    await self._load(digest, size, run_flights, on_disk, keep=keep)
 
             if not absent:  # a warm reader's: no nursery to open and close
                 await load_present()

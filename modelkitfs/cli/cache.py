@@ -119,8 +119,13 @@ def _run(cache: DiskCache, args: argparse.Namespace) -> None:
 
 def _may_clear(root: Path, yes: bool) -> bool:
     """Whether to go on: yes when no mount uses the cache, when told ``--yes``, or when the
-    user says so at a terminal; refused otherwise."""
-    using = [m["mountpoint"] for m in active_mounts() if _same(m.get("cache_dir"), root)]
+    user says so at a terminal; refused otherwise. A mount whose daemon lives but does not
+    answer may use it (a dead one uses nothing)."""
+    using = [
+        m["mountpoint"] + (" (not answering)" if _silent(m) else "")
+        for m in active_mounts()
+        if _same(m.get("cache_dir"), root) or _silent(m)
+    ]
     if not using or yes:
         return True
     named = ", ".join(using[:MAX_NAMED]) + (" and more" if len(using) > MAX_NAMED else "")
@@ -134,6 +139,10 @@ def _may_clear(root: Path, yes: bool) -> bool:
     raise ModelKitFSError(
         f"{what}; their next reads would download again: add --yes to clear it anyway"
     )
+
+
+def _silent(mount: dict[str, Any]) -> bool:
+    return not mount.get("answering", True) and not mount.get("dead")
 
 
 def _same(path: Any, root: Path) -> bool:

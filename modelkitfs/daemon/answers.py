@@ -93,8 +93,8 @@ class Silence:
             detach = f"'modelkitfs umount --lazy {mountpoint}'"
         elif self.mount.fstype.startswith("fuse"):
             detach = f"'fusermount3 -u -z {mountpoint}'"
-        else:
-            detach = f"'umount -l {mountpoint}'"
+        else:  # not one of a daemon's: what hangs there is for its administrator to see
+            return f"its file system did not answer within {self.seconds:g} s"
         if self.pid is None:
             return f"its daemon did not answer within {self.seconds:g} s; unmount it with {detach}"
         daemon = f"its daemon (pid {self.pid})"

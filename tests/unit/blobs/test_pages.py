@@ -94,6 +94,26 @@ def test_a_small_read_of_a_block_not_yet_checked_keeps_its_pages_a_large_one_doe
     trio.run(main)
 
 
+def test_blocks_read_ahead_of_small_reads_in_order_keep_their_pages_too(tmp_path: Path) -> None:
+    """An image folder read in order: the blocks fetched ahead of it from disk are read the
+    same way its small reads' own would have been."""
+    source, cache = OneBlob(size=48 * BLOCK + 3), CountingCache(tmp_path)
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            await store.read(source.digest, source.size, 0, source.size)
+        cache.whole_reads, cache.kept = 0, []
+        async with opened(source, cache) as store:
+            step = 8 * 1024
+            for offset in range(0, 40 * BLOCK, step):
+                assert (
+                    await read(store, source, offset, step) == source.data[offset : offset + step]
+                )
+        assert cache.whole_reads > 40 and len(cache.kept) == cache.whole_reads
+
+    trio.run(main)
+
+
 def test_a_block_file_damaged_after_its_check_is_read_whole_dropped_and_fetched_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -175,3 +175,5 @@ def test_what_to_do_when_the_daemon_runs_or_is_unknown() -> None:
     )
     other = MountEntry("/mnt/remote", "fuse.sshfs", "host:/", "0:9", 0)
     assert Silence(other, 5, None, "").advice.endswith("'fusermount3 -u -z /mnt/remote'")
+    root = MountEntry("/", "ext4", "/dev/vda1", "254:1", None)
+    assert Silence(root, 5, None, "").advice == "its file system did not answer within 5 s"
