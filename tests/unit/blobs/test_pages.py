@@ -55,6 +55,15 @@ def with_checked_block(
     trio.run(main)
 
 
+def flip_bit(path: Path, at: int) -> None:
+    """Damage a block file's byte ``at``, its checksum left as it was."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+
+
 async def read(store: BlobStore, source: OneBlob, offset: int, length: int = PAGE) -> bytes:
     return await store.read(source.digest, source.size, offset, length)
 
@@ -94,6 +103,32 @@ def test_a_small_read_of_a_block_not_yet_checked_keeps_its_pages_a_large_one_doe
     trio.run(main)
 
 
+@pytest.mark.parametrize("fault", ["damaged", "cut short"])
+def test_a_faulty_block_a_small_read_takes_whole_is_fetched_again(
+    tmp_path: Path, fault: str
+) -> None:
+    """Read through the page cache to keep its pages, a block is checked all the same."""
+    source, cache = OneBlob(size=8 * BLOCK + 3), CountingCache(tmp_path)
+
+    async def main() -> None:
+        async with opened(source, cache) as store:
+            await store.read(source.digest, source.size, 0, source.size)
+        path = cache.block_path(source.digest, BLOCK, CHECKED)
+        if fault == "cut short":
+            os.truncate(path, BLOCK // 2)
+        else:
+            flip_bit(path, AT % BLOCK)
+        async with opened(source, cache) as store:
+            sent = source.sent
+            assert await read(store, source, AT) == source.data[AT : AT + PAGE]
+            assert cache.kept == [CHECKED] and source.sent == sent + BLOCK  # fetched again
+            after = AT + 3 * PAGE  # the fault gone: the block's pages read from disk
+            assert await read(store, source, after) == source.data[after : after + PAGE]
+            assert source.sent == sent + BLOCK
+
+    trio.run(main)
+
+
 def test_blocks_read_ahead_of_small_reads_in_order_keep_their_pages_too(tmp_path: Path) -> None:
     """An image folder read in order: the blocks fetched ahead of it from disk are read the
     same way its small reads' own would have been."""
@@ -118,11 +153,7 @@ def test_a_block_file_damaged_after_its_check_is_read_whole_dropped_and_fetched_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
-        with open(path, "r+b") as f:  # one bit of the page read, the checksum left as it was
-            f.seek(AT % BLOCK + 10)
-            byte = f.read(1)
-            f.seek(AT % BLOCK + 10)
-            f.write(bytes([byte[0] ^ 1]))
+        flip_bit(path, AT % BLOCK + 10)  # in the page read
         sent = source.sent
         with caplog.at_level(logging.WARNING):
             assert await read(store, source, AT) == source.data[AT : AT + PAGE]
@@ -209,11 +240,7 @@ def test_a_block_file_faulty_after_its_check_is_not_held(tmp_path: Path, fault: 
 
     async def then(store: BlobStore, source: OneBlob, cache: CountingCache, path: Path) -> None:
         if fault == "damaged":
-            with open(path, "r+b") as f:
-                f.seek(BLOCK - 100)
-                byte = f.read(1)
-                f.seek(BLOCK - 100)
-                f.write(bytes([byte[0] ^ 1]))
+            flip_bit(path, BLOCK - 100)
         elif fault == "cut short":
             os.truncate(path, BLOCK // 2)
         else:
