@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import trio
+from bench_disk import disk_figures
 from bench_tools import (
     MODEL,
     Bench,
@@ -38,6 +39,7 @@ from bench_tools import (
     daemon_pid,
     drop_page_cache,
     floor_mounted,
+    process_with,
     ratarmounted,
     stats,
     timed,
@@ -169,8 +171,15 @@ def fio_figures(bench: Bench, ref: str, local: Path, layer_tar: Path, runtime: f
             os.link(local, floor_source / MODEL)
         with floor_mounted(bench.base, floor_source) as floor:
             for job in JOBS[:2]:
-                rate = fio(floor / MODEL, job, runtime).rate
-                bench.add(f"9 fio {job.name}: pyfuse3 floor", rate, "MiB/s", "")
+                use = DaemonUse(process_with("pyfuse3_floor.py"))
+                floor_run = fio(floor / MODEL, job, runtime)
+                cpu, _ = use.stop()
+                bench.add(
+                    f"9 fio {job.name}: pyfuse3 floor",
+                    floor_run.rate,
+                    "MiB/s",
+                    f"{1000 * cpu / (floor_run.rate * floor_run.seconds):.2f} ms CPU per MiB",
+                )
         with new_mount(bench, ref, "fio") as mnt:
             pid = daemon_pid(mnt)
             for figure in ("new mount", "blocks checked"):
@@ -184,6 +193,7 @@ def fio_figures(bench: Bench, ref: str, local: Path, layer_tar: Path, runtime: f
                     f"daemon {1000 * cpu / ours.reads:.3f} ms CPU per read (0.1), "
                     f"{disk / (ours.reads * 4096):.1f} disk bytes per byte (2)",
                 )
+    disk_figures(bench, bench.base / "fio", layer_tar)
 
 
 COLD_READS = 40
@@ -260,7 +270,9 @@ def small_files_warm(bench: Bench, ref: str, source: Path, layer_tar: Path) -> N
             rat_s = read_files(rat, names)
     with floor_mounted(bench.base, source) as floor:
         drop_page_cache(bench.base)
+        use = DaemonUse(process_with("pyfuse3_floor.py"))
         floor_s = read_files(floor, names)
+        floor_cpu, _ = use.stop()
     with new_mount(bench, ref, "images") as mnt:
         drop_page_cache(bench.base)
         use = DaemonUse(daemon_pid(mnt))
@@ -281,7 +293,8 @@ def small_files_warm(bench: Bench, ref: str, source: Path, layer_tar: Path) -> N
         "10 small files: pyfuse3 floor",
         len(names) / floor_s,
         "files/s",
-        f"{rat_s / floor_s:.2f}x ratarmount; ours {floor_s / ours_s:.2f}x the floor"
+        f"{rat_s / floor_s:.2f}x ratarmount; ours {floor_s / ours_s:.2f}x the floor; "
+        f"floor {1000 * floor_cpu / len(names):.3f} ms CPU per file"
         if rat_s
         else "",
     )
