@@ -283,11 +283,11 @@ class BlockStore:
         self, digest: str, size: int, index: int, wanted_last: int, *, keep: bool = False
     ) -> Buffer:
         """One block, from memory, disk (``keep``: its pages left in the page cache) or the
-        source. A reader that finds the block on its
-        way shares that download's outcome, failure included: the kernel follows a failed
-        readahead with a read of the page itself, at once, and that read must fail with the
-        download rather than wait ``--timeout`` once more (the download retries a little
-        longer than a read waits, so a fault that clears meanwhile is still ridden out)."""
+        source. A reader that finds the block on its way shares that download's outcome,
+        failure included: the kernel follows a failed readahead with a read of the page
+        itself, at once, and that read must fail with the download rather than wait
+        ``--timeout`` once more (the download retries a little longer than a read waits, so a
+        fault that clears meanwhile is still ridden out)."""
         key = (digest, index)
         while True:
             if (data := self.memory.get(key)) is not None:

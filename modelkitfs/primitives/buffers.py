@@ -27,8 +27,8 @@ def aligned(size: int, *, zeroed: bool = True) -> memoryview:
     skips zeroing it (the C API's uninitialized bytearray): its bytes are then whatever this
     process's allocator held there, so only a buffer that a read fills, and of which only the
     bytes read are kept, may ask so (a block file read; a download's buffer, handed on only
-    once full). Zeroing a block's buffer before a direct read overwrote it
-    was 7% of the daemon's CPU on a sequential reader of cached blocks."""
+    once full). Zeroing a block's buffer before a direct read overwrote it was 7% of the
+    daemon's CPU on a sequential reader of cached blocks."""
     raw = bytearray(size + ALIGN) if zeroed else _uninitialized(None, size + ALIGN)
     array = (ctypes.c_char * len(raw)).from_buffer(raw)
     skip = -ctypes.addressof(array) % ALIGN

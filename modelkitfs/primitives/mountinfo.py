@@ -52,9 +52,8 @@ def mount_entry(path: str) -> MountEntry | None:
     table = mount_table()
     for resolve in (False, True):
         name = os.path.realpath(path) if resolve else os.path.abspath(path)
-        matching = [entry for entry in table if entry.mountpoint == name]
-        if matching:
-            return matching[-1]
+        if (entry := _topmost(table, name)) is not None:
+            return entry
     return None
 
 
@@ -63,10 +62,15 @@ def mount_above(path: str) -> MountEntry | None:
     nearest folder above it; found in the table alone."""
     table = mount_table()
     for folder in (path, *(str(parent) for parent in Path(path).parents)):
-        matching = [entry for entry in table if entry.mountpoint == folder]
-        if matching:
-            return matching[-1]
+        if (entry := _topmost(table, folder)) is not None:
+            return entry
     return None
+
+
+def _topmost(table: list[MountEntry], mountpoint: str) -> MountEntry | None:
+    """The last mount at ``mountpoint`` in ``table`` (mount order): the one a path there sees."""
+    matching = [entry for entry in table if entry.mountpoint == mountpoint]
+    return matching[-1] if matching else None
 
 
 def busy_holders(mountpoint: str) -> list[str]:
